@@ -1,0 +1,76 @@
+"""The `hpa-jax` command: a thin dispatcher over library functions.
+
+Each subcommand lives in `hpa_jax/commands/<module>.py` with two functions:
+`add_arguments(parser)` and `run(args) -> int` (the exit code). Modules are imported only when
+their subcommand runs, so `hpa-jax --help` stays fast and needs no JAX start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hpa_jax.errors import UserError
+
+# (command words, module under hpa_jax.commands, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("data", "synth"), "data_synth", "render a synthetic HPA-like dataset (the default)"),
+    (("data", "convert"), "data_convert", "convert a Kaggle HPA folder to sharded TFRecords"),
+    (("data", "inspect"), "data_inspect", "check every record of TFRecord shards"),
+    (("data", "split"), "data_split", "write a stratified train/validation split"),
+    (("convert-weights",), "convert_weights", "convert Keras EfficientNet weights to hpa-jax"),
+    (("train",), "train", "train a config into a workdir (resumes if it has a checkpoint)"),
+    (("eval",), "evaluate", "evaluate a run on its validation split"),
+    (("predict",), "predict", "write predictions.csv for a dataset"),
+    (("embed",), "embed", "write embeddings.npz (features before the head)"),
+    (("anomalies",), "anomalies", "find anomalous images; write anomalies.csv, exclude.txt, plots"),
+    (("bench",), "bench", "throughput benchmarks (train, eval, input)"),
+    (("grid",), "grid", "hyperparameter grids: list, run, report"),
+    (("demo",), "demo", "the whole job on the synthetic dataset"),
+]
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(f"hpa_jax.commands.{module}") is not None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpa-jax",
+        description="JAX training and analysis for Human Protein Atlas localisation images.",
+    )
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, module, help_text in COMMANDS:
+        if not _available(module):
+            continue
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text, description=help_text)
+        else:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = group.add_subparsers(
+                    dest=f"{words[0]}_command", metavar="SUBCOMMAND", required=True
+                )
+            sub = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module)
+        importlib.import_module(f"hpa_jax.commands.{module}").add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"hpa_jax.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"hpa-jax {' '.join(sys.argv[1:3])}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
