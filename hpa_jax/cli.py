@@ -1,8 +1,10 @@
 """The `hpa-jax` command: a thin dispatcher over library functions.
 
 Each subcommand lives in `hpa_jax/commands/<module>.py` with two functions:
-`add_arguments(parser)` and `run(args) -> int` (the exit code). Modules are imported only when
-their subcommand runs, so `hpa-jax --help` stays fast and needs no JAX start-up.
+`add_arguments(parser)` and `run(args) -> int` (the exit code); a module that sets
+`CONFIG_OVERRIDES = True` also receives `--config.KEY=VALUE` arguments as
+`args.config_overrides`. Modules are imported when the parser is built, so they keep JAX and
+other heavy imports inside `run` and `hpa-jax --help` stays fast.
 """
 
 from __future__ import annotations
@@ -60,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     module = importlib.import_module(f"hpa_jax.commands.{args._module}")
+    # Commands that take ml-collections overrides (`--config.optimizer.lr=3e-4`) declare
+    # CONFIG_OVERRIDES = True and receive them, in order, as args.config_overrides.
+    overrides = [a for a in unknown if a.startswith("--config.")]
+    rest = [a for a in unknown if not a.startswith("--config.")]
+    if rest or (overrides and not getattr(module, "CONFIG_OVERRIDES", False)):
+        parser.error(f"unrecognized arguments: {' '.join(rest or overrides)}")
+    args.config_overrides = overrides
     try:
         return int(module.run(args) or 0)
     except UserError as err:
