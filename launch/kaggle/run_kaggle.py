@@ -23,8 +23,13 @@ import sys
 COMPETITION = "/kaggle/input/hpa-single-cell-image-classification"
 
 
+def repo_root() -> str:
+    """The checkout this script lives in: configs/ paths are relative to it."""
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
 def commands(args: argparse.Namespace) -> list[list[str]]:
-    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    repo = repo_root()
     extra = "tpu" if args.accelerator == "tpu" else "gpu"
     data = os.path.join(args.work, "hpa-tfrecords")
     run = os.path.join(args.work, "run")
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in commands(args):
         print("+ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, cwd=repo_root())
     return 0
 
 
