@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{words[0]}_command", metavar="SUBCOMMAND", required=True
                 )
             sub = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
-        sub.set_defaults(_module=module)
+        sub.set_defaults(_module=module, _words=" ".join(words))
         importlib.import_module(f"hpa_jax.commands.{module}").add_arguments(sub)
     return parser
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as err:
-        print(f"hpa-jax {' '.join(sys.argv[1:3])}: error: {err}", file=sys.stderr)
+        print(f"hpa-jax {args._words}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -68,7 +68,10 @@ def load_grid(spec: str) -> Grid:
     if not hasattr(module, "BASE") or not hasattr(module, "sweep"):
         raise UserError(f"grid file {path} must define BASE (a config spec) and sweep(add, arg)")
     points: list[dict[str, Any]] = []
-    module.sweep(lambda **kw: points.append(dict(kw)), arg)
+    try:
+        module.sweep(lambda **kw: points.append(dict(kw)), arg)
+    except Exception as err:
+        raise UserError(f"grid file {path}: sweep({arg!r}) failed: {err}") from err
     if not points:
         raise UserError(f"grid file {path} defines no points")
     names = [point_name(p, points) for p in points]
