@@ -1,0 +1,230 @@
+"""The sharded train step: 8 devices == 1 device, FSDP, compiles once, optimizers, EMA."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from hpa_jax.errors import UserError
+from hpa_jax.train import mesh as mesh_lib
+from hpa_jax.train import optim
+from hpa_jax.train import state as state_lib
+from hpa_jax.train import step as step_lib
+
+K = 5
+B = 8
+SIZE = 16
+
+
+class TinyNet(nnx.Module):
+    """conv -> BatchNorm -> relu -> GAP -> dropout -> dense: the smallest model with BN and rng."""
+
+    def __init__(self, num_classes=K, *, rngs):
+        self.conv = nnx.Conv(3, 64, (3, 3), use_bias=False, rngs=rngs)  # BN follows
+        self.bn = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
+        self.head = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, images, *, train=False, rng=None):
+        x = self.conv(images / 255.0)
+        x = nnx.relu(self.bn(x, use_running_average=not train))
+        x = jnp.mean(x, axis=(1, 2))
+        if train:
+            keep = jax.random.bernoulli(rng, 0.9, x.shape)
+            x = jnp.where(keep, x / 0.9, 0.0)
+        return self.head(x)
+
+
+def bce(logits, labels):
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+
+
+def batches(n, seed=0):
+    rs = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        labels = (rs.rand(B, K) < 0.3).astype(np.float32)
+        image = rs.randint(0, 256, (B, SIZE, SIZE, 3)).astype(np.uint8)
+        image[..., 0] = np.where(labels[:, :1, None] > 0, 255, image[..., 0])  # learnable
+        out.append({"image": image, "labels": labels})
+    return out
+
+
+def run(mesh, steps=3, opt_cfg=None, use_ema=False):
+    tx = optim.make_optimizer(opt_cfg or ml_collections.ConfigDict({"learning_rate": 1e-2}), 10)
+    graphdef, state, shardings = state_lib.create_train_state(
+        lambda rngs: TinyNet(rngs=rngs), tx, mesh, seed=1, use_ema=use_ema
+    )
+    fn = step_lib.make_train_step(
+        graphdef, tx, bce, jax.nn.sigmoid, ema_decay=0.5 if use_ema else 0.0
+    )
+    train = step_lib.jit_train_step(fn, mesh, shardings)
+    rng = jax.random.PRNGKey(0)
+    losses = []
+    for batch in batches(steps):
+        state, metrics = train(state, mesh_lib.to_global(batch, mesh), rng)
+        total, count = metrics["loss"]
+        losses.append(float(total) / float(count))
+    return state, losses, train
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return run(mesh_lib.make_mesh(devices=jax.devices()[:1]))
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol, atol), a, b
+    )
+
+
+def test_eight_devices_match_one(one_device):
+    state1, losses1, _ = one_device
+    mesh8 = mesh_lib.make_mesh()
+    assert mesh8.size == 8
+    state8, losses8, _ = run(mesh8)
+    # float32 reductions split over 8 devices reassociate sums: equal to ~1e-6 relative
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    assert_trees_close(state8.params, state1.params)
+    # BatchNorm running statistics equal: means over the global batch, not per device
+    assert_trees_close(state8.rest, state1.rest)
+    assert int(state8.step) == 3
+
+
+def test_fsdp_shards_params_and_matches(one_device):
+    state1, losses1, _ = one_device
+    mesh = mesh_lib.make_mesh(data=4, fsdp=2)
+    state, losses, _ = run(mesh)
+    np.testing.assert_allclose(losses, losses1, rtol=1e-5)
+    assert_trees_close(state.params, state1.params)
+    split = jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    kernel = state.params["conv"]["kernel"][...]  # [3, 3, 3, 64]: split on output channels
+    assert kernel.sharding.spec == split
+    assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 3, 32)}
+    assert state.opt_state[0].mu["conv"]["kernel"][...].sharding.spec == split
+    dense = state.params["head"]["kernel"][...]  # [64, 5]: 320 elements, replicated
+    assert dense.sharding.spec == jax.sharding.PartitionSpec()
+
+
+def test_fsdp_spec_rule():
+    assert mesh_lib.fsdp_spec((3, 3, 64, 128), 2) == jax.sharding.PartitionSpec(
+        None, None, None, "fsdp"
+    )
+    assert mesh_lib.fsdp_spec((1280, 19), 4) == jax.sharding.PartitionSpec("fsdp", None)
+    assert mesh_lib.fsdp_spec((1281, 19), 4) == jax.sharding.PartitionSpec()
+    assert mesh_lib.fsdp_spec((64,), 2) == jax.sharding.PartitionSpec()
+    assert mesh_lib.fsdp_spec((3, 3, 64, 128), 1) == jax.sharding.PartitionSpec()
+
+
+def test_big_param_is_sharded_on_fsdp():
+    mesh = mesh_lib.make_mesh(data=2, fsdp=4)
+    tree = {"w": jax.ShapeDtypeStruct((256, 32), jnp.float32)}
+    sharding = mesh_lib.state_shardings(mesh, tree)["w"]
+    x = jax.device_put(jnp.ones((256, 32)), sharding)
+    assert {s.data.shape for s in x.addressable_shards} == {(64, 32)}
+
+
+def test_mesh_errors():
+    with pytest.raises(UserError, match="fsdp=3"):
+        mesh_lib.make_mesh(fsdp=3)
+    with pytest.raises(UserError, match="data=3"):
+        mesh_lib.make_mesh(data=3, fsdp=2)
+    with pytest.raises(UserError, match="batch_size=6"):
+        mesh_lib.check_batch_divisible(6, mesh_lib.make_mesh())
+
+
+def test_step_compiles_once(one_device):
+    _, _, train = one_device
+    traces = []
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:2])
+    tx = optax.adam(1e-3)
+    graphdef, state, shardings = state_lib.create_train_state(
+        lambda rngs: TinyNet(rngs=rngs), tx, mesh, seed=0
+    )
+    inner = step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid)
+
+    def counted(*args):
+        traces.append(1)
+        return inner(*args)
+
+    train = step_lib.jit_train_step(counted, mesh, shardings)
+    for batch in batches(3):
+        state, _ = train(state, mesh_lib.to_global(batch, mesh), jax.random.PRNGKey(0))
+    assert len(traces) == 1
+    assert train._cache_size() == 1
+
+
+def test_metrics_are_sums_and_norms(one_device):
+    state, losses, _ = one_device
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    tx = optax.sgd(0.0)
+    graphdef = state_lib.model_graphdef(lambda rngs: TinyNet(rngs=rngs))
+    fn = step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid)
+    new_state, metrics = jax.jit(fn)(state.replace(opt_state=tx.init(state.params)),
+                                     mesh_lib.to_global(batches(1, seed=5)[0], mesh),
+                                     jax.random.PRNGKey(0))
+    assert float(metrics["loss"][1]) == B
+    np.testing.assert_allclose(
+        float(metrics["l2_params"]),
+        np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(state.params))),
+        rtol=1e-5,
+    )
+    assert float(metrics["l2_grads"]) > 0
+    tp, fp, fn_ = (float(metrics[k][0]) for k in ("tp", "fp", "fn"))
+    assert tp + fn_ == pytest.approx(float(batches(1, seed=5)[0]["labels"].sum()))
+    assert tp + fp <= B * K
+
+
+def test_schedules():
+    cos = optim.make_schedule(
+        ml_collections.ConfigDict({"learning_rate": 1.0, "warmup_steps": 2}), 10
+    )
+    assert float(cos(0)) == 0.0 and float(cos(2)) == pytest.approx(1.0)
+    assert float(cos(10)) == pytest.approx(0.0, abs=1e-6)
+    step = optim.make_schedule(ml_collections.ConfigDict(
+        {"learning_rate": 1.0, "schedule": "step", "decay_every": 3, "decay_factor": 0.5}), 10)
+    assert [float(step(i)) for i in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
+    const = optim.make_schedule(ml_collections.ConfigDict(
+        {"learning_rate": 0.3, "schedule": "constant", "warmup_steps": 3}), 10)
+    assert float(const(0)) == 0.0 and float(const(5)) == pytest.approx(0.3)
+    with pytest.raises(UserError, match="schedule"):
+        optim.make_schedule(ml_collections.ConfigDict({"schedule": "linear"}), 10)
+    with pytest.raises(UserError, match="optim.name"):
+        optim.make_optimizer(ml_collections.ConfigDict({"name": "lamb"}), 10)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimizers_with_clipping_match_optax(name):
+    cfg = ml_collections.ConfigDict(
+        {"name": name, "learning_rate": 0.1, "schedule": "constant", "clip_norm": 0.5}
+    )
+    tx = optim.make_optimizer(cfg, 10)
+    inner = optax.adamw(0.1, weight_decay=1e-4) if name == "adamw" else optax.sgd(0.1, 0.9)
+    ref = optax.chain(optax.clip_by_global_norm(0.5), inner)
+    params = {"w": jnp.arange(4.0)}
+    grads = {"w": jnp.array([3.0, -4.0, 0.0, 1.0])}
+    a, _ = tx.update(grads, tx.init(params), params)
+    b, _ = ref.update(grads, ref.init(params), params)
+    np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
+
+
+def test_accumulation_updates_every_k_and_ema():
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    cfg = ml_collections.ConfigDict({"learning_rate": 1e-2, "accumulate": 2})
+    state0 = state_lib.create_train_state(
+        lambda rngs: TinyNet(rngs=rngs), optim.make_optimizer(cfg, 10), mesh, seed=1,
+        use_ema=True,
+    )[1]
+    start = jax.tree.map(np.asarray, state0.params)
+    state1, _, _ = run(mesh, steps=1, opt_cfg=cfg, use_ema=True)
+    assert_trees_close(state1.params, start, rtol=0, atol=0)  # no update after 1 micro-batch
+    state2, _, _ = run(mesh, steps=2, opt_cfg=cfg, use_ema=True)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state2.params,
+                         start)
+    assert max(jax.tree.leaves(moved)) > 0
+    # EMA with decay 0.5 after the single real update: halfway between start and new params
+    expected = jax.tree.map(lambda s, p: 0.5 * s + 0.5 * np.asarray(p), start, state2.params)
+    assert_trees_close(state2.ema, expected, rtol=1e-6, atol=1e-7)
