@@ -52,7 +52,8 @@ def batches(n, seed=0):
     return out
 
 
-def run(mesh, steps=3, opt_cfg=None, use_ema=False):
+def run(mesh, steps=3, opt_cfg=None, use_ema=False, local_rows=lambda batch: batch):
+    """Train TinyNet for `steps` on `batches()`; `local_rows` picks this process's rows."""
     tx = optim.make_optimizer(opt_cfg or ml_collections.ConfigDict({"learning_rate": 1e-2}), 10)
     graphdef, state, shardings = state_lib.create_train_state(
         lambda rngs: TinyNet(rngs=rngs), tx, mesh, seed=1, use_ema=use_ema
@@ -64,7 +65,7 @@ def run(mesh, steps=3, opt_cfg=None, use_ema=False):
     rng = jax.random.PRNGKey(0)
     losses = []
     for batch in batches(steps):
-        state, metrics = train(state, mesh_lib.to_global(batch, mesh), rng)
+        state, metrics = train(state, mesh_lib.to_global(local_rows(batch), mesh), rng)
         total, count = metrics["loss"]
         losses.append(float(total) / float(count))
     return state, losses, train
