@@ -9,7 +9,6 @@ import os
 import pathlib
 import pickle
 import shutil
-import struct
 import sys
 
 import google_crc32c
