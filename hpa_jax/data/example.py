@@ -180,6 +180,8 @@ def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int]
         feature[channel].bytes_list.value.append(png)
     feature["height"].int64_list.value.append(int(size[0]))
     feature["width"].int64_list.value.append(int(size[1]))
+    # SetInParent: an empty list is still an Int64List (as tf.train.Int64List(value=[]) is)
+    feature["labels"].int64_list.SetInParent()
     feature["labels"].int64_list.value.extend(labels)
     # deterministic=True sorts the map by key, so equal records give equal bytes.
     return example.SerializeToString(deterministic=True)
