@@ -1,0 +1,145 @@
+"""Checkpoints of a run: orbax CheckpointManager over `WORKDIR/checkpoints/<step>/`.
+
+Each checkpoint holds three items:
+  state  the TrainState arrays (params, BatchNorm statistics, optimizer state, EMA, step),
+         stored as a flat {"params.conv.kernel...": array} dict so any pytree layout round-trips;
+  meta   JSON: {"step", "rng": [uint32, uint32]} (the base key of the train step);
+  data   JSON: the Grain iterator state, so a resumed run reads the batches it would have read.
+Saves are asynchronous (arrays are copied to host before `save` returns, so the next step may
+donate them). Kept: the last `keep` checkpoints and the best one by a validation metric. On a TPU
+whose runtime announces a preemption, orbax's preemption policy saves at the sync point.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from hpa_jax.errors import UserError
+
+SUBDIR = "checkpoints"
+ITEMS = ("state", "meta", "data")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read (corrupt, truncated, or of another model)."""
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flatten_state(tree) -> dict[str, Any]:
+    """{"params.conv.kernel.value": leaf, ...}: a flat dict any checkpoint format can hold."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    flat = {".".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("state has two leaves with the same flattened name")
+    return flat
+
+
+def unflatten_state(like, flat: dict[str, Any]):
+    """The inverse of `flatten_state`, shaped like the pytree `like`."""
+    names = list(flatten_state(like))
+    missing = [n for n in names if n not in flat]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks arrays {missing[:5]} (of {len(missing)})")
+    treedef = jax.tree_util.tree_structure(like)
+    return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
+
+
+class Checkpointer:
+    """Save/restore a run's (state, rng, data iterator state) under `workdir/checkpoints`.
+
+    every:       save every this many steps (plus whenever `save(force=True)`);
+    keep:        how many of the latest checkpoints to keep;
+    best_metric: name in the `metrics` given to `save` that ranks checkpoints (its best one is
+                 kept too); best_mode "max" or "min".
+    """
+
+    def __init__(self, workdir, *, every: int, keep: int, best_metric: str | None = None,
+                 best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+        self.directory = pathlib.Path(workdir).absolute() / SUBDIR
+        keepers = [policies.LatestN(max(int(keep), 1))]
+        if best_metric:
+            keepers.append(policies.BestN(
+                get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min", n=1,
+                keep_checkpoints_without_metrics=False,
+            ))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.AnySavePolicy([
+                policies.FixedIntervalPolicy(max(int(every), 1)),
+                policies.PreemptionCheckpointingPolicy(),
+            ]),
+            preservation_policy=policies.AnyPreservationPolicy(keepers),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """Due by the interval, or the runtime reached a preemption sync point."""
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state, rng, data_state: dict | None, *,
+             metrics: dict | None = None, force: bool = False) -> bool:
+        """Start saving; returns whether a save was started."""
+        meta = {"step": int(step), "rng": [int(x) for x in np.asarray(jax.device_get(rng))]}
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(flatten_state(state)),
+            meta=ocp.args.JsonSave(meta),
+            data=ocp.args.JsonSave(data_state or {}),
+        )
+        clean = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        return self.manager.save(int(step), args=args, metrics=clean, force=force)
+
+    def restore(self, step: int, abstract_state):
+        """(state, rng uint32[2], data_state) of checkpoint `step`, arrays on the shardings
+        that `abstract_state` (ShapeDtypeStructs with `.sharding`) carries."""
+        target = flatten_state(abstract_state)
+        where = self.directory / str(step)
+        try:
+            got = self.manager.restore(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                meta=ocp.args.JsonRestore(),
+                data=ocp.args.JsonRestore(),
+            ))
+        except CheckpointError:
+            raise
+        except Exception as err:  # orbax/tensorstore raise many kinds; all mean "unreadable"
+            raise CheckpointError(
+                f"checkpoint {where} cannot be restored ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:300] if str(err) else ''}); delete it to start "
+                "from the previous one, or use a new workdir"
+            ) from err
+        state = unflatten_state(abstract_state, got["state"])
+        meta = got["meta"]
+        if int(meta.get("step", -1)) != int(step):
+            raise CheckpointError(f"checkpoint {where}: meta step {meta.get('step')} != {step}")
+        rng = np.asarray(meta["rng"], np.uint32)
+        return state, rng, got["data"] or None
+
+    def wait(self) -> None:
+        """Block until every started save is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
