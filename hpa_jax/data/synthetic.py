@@ -32,7 +32,7 @@ ANOMALY_KINDS = ("dark", "saturated", "empty_channel", "label")
 # Target share of images carrying each class (HPA 2021 is similarly skewed: nucleoplasm and
 # cytosol common, mitotic spindle and aggresome rare). Class 18 (Negative) is handled apart.
 CLASS_FREQUENCY = np.array(
-    [0.40, 0.05, 0.10, 0.06, 0.08, 0.07, 0.05, 0.09, 0.06, 0.05,
+    [0.50, 0.05, 0.10, 0.06, 0.08, 0.07, 0.05, 0.09, 0.06, 0.05,
      0.05, 0.015, 0.07, 0.12, 0.12, 0.025, 0.25, 0.12],
     np.float64,
 )  # fmt: skip
@@ -85,8 +85,11 @@ def _ensure_min_counts(rng, labels: list[tuple[int, ...]], min_count: int) -> No
         if need <= 0:
             continue
         if cls == NEGATIVE:
-            ok = [i for i, ls in enumerate(labels)
-                  if len(ls) == 1 and ls[0] != NEGATIVE and counts[ls[0]] > min_count + 1]
+            ok = [
+                i
+                for i, ls in enumerate(labels)
+                if len(ls) == 1 and ls[0] != NEGATIVE and counts[ls[0]] > min_count + 1
+            ]
         else:
             ok = [i for i, ls in enumerate(labels)
                   if len(ls) < 3 and NEGATIVE not in ls and cls not in ls]  # fmt: skip
@@ -207,8 +210,10 @@ def make_cells(rng, size: int, mitotic: bool) -> Cells:
     elong = rng.uniform(0.0, 0.25, n)
     angle = rng.uniform(0, np.pi, n)
     axes = radii[:, None] * np.stack([1 + elong, 1 - elong * 0.6], 1)
-    nuc_axes = radii[:, None] * rng.uniform(0.40, 0.48, (n, 1)) * np.stack(
-        [1 + elong * 0.5, 1 - elong * 0.3], 1
+    nuc_axes = (
+        radii[:, None]
+        * rng.uniform(0.40, 0.48, (n, 1))
+        * np.stack([1 + elong * 0.5, 1 - elong * 0.3], 1)
     )
     offset = rng.normal(0, 0.08, (n, 2)) * radii[:, None]
     nuc_center = center + offset
@@ -257,8 +262,9 @@ def make_cells(rng, size: int, mitotic: bool) -> Cells:
 
 def smooth_noise(rng, size: int, sigma: float) -> np.ndarray:
     """Gaussian random field float32[S, S] with unit variance and correlation length `sigma` px."""
-    field = ndimage.gaussian_filter(rng.standard_normal((size, size), np.float32), sigma,
-                                    truncate=3.0)
+    field = ndimage.gaussian_filter(
+        rng.standard_normal((size, size), np.float32), sigma, truncate=3.0
+    )
     return field / (field.std() + 1e-6)
 
 
@@ -349,7 +355,7 @@ def render_stains(rng, cells: Cells, size: int) -> Stains:
     lines = rng.integers(11, 16, cells.n) * max(1.0, scale)
     phase = rng.uniform(0, 2 * np.pi, cells.n)
     wave = smooth_noise(rng, size, 3.0 * scale)
-    radial = (0.5 + 0.5 * np.cos(lines[cells.owner] * cells.phi + phase[cells.owner] + 0.5 * wave))
+    radial = 0.5 + 0.5 * np.cos(lines[cells.owner] * cells.phi + phase[cells.owner] + 0.5 * wave)
     falloff = np.clip(1.2 - 0.6 * cells.d_cell, 0, 1)
     red = (0.15 + 0.75 * radial**4) * falloff * (cells.inside - 0.7 * cells.nucleus)
     # ER: a band-passed noise net, densest next to the nucleus
@@ -419,9 +425,11 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
     if cls == 2:  # nucleoli: bright spots exactly where the blue stain has its holes
         return splat(size, _per_cell(cells, lambda k: stains.nucleoli[k]), stains.nucleolus_sigma)
     if cls == 3:  # fibrillar centres: a few tiny dots within each nucleolus
+
         def dots(k):
             centres = np.repeat(stains.nucleoli[k], 3, axis=0)
             return centres + rng.normal(0, 0.35 * stains.nucleolus_sigma, centres.shape)
+
         return splat(size, _per_cell(cells, dots), max(0.45, 0.5 * scale))
     if cls == 4:  # nuclear speckles: many small dots over a faint nucleoplasm
         n = lambda k: int(0.25 * rn * rn / max(scale, 0.5) ** 2 * rng.uniform(0.8, 1.2))
@@ -557,3 +565,108 @@ def _apply_fault(rng, plan: ImagePlan, channels: dict[str, np.ndarray]) -> dict[
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------ the dataset
+
+
+def _render_shard(task: tuple) -> dict:
+    """Worker task: render one shard's images and write them as a TFRecord file (atomically)."""
+    from hpa_jax.data.example import encode_example
+    from hpa_jax.data.tfrecord import TFRecordWriter
+
+    path, plans, seed, size = task
+    with TFRecordWriter(path) as writer:
+        for plan in plans:
+            channels = render_image(plan, seed, size)
+            writer.write(encode_example(plan.image_id, channels, plan.recorded_labels))
+    return {"path": str(path), "count": len(plans)}
+
+
+def truth_rows(plans: list[ImagePlan]) -> list[tuple]:
+    """truth.csv rows: ID, anomaly (0/1), kind, true_label, recorded_label (2021 strings)."""
+    fmt = HPA_2021.format
+    return [
+        (p.image_id, int(bool(p.anomaly)), p.anomaly, fmt(p.true_labels), fmt(p.recorded_labels))
+        for p in plans
+    ]
+
+
+def synthesize(
+    out_dir,
+    *,
+    num_images: int = 2000,
+    size: int = 128,
+    seed: int = 0,
+    anomaly_rate: float = 0.05,
+    shards: int = 4,
+    workers: int = 1,
+    val_fraction: float = 0.2,
+) -> dict:
+    """Render a synthetic dataset folder; return a summary dict.
+
+    Writes `shards` TFRecord files `train-0000k-of-0000K.tfrecord` (uint8 PNG channels of
+    `size` x `size` px), train.csv (recorded labels), split.csv (stratified, `val_fraction`),
+    truth.csv (planted anomalies) and dataset.json. The bytes depend only on num_images, size,
+    seed, anomaly_rate and shards, not on `workers`.
+
+    Summary keys: out_dir, num_images, size, seed, shards (names), class_counts ({name: n} of
+    recorded labels), anomalies ({kind: n}), files ({what: path}).
+    """
+    import pathlib
+
+    from hpa_jax import fileio
+    from hpa_jax.data import writer as writer_lib
+    from hpa_jax.errors import UserError
+
+    if num_images < 1 or size < 16 or shards < 1 or not 0 <= anomaly_rate <= 1:
+        raise UserError(
+            f"synth: need num_images >= 1, size >= 16, shards >= 1 and 0 <= anomaly rate <= 1; "
+            f"got {num_images}, {size}, {shards}, {anomaly_rate}"
+        )
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = min(shards, num_images)
+    plans = plan_dataset(num_images, seed, anomaly_rate)
+    names = [writer_lib.shard_name(k, shards) for k in range(shards)]
+    writer_lib.remove_stale_shards(out_dir, names)
+    tasks = [
+        (out_dir / name, [plans[i] for i in rows], seed, size)
+        for name, rows in zip(names, writer_lib.shard_ranges(num_images, shards), strict=True)
+    ]
+    for _ in writer_lib.run_tasks(_render_shard, tasks, workers=workers, desc="synth"):
+        pass
+    header = ("ID", "anomaly", "kind", "true_label", "recorded_label")
+    fileio.write_text(out_dir / "truth.csv", writer_lib.csv_text(header, truth_rows(plans)))
+    anomalies = {kind: sum(p.anomaly == kind for p in plans) for kind in ANOMALY_KINDS}
+    recorded = [p.recorded_labels for p in plans]
+    writer_lib.write_dataset_files(
+        out_dir,
+        table=HPA_2021,
+        ids=[p.image_id for p in plans],
+        labels=recorded,
+        shards=names,
+        height=size,
+        width=size,
+        source="synthetic",
+        val_fraction=val_fraction,
+        seed=seed,
+        extra={"seed": seed, "anomaly_rate": anomaly_rate, "anomalies": anomalies,
+               "generator": "hpa_jax.data.synthetic", "bit_depth": 8},
+    )  # fmt: skip
+    return {
+        "out_dir": str(out_dir),
+        "num_images": num_images,
+        "size": size,
+        "seed": seed,
+        "shards": names,
+        "class_counts": writer_lib.class_counts(HPA_2021, recorded),
+        "anomalies": anomalies,
+        "files": {
+            "shards": str(out_dir / "train-*.tfrecord"),
+            "labels": str(out_dir / "train.csv"),
+            "split": str(out_dir / "split.csv"),
+            "truth": str(out_dir / "truth.csv"),
+            "info": str(out_dir / "dataset.json"),
+        },
+    }

@@ -1,0 +1,163 @@
+"""What `data synth` and `data convert` share: shard names, parallel shard tasks, and the
+dataset folder's small files (train.csv, split.csv, dataset.json).
+
+Layout written (see docs/architecture.md, "Dataset folder"):
+
+    DIR/train-00000-of-00008.tfrecord   shards (+ the `.index` sidecars TFRecordWriter writes)
+    DIR/train.csv                       ID,Label (2021) or Id,Target (2018)
+    DIR/split.csv                       ID,split
+    DIR/dataset.json                    label_table, num_classes, num_records, height, width,
+                                        shards, source, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import pathlib
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from hpa_jax import fileio
+from hpa_jax.data import split as split_lib
+from hpa_jax.labels import LabelTable
+
+SHARD_PREFIX = "train"
+_SHARD_RE = re.compile(r"^train-\d{5}-of-\d{5}\.tfrecord$")
+
+
+def shard_name(index: int, count: int) -> str:
+    """`train-00003-of-00008.tfrecord` for shard 3 of 8."""
+    return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def shard_ranges(num_items: int, num_shards: int) -> list[range]:
+    """Split item indices 0..num_items-1 into `num_shards` contiguous, near-equal ranges."""
+    if num_shards < 1:
+        raise ValueError(f"need at least one shard, got {num_shards}")
+    bounds = [round(k * num_items / num_shards) for k in range(num_shards + 1)]
+    return [range(bounds[k], bounds[k + 1]) for k in range(num_shards)]
+
+
+def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list[str]:
+    """Delete `train-NNNNN-of-NNNNN.tfrecord` files (and their sidecars) not named in `keep`.
+
+    A dataset re-written with another shard count must not leave old shards that a reader
+    globbing `*.tfrecord` would mix in. Returns the removed shard names.
+    """
+    out_dir = pathlib.Path(out_dir)
+    keep = set(keep)
+    removed = []
+    for path in sorted(out_dir.glob("train-*-of-*.tfrecord*")):
+        shard = path.name.split(".tfrecord")[0] + ".tfrecord"
+        if _SHARD_RE.match(shard) and shard not in keep:
+            path.unlink(missing_ok=True)
+            if path.name == shard:
+                removed.append(shard)
+    return removed
+
+
+def run_tasks(
+    fn: Callable, tasks: Sequence, *, workers: int, desc: str, unit: str = "shard"
+) -> Iterator:
+    """Yield `fn(task)` for each task, in completion order, with a tqdm bar.
+
+    workers <= 1 runs in this process. Otherwise a pool of `spawn`ed processes runs the tasks
+    (spawn, not fork: the caller may have started JAX's threads, which fork would copy
+    mid-flight). `fn` must be a module-level function and tasks picklable. An exception in a
+    task is re-raised here and the pool is stopped.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=None)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield fn(task)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(workers, len(tasks))) as pool:
+            for result in pool.imap_unordered(fn, tasks):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """CSV text with `\\n` line ends (byte-identical across platforms)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_labels_csv(
+    path: str | os.PathLike, table: LabelTable, ids: Sequence[str], labels: Sequence[Sequence[int]]
+) -> None:
+    """train.csv in the table's own convention: `ID,Label` + `0|5` or `Id,Target` + `0 5`."""
+    rows = ((i, table.format(ls)) for i, ls in zip(ids, labels, strict=True))
+    fileio.write_text(path, csv_text([table.id_column, table.label_column], rows))
+
+
+def write_dataset_files(
+    out_dir: str | os.PathLike,
+    *,
+    table: LabelTable,
+    ids: Sequence[str],
+    labels: Sequence[Sequence[int]],
+    shards: Sequence[str],
+    height: int | None,
+    width: int | None,
+    source: str,
+    val_fraction: float,
+    seed: int,
+    extra: dict | None = None,
+) -> dict:
+    """Write train.csv, split.csv (stratified) and dataset.json; return the dataset.json dict.
+
+    `ids`/`labels` list the records in shard order; `height`/`width` are None when the records
+    differ in size (an unresized conversion of mixed images).
+    """
+    out_dir = pathlib.Path(out_dir)
+    write_labels_csv(out_dir / "train.csv", table, ids, labels)
+    split = split_lib.stratified_split(ids, labels, table.num_classes, val_fraction, seed)
+    split_lib.write_split(out_dir / split_lib.SPLIT_FILE, split)
+    info = {
+        "label_table": table.name,
+        "num_classes": table.num_classes,
+        "classes": list(table.classes),
+        "num_records": len(ids),
+        "height": height,
+        "width": width,
+        "channels": ["red", "green", "blue", "yellow"],
+        "shards": list(shards),
+        "source": source,
+        "split": {"val_fraction": val_fraction, "seed": seed,
+                  "num_validation": sum(v == split_lib.VALIDATION for v in split.values())},
+    }  # fmt: skip
+    info.update(extra or {})
+    fileio.write_text(out_dir / "dataset.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def class_counts(table: LabelTable, labels: Iterable[Sequence[int]]) -> dict[str, int]:
+    """{class name: number of images carrying it}, every class listed."""
+    counts = dict.fromkeys(table.classes, 0)
+    for ls in labels:
+        for c in ls:
+            counts[table.classes[c]] += 1
+    return counts
+
+
+def format_counts(counts: dict[str, int], total: int) -> str:
+    """Aligned `  name  count  percent` lines for a summary printout."""
+    width = max(len(name) for name in counts)
+    return "\n".join(
+        f"  {name:<{width}}  {n:6d}  {100 * n / max(total, 1):5.1f} %" for name, n in counts.items()
+    )
