@@ -93,10 +93,13 @@ class LabelTable:
         Both `|` and whitespace are accepted as separators, so a 2018 string parses against the
         2021 table when its indices are in range. An empty string means no labels (test data).
         """
+        if not isinstance(text, str):  # e.g. pandas' NaN for an empty cell
+            raise LabelError(f"label {text!r} is not a string of class indices")
         tokens = [t for t in re.split(r"[|\s]+", text.strip()) if t]
         out = set()
         for tok in tokens:
-            if not tok.isdigit():
+            # ASCII digits only: str.isdigit() also accepts "²" (int() then fails) and "٣"
+            if not re.fullmatch(r"[0-9]+", tok):
                 raise LabelError(f"label {tok!r} in {text!r} is not a class index")
             idx = int(tok)
             if idx >= self.num_classes:
@@ -118,8 +121,14 @@ class LabelTable:
 
     def multi_hot(self, labels) -> np.ndarray:
         """Class indices → float32[num_classes] of 0/1."""
+        labels = [int(i) for i in labels]
+        bad = [i for i in labels if not 0 <= i < self.num_classes]
+        if bad:  # a negative index would silently mark a class counted from the end
+            raise LabelError(
+                f"labels {bad} out of range for {self.name} (0..{self.num_classes - 1})"
+            )
         out = np.zeros(self.num_classes, np.float32)
-        out[list(labels)] = 1.0
+        out[labels] = 1.0
         return out
 
 
@@ -129,8 +138,10 @@ HPA_2018 = LabelTable("hpa2018", CLASSES_2018, " ", "Id", "Target")
 TABLES = {"hpa2021": HPA_2021, "2021": HPA_2021, "hpa2018": HPA_2018, "2018": HPA_2018}
 
 
-def get_table(name: str) -> LabelTable:
-    """`"hpa2021"`/`"2021"` or `"hpa2018"`/`"2018"` → its LabelTable."""
+def get_table(name: str | LabelTable) -> LabelTable:
+    """`"hpa2021"`/`"2021"` or `"hpa2018"`/`"2018"` (or a LabelTable itself) → its LabelTable."""
+    if isinstance(name, LabelTable):
+        return name
     try:
         return TABLES[str(name).lower()]
     except KeyError:
