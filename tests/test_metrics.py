@@ -11,7 +11,9 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from hpa_jax.errors import UserError
 from hpa_jax.train import metrics
+from hpa_jax.train import thresholds as thresholds_lib
 
 
 def _data(seed, n=60, k=7):
@@ -113,3 +115,61 @@ def test_report_and_cooccurrence():
     assert set(metrics.scalars(m, "val/")) == {f"val/{k}" for k in metrics.SCALAR_KEYS} | {
         "val/num_examples"
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# per-class thresholds
+
+
+def _best_f1_brute_force(scores, labels):
+    """Max F1 over every cut (each observed score as a >= threshold), via scikit-learn."""
+    cuts = np.r_[np.unique(scores), np.inf]
+    return max(f1_score(labels, scores >= t, zero_division=0) for t in cuts)
+
+
+def test_exact_thresholds_reach_the_best_f1_of_every_class():
+    probs, labels = _data(6, n=80)
+    probs[:20, 1] = np.round(probs[:20, 1], 1)  # ties
+    thresholds, f1 = thresholds_lib.tune_thresholds(probs, labels)
+    preds = metrics.predict(probs, thresholds)
+    for k in range(probs.shape[1]):
+        got = f1_score(labels[:, k], preds[:, k], zero_division=0)
+        assert got == pytest.approx(f1[k])
+        if labels[:, k].any():
+            assert got == pytest.approx(_best_f1_brute_force(probs[:, k], labels[:, k]))
+        else:
+            assert thresholds[k] == 0.5  # no positives: the default is kept
+    # tuning on the data never does worse than the default threshold there
+    tuned = metrics.compute_metrics(probs, labels, thresholds)["macro_f1"]
+    assert tuned >= metrics.compute_metrics(probs, labels, 0.5)["macro_f1"]
+
+
+def test_grid_thresholds_pick_the_best_grid_value():
+    probs, labels = _data(7, n=80)
+    grid = np.linspace(0.1, 0.9, 9)
+    thresholds, f1 = thresholds_lib.tune_thresholds(probs, labels, method="grid", grid=grid)
+    exact_f1 = thresholds_lib.tune_thresholds(probs, labels)[1]
+    for k in np.flatnonzero(labels.any(axis=0)):
+        on_grid = [f1_score(labels[:, k], probs[:, k] >= t, zero_division=0) for t in grid]
+        assert f1[k] == pytest.approx(max(on_grid)) and thresholds[k] in grid
+        assert exact_f1[k] >= f1[k] - 1e-12
+
+
+def test_thresholds_json_round_trip_and_errors(tmp_path):
+    probs, labels = _data(8)
+    thresholds, f1 = thresholds_lib.tune_thresholds(probs, labels)
+    names = [f"class {i}" for i in range(7)]
+    thresholds_lib.save_thresholds(
+        tmp_path / "thresholds.json", thresholds, class_names=names, f1=f1
+    )
+    loaded = thresholds_lib.load_thresholds(tmp_path, num_classes=7, class_names=names)
+    np.testing.assert_array_equal(loaded, thresholds)  # exact: float64 survives JSON
+    with pytest.raises(UserError, match="19 classes"):
+        thresholds_lib.load_thresholds(tmp_path, num_classes=19)
+    with pytest.raises(UserError, match="other classes"):
+        thresholds_lib.load_thresholds(tmp_path, class_names=names[::-1])
+    (tmp_path / "bad.json").write_text('{"thresholds": "high"}')
+    with pytest.raises(UserError, match="bad.json"):
+        thresholds_lib.load_thresholds(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="missing"):
+        thresholds_lib.load_thresholds(tmp_path / "missing" / "thresholds.json")

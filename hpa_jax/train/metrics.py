@@ -53,14 +53,16 @@ def f1_from_counts(tp, fp, fn):
 
 
 def predict(probs, threshold=0.5) -> np.ndarray:
-    """bool[N, K]: probs float[N, K] >= threshold (scalar or float[K])."""
+    """bool[N, K]: probs float[N, K] >= threshold (scalar or float[K]).
+
+    The comparison is made in float64, so a tuned threshold halfway between two float32
+    probabilities separates them exactly.
+    """
     probs = np.asarray(probs)
-    threshold = np.asarray(threshold, probs.dtype if probs.dtype.kind == "f" else np.float64)
-    if threshold.ndim not in (0, 1) or (
-        threshold.ndim == 1 and threshold.shape[0] != probs.shape[-1]
-    ):
+    threshold = np.asarray(threshold, np.float64)
+    if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.shape[0] != probs.shape[-1]):
         raise ValueError(f"threshold of shape {threshold.shape} for {probs.shape[-1]} classes")
-    return probs >= threshold
+    return probs.astype(np.float64) >= threshold
 
 
 @dataclasses.dataclass
