@@ -151,3 +151,43 @@ def read_split(path: str | os.PathLike) -> dict[str, str]:
                 raise UserError(f"{path}:{line}: expected 'ID,train|validation', got {row!r}")
             out[row[0].strip()] = row[1].strip()
     return out
+
+
+def resplit_dataset(data_dir: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0):
+    """Rewrite DIR/split.csv from DIR/train.csv; note the split in dataset.json; return counts.
+
+    Returns {"path", "num_train", "num_validation", "per_class": {name: (train, val)}}.
+    """
+    import json
+
+    from hpa_jax.data.kaggle import read_csv_rows
+    from hpa_jax.labels import LabelError
+
+    data_dir = pathlib.Path(data_dir)
+    info_path = data_dir / "dataset.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    table, raw = read_csv_rows(data_dir / "train.csv", info.get("label_table", "auto"))
+    ids, labels = [], []
+    for line, image_id, text in raw:
+        try:
+            labels.append(table.parse(text))
+        except LabelError as err:
+            raise UserError(f"{data_dir / 'train.csv'}:{line}: {err}") from None
+        ids.append(image_id)
+    split = stratified_split(ids, labels, table.num_classes, val_fraction, seed)
+    path = data_dir / SPLIT_FILE
+    write_split(path, split)
+    num_val = sum(v == VALIDATION for v in split.values())
+    if info:
+        info["split"] = {"val_fraction": val_fraction, "seed": seed, "num_validation": num_val}
+        fileio.write_text(info_path, json.dumps(info, indent=2) + "\n")
+    per_class = {name: [0, 0] for name in table.classes}
+    for image_id, classes in zip(ids, labels, strict=True):
+        for c in classes:
+            per_class[table.classes[c]][split[image_id] == VALIDATION] += 1
+    return {
+        "path": str(path),
+        "num_train": len(ids) - num_val,
+        "num_validation": num_val,
+        "per_class": {k: tuple(v) for k, v in per_class.items()},
+    }

@@ -1,0 +1,65 @@
+"""`hpa-jax data convert`: a Kaggle HPA folder → sharded TFRecords (see hpa_jax.data.kaggle)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="folder of {ID}_{red,green,blue,yellow}.*")
+    parser.add_argument(
+        "--csv", default="train.csv", help="labels CSV, as a path or inside --input (train.csv)"
+    )
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument("--shards", type=int, default=8, help="TFRecord files (default 8)")
+    parser.add_argument("--size", type=int, default=None, help="resize channels to PX x PX")
+    parser.add_argument(
+        "--labels", default="auto", choices=("auto", "hpa2021", "hpa2018"),
+        help="label table; auto: ID,Label → hpa2021, Id,Target → hpa2018",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        help="worker processes, one shard per task (default: min(4, CPUs))",
+    )  # fmt: skip
+    parser.add_argument(
+        "--on-error", default="skip", choices=("skip", "fail"),
+        help="a bad record: skip it (listed in skipped.csv) or fail the run (default skip)",
+    )  # fmt: skip
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share (0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a different earlier conversion in --out"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpa_jax.data.kaggle import convert
+    from hpa_jax.data.writer import format_counts
+
+    summary = convert(
+        args.input,
+        args.csv,
+        args.out,
+        shards=args.shards,
+        size=args.size,
+        labels=args.labels,
+        workers=args.workers,
+        on_error=args.on_error,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    n = summary["num_records"]
+    shards = len(summary["shards"])
+    print(f"converted {n} records into {shards} shards in {summary['out_dir']} "
+          f"({summary['resumed']} shards already complete, kept)")  # fmt: skip
+    print(f"label table {summary['label_table']}; images per class:")
+    print(format_counts(summary["class_counts"], n))
+    skipped = summary["skipped"]
+    print(f"skipped {len(skipped)} records (listed in {os.path.join(args.out, 'skipped.csv')})")
+    for image_id, reason in skipped[:20]:
+        print(f"  {image_id}: {reason}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more")
+    return 0

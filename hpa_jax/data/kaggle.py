@@ -1,0 +1,436 @@
+"""Convert a Kaggle HPA folder (`train.csv` + `{ID}_{red,green,blue,yellow}.png`) to shards.
+
+Input: a folder of per-channel images (`.png`, or `.tif`/`.tiff`/`.jpg`/`.jpeg` as in HPA's
+external data) and a CSV with `ID,Label` (2021, `|`-separated) or `Id,Target` (2018, spaces).
+Output: the dataset folder of docs/architecture.md, written as N shard tasks in worker
+processes. An unresized single-channel PNG is stored byte for byte (8- or 16-bit); anything else
+is decoded and re-encoded, and `size` resizes every channel to size x size (as 8-bit).
+
+Resumable: `OUT/convert.json` holds a hash of what determines the output (the CSV's bytes, the
+input folder, shard count, size, label table). Each shard is written under a temporary name and
+renamed when complete, then a small manifest `OUT/.convert/<shard>.json` records what went in
+(IDs, labels, skipped IDs) and the shard's size. A re-run with the same hash skips every shard
+whose manifest matches; with a different hash it refuses unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from hpa_jax import fileio
+from hpa_jax.data import writer as writer_lib
+from hpa_jax.errors import UserError
+from hpa_jax.labels import HPA_2018, HPA_2021, LabelError, LabelTable, get_table
+
+CHANNELS = ("red", "green", "blue", "yellow")
+EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+MANIFEST_DIR = ".convert"
+CONVERT_JSON = "convert.json"
+FORMAT_VERSION = 1  # bump when the bytes written for the same input change
+# an RGB(A) channel file (HPA's external JPEGs) keeps the plane of its own colour
+_RGB_PLANE = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
+
+
+class ConvertError(UserError):
+    """A record that cannot be converted; the message names its ID (and file)."""
+
+
+# ------------------------------------------------------------------------------ train.csv
+
+
+def detect_table(header: Sequence[str], path) -> LabelTable:
+    """`ID,Label` → the 2021 table; `Id,Target` → the 2018 table."""
+    cols = [h.strip() for h in header]
+    for table in (HPA_2021, HPA_2018):
+        if cols[:2] == [table.id_column, table.label_column]:
+            return table
+    raise UserError(
+        f"{path}: cannot tell the label table from header {cols!r}; expected 'ID,Label' "
+        "(hpa2021) or 'Id,Target' (hpa2018), or pass --labels"
+    )
+
+
+def read_csv_rows(path: str | os.PathLike, labels: str = "auto"):
+    """Read train.csv → (table, [(line, ID, label string)]), raw: labels are parsed later.
+
+    `labels` is "auto" (from the header) or a table name; with a table name the first two
+    columns are taken whatever the header says.
+    """
+    path = pathlib.Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read CSV ({err})") from None
+    if not rows:
+        raise UserError(f"{path}: empty CSV (no header)")
+    table = detect_table(rows[0], path) if labels == "auto" else get_table(labels)
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise UserError(f"{path}:{line}: expected ID and labels, got {row!r}")
+        out.append((line, row[0].strip(), row[1].strip()))
+    return table, out
+
+
+def parse_rows(table: LabelTable, raw_rows, path) -> tuple[list, list]:
+    """Parse label strings: ([(ID, labels)], [(ID, reason)]) keeping CSV order.
+
+    A bad label string or a repeated ID is a problem for that row, reported with its line.
+    """
+    good, bad, seen = [], [], set()
+    for line, image_id, text in raw_rows:
+        if not image_id:
+            bad.append((f"<line {line}>", f"{path}:{line}: empty ID"))
+            continue
+        if image_id in seen:
+            bad.append((image_id, f"{path}:{line}: ID {image_id!r} repeated"))
+            continue
+        seen.add(image_id)
+        try:
+            good.append((image_id, table.parse(text)))
+        except LabelError as err:
+            bad.append((image_id, f"{path}:{line}: bad label string: {err}"))
+    return good, bad
+
+
+# ------------------------------------------------------------------------------ one record
+
+
+def index_files(input_dir: pathlib.Path) -> dict[str, str]:
+    """{file name: file name} of the input folder, listed once (a stat per file is slow on
+    network disks with 100k+ images)."""
+    try:
+        return {e.name: e.name for e in os.scandir(input_dir) if e.is_file()}
+    except OSError as err:
+        raise UserError(f"{input_dir}: cannot list input folder ({err})") from None
+
+
+def find_channels(files: dict[str, str], image_id: str) -> dict[str, str | None]:
+    """{channel: file name or None} for an ID, first matching extension in EXTENSIONS order."""
+    out = {}
+    for channel in CHANNELS:
+        names = (f"{image_id}_{channel}{ext}" for ext in EXTENSIONS + tuple(
+            e.upper() for e in EXTENSIONS))  # fmt: skip
+        out[channel] = next((n for n in names if n in files), None)
+    return out
+
+
+def read_channel(path: pathlib.Path, channel: str) -> np.ndarray:
+    """One channel image → uint8[H, W] or uint16[H, W]; ConvertError (naming the file) if not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = _plane(image, channel)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        array = _read_with_skimage(path, err)
+    if array.ndim == 3:
+        array = array[..., list(_RGB_PLANE[channel])].mean(-1).round().astype(array.dtype)
+    if array.ndim != 2:
+        raise ConvertError(f"{path}: expected a single-channel image, got shape {array.shape}")
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array
+    if array.dtype.kind in "iu" and array.size and 0 <= array.min() and array.max() <= 65535:
+        return array.astype(np.uint16)
+    raise ConvertError(f"{path}: unsupported pixel type {array.dtype} (need 8- or 16-bit)")
+
+
+def _plane(image, channel: str) -> np.ndarray:
+    """A Pillow image → array: grey as stored, colour → the channel's own plane(s)."""
+    if image.mode in ("P", "1", "LA", "PA"):
+        image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "L")
+    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def _read_with_skimage(path: pathlib.Path, pillow_error) -> np.ndarray:
+    """Fallback for TIFFs Pillow cannot read (compressions, odd layouts) via tifffile."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        except Exception as err:  # tifffile raises many kinds
+            raise ConvertError(f"{path}: unreadable image ({err})") from None
+    raise ConvertError(f"{path}: unreadable image ({pillow_error})") from None
+
+
+def resize(array: np.ndarray, size: int) -> np.ndarray:
+    """uint8|uint16[H, W] → uint8[size, size] (16-bit scaled by 1/257), area-aware bilinear."""
+    from PIL import Image
+
+    scale = 257.0 if array.dtype == np.uint16 else 1.0
+    image = Image.fromarray(array.astype(np.float32) / np.float32(scale), mode="F")
+    out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _passthrough_png(path: pathlib.Path) -> bytes | None:
+    """The file's bytes if it is already a single-channel 8/16-bit PNG (stored as is)."""
+    from PIL import Image
+
+    if path.suffix.lower() != ".png":
+        return None
+    data = path.read_bytes()
+    import io
+
+    with Image.open(io.BytesIO(data)) as image:
+        ok = image.format == "PNG" and image.mode in ("L", "I;16", "I;16B")
+    return data if ok else None
+
+
+def load_record(input_dir: pathlib.Path, image_id: str, files: dict, size: int | None) -> dict:
+    """{channel: PNG bytes or uint8|uint16[H, W]} for one ID; ConvertError on any problem."""
+    missing = [c for c in CHANNELS if files[c] is None]
+    if missing:
+        raise ConvertError(f"{image_id}: missing channel file(s) {missing} in {input_dir}")
+    arrays, shapes = {}, {}
+    for channel in CHANNELS:
+        arrays[channel] = read_channel(input_dir / files[channel], channel)
+        shapes[channel] = arrays[channel].shape
+    if len(set(shapes.values())) > 1:
+        sizes = ", ".join(f"{c} {h}x{w}" for c, (h, w) in shapes.items())
+        raise ConvertError(f"{image_id}: channel sizes differ ({sizes})")
+    if size is not None:
+        return {c: resize(a, size) for c, a in arrays.items()}
+    out = {}
+    for channel in CHANNELS:
+        # decoded above (so a truncated file is caught); keep the original bytes when they
+        # already follow the schema, saving a re-encode of a 2048 px 16-bit image
+        raw = _passthrough_png(input_dir / files[channel])
+        out[channel] = raw if raw is not None else arrays[channel]
+    return out
+
+
+# ------------------------------------------------------------------------------ shard tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to write one shard (picklable)."""
+
+    path: pathlib.Path
+    manifest: pathlib.Path
+    options_hash: str
+    input_dir: pathlib.Path
+    rows: tuple  # ((ID, labels, {channel: file name or None}), ...)
+    size: int | None
+    on_error: str
+
+
+def convert_shard(task: ShardTask) -> dict:
+    """Write one shard (atomically) and then its manifest; return the manifest dict."""
+    from hpa_jax.data.example import encode_example
+    from hpa_jax.data.tfrecord import TFRecordWriter
+
+    ids, labels, skipped, sizes = [], [], [], set()
+    with TFRecordWriter(task.path) as writer:
+        for image_id, classes, files in task.rows:
+            try:
+                channels = load_record(task.input_dir, image_id, files, task.size)
+                record = encode_example(image_id, channels, classes)
+            except UserError as err:
+                if task.on_error == "fail":
+                    raise ConvertError(str(err)) from None
+                skipped.append((image_id, str(err)))
+                continue
+            writer.write(record)
+            ids.append(image_id)
+            labels.append(list(classes))
+            sizes.add(_record_size(channels))
+    manifest = {
+        "options_hash": task.options_hash,
+        "shard": task.path.name,
+        "num_bytes": task.path.stat().st_size,
+        "ids": ids,
+        "labels": labels,
+        "skipped": skipped,
+        "sizes": sorted(sizes),
+    }
+    fileio.write_text(task.manifest, json.dumps(manifest) + "\n")
+    return manifest
+
+
+def _record_size(channels: dict) -> tuple[int, int]:
+    from hpa_jax.data.example import png_info
+
+    red = channels["red"]
+    if isinstance(red, bytes):
+        return png_info(red)[:2]
+    return tuple(red.shape)
+
+
+def finished_manifest(task: ShardTask) -> dict | None:
+    """The manifest of a shard that is complete for these options, else None."""
+    try:
+        manifest = json.loads(task.manifest.read_text())
+        complete = manifest.get(
+            "options_hash"
+        ) == task.options_hash and task.path.stat().st_size == manifest.get("num_bytes")
+    except (OSError, ValueError):
+        return None
+    return manifest if complete else None
+
+
+# ------------------------------------------------------------------------------ the conversion
+
+
+def options_hash(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _claim_output(out_dir: pathlib.Path, options: dict, digest: str, overwrite: bool) -> None:
+    """Make sure OUT holds nothing from a different conversion; record ours in convert.json."""
+    record = out_dir / CONVERT_JSON
+    existing = None
+    if record.is_file():
+        try:
+            existing = json.loads(record.read_text())
+        except ValueError:
+            existing = {}
+    shards = list(out_dir.glob("train-*.tfrecord"))
+    foreign = (existing is None and shards) or (
+        existing is not None and existing.get("options_hash") != digest
+    )
+    if foreign and not overwrite:
+        old = (existing or {}).get("options", {})
+        diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
+        what = f"options that differ: {', '.join(diff)}" if existing else "shards not from convert"
+        raise UserError(
+            f"{out_dir} already holds a different conversion ({what}); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    if foreign:
+        writer_lib.remove_stale_shards(out_dir, keep=())
+        for stale in (out_dir / MANIFEST_DIR).glob("*.json"):
+            stale.unlink()
+    payload = {"options_hash": digest, "options": options, "version": FORMAT_VERSION}
+    fileio.write_text(record, json.dumps(payload, indent=2) + "\n")
+
+
+def convert(
+    input_dir,
+    csv_path,
+    out_dir,
+    *,
+    shards: int = 8,
+    size: int | None = None,
+    labels: str = "auto",
+    workers: int = 1,
+    on_error: str = "skip",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Convert a Kaggle HPA folder into a dataset folder; return a summary dict.
+
+    Summary keys: out_dir, label_table, num_records, shards (names), resumed (shards found
+    complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width.
+    Raises UserError for bad arguments, and ConvertError on the first bad record when
+    on_error="fail" (finished shards stay, so a re-run resumes).
+    """
+    input_dir, out_dir = pathlib.Path(input_dir), pathlib.Path(out_dir)
+    csv_path = _find_csv(input_dir, csv_path)
+    if on_error not in ("skip", "fail"):
+        raise UserError(f"--on-error must be skip or fail, got {on_error!r}")
+    if shards < 1 or (size is not None and size < 1):
+        raise UserError(f"--shards and --size must be positive, got {shards}, {size}")
+    if not input_dir.is_dir():
+        raise UserError(f"{input_dir}: input folder not found")
+    table, raw = read_csv_rows(csv_path, labels)
+    rows, bad_rows = parse_rows(table, raw, csv_path)
+    if bad_rows and on_error == "fail":
+        raise ConvertError("; ".join(r for _, r in bad_rows[:5]) + _more(len(bad_rows)))
+    if not rows:
+        raise UserError(f"{csv_path}: no convertible rows")
+    options = {
+        "input_dir": str(input_dir.resolve()),
+        "csv_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        "shards": shards,
+        "size": size,
+        "label_table": table.name,
+        "version": FORMAT_VERSION,
+    }
+    digest = options_hash(options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_output(out_dir, options, digest, overwrite)
+    (out_dir / MANIFEST_DIR).mkdir(exist_ok=True)
+    tasks = _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest)
+    manifests = {t.path.name: finished_manifest(t) for t in tasks}
+    todo = [t for t in tasks if manifests[t.path.name] is None]
+    for manifest in writer_lib.run_tasks(convert_shard, todo, workers=workers, desc="convert"):
+        manifests[manifest["shard"]] = manifest
+    return _finish(out_dir, table, tasks, manifests, bad_rows, len(tasks) - len(todo), size,
+                   val_fraction, seed, input_dir, csv_path)  # fmt: skip
+
+
+def _more(count: int) -> str:
+    return f" (and {count - 5} more)" if count > 5 else ""
+
+
+def _find_csv(input_dir: pathlib.Path, csv_path) -> pathlib.Path:
+    path = pathlib.Path(csv_path)
+    if path.is_file():
+        return path
+    if (input_dir / path).is_file():
+        return input_dir / path
+    raise UserError(f"{csv_path}: CSV not found (looked also in {input_dir})")
+
+
+def _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest) -> list[ShardTask]:
+    files = index_files(input_dir)
+    shards = min(shards, len(rows))
+    tasks = []
+    for k, span in enumerate(writer_lib.shard_ranges(len(rows), shards)):
+        name = writer_lib.shard_name(k, shards)
+        members = tuple((rows[i][0], rows[i][1], find_channels(files, rows[i][0])) for i in span)
+        tasks.append(ShardTask(out_dir / name, out_dir / MANIFEST_DIR / f"{name}.json", digest,
+                               input_dir, members, size, on_error))  # fmt: skip
+    return tasks
+
+
+def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fraction, seed,
+            input_dir, csv_path) -> dict:  # fmt: skip
+    """Gather the shard manifests into train.csv, split.csv, skipped.csv and dataset.json."""
+    ids, labels, sizes, skipped = [], [], set(), list(bad_rows)
+    for task in tasks:
+        manifest = manifests[task.path.name]
+        ids += manifest["ids"]
+        labels += [tuple(ls) for ls in manifest["labels"]]
+        sizes |= {tuple(s) for s in manifest["sizes"]}
+        skipped += [tuple(s) for s in manifest["skipped"]]
+    if not ids:
+        raise UserError(f"{input_dir}: every record was skipped; see {out_dir / 'skipped.csv'}")
+    fileio.write_text(out_dir / "skipped.csv", writer_lib.csv_text(("ID", "reason"), skipped))
+    height, width = next(iter(sizes)) if len(sizes) == 1 else (None, None)
+    names = [t.path.name for t in tasks]
+    writer_lib.write_dataset_files(
+        out_dir, table=table, ids=ids, labels=labels, shards=names, height=height, width=width,
+        source="kaggle", val_fraction=val_fraction, seed=seed,
+        extra={"input_dir": str(input_dir), "csv": str(csv_path), "resized_to": size,
+               "num_skipped": len(skipped)},
+    )  # fmt: skip
+    return {
+        "out_dir": str(out_dir),
+        "label_table": table.name,
+        "num_records": len(ids),
+        "shards": names,
+        "resumed": resumed,
+        "skipped": skipped,
+        "class_counts": writer_lib.class_counts(table, labels),
+        "height": height,
+        "width": width,
+    }
