@@ -143,3 +143,102 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# ------------------------------------------------------------------------------------------
+# config.init_from: converted Keras weights, or the backbone of another run
+
+
+def _is_converted_weights(path: pathlib.Path) -> bool:
+    return (path / "meta.json").is_file() and (path / "state").is_dir()
+
+
+def _run_checkpoints(path: pathlib.Path) -> pathlib.Path:
+    """A run's workdir or its checkpoints/ folder -> the workdir."""
+    if path.name == SUBDIR:
+        return path.parent
+    if (path / SUBDIR).is_dir():
+        return path
+    raise UserError(
+        f"config.init_from={str(path)!r}: neither converted weights (meta.json + state/, as "
+        "`hpa-jax convert-weights` writes) nor a run's workdir with checkpoints/"
+    )
+
+
+def _is_head(name: str) -> bool:
+    return ".head." in f".{name}."
+
+
+def _trainable_names(flat: dict) -> list[str]:
+    return [n for n in flat if n.startswith(("params.", "rest."))]
+
+
+def restore_backbone(state, shardings, source) -> tuple[Any, list[str]]:
+    """Copy the model variables of another run's latest checkpoint into `state`.
+
+    Variables are matched by name; a head whose shape differs (another class count) keeps its
+    fresh initialisation, any other mismatch is a UserError. Returns (state, re-initialised
+    names). The optimizer state and step stay fresh.
+    """
+    workdir = _run_checkpoints(pathlib.Path(source))
+    other = Checkpointer(workdir, every=1, keep=1, read_only=True)
+    try:
+        step = other.latest_step()
+        if step is None:
+            raise UserError(f"config.init_from={str(source)!r}: {workdir} has no checkpoint")
+        saved = other.manager.item_metadata(step)["state"]
+        ours = flatten_state(state)
+        targets = flatten_state(shardings)
+        wanted, fresh = {}, []
+        for name in _trainable_names(ours):
+            leaf = ours[name]
+            if name not in saved:
+                raise CheckpointError(f"{workdir}: checkpoint {step} has no variable {name}")
+            if tuple(saved[name].shape) != tuple(leaf.shape):
+                if _is_head(name):
+                    fresh.append(name)
+                    continue
+                raise CheckpointError(
+                    f"{workdir}: {name} has shape {tuple(saved[name].shape)} in checkpoint "
+                    f"{step}, the model needs {tuple(leaf.shape)} (another model?)")
+            wanted[name] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=targets[name])
+        restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
+        try:
+            got = other.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=wanted, restore_args=restore_args, partial_restore=True)))["state"]
+        except Exception as err:
+            raise CheckpointError(f"{workdir}: checkpoint {step} cannot be read: {err}") from err
+    finally:
+        other.close()
+    merged = {**ours, **{k: got[k] for k in wanted}}
+    return unflatten_state(state, merged), fresh
+
+
+def initialize_from(state, shardings, graphdef, tx, source: str):
+    """`config.init_from`: converted Keras ImageNet weights or another run's checkpoint.
+
+    Returns the new state: backbone replaced, head kept when it does not fit, optimizer state
+    re-initialised for the new parameters, EMA (if kept) starting at them.
+    """
+    import jax.numpy as jnp
+
+    from hpa_jax.train.state import merge_model, split_model
+
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise UserError(f"config.init_from={source!r}: no such file or folder")
+    if _is_converted_weights(path):
+        from hpa_jax.models import keras_weights
+
+        pure, meta = keras_weights.load_converted(path)
+        model = merge_model(graphdef, state.params, state.rest)
+        keras_weights.apply_converted(model, pure, meta, where=str(path))
+        _, params, rest = split_model(model)
+        state = state.replace(params=params, rest=rest)
+    else:
+        state, _ = restore_backbone(state, shardings, path)
+    state = state.replace(ema=None if state.ema is None else state.params)
+    state = jax.device_put(state, shardings)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(state.params)
+    ema = None if state.ema is None else jax.tree.map(jnp.copy, state.params)
+    return state.replace(opt_state=opt_state, ema=ema)

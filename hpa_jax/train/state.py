@@ -96,3 +96,17 @@ def as_abstract(state_shardings: TrainState, abstract_state: TrainState) -> Trai
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state, state_shardings,
     )
+
+
+def model_factory(config, num_classes: int):
+    """`make_model(rngs)` for `config.model` with K = num_classes and the config's channels."""
+    from hpa_jax.data.example import channel_names
+    from hpa_jax.models.registry import create_model
+
+    in_channels = len(channel_names(config.data.channels))
+
+    def make_model(rngs: nnx.Rngs) -> nnx.Module:
+        return create_model(config.model, num_classes=num_classes, in_channels=in_channels,
+                            rngs=rngs)
+
+    return make_model

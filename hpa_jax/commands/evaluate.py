@@ -1,0 +1,80 @@
+"""`hpa-jax eval --workdir DIR`: evaluate a run on its validation split.
+
+Prints a classification report like scikit-learn's (per-class precision, recall, F1, support,
+AP; micro and macro averages) at the run's tuned thresholds (thresholds.json) or, with
+`--threshold X`, at one threshold for all classes, and the co-occurrence of true and predicted
+classes. Writes eval_report.txt, eval_metrics.json and eval_cooccurrence.csv into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hpa_jax.train import distributed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a run folder written by hpa-jax train")
+    parser.add_argument("--data", default=None, help="dataset folder (default: the run's)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the run's)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: best by validation metric, else latest)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="one threshold for all classes instead of thresholds.json")
+    distributed.add_arguments(parser)
+
+
+def cooccurrence_csv(matrix, class_names) -> str:
+    """Rows: true class; columns: predicted class; cells: number of images."""
+    lines = ["true\\predicted," + ",".join(class_names)]
+    for name, row in zip(class_names, matrix, strict=True):
+        lines.append(f"{name}," + ",".join(str(int(v)) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    distributed.from_args(args)
+
+    import json
+    import pathlib
+
+    import numpy as np
+
+    from hpa_jax.fileio import write_text
+    from hpa_jax.train import evaluate as eval_lib
+    from hpa_jax.train import metrics as metrics_lib
+    from hpa_jax.train import thresholds as thr_lib
+    from hpa_jax.train.loop import check_data_dir
+
+    restored = eval_lib.restore_run(args.workdir, step=args.step)
+    cfg = restored.config
+    data_dir = check_data_dir(args.data or cfg.data.dir)
+    split = args.split or cfg.data.split_eval
+    if args.threshold is not None:
+        threshold, source = args.threshold, f"threshold {args.threshold}"
+    elif (pathlib.Path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
+        threshold = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
+        source = "tuned per-class thresholds (thresholds.json)"
+    else:
+        threshold, source = float(cfg.threshold), f"threshold {cfg.threshold} (not tuned)"
+    preds = eval_lib.predict_dataset(restored, data_dir, split=split)
+    metrics = eval_lib.evaluate_predictions(preds, threshold)
+    names = restored.table.classes
+    report = (
+        f"run {args.workdir}, checkpoint step {restored.step}, split {split!r} "
+        f"({len(preds.ids)} images), {source}; loss {metrics['loss']:.4f}\n\n"
+        + metrics_lib.classification_report(metrics, names)
+    )
+    matrix = metrics_lib.cooccurrence(preds.labels, metrics_lib.predict(preds.probs, threshold))
+    if distributed.is_main_process():
+        workdir = pathlib.Path(args.workdir)
+        write_text(workdir / "eval_report.txt", report)
+        write_text(workdir / "eval_cooccurrence.csv", cooccurrence_csv(matrix, names))
+        plain = {k: v for k, v in metrics.items() if k != "per_class"}
+        plain["per_class"] = {k: np.asarray(v).tolist() for k, v in metrics["per_class"].items()}
+        plain.update(step=restored.step, split=split, thresholds=np.asarray(threshold).tolist())
+        write_text(workdir / "eval_metrics.json", json.dumps(plain, indent=2) + "\n")
+        print(report)
+        print("co-occurrence (rows: true class, columns: predicted class):")
+        print(cooccurrence_csv(matrix, [str(i) for i in range(len(names))]))
+    return 0

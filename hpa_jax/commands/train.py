@@ -1,0 +1,40 @@
+"""`hpa-jax train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]`.
+
+Trains into DIR, or resumes the run DIR holds. Exit status: 0 done, 1 the loss diverged (the
+step is named; earlier checkpoints are kept), 2 bad input (config, data, workdir, checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hpa_jax.train import distributed
+
+CONFIG_OVERRIDES = True  # the CLI passes --config.KEY=VALUE arguments as args.config_overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="config module and argument, e.g. configs/demo.py:runlocal")
+    parser.add_argument("--workdir", required=True,
+                        help="run folder: checkpoints, metrics, plots (resumed if present)")
+    distributed.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    distributed.from_args(args)  # before anything touches a device
+
+    from hpa_jax import config as config_lib
+    from hpa_jax.train import loop
+
+    config = config_lib.load_config(args.config, getattr(args, "config_overrides", ()) or ())
+    try:
+        final = loop.train_and_evaluate(config, args.workdir)
+    except loop.TrainingDiverged as err:
+        print(f"hpa-jax train: {err}", file=sys.stderr)
+        return 1
+    if distributed.is_main_process():
+        print(json.dumps({k: round(v, 4) for k, v in final.items()}, indent=2))
+    return 0
