@@ -76,8 +76,32 @@ def iterative_stratification(labels: np.ndarray, val_fraction: float, seed: int)
         fold[i] = f
         want_total[f] -= 1
     is_val = fold == 1
+    _rebalance(y, is_val, round(n * val_fraction))
     _repair(y, is_val, rng)
     return is_val
+
+
+def _rebalance(y: np.ndarray, is_val: np.ndarray, target: int) -> None:
+    """Move examples (in place) until the validation fold holds `target` examples.
+
+    Multi-label examples make the folds drift from their sizes; each move takes the example of
+    the over-full fold whose labels are most over-represented there (relative to the wanted
+    share), so per-class proportions improve or barely move.
+    """
+    counts = np.maximum(y.sum(0), 1)
+    share = target / len(y)
+    while is_val.sum() != target:
+        to_val = is_val.sum() < target
+        donor = np.flatnonzero(is_val != to_val)
+        in_donor = y[is_val != to_val].sum(0)
+        want = counts * ((1 - share) if to_val else share)  # what the donor fold should hold
+        excess = (in_donor - want) / counts
+        score = (y[donor] * excess).sum(1) - 1e-3 * y[donor].sum(1)
+        # never take the last example of a class out of the donor fold
+        last = (y[donor] & (in_donor < 2)).any(1)
+        score[last] = -np.inf
+        pick = donor[int(np.argmax(score))]
+        is_val[pick] = to_val
 
 
 def _pick_fold(rng, want_label: np.ndarray, want_total: np.ndarray) -> int:
