@@ -6,7 +6,9 @@ per the PNG spec) and Examples (protobuf wire format, tf.train.Example field num
 
 import io
 import pathlib
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -133,6 +135,13 @@ def test_colour_and_garbage_pngs_are_schema_errors():
     Image.new("RGB", (3, 2)).save(buffer, format="PNG")
     with pytest.raises(SchemaError, match="single-channel"):
         example.decode_png(buffer.getvalue(), what="record 'a' channel 'red'")
+    ihdr = struct.pack(">IIBBBBB", 2, 2, 4, 0, 0, 0, 0)  # 2x2 grey, bit depth 4
+    rows = zlib.compress(b"\x00\x12" * 2)  # filter byte + two 4-bit samples per row
+    four_bit = b"\x89PNG\r\n\x1a\n" + spec._chunk(b"IHDR", ihdr)
+    four_bit += spec._chunk(b"IDAT", rows) + spec._chunk(b"IEND", b"")
+    assert Image.open(io.BytesIO(four_bit)).mode == "L"  # Pillow would widen it silently
+    with pytest.raises(SchemaError, match="bit depth 4"):
+        example.decode_png(four_bit)
     with pytest.raises(SchemaError, match="record 'a' channel 'red': not a PNG"):
         example.decode_png(b"not a png", what="record 'a' channel 'red'")
     truncated = example.encode_png(planes(16, 16)["red"])[:-30]

@@ -106,6 +106,10 @@ def test_writer_is_atomic_on_error(tmp_path):
             assert not path.exists()  # invisible until closed
             raise KeyError("boom")
     assert list(tmp_path.iterdir()) == []
+    writer = TFRecordWriter(path)  # never closed: dropping it leaves no temporary behind
+    writer.write(b"abc")
+    del writer
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------- index
@@ -201,6 +205,18 @@ def test_corrupt_data_raises_record_error_with_file_index_offset(hand_file):
     assert unverified[bad] != RECORDS[bad] and len(unverified[bad]) == len(RECORDS[bad])
     with pytest.raises(RecordError, match="record 2"):
         source.__getitems__([0, 1, 2, 3])
+
+
+def test_record_error_survives_pickling():
+    # Grain re-raises worker exceptions in the main process after pickling them
+    err = pickle.loads(pickle.dumps(RecordError("/d/x.tfrecord", 3, 120, "data CRC mismatch")))
+    assert (err.path, err.index, err.offset, err.reason) == (
+        "/d/x.tfrecord",
+        3,
+        120,
+        "data CRC mismatch",
+    )
+    assert str(err) == "/d/x.tfrecord: record 3 at byte offset 120: data CRC mismatch"
 
 
 def test_corrupt_length_and_truncation(hand_file, tmp_path):

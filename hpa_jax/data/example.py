@@ -96,9 +96,13 @@ def _open_png(data: bytes, what: str):
         image = Image.open(io.BytesIO(data), formats=("PNG",))
     except Exception as err:
         raise SchemaError(f"{what}: not a PNG ({type(err).__name__})") from None
-    if image.mode not in ("L", "I;16", "I;16B", "I"):
+    # IHDR (always the first chunk) holds bit depth at byte 24 and colour type at byte 25;
+    # Pillow would quietly widen 1/2/4-bit grey to "L", which the schema does not allow.
+    depth, colour = data[24], data[25]
+    if colour != 0 or depth not in (8, 16) or image.mode not in ("L", "I;16", "I;16B", "I"):
         raise SchemaError(
-            f"{what}: PNG must be single-channel 8- or 16-bit grey, got mode {image.mode}"
+            f"{what}: PNG must be single-channel 8- or 16-bit grey, got mode {image.mode} "
+            f"(bit depth {depth}, colour type {colour})"
         )
     return image
 
@@ -127,7 +131,10 @@ def encode_example(
     PNG here) or to PNG bytes (stored as given, after checking their header). All four must have
     the same H, W. `labels` are class indices (≥ 0), stored sorted without duplicates.
     """
-    name = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+    try:
+        name = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+    except UnicodeDecodeError:
+        raise SchemaError(f"record ID {image_id[:40]!r} is not UTF-8") from None
     if not name:
         raise SchemaError("record has an empty ID")
     missing = [c for c in CHANNELS if c not in channels]
@@ -425,8 +432,7 @@ def inspect_records(
     files = tfrecord.expand_paths(paths)
     report = InspectReport(table.name, table.classes)
     report.label_counts = np.zeros(table.num_classes, np.int64)
-    known = [tfrecord.cached_index(p) for p in files]  # a total for the bar, if cheap
-    total = sum(len(ix) for ix in known) if all(ix is not None for ix in known) else None
+    total = _count_records(files)
     first_seen: dict[str, tuple[str, int]] = {}
     with tqdm(total=total, unit="rec", desc="inspect", disable=None if progress else True) as bar:
         for path in files:
@@ -442,6 +448,16 @@ def inspect_records(
                 ]
             report.records_per_file[str(path)] = count
     return report
+
+
+def _count_records(files) -> int | None:
+    """Records in all files from their indexes (a header-only scan at worst), for the bar."""
+    from hpa_jax.data import tfrecord
+
+    try:
+        return sum(len(tfrecord.build_index(p)) for p in files)
+    except UserError:
+        return None  # a damaged file: the checking scan will say where
 
 
 def _tally(frame, path: str, table, report: InspectReport, first_seen: dict) -> list[str]:

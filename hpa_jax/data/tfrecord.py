@@ -62,6 +62,10 @@ class RecordError(UserError):
             where += f" at byte offset {offset}"
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # Grain sends worker exceptions to the main process by pickling them.
+        return type(self), (self.path, self.index, self.offset, self.reason)
+
 
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC32C of `data` (a uint32 as a Python int)."""
@@ -144,6 +148,13 @@ class TFRecordWriter:
 
     def __enter__(self) -> TFRecordWriter:
         return self
+
+    def __del__(self):
+        # Never closed (no `with`, an exception before close): leave no temporary behind.
+        try:
+            self.abort()
+        except Exception:
+            pass
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is None:
