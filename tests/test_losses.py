@@ -168,3 +168,22 @@ def test_label_counts_from_multi_hot_or_index_tuples():
     assert losses.label_counts(multi_hot)[0].tolist() == COUNTS[:2] + [0, 4]
     counts, n = losses.label_counts(tuples, num_classes=4)
     assert counts.tolist() == [3, 1, 0, 4] and n == 5
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_other_output_activations_use_bce_on_their_probabilities(activation):
+    logits, labels, weights = _batch(seed=6, scale=1.0)
+    x = logits.astype(np.float64)
+    p = (np.tanh(x) + 1) / 2 if activation == "tanh" else np.clip(x, 0, 1)
+    p = np.clip(p, np.float32(1e-7), np.float32(1 - 1e-7))  # the clip bounds, as float32 has them
+    ref = -(weights * labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean(-1)
+    fn = losses.make_loss_fn(
+        ml_collections.ConfigDict(), class_weights=weights, activation=activation
+    )
+    np.testing.assert_allclose(np.asarray(fn(logits, labels)), ref, rtol=1e-4)
+    grad = jax.grad(lambda z: fn(z, labels).sum())(jnp.asarray(logits) * 100)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    # tanh's probability is sigmoid(2x): the same loss as the sigmoid path at twice the logits
+    if activation == "tanh":
+        sig = losses.per_example_loss(2 * logits, labels, pos_weight=weights)
+        np.testing.assert_allclose(np.asarray(fn(logits, labels)), np.asarray(sig), rtol=1e-4)

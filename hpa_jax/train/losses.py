@@ -8,8 +8,8 @@ The loss is binary cross-entropy per class with a per-class weight on the positi
 written with softplus (a log-sum-exp) of the logits x, so it stays finite for any logit. Options:
 label smoothing (targets y(1-e) + e/2, as Keras) and focal loss (factor (1 - p_t)^gamma with
 p_t = y p + (1-y)(1-p), as Keras's BinaryFocalCrossentropy, computed in log space).
-For the tanh/relu output activations the loss is BCE on clipped probabilities from
-`hpa_jax.models.heads.probabilities`.
+For the tanh and relu output activations the loss is BCE on the probabilities that
+`hpa_jax.models.heads.probabilities` gives, clipped to [1e-7, 1 - 1e-7] as Keras does.
 
 Losses come as per-example values (what the train step differentiates) and as (sum, count)
 pairs, which add up across batches and hosts before one division.
@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpa_jax.errors import UserError
+from hpa_jax.models import heads
 
 SCHEMES = ("none", "reference", "inverse", "effective_number")
-ACTIVATIONS = ("sigmoid", "tanh", "relu")
+ACTIVATIONS = heads.ACTIVATIONS
 _PROB_EPS = 1e-7  # probability clip of the non-sigmoid path (Keras's epsilon)
 
 # per-example loss: (logits float32[B, K], labels float32[B, K]) -> float32[B]
@@ -156,19 +157,9 @@ def probability_bce(
 def probabilities(logits: jax.Array, activation: str = "sigmoid") -> jax.Array:
     """Logits float32[B, K] -> probabilities in [0, 1] under the model's output activation.
 
-    Sigmoid is computed here; tanh and relu come from `hpa_jax.models.heads.probabilities`.
+    The one definition is `hpa_jax.models.heads.probabilities` (sigmoid, (tanh+1)/2, clip(relu)).
     """
-    if activation == "sigmoid":
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
-    if activation not in ACTIVATIONS:
-        raise UserError(f"model.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-    try:
-        from hpa_jax.models.heads import probabilities as head_probabilities
-    except ImportError:
-        raise UserError(
-            f"model.activation={activation!r} needs hpa_jax.models.heads, which is not installed"
-        ) from None
-    return head_probabilities(logits, activation)
+    return heads.probabilities(logits, activation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +222,7 @@ def make_loss_fn(
 
     class_weights: float[K] positive weights (`class_weights_from_config`), or None for 1.
     """
-    if activation not in ACTIVATIONS:
-        raise UserError(f"model.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    heads.check_activation(activation)
     smoothing = float(loss_cfg.get("label_smoothing", 0.0) or 0.0)
     gamma = float(loss_cfg.get("focal_gamma", 0.0) or 0.0)
     if not 0.0 <= smoothing < 1.0:
