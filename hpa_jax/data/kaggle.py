@@ -100,7 +100,7 @@ def parse_rows(table: LabelTable, raw_rows, path) -> tuple[list, list]:
         try:
             good.append((image_id, table.parse(text)))
         except LabelError as err:
-            bad.append((image_id, f"{path}:{line}: bad label string: {err}"))
+            bad.append((image_id, f"{path}:{line}: ID {image_id!r}: bad label string: {err}"))
     return good, bad
 
 
@@ -382,12 +382,13 @@ def _more(count: int) -> str:
 
 
 def _find_csv(input_dir: pathlib.Path, csv_path) -> pathlib.Path:
+    """The CSV as given, else inside the input folder, else beside it (Kaggle's layout is
+    `train.csv` next to `train/`)."""
     path = pathlib.Path(csv_path)
-    if path.is_file():
-        return path
-    if (input_dir / path).is_file():
-        return input_dir / path
-    raise UserError(f"{csv_path}: CSV not found (looked also in {input_dir})")
+    for candidate in (path, input_dir / path, input_dir.parent / path):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{csv_path}: CSV not found (looked also in {input_dir} and its parent)")
 
 
 def _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest) -> list[ShardTask]:
