@@ -125,6 +125,16 @@ def test_command_on_a_clean_folder_exits_0(tmp_path, capsys):
     assert "Nuclear membrane" in out  # class 1 of the histogram
 
 
+def test_command_takes_the_label_table_from_dataset_json(dataset, capsys):
+    paths, _ = dataset
+    folder = paths[0].parent
+    (folder / "dataset.json").write_text('{"label_table": "hpa2018", "num_classes": 28}')
+    assert cli.main(["data", "inspect", str(folder), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "labels (hpa2018)" in out and "Rods & rings" in out
+    assert "11 records in 2 file(s), 6 bad" in out  # records 3 and 6 are fine under 2018
+
+
 def test_command_on_a_missing_file_exits_2(tmp_path, capsys):
     assert cli.main(["data", "inspect", str(tmp_path / "nope.tfrecord"), "--no-progress"]) == 2
     assert "nope.tfrecord: no such TFRecord file" in capsys.readouterr().err

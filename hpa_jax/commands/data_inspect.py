@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--labels",
-        default="hpa2021",
+        default=None,
         choices=("hpa2021", "hpa2018"),
-        help="label table the records' class indices refer to (default: hpa2021)",
+        help="label table the records' class indices refer to (default: the label_table of "
+        "the shards' dataset.json if there is one, else hpa2021)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.example import inspect_records
 
-    report = inspect_records(args.files, args.labels, progress=not args.no_progress)
+    table = args.labels or _dataset_label_table(args.files) or "hpa2021"
+    report = inspect_records(args.files, table, progress=not args.no_progress)
     print(report.summary())
     if report.ok:
         print("OK: every record is sound")
@@ -38,3 +40,16 @@ def run(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"  {problem}")
     return 1
+
+
+def _dataset_label_table(files: list[str]) -> str | None:
+    """The label_table named by dataset.json beside the first FILE (or inside it, a folder)."""
+    import json
+    import pathlib
+
+    first = pathlib.Path(files[0])
+    info = (first if first.is_dir() else first.parent) / "dataset.json"
+    try:
+        return json.loads(info.read_text()).get("label_table")
+    except (OSError, ValueError, AttributeError):
+        return None  # no readable dataset.json: the default applies
