@@ -334,3 +334,21 @@ def test_png_bytes_round_trip_for_reference_helper():
     Image.fromarray(plane).save(buf, format="PNG")
     reduced = np.asarray(Image.open(io.BytesIO(buf.getvalue())).reduce(2)).astype(float)
     assert np.abs(reduced - _reference_image(0, 32, ("red",))[..., 0]).max() <= 1.0
+
+
+def test_grain_orbax_checkpoint_handler_round_trip(data_dir, tmp_path):
+    """Grain's own Orbax handler (what a CheckpointManager uses) saves and restores the state."""
+    import grain
+    from etils import epath
+
+    it = _train(data_dir)
+    next(it)
+    handler = grain.checkpoint.CheckpointHandler()
+    handler.save(epath.Path(tmp_path), args=grain.checkpoint.CheckpointSave(it))
+    want = next(it)
+    restored = handler.restore(
+        epath.Path(tmp_path), args=grain.checkpoint.CheckpointRestore(_train(data_dir))
+    )
+    got = next(restored)
+    assert _ids(got) == _ids(want)
+    np.testing.assert_array_equal(got["image"], want["image"])
