@@ -161,7 +161,9 @@ def _resolve_path(name: str) -> pathlib.Path:
     path = pathlib.Path(name)
     if path.is_file():
         return path
-    for candidate in (_REPO_CONFIGS / name, _REPO_CONFIGS / f"{name}.py"):
+    # relative to the repository (any working directory), or a bare name under configs/
+    candidates = (_REPO_CONFIGS.parent / name, _REPO_CONFIGS / name, _REPO_CONFIGS / f"{name}.py")
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config file {name!r} not found (nor under {_REPO_CONFIGS})")

@@ -122,7 +122,10 @@ def test_steps_converts_each_unit():
         steps(cfg, "total", steps_per_epoch=10, global_batch=32)
 
 
-def test_load_config_errors_name_the_file(tmp_path):
+def test_load_config_from_another_directory_and_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/demo.py:runlocal").batch_size == 8  # repository-relative
+    assert load_config("demo").model.name == "efficientnet_tiny"  # a name under configs/
     with pytest.raises(UserError, match="nope.py"):
         load_config(str(tmp_path / "nope.py"))
     bad = tmp_path / "bad.py"
