@@ -492,7 +492,7 @@ def _golgi(rng, cells: Cells, size: int, rn: float) -> np.ndarray:
     side = rng.uniform(-np.pi, np.pi, cells.n)[cells.owner]
     dphi = np.angle(np.exp(1j * (cells.phi - side)))
     band = np.exp(-(((cells.d_nuc - 1.3) / 0.28) ** 2))
-    blobs = 0.7 + 0.3 * smooth_noise(rng, size, 0.08 * rn)
+    blobs = np.clip(0.7 + 0.3 * smooth_noise(rng, size, 0.08 * rn), 0, None)
     return 1.3 * np.exp(-((dphi / 0.7) ** 2)) * band * blobs * cells.cyto * _not_mitotic(cells)
 
 
