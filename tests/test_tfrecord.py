@@ -134,6 +134,20 @@ def test_writer_writes_the_same_index_as_a_scan(tmp_path):
     assert list(cached.lengths) == list(scanned.lengths)
 
 
+def test_empty_shard(tmp_path):
+    path = tmp_path / "empty.tfrecord"
+    path.write_bytes(b"")
+    assert len(tfrecord.build_index(path)) == 0
+    assert list(tfrecord.iter_records(path)) == [] and len(TFRecordSource(path)) == 0
+
+
+def test_unwritable_output_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write"):
+        TFRecordWriter(blocker / "x.tfrecord")
+
+
 def test_index_is_cached_then_rebuilt_when_shard_changes(hand_file, monkeypatch):
     tfrecord.build_index(hand_file)
     scans = []

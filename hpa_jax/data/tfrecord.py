@@ -101,8 +101,11 @@ class TFRecordWriter:
         self.path = pathlib.Path(path)
         self._write_index = write_index
         self._atomic = fileio.atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
-        self._file = open(self._tmp, "wb")
+        try:
+            self._tmp = self._atomic.__enter__()
+            self._file = open(self._tmp, "wb")
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
         self._offsets: list[int] = []
         self._lengths: list[int] = []
         self._position = 0
@@ -111,7 +114,11 @@ class TFRecordWriter:
         """Append one record; return its frame's byte offset in the file."""
         data = bytes(data)
         offset = self._position
-        self._file.write(encode_frame(data))
+        length = struct.pack("<Q", len(data))
+        # three writes into the buffered file rather than one joined copy of a large record
+        self._file.write(length + struct.pack("<I", masked_crc32c(length)))
+        self._file.write(data)
+        self._file.write(struct.pack("<I", masked_crc32c(data)))
         self._offsets.append(offset)
         self._lengths.append(len(data))
         self._position += HEADER_BYTES + len(data) + FOOTER_BYTES
@@ -149,18 +156,18 @@ class TFRecordWriter:
     def __enter__(self) -> TFRecordWriter:
         return self
 
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
     def __del__(self):
         # Never closed (no `with`, an exception before close): leave no temporary behind.
         try:
             self.abort()
         except Exception:
             pass
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
 
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
@@ -290,15 +297,15 @@ def build_index(path: str | os.PathLike, *, use_cache: bool = True) -> RecordInd
         cached = _load_index(path, fingerprint)
         if cached is not None:
             return cached
-    offsets, lengths = [], []
+    offsets = []
     for frame in scan_frames(path, verify=True, read_data=False):
         if frame.error:
             raise RecordError(path, frame.index, frame.offset, frame.error)
         offsets.append(frame.offset)
-    offsets = np.asarray(offsets, np.uint64)
-    ends = np.append(offsets[1:], np.uint64(fingerprint[0]))
-    lengths = (ends - offsets - np.uint64(HEADER_BYTES + FOOTER_BYTES)).astype(np.uint64)
-    index = RecordIndex(offsets, lengths)
+    # frames are contiguous and the scan ended exactly at the file's end
+    frame_sizes = np.diff(np.asarray(offsets + [fingerprint[0]], np.int64))
+    lengths = (frame_sizes - (HEADER_BYTES + FOOTER_BYTES)).astype(np.uint64)
+    index = RecordIndex(np.asarray(offsets, np.uint64), lengths)
     _try_save_index(path, index, fingerprint)
     return index
 
