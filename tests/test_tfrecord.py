@@ -293,7 +293,8 @@ def test_source_over_many_shards(shards):
 
 def test_source_accepts_folder_and_glob(shards, tmp_path):
     paths, flat = shards
-    assert TFRecordSource(tmp_path).paths == [str(p) for p in paths]  # sidecars skipped
+    (tmp_path / ".train-00009-of-00010.tfrecord.k2j4.tmp").write_bytes(b"half-written")
+    assert TFRecordSource(tmp_path).paths == [str(p) for p in paths]  # sidecars, temps skipped
     assert list(TFRecordSource(str(tmp_path / "train-*.tfrecord"))) == flat
     with pytest.raises(UserError, match="no such TFRecord file"):
         TFRecordSource(tmp_path / "missing.tfrecord")

@@ -389,13 +389,18 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
             found = sorted(pathlib.Path(p) for p in glob.glob(str(entry)))
             if not found:
                 raise UserError(f"{entry}: no such TFRecord file")
-        found = [p for p in found if not p.name.endswith(INDEX_SUFFIX) and p.is_file()]
+        found = [p for p in found if _is_shard_name(p.name) and p.is_file()]
         if path.is_dir() and not found:
             raise UserError(f"{entry}: folder holds no *.tfrecord files")
         out.extend(found)
     if not out:
         raise UserError("no TFRecord files given")
     return out
+
+
+def _is_shard_name(name: str) -> bool:
+    # pathlib's "*" also matches hidden names: skip atomic_path's ".name.XXXX.tmp" temporaries
+    return not (name.endswith(INDEX_SUFFIX) or name.startswith(".") or name.endswith(".tmp"))
 
 
 # ----------------------------------------------------------------------------------- source
