@@ -132,6 +132,32 @@ def _class_moments(values: np.ndarray, members: np.ndarray, robust: bool):
     return centre, spread
 
 
+def _mean_intensities(stats) -> np.ndarray:
+    """The "mean" of an `intensity_statistics` dict, or the array itself, as float64[N, C]."""
+    means = np.asarray(stats["mean"] if isinstance(stats, dict) else stats, dtype=np.float64)
+    if means.ndim == 1:
+        means = means[:, None]
+    if means.ndim != 2:
+        raise UserError(f"mean intensities must be float[N, C] or float[N], got {means.shape}")
+    return means
+
+
+def class_z_scores(stats, labels: np.ndarray, *, robust: bool = False) -> np.ndarray:
+    """Signed z of each image's mean intensity against each class it carries, per channel.
+
+    stats, labels, robust: as in `intensity_outliers`.
+    Returns float32[N, K, C]: (mean − class centre) / class spread, 0 for classes the image does
+    not carry and where the class's spread is 0 (no evidence).
+    """
+    means = _mean_intensities(stats)
+    labels = check_labels(labels)
+    check_same_rows(("mean intensities", means), ("labels", labels))
+    members = class_members(labels, what="intensity outliers")
+    centre, spread = _class_moments(means, members, robust)
+    z = (means[:, None, :] - centre[None]) / np.where(spread > 0, spread, np.inf)[None]
+    return np.where(members[:, :, None], np.nan_to_num(z), 0.0).astype(np.float32)
+
+
 def intensity_outliers(
     stats, labels: np.ndarray, k: float = 3.0, *, robust: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -146,18 +172,7 @@ def intensity_outliers(
              flags bool[N] = scores > k).
     A channel with zero spread in a class (e.g. a one-image class) gives z = 0: no evidence.
     """
-    means = np.asarray(stats["mean"] if isinstance(stats, dict) else stats, dtype=np.float64)
-    if means.ndim == 1:
-        means = means[:, None]
-    if means.ndim != 2:
-        raise UserError(f"mean intensities must be float[N, C] or float[N], got {means.shape}")
-    labels = check_labels(labels)
-    check_same_rows(("mean intensities", means), ("labels", labels))
-    members = class_members(labels, what="intensity outliers")
-    centre, spread = _class_moments(means, members, robust)
-    z = (means[:, None, :] - centre[None]) / np.where(spread > 0, spread, np.inf)[None]  # [N,K,C]
-    z = np.where(members[:, :, None], np.abs(np.nan_to_num(z)), 0.0)
-    scores = z.max(axis=(1, 2)).astype(np.float32)
+    scores = np.abs(class_z_scores(stats, labels, robust=robust)).max(axis=(1, 2))
     return scores, scores > k
 
 

@@ -39,6 +39,48 @@ def sift_descriptors(grey: np.ndarray, **sift_kwargs) -> np.ndarray:
     return np.asarray(detector.descriptors, np.float32).reshape(-1, 128)
 
 
+def describe_images(images: np.ndarray, *, channel: int | None = None) -> list[np.ndarray]:
+    """SIFT descriptors of every image. images: uint8[N, H, W, C] → N arrays float32[M_i, 128]."""
+    return [sift_descriptors(g) for g in to_grey(images, channel)]
+
+
+def bag_of_words(
+    descriptors: list[np.ndarray],
+    *,
+    n_words: int = 64,
+    seed: int = 0,
+    max_fit_descriptors: int = 100_000,
+) -> np.ndarray:
+    """Visual-word histograms from per-image descriptors (`describe_images`).
+
+    n_words: vocabulary size (k-means clusters; fewer if there are fewer distinct descriptors).
+    max_fit_descriptors: k-means is fitted on at most this many descriptors (sampled by seed).
+    Returns float32[N, n_words], each row L1-normalised, all zero for an image without keypoints.
+    """
+    from sklearn.cluster import KMeans
+
+    if n_words < 1:
+        raise UserError(f"n_words must be at least 1, got {n_words}")
+    counts = np.array([len(d) for d in descriptors], np.int64)
+    if counts.sum() == 0:
+        raise UserError(
+            f"SIFT found no keypoints in any of {len(descriptors)} images; "
+            "use larger or more textured images for the SIFT baseline"
+        )
+    pooled = np.concatenate([d for d in descriptors if len(d)])
+    fit_on = pooled
+    if len(pooled) > max_fit_descriptors:
+        rng = np.random.default_rng(seed)
+        fit_on = pooled[rng.choice(len(pooled), max_fit_descriptors, replace=False)]
+    words = min(n_words, len(np.unique(fit_on, axis=0)))
+    assigned = KMeans(n_clusters=words, n_init=3, random_state=seed).fit(fit_on).predict(pooled)
+    owner = np.repeat(np.arange(len(descriptors)), counts)
+    hist = np.zeros((len(descriptors), n_words), np.float64)
+    np.add.at(hist, (owner, assigned), 1.0)
+    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    return hist.astype(np.float32)
+
+
 def sift_bovw(
     images: np.ndarray,
     *,
@@ -50,33 +92,11 @@ def sift_bovw(
     """SIFT bag-of-visual-words embedding.
 
     images: uint8[N, H, W, C]. channel: which channel to describe (None = mean of channels).
-    n_words: vocabulary size (lowered to the number of distinct descriptors if fewer).
-    max_fit_descriptors: k-means is fitted on at most this many descriptors (sampled by seed).
     Returns (features float32[N, n_words], each row an L1-normalised word histogram, all zero
     for an image without keypoints; keypoints int64[N], descriptors found per image).
     """
-    from sklearn.cluster import KMeans
-
-    if n_words < 1:
-        raise UserError(f"n_words must be at least 1, got {n_words}")
-    grey = to_grey(images, channel)
-    per_image = [sift_descriptors(g) for g in grey]
-    counts = np.array([len(d) for d in per_image], np.int64)
-    if counts.sum() == 0:
-        raise UserError(
-            f"SIFT found no keypoints in any of {len(grey)} images of {grey.shape[1:]} px; "
-            "use larger or more textured images for the SIFT baseline"
-        )
-    pooled = np.concatenate(per_image)
-    rng = np.random.default_rng(seed)
-    fit_on = pooled
-    if len(pooled) > max_fit_descriptors:
-        fit_on = pooled[rng.choice(len(pooled), max_fit_descriptors, replace=False)]
-    words = min(n_words, len(np.unique(fit_on, axis=0)))
-    kmeans = KMeans(n_clusters=words, n_init=3, random_state=seed).fit(fit_on)
-    assigned = kmeans.predict(pooled)
-    owner = np.repeat(np.arange(len(grey)), counts)
-    hist = np.zeros((len(grey), n_words), np.float64)
-    np.add.at(hist, (owner, assigned), 1.0)
-    hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
-    return hist.astype(np.float32), counts
+    descriptors = describe_images(images, channel=channel)
+    features = bag_of_words(
+        descriptors, n_words=n_words, seed=seed, max_fit_descriptors=max_fit_descriptors
+    )
+    return features, np.array([len(d) for d in descriptors], np.int64)

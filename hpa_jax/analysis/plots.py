@@ -1,0 +1,163 @@
+"""Figures for the anomaly report. Each function takes arrays and returns a
+`matplotlib.figure.Figure` (built without pyplot, so no global state); the caller saves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# HPA's usual display of four stains: yellow (ER) is shown as red + green.
+_RGBY_TO_RGB = np.array(
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]], np.float32
+)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def to_rgb(images: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
+    """uint8[N, H, W, C] stains → float32[N, H, W, 3] in 0..1 for display.
+
+    red/green/blue map to themselves and yellow to red + green (halved); a single channel is
+    shown in grey.
+    """
+    images = np.asarray(images, np.float32) / 255.0
+    if images.shape[-1] == 1:
+        return np.repeat(images, 3, axis=-1)
+    order = {"red": 0, "green": 1, "blue": 2, "yellow": 3}
+    mix = np.stack([_RGBY_TO_RGB[order.get(name, 1)] for name in channel_names])  # [C, 3]
+    return np.clip(images @ mix, 0.0, 1.0)
+
+
+def intensity_distributions(
+    means: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    channel_names: Sequence[str],
+    flags: np.ndarray | None = None,
+    k: float = 3.0,
+):
+    """Per-class mean intensities with the class mean ± kσ band, one panel per channel.
+
+    means: float[N, C] grey levels; labels: multi-hot [N, K] (an image appears under every
+    class it carries); flags: bool[N] images to draw in red.
+    """
+    means, labels = np.asarray(means, np.float64), np.asarray(labels) > 0
+    n_classes, n_channels = labels.shape[1], means.shape[1]
+    flags = np.zeros(len(means), bool) if flags is None else np.asarray(flags, bool)
+    fig = _figure(max(6.0, 0.45 * n_classes + 2), 2.2 * n_channels)
+    axes = fig.subplots(n_channels, 1, sharex=True, squeeze=False)[:, 0]
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(means))
+    for ch, ax in enumerate(axes):
+        for cls in range(n_classes):
+            rows = labels[:, cls]
+            if not rows.any():
+                continue
+            values = means[rows, ch]
+            mu, sd = values.mean(), values.std()
+            ax.add_patch(_band(cls, mu - k * sd, 2 * k * sd))
+            ax.hlines(mu, cls - 0.4, cls + 0.4, color="black", linewidth=1)
+            x = cls + jitter[rows]
+            bad = flags[rows]
+            ax.scatter(x[~bad], values[~bad], s=4, color="tab:blue", alpha=0.5, linewidths=0)
+            ax.scatter(x[bad], values[bad], s=10, color="tab:red", linewidths=0)
+        ax.set_ylabel(f"{channel_names[ch]} mean")
+        ax.set_ylim(-5, 260)
+    axes[-1].set_xticks(range(n_classes), list(class_names)[:n_classes], rotation=60, ha="right")
+    axes[0].set_title(f"Mean intensity per class (band: class mean ± {k:g}σ; red: flagged)")
+    return fig
+
+
+def _band(x: float, bottom: float, height: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.4, bottom), 0.8, height, color="tab:orange", alpha=0.25, linewidth=0)
+
+
+def thumbnails(
+    images: np.ndarray,
+    ids: Sequence[str],
+    scores: dict[str, np.ndarray],
+    *,
+    channel_names: Sequence[str],
+    per_detector: int = 8,
+):
+    """The most anomalous images of each detector: one row per detector, best first.
+
+    images: uint8[N, h, w, C] (small thumbnails); scores: detector name → float[N].
+    """
+    rgb = to_rgb(images, channel_names)
+    names = list(scores)
+    cols = min(per_detector, len(images))
+    fig = _figure(1.3 * cols + 1.5, 1.45 * len(names) + 0.3)
+    axes = fig.subplots(len(names), cols, squeeze=False)
+    for row, name in enumerate(names):
+        top = np.argsort(-np.asarray(scores[name]), kind="stable")[:cols]
+        for col, i in enumerate(top):
+            ax = axes[row, col]
+            ax.imshow(rgb[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{ids[i]}\n{scores[name][i]:.3g}", fontsize=6)
+        axes[row, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    return fig
+
+
+def class_colours(labels: np.ndarray) -> np.ndarray:
+    """One display class per image: its rarest label (the most informative), −1 if none.
+
+    labels: multi-hot [N, K] → int64[N].
+    """
+    labels = np.asarray(labels) > 0
+    frequency = np.where(labels.any(0), labels.sum(0), np.inf)
+    rarity = np.where(labels, frequency[None], np.inf)
+    return np.where(labels.any(1), rarity.argmin(1), -1)
+
+
+def _scatter_map(ax, coords, labels, flags, class_names, title):
+    from matplotlib import colormaps
+
+    colour = class_colours(labels)
+    cmap = colormaps["tab20"]
+    for cls in np.unique(colour):
+        rows = colour == cls
+        name = class_names[cls] if cls >= 0 else "unlabelled"
+        ax.scatter(*coords[rows].T, s=5, color=cmap(cls % 20), label=name, linewidths=0)
+    if flags is not None and np.any(flags):
+        ax.scatter(
+            *coords[flags].T, s=22, marker="x", color="black", linewidths=0.8, label="flagged"
+        )
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def projection_map(coords, labels, *, class_names, flags=None, title: str = ""):
+    """A 2-D map coloured by class (an image's rarest label), flagged images marked ×.
+
+    coords: float[N, 2]; labels: multi-hot [N, K]; flags: bool[N] or None.
+    """
+    fig = _figure(7.5, 5.5)
+    ax = fig.subplots()
+    _scatter_map(ax, np.asarray(coords), labels, flags, class_names, title)
+    ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def side_by_side(maps: dict[str, np.ndarray], labels, *, class_names, flags=None):
+    """The study's comparison: one map per embedding (e.g. SIFT-BoVW, ImageNet, fine-tuned).
+
+    maps: embedding name → coords float[N, 2] (same images, same order).
+    """
+    fig = _figure(4.2 * len(maps) + 1.8, 4.4)
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    for ax, (name, coords) in zip(axes, maps.items(), strict=True):
+        _scatter_map(ax, np.asarray(coords), labels, flags, class_names, name)
+    axes[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
