@@ -195,6 +195,24 @@ def _ellipse_distance(dy, dx, axes, angle):
     return np.sqrt(u * u + v * v)
 
 
+def _nearest_two(d_all: np.ndarray):
+    """Per pixel: index of the smallest of n maps, its value, and the gap to the second.
+
+    A running min over the n maps: argmin/partition along the leading axis walk the arrays
+    with a large stride and cost several times more.
+    """
+    owner = np.zeros(d_all.shape[1:], np.int64)
+    first = d_all[0].copy()
+    second = np.full_like(first, np.float32(10.0))
+    for k in range(1, len(d_all)):
+        d = d_all[k]
+        closer = d < first
+        second = np.where(closer, first, np.minimum(second, d))
+        owner[closer] = k
+        first = np.where(closer, d, first)
+    return owner, first, second - first
+
+
 def _soft(d: np.ndarray, width: float) -> np.ndarray:
     """Soft inside-mask of a normalised distance: 1 well inside, 0 outside, ramp of `width`."""
     return np.clip((1.0 - d) / width + 0.5, 0.0, 1.0)
@@ -238,12 +256,7 @@ def make_cells(rng, size: int, mitotic: bool) -> Cells:
     if mitotic:
         wobble[mitotic_index] = 1.0
     d_all = d_all / wobble
-    owner = np.argmin(d_all, axis=0)
-    if n > 1:
-        two = np.partition(d_all, 1, axis=0)
-        d_cell, d_gap = two[0], two[1] - two[0]
-    else:
-        d_cell, d_gap = d_all[0], np.full_like(d_all[0], 10.0)
+    owner, d_cell, d_gap = _nearest_two(d_all)
     # the owner's nucleus only: one distance and one angle map instead of n
     ndy, ndx = yy - f32(nuc_center[owner, 0]), xx - f32(nuc_center[owner, 1])
     d_nuc = _ellipse_distance(ndy, ndx, f32(nuc_axes[owner]), f32(angle[owner]))
