@@ -213,8 +213,11 @@ def test_interrupted_conversion_resumes_to_the_same_bytes(folder, tmp_path, monk
     assert sorted(done) == sorted(expected)[:2]  # finished shards stayed, none half-written
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(kaggle, "load_record", real)
+    # what a worker killed by a signal leaves (it cannot run its own clean-up)
+    (out / ".train-00003-of-00004.tfrecord.x1y2.tmp").write_bytes(b"partial")
     summary = kaggle.convert(*args, out, shards=4)
     assert summary["resumed"] == 2
+    assert not list(out.glob("*.tmp"))
     assert _shard_bytes(out) == expected
     for name in ("train.csv", "split.csv", "skipped.csv"):
         assert (out / name).read_bytes() == (reference / name).read_bytes()

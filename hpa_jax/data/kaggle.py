@@ -368,6 +368,7 @@ def convert(
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_output(out_dir, options, digest, overwrite)
     (out_dir / MANIFEST_DIR).mkdir(exist_ok=True)
+    writer_lib.remove_temporaries(out_dir)
     tasks = _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest)
     manifests = {t.path.name: finished_manifest(t) for t in tasks}
     todo = [t for t in tasks if manifests[t.path.name] is None]

@@ -50,6 +50,7 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
     """
     out_dir = pathlib.Path(out_dir)
     keep = set(keep)
+    remove_temporaries(out_dir)
     removed = []
     for path in sorted(out_dir.glob("train-*-of-*.tfrecord*")):
         shard = path.name.split(".tfrecord")[0] + ".tfrecord"
@@ -58,6 +59,15 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
             if path.name == shard:
                 removed.append(shard)
     return removed
+
+
+def remove_temporaries(out_dir: str | os.PathLike) -> int:
+    """Delete temporaries a killed run left (`.train-*.tmp`: a worker terminated mid-shard
+    cannot clean up after itself). Returns how many were removed."""
+    stale = list(pathlib.Path(out_dir).glob(f".{SHARD_PREFIX}-*-of-*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def run_tasks(
