@@ -26,7 +26,10 @@ def make_embed_fn(graphdef, *, mesh=None, batch_axes=None):
     from flax import nnx
 
     def features(state, images):
-        model = nnx.merge(graphdef, state)
+        # state: one nnx.State, or a tuple of them as from nnx.split(model, nnx.Param, ...)
+        model = (
+            nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+        )
         return model.features(images.astype(jnp.float32), train=False).astype(jnp.float32)
 
     if mesh is None:
@@ -75,7 +78,8 @@ def embed(
     """Features before the head for every image.
 
     Call as `embed(model, images)` (an nnx.Module with `.features`) or
-    `embed(graphdef, state, images)` (from `nnx.split`).
+    `embed(graphdef, state, images)` (from `nnx.split`; state may be a tuple of states, e.g. the
+    trainer's `(params, rest)`).
     images: uint8[N, H, W, C] in 0..255 (or float in the same range).
     batch_size: images per jitted call (default: all N at once); rounded up to a multiple of the
     mesh's batch shards (`batch_axes`: default every mesh axis).

@@ -54,19 +54,19 @@ def intensity_distributions(
     fig = _figure(max(6.0, 0.45 * n_classes + 2), 2.2 * n_channels)
     axes = fig.subplots(n_channels, 1, sharex=True, squeeze=False)[:, 0]
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(means))
+    rows, cols = np.nonzero(labels)  # one point per (image, class it carries)
+    present = np.flatnonzero(labels.any(0))
     for ch, ax in enumerate(axes):
-        for cls in range(n_classes):
-            rows = labels[:, cls]
-            if not rows.any():
-                continue
-            values = means[rows, ch]
-            mu, sd = values.mean(), values.std()
-            ax.add_patch(_band(cls, mu - k * sd, 2 * k * sd))
-            ax.hlines(mu, cls - 0.4, cls + 0.4, color="black", linewidth=1)
-            x = cls + jitter[rows]
-            bad = flags[rows]
-            ax.scatter(x[~bad], values[~bad], s=4, color="tab:blue", alpha=0.5, linewidths=0)
-            ax.scatter(x[bad], values[bad], s=10, color="tab:red", linewidths=0)
+        # per-class mean and σ of this channel (ddof 0, as intensity_outliers uses)
+        values = [means[labels[:, c], ch] for c in present]
+        mu = np.array([v.mean() for v in values])
+        sd = np.array([v.std() for v in values])
+        ax.bar(present, 2 * k * sd, bottom=mu - k * sd, width=0.8, color="tab:orange", alpha=0.25)
+        ax.hlines(mu, present - 0.4, present + 0.4, color="black", linewidth=1)
+        bad = flags[rows]
+        x, y = cols + jitter[rows], means[rows, ch]
+        ax.scatter(x[~bad], y[~bad], s=4, color="tab:blue", alpha=0.5, linewidths=0)
+        ax.scatter(x[bad], y[bad], s=10, color="tab:red", linewidths=0)
         ax.set_ylabel(f"{channel_names[ch]} mean")
         ax.set_ylim(-5, 260)
     axes[-1].set_xticks(range(n_classes), list(class_names)[:n_classes], rotation=60, ha="right")
@@ -74,10 +74,13 @@ def intensity_distributions(
     return fig
 
 
-def _band(x: float, bottom: float, height: float):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x - 0.4, bottom), 0.8, height, color="tab:orange", alpha=0.25, linewidth=0)
+def _mosaic(tiles: np.ndarray, gap: int = 2) -> np.ndarray:
+    """float[n, h, w, 3] → one row float[h, n·(w + gap) − gap, 3] with white gaps."""
+    n, h, w, _ = tiles.shape
+    row = np.ones((h, n * (w + gap) - gap, 3), np.float32)
+    for i, tile in enumerate(tiles):  # at most `per_detector` tiles
+        row[:, i * (w + gap) : i * (w + gap) + w] = tile
+    return row
 
 
 def thumbnails(
@@ -88,24 +91,29 @@ def thumbnails(
     channel_names: Sequence[str],
     per_detector: int = 8,
 ):
-    """The most anomalous images of each detector: one row per detector, best first.
+    """The most anomalous images of each detector: one row per detector, highest score first,
+    each image captioned with its ID and score.
 
     images: uint8[N, h, w, C] (small thumbnails); scores: detector name → float[N].
+    One axes per row (a mosaic), so that dozens of detectors still draw quickly.
     """
     rgb = to_rgb(images, channel_names)
     names = list(scores)
     cols = min(per_detector, len(images))
-    fig = _figure(1.3 * cols + 1.5, 1.45 * len(names) + 0.3)
-    axes = fig.subplots(len(names), cols, squeeze=False)
-    for row, name in enumerate(names):
+    fig = _figure(1.25 * cols + 1.8, 1.5 * len(names) + 0.3)
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    width = rgb.shape[2] + 2
+    for ax, name in zip(axes, names, strict=True):
         top = np.argsort(-np.asarray(scores[name]), kind="stable")[:cols]
-        for col, i in enumerate(top):
-            ax = axes[row, col]
-            ax.imshow(rgb[i], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{ids[i]}\n{scores[name][i]:.3g}", fontsize=6)
-        axes[row, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+        ax.imshow(_mosaic(rgb[top]), interpolation="nearest")
+        ax.set_xticks(
+            [i * width + width / 2 - 1 for i in range(len(top))],
+            [f"{ids[i]}\n{scores[name][i]:.3g}" for i in top],
+            fontsize=6,
+        )
+        ax.tick_params(length=0)
+        ax.set_yticks([])
+        ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
     return fig
 
 

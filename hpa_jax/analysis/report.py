@@ -549,41 +549,71 @@ def run_anomaly_report(
 
     with threadpool_limits(limits=threads):
         return _run_report(
-            data_dir, out_dir, embeddings=embeddings, predictions=predictions, truth=truth,
-            split=split, image_size=image_size, k=k, neighbours_k=neighbours_k,
-            exclude_by=exclude_by, projections=projections, with_sift=with_sift,
-            sift_words=sift_words, batch_size=batch_size, seed=seed, log=log,
+            data_dir,
+            out_dir,
+            embeddings=embeddings,
+            predictions=predictions,
+            truth=truth,
+            split=split,
+            image_size=image_size,
+            k=k,
+            neighbours_k=neighbours_k,
+            exclude_by=exclude_by,
+            projections=projections,
+            with_sift=with_sift,
+            sift_words=sift_words,
+            batch_size=batch_size,
+            seed=seed,
+            log=log,
         )
 
 
 def _run_report(
-    data_dir, out_dir, *, embeddings, predictions, truth, split, image_size, k, neighbours_k,
-    exclude_by, projections, with_sift, sift_words, batch_size, seed, log,
+    data_dir,
+    out_dir,
+    *,
+    embeddings,
+    predictions,
+    truth,
+    split,
+    image_size,
+    k,
+    neighbours_k,
+    exclude_by,
+    projections,
+    with_sift,
+    sift_words,
+    batch_size,
+    seed,
+    log,
 ) -> dict:
     out_dir = pathlib.Path(out_dir)
+    loaded = [e if isinstance(e, Embedding) else load_embeddings(e) for e in embeddings]
+    names = [e.name for e in loaded]
+    if len(set(names)) != len(names):
+        raise UserError(f"embedding names must differ, got {names}; rename the files")
+    methods = _projection_methods(projections)
     scan = scan_dataset(
         data_dir, split=split, image_size=image_size, batch_size=batch_size, with_sift=with_sift
     )
     n, num_classes = scan.labels.shape
     log(f"scanned {n} images, {num_classes} classes")
-    loaded = [e if isinstance(e, Embedding) else load_embeddings(e) for e in embeddings]
-    names = [e.name for e in loaded]
-    if len(set(names)) != len(names):
-        raise UserError(f"embedding names must differ, got {names}; rename the files")
+    features = {}
+    for emb in loaded:
+        what = f"{emb.name} embeddings"
+        features[emb.name] = emb.features[align_rows(scan.ids, emb.ids, what=what)]
     probs = None if predictions is None else load_predictions(predictions, scan.ids, num_classes)
     truth_arrays = None if truth is None else load_truth(truth, scan.ids)
-    features = {}
     if with_sift:
         sift_features = _sift_features(scan, sift_words, seed, log)
         if sift_features is not None:
-            features["sift_bovw"] = sift_features
-    for emb in loaded:
-        features[emb.name] = emb.features[
-            align_rows(scan.ids, emb.ids, what=f"{emb.name} embeddings")
-        ]
+            features = {"sift_bovw": sift_features, **features}
     unknown = [d for d in exclude_by if d not in _possible_detectors(features, probs)]
     if unknown:
-        raise UserError(f"exclude_by names unknown detectors: {', '.join(unknown)}")
+        raise UserError(
+            f"exclude_by names unknown detectors: {', '.join(unknown)} (have "
+            f"{', '.join(sorted(_possible_detectors(features, probs)))})"
+        )
 
     det = Detections()
     intensity_detectors(scan, det, k)
@@ -596,9 +626,6 @@ def _run_report(
         prepared[name] = embedding_detectors(
             name, feats, scan, det, k=k, neighbours_k=neighbours_k, probs=probs, seed=seed
         )
-    methods = projection.available_methods() if projections is None else tuple(projections)
-    if "pca" in methods and projections is None:
-        methods = tuple(m for m in methods if m != "pca")
     maps = {}
     for method in methods:
         log(f"{method} maps")
@@ -649,6 +676,18 @@ def _run_report(
         log(quality.quality_markdown(quality_rows))
     log(f"wrote {out_dir} ({len(excluded)} IDs in exclude.txt)")
     return summary
+
+
+def _projection_methods(projections) -> tuple[str, ...]:
+    """Default: t-SNE, plus UMAP when installed; named ones are checked before any work."""
+    if projections is None:
+        return tuple(m for m in projection.available_methods() if m != "pca")
+    for method in projections:
+        if method not in ("pca", "tsne", "umap"):
+            raise UserError(f"unknown projection {method!r}; choose pca, tsne or umap")
+        if method == "umap" and not projection.umap_available():
+            raise UserError("UMAP needs umap-learn: pip install 'hpa-jax[umap]'")
+    return tuple(projections)
 
 
 def _possible_detectors(features: dict, probs) -> set[str]:

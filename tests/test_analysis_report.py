@@ -1,0 +1,118 @@
+"""The anomaly report end to end on a tiny synthetic dataset, through the CLI."""
+
+import csv
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import hpa_jax  # noqa: F401
+from hpa_jax import cli
+from hpa_jax.analysis import intensity
+from hpa_jax.analysis.report import load_embeddings, save_embeddings
+from hpa_jax.data.pipeline import make_eval_iterator
+from hpa_jax.data.synthetic import synthesize
+from hpa_jax.errors import UserError
+
+SIZE = 32  # analysed size; the dataset is stored at 48 px
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anomalies")
+    data = root / "data"
+    synthesize(data, num_images=40, size=48, seed=3, anomaly_rate=0.3, shards=1)
+    batches = list(
+        make_eval_iterator(data, batch_size=16, image_size=SIZE, channels="rgby", split="all")
+    )
+    keep = np.concatenate([b["mask"] for b in batches])
+    return {
+        "root": root,
+        "data": data,
+        "ids": [str(i) for i in np.concatenate([b["id"] for b in batches])[keep]],
+        "images": np.concatenate([b["image"] for b in batches])[keep],
+        "labels": np.concatenate([b["labels"] for b in batches])[keep],
+    }
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_inputs(dataset, folder):
+    """A random 'embedding' in shuffled row order and model probabilities (npz)."""
+    rng = np.random.default_rng(0)
+    ids, labels = np.array(dataset["ids"]), dataset["labels"]
+    order = rng.permutation(len(ids))
+    emb = folder / "random.npz"
+    save_embeddings(emb, ids[order], labels[order], rng.normal(size=(len(ids), 8)), name="rand")
+    probs = np.clip(labels * 0.8 + 0.1 + rng.normal(0, 0.05, labels.shape), 0, 1)
+    pred = folder / "predictions.npz"
+    np.savez(pred, ids=ids[order], probs=probs[order].astype(np.float32))
+    return emb, pred
+
+
+def test_report_scores_flags_figures_and_quality(dataset):
+    root = dataset["root"]
+    emb, pred = _write_inputs(dataset, root)
+    out = root / "report"
+    argv = ["anomalies", "--data", str(dataset["data"]), "--out", str(out), "--embeddings",
+            str(emb), "--predictions", str(pred), "--truth", str(dataset["data"] / "truth.csv"),
+            "--image-size", str(SIZE), "--projection", "tsne", "--threads", "1",
+            "--sift-words", "8"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = _read_csv(out / "anomalies.csv")
+    assert [r["ID"] for r in rows] == dataset["ids"]
+
+    # The intensity columns equal the study's rule computed here from the decoded images.
+    means = dataset["images"].reshape(len(rows), -1, 4).mean(axis=1)
+    scores, flags = intensity.intensity_outliers(means, dataset["labels"])
+    np.testing.assert_allclose([float(r["intensity_score"]) for r in rows], scores, rtol=1e-4)
+    np.testing.assert_array_equal([r["intensity_flag"] == "1" for r in rows], flags)
+    flagged = {r["ID"] for r in rows if r["intensity_flag"] == "1"}
+    assert set((out / "exclude.txt").read_text().split()) == flagged
+    assert all(r["reason"].startswith("intensity: ") for r in rows if r["ID"] in flagged)
+    assert {"label_model_score", "label_knn_rand_score", "label_combined_rand_flag"} <= set(rows[0])
+
+    # Detector quality agrees with scikit-learn on the written scores and the truth file.
+    truth = {r["ID"]: r for r in _read_csv(dataset["data"] / "truth.csv")}
+    quality = {(q["detector"], q["target"]): q for q in _read_csv(out / "detector_quality.csv")}
+    anomalous = np.array([truth[i]["anomaly"] == "1" for i in dataset["ids"]])
+    expected = roc_auc_score(anomalous, [float(r["histogram_score"]) for r in rows])
+    assert float(quality[("histogram", "any")]["roc_auc"]) == pytest.approx(expected)
+    assert "| intensity | intensity |" in (out / "detector_quality.md").read_text()
+
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"intensity_distributions.png", "top_anomalies.png", "map_tsne_rand.png"} <= figures
+    if "map_tsne_sift_bovw.png" in figures:  # SIFT found enough keypoints at this size
+        assert "side_by_side_tsne.png" in figures
+    assert not list(root.glob(".report*"))  # no temporaries left behind
+
+
+def test_bad_inputs_name_the_mismatch_and_leave_no_partial_output(dataset, tmp_path):
+    ids, labels = np.array(dataset["ids"]), dataset["labels"]
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous report")
+    bad = tmp_path / "bad.npz"
+    save_embeddings(bad, [*ids[:-1], "not-an-id"], labels, np.zeros((len(ids), 3)))
+    common = ["--data", str(dataset["data"]), "--out", str(out), "--image-size", str(SIZE),
+              "--no-sift", "--projection", "pca", "--threads", "1"]  # fmt: skip
+
+    from hpa_jax.analysis.report import run_anomaly_report
+
+    with pytest.raises(UserError, match=r"1 dataset IDs missing .*1 IDs not in the dataset \(e"):
+        run_anomaly_report(dataset["data"], out, embeddings=[bad], image_size=SIZE,
+                           with_sift=False, projections=("pca",), log=lambda *_: None)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("ID,anomaly,kind\nghost-7,1,dark\n")
+    assert cli.main(["anomalies", *common, "--truth", str(truth)]) == 2
+    assert cli.main(["anomalies", *common, "--exclude-by", "nonsense"]) == 2
+    with pytest.raises(UserError, match="ghost-7"):
+        run_anomaly_report(dataset["data"], out, truth=truth, image_size=SIZE, with_sift=False,
+                           projections=("pca",), log=lambda *_: None)
+    # The previous report is untouched and nothing half-written sits beside it.
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "report", "truth.csv"]
+    assert load_embeddings(bad).name == "bad"
