@@ -130,7 +130,7 @@ def block_args(spec: Variant, drop_connect_rate: float) -> list[BlockArgs]:
 class MBConv(nnx.Module):
     """Keras's inverted-residual block. Call: `[B, H, W, C_in] → [B, H/s, W/s, C_out]`."""
 
-    def __init__(self, args: BlockArgs, *, depthwise: str, dtype, rngs: nnx.Rngs):
+    def __init__(self, args: BlockArgs, *, depthwise: str, dtype, init: layers.InitBank):
         filters = args.filters_in * args.expand_ratio
         filters_se = max(1, int(args.filters_in * SE_RATIO))
         self.name = args.name
@@ -138,21 +138,21 @@ class MBConv(nnx.Module):
         self.dtype = dtype
         self.has_skip = args.stride == 1 and args.filters_in == args.filters_out
         if args.expand_ratio != 1:
-            self.expand_conv = layers.Pointwise(args.filters_in, filters, dtype=dtype, rngs=rngs)
-            self.expand_bn = layers.batch_norm(filters, rngs)
+            self.expand_conv = layers.Pointwise(args.filters_in, filters, dtype=dtype, init=init)
+            self.expand_bn = layers.BatchNorm(filters)
         else:
             self.expand_conv = None
             self.expand_bn = None
         self.dwconv = layers.DepthwiseConv2D(
-            filters, args.kernel_size, args.stride, mode=depthwise, dtype=dtype, rngs=rngs
+            filters, args.kernel_size, args.stride, mode=depthwise, dtype=dtype, init=init
         )
-        self.bn = layers.batch_norm(filters, rngs)
+        self.bn = layers.BatchNorm(filters)
         self.se_reduce = layers.Pointwise(filters, filters_se, use_bias=True, dtype=dtype,
-                                          rngs=rngs)
+                                          init=init)
         self.se_expand = layers.Pointwise(filters_se, filters, use_bias=True, dtype=dtype,
-                                          rngs=rngs)
-        self.project_conv = layers.Pointwise(filters, args.filters_out, dtype=dtype, rngs=rngs)
-        self.project_bn = layers.batch_norm(args.filters_out, rngs)
+                                          init=init)
+        self.project_conv = layers.Pointwise(filters, args.filters_out, dtype=dtype, init=init)
+        self.project_bn = layers.BatchNorm(args.filters_out)
 
     def _bn_act(self, bn, x, train):
         return jax.nn.silu(bn(x, use_running_average=not train)).astype(self.dtype)
@@ -179,9 +179,8 @@ class GapDense(nnx.Module):
     """The reference study's head: global average pool → dropout → dense. `[B,H,W,D] → [B,K]`."""
 
     def __init__(self, features: int, num_classes: int, dropout_rate: float, *, dtype,
-                 rngs: nnx.Rngs):
-        self.dense = nnx.Linear(features, num_classes, kernel_init=layers.DENSE_INIT,
-                                dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                 init: layers.InitBank):
+        self.dense = layers.Dense(features, num_classes, dtype=dtype, init=init)
         self.dropout_rate = dropout_rate
 
     def __call__(self, fmap, *, train, rng):
@@ -197,10 +196,9 @@ class GapGmpBnDropoutDense(nnx.Module):
     """
 
     def __init__(self, features: int, num_classes: int, dropout_rate: float, *, dtype,
-                 rngs: nnx.Rngs):
-        self.bn = layers.batch_norm(2 * features, rngs)
-        self.dense = nnx.Linear(2 * features, num_classes, kernel_init=layers.DENSE_INIT,
-                                dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                 init: layers.InitBank):
+        self.bn = layers.BatchNorm(2 * features)
+        self.dense = layers.Dense(2 * features, num_classes, dtype=dtype, init=init)
         self.dropout_rate = dropout_rate
 
     def __call__(self, fmap, *, train, rng):
@@ -252,24 +250,26 @@ class EfficientNet(nnx.Module):
         self.drop_connect_rate = float(drop_connect_rate)
 
         # Keras's Normalization starts at mean 0, variance 1 until weights are loaded.
-        self.input_mean = InputNorm(jnp.zeros((in_channels,), jnp.float32))
-        self.input_variance = InputNorm(jnp.ones((in_channels,), jnp.float32))
-        self.input_scale = InputNorm(jnp.ones((in_channels,), jnp.float32))
+        self.input_mean = InputNorm(layers.constant((in_channels,), 0.0))
+        self.input_variance = InputNorm(layers.constant((in_channels,), 1.0))
+        self.input_scale = InputNorm(layers.constant((in_channels,), 1.0))
+
+        init = layers.InitBank(rngs.params())
 
         stem = round_filters(spec.stem_filters, spec)
-        self.stem_conv = layers.Conv2D(in_channels, stem, 3, 2, dtype=self.dtype, rngs=rngs)
-        self.stem_bn = layers.batch_norm(stem, rngs)
+        self.stem_conv = layers.Conv2D(in_channels, stem, 3, 2, dtype=self.dtype, init=init)
+        self.stem_bn = layers.BatchNorm(stem)
         self.blocks = nnx.List([
-            MBConv(args, depthwise=self.depthwise, dtype=self.dtype, rngs=rngs)
+            MBConv(args, depthwise=self.depthwise, dtype=self.dtype, init=init)
             for args in block_args(spec, self.drop_connect_rate)
         ])
         last = self.blocks[-1].project_bn.num_features
         self.feature_dim = round_filters(spec.top_filters, spec)
-        self.top_conv = layers.Pointwise(last, self.feature_dim, dtype=self.dtype, rngs=rngs)
-        self.top_bn = layers.batch_norm(self.feature_dim, rngs)
+        self.top_conv = layers.Pointwise(last, self.feature_dim, dtype=self.dtype, init=init)
+        self.top_bn = layers.BatchNorm(self.feature_dim)
         head_cls = GapDense if head == "gap_dense" else GapGmpBnDropoutDense
         self.head = head_cls(self.feature_dim, num_classes, self.dropout_rate, dtype=self.dtype,
-                             rngs=rngs)
+                             init=init)
 
     def normalize_input(self, images: jax.Array) -> jax.Array:
         """float[B, H, W, C] in 0..255 → float32 normalised as Keras's preprocessing layers."""

@@ -16,15 +16,61 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-# Keras's EfficientNet initialisers (VarianceScaling on fan-out).
-CONV_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
-# A depthwise kernel [kh, kw, 1, C] has fan-out kh·kw in Keras (its kernel is [kh, kw, C, 1]).
-DEPTHWISE_INIT = jax.nn.initializers.variance_scaling(
-    2.0, "fan_out", "truncated_normal", in_axis=-1, out_axis=-2
-)
-DENSE_INIT = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+CHUNK = 1 << 18  # values per random draw of an InitBank (one compiled RNG shape)
+_TRUNC = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+
+
+class InitBank:
+    """Initial values for a whole model from a few large random draws.
+
+    Drawing every kernel with its own `jax.random` call costs one XLA compilation per distinct
+    shape when run eagerly (about a second each on a busy CPU: a minute for B0). The bank draws
+    fixed-size chunks of standard truncated-normal and uniform values (one compiled shape) and
+    hands out consecutive slices, scaled to Keras's EfficientNet initialisers:
+    `VarianceScaling(2, "fan_out", truncated normal)` for convolutions and
+    `VarianceScaling(1/3, "fan_out", uniform)` for the dense head. Eagerly the chunks are sliced
+    in NumPy (no compilation); under `jax.jit`/`nnx.eval_shape` (traced key) with `jnp`, giving
+    the same numbers for the same key.
+    """
+
+    def __init__(self, key: jax.Array):
+        self.key = key
+        self.traced = isinstance(key, jax.core.Tracer)
+        self._streams = {"normal": [None, 0, 0], "uniform": [None, 0, 0]}  # chunk, pos, count
+
+    def _take(self, kind: str, size: int):
+        chunk, pos, count = self._streams[kind]
+        if chunk is None or pos + size > chunk.shape[0]:
+            n = max(CHUNK, 1 << (size - 1).bit_length())
+            key = jax.random.fold_in(jax.random.fold_in(self.key, kind == "uniform"), count)
+            if kind == "normal":
+                chunk = jax.random.truncated_normal(key, -2.0, 2.0, (n,), jnp.float32)
+            else:
+                chunk = jax.random.uniform(key, (n,), jnp.float32, -1.0, 1.0)
+            if not self.traced:
+                chunk = np.asarray(chunk)
+            pos, count = 0, count + 1
+        self._streams[kind] = [chunk, pos + size, count]
+        return chunk[pos:pos + size]
+
+    def conv(self, shape: tuple[int, ...], fan_out: int) -> jax.Array:
+        """float32[shape] ~ truncated normal with std sqrt(2 / fan_out) (Keras's conv init)."""
+        std = np.float32(np.sqrt(2.0 / fan_out) / _TRUNC)
+        return jnp.asarray((self._take("normal", int(np.prod(shape))) * std).reshape(shape))
+
+    def dense(self, shape: tuple[int, int]) -> jax.Array:
+        """float32[C_in, C_out] ~ uniform(±sqrt(3 · (1/3) / C_out)) (Keras's dense init)."""
+        limit = np.float32(np.sqrt(1.0 / shape[1]))
+        return jnp.asarray((self._take("uniform", int(np.prod(shape))) * limit).reshape(shape))
+
+
+def constant(shape: tuple[int, ...], value: float) -> jax.Array:
+    """float32 array of `value` made in NumPy (an eager `jnp.full` compiles once per shape)."""
+    return jnp.asarray(np.full(shape, value, np.float32))
+
 
 DEPTHWISE_MODES = ("grouped", "shifted", "auto")
 
@@ -107,9 +153,10 @@ class DepthwiseConv2D(nnx.Module):
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int, *, mode: str = "auto",
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, init: InitBank):
+        # Keras's depthwise kernel is [k, k, C, 1]: its fan-out is k·k.
         self.kernel = nnx.Param(
-            DEPTHWISE_INIT(rngs.params(), (kernel_size, kernel_size, 1, channels), jnp.float32)
+            init.conv((kernel_size, kernel_size, 1, channels), kernel_size * kernel_size)
         )
         self.stride = stride
         self.mode = resolve_depthwise(mode)
@@ -130,9 +177,9 @@ class Conv2D(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, init: InitBank):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(CONV_INIT(rngs.params(), shape, jnp.float32))
+        self.kernel = nnx.Param(init.conv(shape, kernel_size * kernel_size * out_features))
         self.stride = stride
         self.dtype = dtype
 
@@ -156,10 +203,10 @@ class Pointwise(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = False,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        # Keras's fan-out of a 1×1 kernel is C_out, the same as this [C_in, C_out] matrix's.
-        self.kernel = nnx.Param(CONV_INIT(rngs.params(), (in_features, out_features), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+                 dtype=jnp.float32, init: InitBank):
+        # Keras's fan-out of a 1×1 kernel is C_out.
+        self.kernel = nnx.Param(init.conv((in_features, out_features), out_features))
+        self.bias = nnx.Param(constant((out_features,), 0.0)) if use_bias else None
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -169,17 +216,59 @@ class Pointwise(nnx.Module):
         return y
 
 
-def batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """Keras's BatchNormalization defaults (epsilon 1e-3, momentum 0.99), float32 arithmetic.
+class BatchNorm(nnx.Module):
+    """Keras's BatchNormalization over the last axis (epsilon 1e-3, momentum 0.99), in float32.
 
-    Flax's `momentum` has Keras's meaning (`running = m·running + (1 − m)·batch`). The layer
-    computes in float32 whatever its input dtype, because bfloat16 batch statistics are too
-    coarse; callers cast back to their compute dtype.
+    Variables: `scale`, `bias` (`nnx.Param`, Keras's gamma/beta) and `mean`, `var`
+    (`nnx.BatchStat`, Keras's moving_mean/moving_variance), each float32[C]. Call
+    `bn(x, use_running_average)`: x [..., C] → float32 [..., C]. With `use_running_average=False`
+    it normalises with the batch's mean and biased variance over all axes but the last and
+    updates `running = momentum · running + (1 − momentum) · batch` (Keras's and Flax's meaning
+    of momentum). The affine form `x · inv + (bias − mean · inv)` is the one Keras's JAX backend
+    computes, so converted models round as Keras does. The arithmetic is float32 whatever the
+    input dtype, because bfloat16 batch statistics are too coarse; callers cast back.
     """
-    return nnx.BatchNorm(
-        features, momentum=0.99, epsilon=1e-3, dtype=jnp.float32, param_dtype=jnp.float32,
-        rngs=rngs,
-    )
+
+    def __init__(self, features: int, *, momentum: float = 0.99, epsilon: float = 1e-3):
+        self.scale = nnx.Param(constant((features,), 1.0))
+        self.bias = nnx.Param(constant((features,), 0.0))
+        self.mean = nnx.BatchStat(constant((features,), 0.0))
+        self.var = nnx.BatchStat(constant((features,), 1.0))
+        self.num_features = features
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def __call__(self, x: jax.Array, use_running_average: bool = True) -> jax.Array:
+        x = x.astype(jnp.float32)
+        if use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            # Two-pass variance: no cancellation when |mean| >> std.
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            m = self.momentum
+            self.mean[...] = m * self.mean[...] + (1.0 - m) * jax.lax.stop_gradient(mean)
+            self.var[...] = m * self.var[...] + (1.0 - m) * jax.lax.stop_gradient(var)
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return x * inv + (self.bias[...] - mean * inv)
+
+
+class Dense(nnx.Module):
+    """Keras's `Dense(K)` with its EfficientNet initialiser: `[..., C_in] → float32 [..., K]`.
+
+    Parameters `kernel: float32[C_in, K]`, `bias: float32[K]` (zeros).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, dtype=jnp.float32,
+                 init: InitBank):
+        self.kernel = nnx.Param(init.dense((in_features, out_features)))
+        self.bias = nnx.Param(constant((out_features,), 0.0))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return (y + self.bias[...].astype(self.dtype)).astype(jnp.float32)
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, *, per_example: bool = False):
