@@ -116,3 +116,35 @@ def test_bad_inputs_name_the_mismatch_and_leave_no_partial_output(dataset, tmp_p
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "report", "truth.csv"]
     assert load_embeddings(bad).name == "bad"
+
+
+def test_embed_command_with_converted_weights(dataset, tmp_path):
+    """The one tiny-model embed test: convert-weights layout → `hpa-jax embed` → report input."""
+    from flax import nnx
+
+    from hpa_jax import config as config_lib
+    from hpa_jax.models import keras_weights
+    from hpa_jax.models.registry import create_model
+
+    model_cfg = config_lib.default_config().model
+    model_cfg.name = "efficientnet_tiny"
+    model = create_model(model_cfg, num_classes=19, in_channels=4, rngs=nnx.Rngs(1))
+    weights = tmp_path / "weights"
+    keras_weights.save_converted(nnx.state(model), weights, {"variant": "tiny", "in_channels": 4})
+    out = tmp_path / "imagenet.npz"
+    argv = ["embed", "--weights", str(weights), "--data", str(dataset["data"]), "--out",
+            str(out), "--image-size", str(SIZE), "--batch-size", "16"]  # fmt: skip
+    assert cli.main(argv) == 0
+    emb = load_embeddings(out)
+    assert emb.name == "imagenet" and list(emb.ids) == dataset["ids"]
+    np.testing.assert_array_equal(emb.labels, dataset["labels"])
+    # Reference: the model's own features, jitted whole (eager op-by-op dispatch compiles
+    # hundreds of tiny programs), unsharded and unpadded.
+    expected = nnx.jit(lambda m, x: m.features(x, train=False))(
+        model, dataset["images"].astype(np.float32)
+    )
+    np.testing.assert_allclose(emb.features, np.asarray(expected), rtol=2e-4, atol=2e-5)
+    assert not list(tmp_path.glob(".imagenet*"))
+    # A run folder without a checkpoint is refused with a message, not a traceback.
+    assert cli.main(["embed", "--workdir", str(tmp_path), "--data", str(dataset["data"]),
+                     "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
