@@ -37,10 +37,12 @@ values on every host for the same seed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -73,7 +75,6 @@ PREPROCESS_MODES = {
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-HEADS = ("gap_dense", "gap_gmp_bn_dropout_dense")
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
@@ -176,6 +177,21 @@ def _dtype_policy(dtype: str):
         keras.config.set_dtype_policy(before)
 
 
+@contextlib.contextmanager
+def _fresh_layer_names():
+    """Keras numbers auto-named layers per process ("normalization_3"); build with a fresh
+    counter so every build has the same layer names and variable paths (weight files saved
+    from one build then load into another)."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", before)
+
+
 def build_keras_model(name: str, *, in_channels: int, input_size: int, dtype: str = "float32",
                       **kwargs):
     """`keras.applications.<name>(include_top=False, weights=None)` for [size, size, C] input.
@@ -189,7 +205,10 @@ def build_keras_model(name: str, *, in_channels: int, input_size: int, dtype: st
 
     fn = application(name)
     try:
-        with _dtype_policy(dtype), keras.StatelessScope(initialize_variables=False):
+        with _dtype_policy(dtype), _fresh_layer_names(), warnings.catch_warnings(), \
+                keras.StatelessScope(initialize_variables=False):
+            # Keras warns that ImageNet models expect 3 channels; we build 1/4-channel on purpose
+            warnings.filterwarnings("ignore", message=".*input channels", category=UserWarning)
             model = fn(include_top=False, weights=None, pooling=None,
                        input_shape=(input_size, input_size, in_channels), **kwargs)
     except (ValueError, TypeError) as err:
@@ -317,7 +336,8 @@ def load_weight_values(name: str, path: str | os.PathLike, *, in_channels: int, 
     for var in donor.variables:  # placeholders that load_weights overwrites
         var._initialize(np.zeros(var.shape, var.dtype))
     try:
-        donor.load_weights(path)
+        with jax.ensure_compile_time_eval():  # concrete values even under nnx.eval_shape/jit
+            donor.load_weights(path)
     except Exception as err:  # Keras raises ValueError/KeyError/OSError for a wrong file
         raise UserError(
             f"model.weights={path!r}: not weights of keras.applications.{name} without its "
@@ -369,8 +389,8 @@ class KerasBackbone(nnx.Module):
       num_classes: K, the head's outputs.
       in_channels: 1 (green), 3 (RGB) or 4 (RGBY).
       input_size: the square image size (pixels) the Keras graph is built for.
-      head: "gap_dense" (GAP → dropout → dense) or "gap_gmp_bn_dropout_dense", the same head
-        modules as our EfficientNet.
+      head: "gap_dense" (GAP → dropout → dense) or "gap_gmp_bn_dropout_dense"
+        (`heads.ClassifierHead`; the same heads as our EfficientNet).
       activation: output activation for losses/prediction ("sigmoid", "tanh", "relu");
         exposed as `output_activation`, never applied here.
       weights: None (random init from `rngs`) or the path of a Keras weights file.
@@ -392,8 +412,6 @@ class KerasBackbone(nnx.Module):
                  input_size: int = 224, head: str = "gap_dense", activation: str = "sigmoid",
                  weights: str | os.PathLike | None = None, dtype: str = "float32",
                  dropout_rate: float | None = None, rngs: nnx.Rngs, **kwargs):
-        from hpa_jax.models.efficientnet import GapDense, GapGmpBnDropoutDense
-
         _check_args(name, num_classes, in_channels, input_size, head, activation)
         self.app_name = name
         self.num_classes = int(num_classes)
@@ -418,10 +436,9 @@ class KerasBackbone(nnx.Module):
         self.variable_paths = tuple(v.path for v in model.trainable_variables)
         self.non_trainable_paths = tuple(v.path for v in model.non_trainable_variables)
         self.feature_dim = int(model.output_shape[-1])
-        head_cls = GapDense if head == "gap_dense" else GapGmpBnDropoutDense
         self.head_kind = head
-        self.head = head_cls(self.feature_dim, self.num_classes, self.dropout_rate,
-                             dtype=jnp.float32, rngs=rngs)
+        self.head = heads.ClassifierHead(head, self.feature_dim, self.num_classes,
+                                         dropout_rate=self.dropout_rate, rngs=rngs)
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -501,8 +518,7 @@ def _normalization_from(model, non_trainable: list):
 def _check_args(name, num_classes, in_channels, input_size, head, activation) -> None:
     application(name)
     heads.check_activation(activation)
-    if head not in HEADS:
-        raise UserError(f"model.head={head!r}: choose one of {', '.join(HEADS)}")
+    heads.check_head(head)
     if int(in_channels) not in (1, 3, 4):
         raise UserError(f"in_channels={in_channels}: keras backbones take 1, 3 or 4 channels")
     if int(num_classes) < 1:
