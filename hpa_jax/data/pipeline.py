@@ -412,7 +412,9 @@ def _image_size(image_size) -> tuple[int, int]:
 
 def _threaded(ds, worker_count: int, num_threads: int | None):
     """MapDataset of batches → IterDataset, with reading threads and optional worker processes."""
-    threads = num_threads if num_threads is not None else (2 if worker_count else 4)
+    # workers: one thread each (a worker computes whole batches); in-process: decode releases the
+    # GIL, so two threads overlap on two cores
+    threads = num_threads if num_threads is not None else (1 if worker_count else 2)
     # the buffer holds whole batches: keep it small (a 32 × 256² × 4 batch is 8 MiB)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 2))
     it_ds = ds.to_iter_dataset(options)
@@ -513,7 +515,8 @@ def make_train_iterator(
     Yields {"image": uint8[B, H, W, C], "labels": float32[B, K], "id": str[B]}, B = batch_size
     (per process), (H, W) = image_size, C = number of channels. `augment` is True (defaults),
     False, or an `AugmentConfig`. The returned iterator has `get_state()`/`set_state()` (JSON)
-    and `steps_per_epoch`; call `close()` when done if worker_count > 0.
+    and `steps_per_epoch`; call `close()` when done if worker_count > 0. Worker processes are
+    spawned (not forked), so a script using them needs an `if __name__ == "__main__":` guard.
     """
     data_dir = pathlib.Path(data_dir)
     p, n_proc = _process_shard(process_index, process_count)
