@@ -397,9 +397,10 @@ class KerasBackbone(nnx.Module):
       dtype: "float32" or "bfloat16" (Keras "mixed_bfloat16": float32 variables, bfloat16
         compute); features and logits come out float32.
       dropout_rate: dropout before the dense layer (None = 0).
+      drop_connect_rate: Keras EfficientNetB* only: drop-connect rate of the last block
+        (None = Keras's 0.2).
       rngs: `rngs.params()` seeds the initialisation.
-      **kwargs: passed to the Keras application (e.g. `drop_connect_rate` for EfficientNet,
-        `alpha` for MobileNet).
+      **kwargs: passed to the Keras application (e.g. `alpha` for MobileNet).
 
     `model(images, train=False, rng=None)`: images float/uint8 [B, H, W, C] in 0..255 → logits
     float32[B, K]; `features(...)` → float32[B, D] globally average-pooled backbone output.
@@ -411,7 +412,8 @@ class KerasBackbone(nnx.Module):
     def __init__(self, name: str, *, num_classes: int, in_channels: int = 3,
                  input_size: int = 224, head: str = "gap_dense", activation: str = "sigmoid",
                  weights: str | os.PathLike | None = None, dtype: str = "float32",
-                 dropout_rate: float | None = None, rngs: nnx.Rngs, **kwargs):
+                 dropout_rate: float | None = None, drop_connect_rate: float | None = None,
+                 rngs: nnx.Rngs, **kwargs):
         _check_args(name, num_classes, in_channels, input_size, head, activation)
         self.app_name = name
         self.num_classes = int(num_classes)
@@ -422,6 +424,10 @@ class KerasBackbone(nnx.Module):
         self.dropout_rate = 0.0 if dropout_rate is None else float(dropout_rate)
         model = build_keras_model(name, in_channels=in_channels, input_size=input_size,
                                   dtype=dtype, **kwargs)
+        if drop_connect_rate is not None:
+            if not name.startswith("EfficientNetB"):
+                raise UserError(f"model.drop_connect_rate: keras:{name} has no drop-connect")
+            set_drop_connect(model, drop_connect_rate)
         self.keras = _KerasModel(model)
         if weights is None:
             values = initial_values(model, rngs.params())
@@ -513,6 +519,22 @@ def _normalization_from(model, non_trainable: list):
     finally:
         for layer, mean, variance in saved:
             layer.mean, layer.variance = mean, variance
+
+
+KERAS_DROP_CONNECT = 0.2  # keras.applications EfficientNet's fixed drop_connect_rate
+
+
+def set_drop_connect(model, rate: float) -> None:
+    """Rescale Keras EfficientNet's per-block drop-connect (block b of n: rate · b / n).
+
+    Keras's EfficientNetB* constructors fix the rate at 0.2; the block Dropout layers
+    ("block…drop") read `rate` at call time, so scaling them gives the rate asked for.
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout) and layer.name.startswith("block"):
+            layer.rate = layer.rate * float(rate) / KERAS_DROP_CONNECT
 
 
 def _check_args(name, num_classes, in_channels, input_size, head, activation) -> None:

@@ -12,7 +12,8 @@ rng) -> logits float32[B, K]`, `features(...) -> float32[B, D]` and `output_acti
     head               "gap_dense" | "gap_gmp_bn_dropout_dense"
     activation         "sigmoid" | "tanh" | "relu" (output activation; see heads.py)
     dtype              "float32" | "bfloat16" (compute dtype; parameters stay float32)
-    drop_connect_rate  EfficientNet drop-connect (ours, and keras:EfficientNet*)
+    drop_connect_rate  EfficientNet drop-connect (ours and keras:EfficientNetB*; other Keras
+                       models ignore it, as the default config sets it)
     dropout_rate       dropout before the dense layer (EfficientNet: None = the variant's)
     depthwise          "auto" | "grouped" | "shifted" (ours only; Keras models ignore it)
     image_size         Keras models: the input size their graph is built for (pixels);
@@ -103,8 +104,8 @@ def _keras(app: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rn
 
     application(app)  # UserError listing valid names if unknown
     kwargs = dict(cfg.get("keras_kwargs") or {})
-    if "drop_connect_rate" in cfg and app.startswith("EfficientNetB"):  # Keras's V1 option
-        kwargs.setdefault("drop_connect_rate", float(cfg["drop_connect_rate"]))
+    if "drop_connect_rate" in cfg and app.startswith("EfficientNetB"):  # others have none
+        kwargs["drop_connect_rate"] = float(cfg["drop_connect_rate"])
     size = cfg.get("image_size") or image_size or DEFAULT_IMAGE_SIZE
     return KerasBackbone(
         app, num_classes=num_classes, in_channels=in_channels, input_size=int(size),
