@@ -352,3 +352,37 @@ def test_grain_orbax_checkpoint_handler_round_trip(data_dir, tmp_path):
     got = next(restored)
     assert _ids(got) == _ids(want)
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_stored_size_passes_through_unresized(data_dir):
+    it = pipeline.make_eval_iterator(
+        data_dir, batch_size=3, image_size=64, channels=("yellow", "red"), split="validation",
+        process_index=0, process_count=1, num_threads=1,
+    )  # fmt: skip
+    b = next(it)
+    planes = _channels(7, 64)
+    np.testing.assert_array_equal(b["image"][1], np.stack([planes["yellow"], planes["red"]], -1))
+
+
+def test_damaged_png_names_the_record(tmp_path):
+    root = write_dataset(tmp_path / "ds", n=4, size=16, shards=1, validation_every=1)
+    good = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(good, format="PNG")
+    channels = {c: good.getvalue() for c in CHANNELS}
+    channels["blue"] = good.getvalue()[:-30]  # header intact, pixel data cut short
+    with TFRecordWriter(root / "train-00000-of-00001.tfrecord") as w:
+        for i in range(3):
+            w.write(encode_example(f"img{i:03d}", _channels(i, 16), _labels(i)))
+        w.write(encode_example("img003", channels, [1]))
+    it = pipeline.make_eval_iterator(
+        root, batch_size=4, image_size=8, channels="rgb", split="all",
+        process_index=0, process_count=1, num_threads=1,
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"record 3 \(ID 'img003'\).*PNG"):
+        next(it)
+    # the green-only model never decodes the damaged blue PNG
+    ok = pipeline.make_eval_iterator(
+        root, batch_size=4, image_size=8, channels="green", split="all",
+        process_index=0, process_count=1, num_threads=1,
+    )  # fmt: skip
+    assert (next(ok)["image"][3] == 7).all()

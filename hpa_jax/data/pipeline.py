@@ -33,13 +33,14 @@ import json
 import math
 import os
 import pathlib
+import zlib
 from collections.abc import Iterable, Sequence
 
 import grain
 import numpy as np
 
 from hpa_jax.data import augment as augment_lib
-from hpa_jax.data.example import channel_names, parse_example, to_uint8
+from hpa_jax.data.example import SchemaError, channel_names, parse_example, to_uint8
 from hpa_jax.errors import UserError
 
 DATASET_INFO = "dataset.json"
@@ -289,13 +290,13 @@ def _to_8bit(image):
 
     if image.mode == "L":
         return image
-    if image.mode.startswith("I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         return Image.fromarray(to_uint8(np.asarray(image).astype(np.uint16)))
-    return image.convert("L")
+    raise SchemaError(f"PNG must be single-channel 8- or 16-bit grey, got mode {image.mode}")
 
 
 def decode_resized(png: bytes, size: tuple[int, int]):
-    """One single-channel PNG → a Pillow "L" image of `size = (height, width)`.
+    """One single-channel PNG → a loaded Pillow "L" image of `size = (height, width)`.
 
     Integer downscales (512 → 256) use `Image.reduce` (a box filter, several × faster than a
     general resample); other sizes use bilinear resampling with Pillow's reducing gap.
@@ -303,14 +304,14 @@ def decode_resized(png: bytes, size: tuple[int, int]):
     from PIL import Image
 
     height, width = size
-    with Image.open(io.BytesIO(png)) as im:
-        im = _to_8bit(im)
-        w, h = im.size
-        if (h, w) == (height, width):
-            return im
-        if w % width == 0 and h % height == 0:
-            return im.reduce((w // width, h // height))
-        return im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    im = _to_8bit(Image.open(io.BytesIO(png), formats=("PNG",)))
+    w, h = im.size
+    if (h, w) == (height, width):
+        im.load()
+        return im
+    if w % width == 0 and h % height == 0:
+        return im.reduce((w // width, h // height))
+    return im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def decode_channels(
@@ -348,15 +349,19 @@ class _LoadRecord:
         if record_index < 0:
             return self._padding()
         parsed = parse_example(self.source[record_index])
+        where = f"record {record_index} (ID {parsed.id!r}) in {self.where}"
         missing = [n for n in self.names if n not in parsed.pngs]
         bad = [c for c in parsed.labels if not 0 <= c < self.num_classes]
         if missing or bad:
-            raise UserError(
-                f"record {record_index} (ID {parsed.id!r}) in {self.where}: "
-                + (f"missing channel(s) {missing}" if missing else "")
-                + (f"labels {bad} out of range for {self.num_classes} classes" if bad else "")
-            )
-        image = decode_channels(parsed.pngs, self.names, self.size)
+            problems = [f"missing channel(s) {missing}"] if missing else []
+            problems += [f"labels {bad} out of range for {self.num_classes} classes"] if bad else []
+            raise SchemaError(f"{where}: {'; '.join(problems)}")
+        try:
+            image = decode_channels(parsed.pngs, self.names, self.size)
+        except SchemaError as err:
+            raise SchemaError(f"{where}: {err}") from None
+        except (OSError, SyntaxError, ValueError, zlib.error) as err:  # Pillow's decode errors
+            raise SchemaError(f"{where}: cannot decode PNG ({err})") from None
         if self.augment is not None:
             rng = augment_lib.example_rng(self.seed, epoch, record_index)
             image = augment_lib.augment(image, rng, self.augment)
