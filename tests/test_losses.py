@@ -53,7 +53,7 @@ def test_extreme_logits_stay_finite_in_value_and_gradient(gamma, smoothing):
             x, labels, pos_weight=weights, focal_gamma=gamma, label_smoothing=smoothing
         ).sum()
 
-    value, grad = jax.value_and_grad(total)(logits)
+    value, grad = jax.jit(jax.value_and_grad(total))(logits)
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
     if gamma == 0.0 and smoothing == 0.0:
         # confident right answers cost ~0, confident wrong ones cost |x| (times w for positives)
@@ -94,10 +94,11 @@ def test_probability_bce_matches_reference_on_sigmoid_probabilities():
 
 def test_loss_sum_aggregates_with_mask():
     logits, labels, weights = _batch(seed=4, b=8)
-    mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], bool)  # last three rows are padding
-    whole = losses.loss_sum(logits, labels, mask=mask, pos_weight=weights)
-    first = losses.loss_sum(logits[:3], labels[:3], pos_weight=weights)
-    second = losses.loss_sum(logits[3:5], labels[3:5], pos_weight=weights)
+    rows = np.arange(8)
+    loss_sum = jax.jit(losses.loss_sum)  # one compile: every call below has the same shapes
+    whole = loss_sum(logits, labels, mask=rows < 5, pos_weight=weights)  # rows 5-7: padding
+    first = loss_sum(logits, labels, mask=rows < 3, pos_weight=weights)
+    second = loss_sum(logits, labels, mask=(rows >= 3) & (rows < 5), pos_weight=weights)
     both = first + second
     np.testing.assert_allclose(float(whole.sum), float(both.sum), rtol=1e-6)
     assert float(whole.count) == float(both.count) == 5.0
@@ -177,13 +178,15 @@ def test_other_output_activations_use_bce_on_their_probabilities(activation):
     p = (np.tanh(x) + 1) / 2 if activation == "tanh" else np.clip(x, 0, 1)
     p = np.clip(p, np.float32(1e-7), np.float32(1 - 1e-7))  # the clip bounds, as float32 has them
     ref = -(weights * labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean(-1)
-    fn = losses.make_loss_fn(
-        ml_collections.ConfigDict(), class_weights=weights, activation=activation
+    fn = jax.jit(
+        losses.make_loss_fn(
+            ml_collections.ConfigDict(), class_weights=weights, activation=activation
+        )
     )
     np.testing.assert_allclose(np.asarray(fn(logits, labels)), ref, rtol=1e-4)
-    grad = jax.grad(lambda z: fn(z, labels).sum())(jnp.asarray(logits) * 100)
+    grad = jax.jit(jax.grad(lambda z: fn(z, labels).sum()))(jnp.asarray(logits) * 100)
     assert np.all(np.isfinite(np.asarray(grad)))
     # tanh's probability is sigmoid(2x): the same loss as the sigmoid path at twice the logits
     if activation == "tanh":
-        sig = losses.per_example_loss(2 * logits, labels, pos_weight=weights)
+        sig = jax.jit(losses.per_example_loss)(2 * logits, labels, pos_weight=weights)
         np.testing.assert_allclose(np.asarray(fn(logits, labels)), np.asarray(sig), rtol=1e-4)
