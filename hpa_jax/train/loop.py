@@ -204,7 +204,6 @@ class Run:
     shardings: state_lib.TrainState
     train_step: object
     eval_step: object
-    prob_fn: object
     rng: np.ndarray
     start_step: int
     data_state: dict | None
@@ -248,10 +247,43 @@ def make_checkpointer(config, workdir, *, read_only=False) -> ckpt_lib.Checkpoin
     )
 
 
-def start(setup: Setup) -> Run:
-    """Build (or restore) the state and compile the steps; writes the config files."""
+@dataclasses.dataclass
+class Compiled:
+    """What depends only on the config, the data's label counts and the mesh: reused by every
+    run in this process that has the same (e.g. a run and its resumption in one test)."""
+
+    graphdef: object
+    init: object  # jitted: () -> TrainState on its shards
+    shardings: state_lib.TrainState
+    tx: object
+    schedule: object
+    train_step: object
+    eval_step: object
+
+
+_COMPILED: dict[str, Compiled] = {}
+
+
+def _compile_key(setup: Setup, weights: np.ndarray) -> str:
+    # everything the jitted functions close over; where the data lives is not part of it
+    plain = config_lib.flatten(setup.config)
+    for name in ("data.dir", "data.exclude", "data.worker_count", "init_from"):
+        plain.pop(name, None)
+    parts = {
+        "config": plain, "total": setup.total_steps,
+        "warmup": setup.warmup_steps, "decay": setup.decay_every, "weights": weights.tolist(),
+        "devices": [d.id for d in setup.mesh.devices.flat], "mesh": setup.mesh.axis_names,
+        "shape": list(setup.mesh.devices.shape),
+    }
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
+    """Model, optimizer and the jitted init/train/eval functions (cached per process)."""
+    key = _compile_key(setup, weights)
+    if key in _COMPILED:
+        return _COMPILED[key]
     config = setup.config
-    weights = class_weights(setup)
     activation = config.model.activation
     loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
     prob_fn = losses_lib.make_prob_fn(activation)
@@ -259,34 +291,53 @@ def start(setup: Setup) -> Run:
                            decay_every=setup.decay_every)
     ema = optim.ema_decay(config.optimizer)
     make_model = state_lib.model_factory(config, setup.num_classes)
-    graphdef, state, shardings = state_lib.create_train_state(
+    graphdef, init, shardings = state_lib.state_initializer(
         make_model, tx, setup.mesh, seed=int(config.seed), use_ema=ema > 0
     )
-    checkpointer = make_checkpointer(config, setup.workdir)
-    latest = checkpointer.latest_step()
-    rng = np.asarray(jax.random.PRNGKey(int(config.seed) + 1), np.uint32)
-    data_state = None
-    start_step = 0
-    if latest is not None:
-        abstract = state_lib.as_abstract(shardings, jax.eval_shape(lambda: state))
-        del state  # free its memory before the restored copy arrives
-        state, rng, data_state = checkpointer.restore(latest, abstract)
-        start_step = latest
-    elif config.init_from:
-        state = ckpt_lib.initialize_from(state, shardings, graphdef, tx, config.init_from)
-    if jax.process_index() == 0:
-        config_lib.write_config(ml_collections.ConfigDict(setup.resolved), setup.workdir)
-        write_class_weights(setup, weights)
     train_fn = step_lib.make_train_step(
         graphdef, tx, loss_fn, prob_fn, ema_decay=ema, threshold=float(config.threshold)
     )
     eval_fn = step_lib.make_eval_step(graphdef, loss_fn, prob_fn, use_ema=ema > 0)
-    return Run(
-        setup=setup, graphdef=graphdef, state=state, shardings=shardings,
+    compiled = Compiled(
+        graphdef=graphdef, init=init, shardings=shardings, tx=tx, schedule=schedule,
         train_step=step_lib.jit_train_step(train_fn, setup.mesh, shardings),
         eval_step=step_lib.jit_eval_step(eval_fn, setup.mesh, shardings),
-        prob_fn=prob_fn, rng=rng, start_step=start_step, data_state=data_state,
-        checkpointer=checkpointer, schedule=schedule,
+    )
+    _COMPILED.clear()  # keep one: the jitted functions hold on to their compiled programs
+    _COMPILED[key] = compiled
+    return compiled
+
+
+def start(setup: Setup) -> Run:
+    """Restore the state from the workdir's latest checkpoint, or create it (and apply
+    `config.init_from`); write the resolved config and class weights."""
+    config = setup.config
+    weights = class_weights(setup)
+    compiled = compile_run(setup, weights)
+    checkpointer = make_checkpointer(config, setup.workdir)
+    try:
+        latest = checkpointer.latest_step()
+        rng = np.asarray(jax.random.PRNGKey(int(config.seed) + 1), np.uint32)
+        data_state = None
+        if latest is not None:
+            abstract = state_lib.as_abstract(compiled.shardings, jax.eval_shape(compiled.init))
+            state, rng, data_state = checkpointer.restore(latest, abstract)
+        else:
+            state = compiled.init()
+            if config.init_from:
+                state = ckpt_lib.initialize_from(state, compiled.shardings, compiled.graphdef,
+                                                 compiled.tx, config.init_from)
+    except BaseException:
+        checkpointer.close()
+        raise
+    if jax.process_index() == 0:
+        config_lib.write_config(ml_collections.ConfigDict(setup.resolved), setup.workdir)
+        write_class_weights(setup, weights)
+    return Run(
+        setup=setup, graphdef=compiled.graphdef, state=state, shardings=compiled.shardings,
+        train_step=compiled.train_step, eval_step=compiled.eval_step, rng=rng,
+        start_step=int(latest or 0), data_state=data_state, checkpointer=checkpointer,
+        schedule=compiled.schedule,
     )
 
 
@@ -370,8 +421,11 @@ def make_train_iterator(setup: Setup):
     )
 
 
-def train(run: Run, writer) -> dict | None:
-    """The step loop; returns the last validation metrics (None if no evaluation ran)."""
+def train(run: Run, writer, stop_at: int | None = None) -> dict | None:
+    """The step loop; returns the last validation metrics (None if no evaluation ran).
+
+    `stop_at`: leave after this step (with a checkpoint), as a preempted job would.
+    """
     setup, cfg = run.setup, run.setup.config
     iterator = make_train_iterator(setup)
     if run.data_state:
@@ -381,11 +435,12 @@ def train(run: Run, writer) -> dict | None:
     last_eval = None
     pending = None  # (step, device metrics) of the previous step, checked one step late
     global_batch = int(cfg.batch_size)
+    last_step = setup.total_steps if stop_at is None else min(stop_at, setup.total_steps)
     bar = tqdm(total=setup.total_steps, initial=run.start_step, desc="train", unit="step",
                disable=None if jax.process_index() == 0 else True, dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), run.start_step
     try:
-        for step in range(run.start_step + 1, setup.total_steps + 1):
+        for step in range(run.start_step + 1, last_step + 1):
             batch = next(iterator)
             global_batch_arrays = mesh_lib.to_global(
                 step_lib.select(batch, step_lib.TRAIN_KEYS), setup.mesh)
@@ -394,7 +449,7 @@ def train(run: Run, writer) -> dict | None:
                 window.add(_check_finite(*pending))
             pending = (step, metrics)
             due_eval = step % setup.eval_every == 0 or step == setup.total_steps
-            due_ckpt = run.checkpointer.should_save(step)
+            due_ckpt = run.checkpointer.should_save(step) or step == last_step
             if step % log_every == 0 or due_eval or due_ckpt:
                 window.add(_check_finite(*pending))
                 pending = None
@@ -417,7 +472,7 @@ def train(run: Run, writer) -> dict | None:
                     k: v for k, v in eval_metrics.items() if np.ndim(v) == 0
                     and not isinstance(v, dict)}
                 run.checkpointer.save(step, run.state, run.rng, iterator.get_state(),
-                                      metrics=best, force=due_eval)
+                                      metrics=best, force=due_eval or step == last_step)
             bar.update(1)
         if pending is not None:
             window.add(_check_finite(*pending))
@@ -460,9 +515,13 @@ def finish(run: Run, writer, last_eval: dict | None) -> dict:
 # the entry point
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, *, stop_at: int | None = None) -> dict:
     """Train `config` into `workdir` (resuming if it holds a checkpoint); return the final
-    validation metrics {"loss", "micro_f1", "macro_f1", "mAP", "tuned_macro_f1", ...}."""
+    validation metrics {"loss", "micro_f1", "macro_f1", "mAP", "tuned_macro_f1", ..., "step"}.
+
+    `stop_at`: stop after that step with a checkpoint and return {"step": stop_at} (no final
+    evaluation), as if the job had been preempted; running again resumes.
+    """
     from hpa_jax.train import writers
 
     setup = prepare(config, workdir)
@@ -471,7 +530,9 @@ def train_and_evaluate(config, workdir) -> dict:
     try:
         if run.start_step:
             writer.truncate_after(run.start_step)
-        last_eval = train(run, writer)
+        last_eval = train(run, writer, stop_at)
+        if stop_at is not None and stop_at < setup.total_steps:
+            return {"step": float(stop_at)}
         return finish(run, writer, last_eval)
     finally:
         writer.close()

@@ -77,17 +77,22 @@ def train_state_shardings(mesh, abstract_state: TrainState) -> TrainState:
     return mesh_lib.state_shardings(mesh, abstract_state)
 
 
+def state_initializer(make_model, tx, mesh, *, seed: int, use_ema: bool = False):
+    """`(graphdef, init, shardings)`: `init()` is jitted and creates the state on its shards."""
+    graphdef = model_graphdef(make_model)
+    init = _init_fn(make_model, tx, use_ema, seed)
+    shardings = train_state_shardings(mesh, jax.eval_shape(init))
+    return graphdef, jax.jit(init, out_shardings=shardings), shardings
+
+
 def create_train_state(make_model, tx, mesh, *, seed: int, use_ema: bool = False):
     """`(graphdef, state, shardings)` with every state array created directly on its shards.
 
     `make_model(rngs) -> nnx.Module` builds the model; `seed` fixes its initialisation.
     """
-    graphdef = model_graphdef(make_model)
-    init = _init_fn(make_model, tx, use_ema, seed)
-    abstract = jax.eval_shape(init)
-    shardings = train_state_shardings(mesh, abstract)
-    state = jax.jit(init, out_shardings=shardings)()
-    return graphdef, state, shardings
+    graphdef, init, shardings = state_initializer(make_model, tx, mesh, seed=seed,
+                                                  use_ema=use_ema)
+    return graphdef, init(), shardings
 
 
 def as_abstract(state_shardings: TrainState, abstract_state: TrainState) -> TrainState:
