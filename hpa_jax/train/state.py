@@ -112,6 +112,6 @@ def model_factory(config, num_classes: int):
 
     def make_model(rngs: nnx.Rngs) -> nnx.Module:
         return create_model(config.model, num_classes=num_classes, in_channels=in_channels,
-                            rngs=rngs)
+                            rngs=rngs, image_size=int(config.data.image_size))
 
     return make_model
