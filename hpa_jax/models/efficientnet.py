@@ -331,7 +331,7 @@ def _check_args(variant, num_classes, in_channels, head, activation, dtype) -> V
 
 def backbone_state(model: EfficientNet) -> nnx.State:
     """The model's state without its head (parameters, BatchNorm statistics, InputNorm)."""
-    return nnx.state(model).filter(lambda path, _: path[0] != "head")
+    return nnx.filter_state(nnx.state(model), lambda path, _: path[0] != "head")
 
 
 def count_backbone_weights(model: EfficientNet) -> int:
@@ -341,5 +341,5 @@ def count_backbone_weights(model: EfficientNet) -> int:
     weights of Keras's input Normalization layer. Works on `nnx.eval_shape` models.
     """
     state = backbone_state(model)
-    leaves = jax.tree.leaves(state.filter(nnx.Param, nnx.BatchStat))
+    leaves = jax.tree.leaves(nnx.filter_state(state, nnx.Param, nnx.BatchStat))
     return int(sum(math.prod(leaf.shape) for leaf in leaves))
