@@ -455,6 +455,9 @@ class PipelineIterator(grain.DatasetIterator):
         self._worker_count = worker_count
         self._num_threads = num_threads
         self._next_batch = 0
+        if worker_count > 0 and hasattr(batches, "enable_shared_memory_output"):
+            # workers stack each batch straight into shared memory: no extra copy to send it
+            batches.enable_shared_memory_output()
         super().__init__(self._open(0))
         for key, value in attrs.items():
             setattr(self, key, value)
