@@ -421,8 +421,9 @@ def make_train_iterator(setup: Setup):
     )
 
 
-def train(run: Run, writer, stop_at: int | None = None) -> dict | None:
-    """The step loop; returns the last validation metrics (None if no evaluation ran).
+def train(run: Run, writer, stop_at: int | None = None):
+    """The step loop; returns (step, validation metrics, Predictions) of its last evaluation,
+    or None if none ran.
 
     `stop_at`: leave after this step (with a checkpoint), as a preempted job would.
     """
@@ -464,9 +465,9 @@ def train(run: Run, writer, stop_at: int | None = None) -> dict | None:
                 window, tick, tick_step = _StepMetrics(), now, step
             eval_metrics = None
             if due_eval:
-                eval_metrics, _ = run_validation(run, float(cfg.threshold))
+                eval_metrics, preds = run_validation(run, float(cfg.threshold))
                 writer.write(step, {"val": _eval_log(eval_metrics)})
-                last_eval = eval_metrics
+                last_eval = (step, eval_metrics, preds)
             if due_ckpt or due_eval:
                 best = None if eval_metrics is None else {
                     k: v for k, v in eval_metrics.items() if np.ndim(v) == 0
@@ -486,20 +487,27 @@ def train(run: Run, writer, stop_at: int | None = None) -> dict | None:
 # finish
 
 
-def finish(run: Run, writer, last_eval: dict | None) -> dict:
-    """Tune per-class thresholds on validation; write thresholds.json and plots."""
+def finish(run: Run, writer, last_eval=None) -> dict:
+    """Tune per-class thresholds on validation; write thresholds.json and plots.
+
+    last_eval: (step, metrics, Predictions) from `train`, reused if it is of the final state.
+    """
     from hpa_jax.train import plots
     from hpa_jax.train import thresholds as thr_lib
 
     setup, cfg = run.setup, run.setup.config
-    metrics, preds = run_validation(run, float(cfg.threshold))
+    final_step = int(jax.device_get(run.state.step))
+    if last_eval is not None and last_eval[0] == final_step:
+        _, metrics, preds = last_eval
+    else:
+        metrics, preds = run_validation(run, float(cfg.threshold))
     tuned, tuned_f1 = thr_lib.tune_thresholds(preds.probs, preds.labels,
                                               default=float(cfg.threshold))
     tuned_metrics = eval_lib.evaluate_predictions(preds, tuned)
     final = {k: v for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, dict)}
     final.update({f"tuned_{k}": v for k, v in tuned_metrics.items()
                   if k in ("micro_f1", "macro_f1", "micro_precision", "micro_recall")})
-    final["step"] = int(jax.device_get(run.state.step))
+    final["step"] = final_step
     if jax.process_index() == 0:
         thr_lib.save_thresholds(
             setup.workdir / thr_lib.THRESHOLDS_FILE, tuned, class_names=setup.table.classes,
