@@ -139,10 +139,12 @@ def _windows(next_batch, *, batch_size: int, num_batches: int, repeats: int, war
 
 
 def _summary(rates: list[float], cpu_rates: list[float]) -> dict:
+    wall, cpu = statistics.median(rates), statistics.median(cpu_rates)
     return {
-        "images_per_s": statistics.median(rates),
+        "images_per_s": wall,
         "runs": [round(r, 1) for r in rates],
-        "images_per_cpu_s": statistics.median(cpu_rates),
+        "images_per_cpu_s": cpu,
+        "cores_used": round(wall / cpu, 2),  # CPU-seconds per second: the share it got
         "load_average": round(os.getloadavg()[0], 2),
     }
 
@@ -300,13 +302,23 @@ def machine_info() -> dict:
 
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
         "grain": getattr(grain, "__version__", "?"),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_input_benchmark(
