@@ -156,13 +156,26 @@ def _check_found(found: dict, variant: str, in_channels: int, where: str) -> int
 def keras_skeleton(variant: str, channels: int):
     """A Keras EfficientNetBx(include_top=False, weights=None) for `channels`-channel input.
 
-    Cached: building one costs seconds (JAX compiles every initialiser), and loading a file
-    overwrites all of its weights anyway.
+    Its variables hold zeros: they only receive a file's weights. Keras's initialisers are
+    skipped (built in a StatelessScope that defers them) because running them eagerly costs one
+    XLA compilation per weight shape, about 20 s for B0 on two cores. Cached per variant and
+    channel count: loading a file overwrites every weight anyway.
     """
     import keras
+    from keras.src.backend.common import global_state
 
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    return builder(include_top=False, weights=None, input_shape=(None, None, channels))
+    with keras.StatelessScope(initialize_variables=False):
+        model = builder(include_top=False, weights=None, input_shape=(None, None, channels))
+    # Keras would run the deferred initialisers at its next StatelessScope exit: take ours off
+    # its pending list and give them placeholders instead.
+    ours = {id(v) for v in model.variables}
+    pending = global_state.get_global_attribute("uninitialized_variables") or []
+    global_state.set_global_attribute("uninitialized_variables",
+                                      [v for v in pending if id(v) not in ours])
+    for var in model.variables:
+        var._initialize(np.zeros(var.shape, var.dtype))
+    return model
 
 
 def _load_file_into_keras(path: pathlib.Path, kind: str, variant: str, channels: int):

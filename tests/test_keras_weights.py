@@ -1,0 +1,220 @@
+"""Keras EfficientNet weights → NNX: features equal Keras's, wrong files refused, saved folder."""
+
+import functools
+import json
+import shutil
+
+import h5py
+import jax
+import keras
+import numpy as np
+import pytest
+from flax import nnx
+from keras.src.legacy.saving import legacy_h5_format
+
+import hpa_jax  # noqa: F401  (selects Keras's JAX backend before keras is imported)
+from hpa_jax import cli
+from hpa_jax.errors import UserError
+from hpa_jax.models import keras_weights as kw
+from hpa_jax.models.efficientnet import EfficientNet, backbone_state
+
+SIZE = 64
+
+
+def _random_keras_model(variant, seed):
+    """keras.applications.EfficientNetBx(include_top=False, pooling="avg") with random weights.
+
+    Every weight is drawn here with NumPy (He-scaled kernels; BatchNorm statistics and the
+    input normalisation far from Keras's mean 0 / variance 1 defaults, which would hide a
+    mix-up of mean and variance). Keras's own initialisers are skipped (deferred in a
+    StatelessScope) because running them eagerly compiles once per weight shape (~20 s/model).
+    """
+    from keras.src.backend.common import global_state
+
+    builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
+    with keras.StatelessScope(initialize_variables=False):
+        model = builder(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
+                        pooling="avg")
+    ids = {id(v) for v in model.variables}
+    pending = global_state.get_global_attribute("uninitialized_variables") or []
+    global_state.set_global_attribute("uninitialized_variables",
+                                      [v for v in pending if id(v) not in ids])
+    rng = np.random.default_rng(seed)
+    done = set()
+    for layer in model.layers:
+        values = _random_values(layer, rng)
+        for var, value in zip(layer.weights, values, strict=True):
+            var._initialize(np.asarray(value, var.dtype).reshape(var.shape))
+            done.add(id(var))
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()  # Keras derives its broadcast mean/variance here
+    for var in model.variables:  # dropout seed states
+        if id(var) not in done:
+            var._initialize(np.zeros(var.shape, var.dtype))
+    return model
+
+
+def _random_values(layer, rng):
+    shapes = [tuple(w.shape) for w in layer.weights]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        c = shapes[0][0]
+        return [rng.uniform(0.7, 1.3, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                rng.uniform(0.6, 1.6, c)]
+    if isinstance(layer, keras.layers.Normalization):
+        return [[0.45, 0.5, 0.4], [0.06, 0.08, 0.05], 100]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        k = shapes[0]
+        return [rng.normal(0, np.sqrt(2.0 / (k[0] * k[1])), k)]
+    if isinstance(layer, keras.layers.Conv2D):
+        k = shapes[0]
+        return [rng.normal(0, np.sqrt(2.0 / np.prod(k[:3])), k)] + [
+            rng.normal(0, 0.1, s) for s in shapes[1:]]
+    assert not shapes, f"unexpected weights in {layer.name}"
+    return []
+
+
+@functools.cache
+def _keras_reference(variant, tmp):
+    """A Keras model with random weights, its pooled features and its weights in both formats."""
+    model = _random_keras_model(variant, seed=int(variant[1]))
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    features = model.predict(images, verbose=0)
+    files = {"weights.h5": f"{tmp}/{variant}.weights.h5", "legacy": f"{tmp}/{variant}.h5"}
+    model.save_weights(files["weights.h5"])
+    if variant == "b0":
+        model.save(files["legacy"])  # full-model legacy file: weights under model_weights/
+    else:
+        with h5py.File(files["legacy"], "w") as f:  # keras-applications layout: root groups
+            legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return model, images, features, files
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keras_weights"))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _features(graphdef, state, images):
+    return nnx.merge(graphdef, state).features(images)
+
+
+def _our_features(model, images):
+    graphdef, state = nnx.split(model)
+    return np.asarray(_features(graphdef, state, images))
+
+
+@pytest.mark.parametrize("variant", ["b0", "b2"])
+@pytest.mark.parametrize("fmt", ["weights.h5", "legacy", "model"])
+def test_features_equal_keras(tmp, variant, fmt):
+    keras_model, images, want, files = _keras_reference(variant, tmp)
+    source = keras_model if fmt == "model" else files[fmt]
+    model = kw.load_keras_weights(source, variant, num_classes=3)
+    got = _our_features(model, images)
+    assert got.shape == want.shape == (2, model.feature_dim)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    # the comparison is sensitive: the conversion error is tiny next to what the input changes
+    assert np.abs(got - want).max() < 0.01 * np.abs(want[0] - want[1]).max()
+    np.testing.assert_allclose(model.input_mean[...], [0.45, 0.5, 0.4], rtol=1e-6)
+    np.testing.assert_array_equal(model.input_scale[...], 1.0)  # not Keras's ImageNet file
+
+
+def test_four_channels_from_three(tmp):
+    _, _, _, files = _keras_reference("b0", tmp)
+    three = kw.keras_backbone_state(files["weights.h5"], "b0")
+    model = kw.load_keras_weights(files["weights.h5"], "b0", in_channels=4)
+    kernel = np.asarray(model.stem_conv.kernel[...])
+    assert kernel.shape == (3, 3, 4, 32)
+    np.testing.assert_array_equal(kernel[:, :, :3], three["stem_conv"]["kernel"])
+    np.testing.assert_allclose(kernel[:, :, 3], three["stem_conv"]["kernel"].mean(axis=2),
+                               rtol=1e-6)
+    np.testing.assert_allclose(model.input_mean[...], [0.45, 0.5, 0.4, 0.45], rtol=1e-6)
+    np.testing.assert_allclose(model.input_variance[...], [0.06, 0.08, 0.05, 0.19 / 3],
+                               rtol=1e-6)
+    # everything after the stem is the 3-channel model's
+    np.testing.assert_array_equal(model.blocks[3].dwconv.kernel[...],
+                                  three["blocks"][3]["dwconv"]["kernel"])
+
+
+def test_wrong_variant_refused(tmp):
+    _, _, _, files = _keras_reference("b2", tmp)
+    for path in files.values():
+        with pytest.raises(UserError, match=r"expected weights of EfficientNetB0.*"
+                                            r"found EfficientNetB2"):
+            kw.load_keras_weights(path, "b0")
+    b0_model = _keras_reference("b0", tmp)[0]
+    with pytest.raises(UserError, match="expected weights of EfficientNetB3"):
+        kw.load_keras_weights(b0_model, "b3")
+
+
+def test_wrong_channels_refused(tmp):
+    _, _, _, files = _keras_reference("b0", tmp)
+    four = f"{tmp}/four_channels.h5"
+    shutil.copy(files["legacy"], four)
+    with h5py.File(four, "r+") as f:  # make it a 4-channel model's file
+        group = f["model_weights/stem_conv/stem_conv"]
+        kernel = group["kernel"][...]
+        del group["kernel"]
+        group["kernel"] = np.concatenate([kernel, kernel[:, :, :1]], axis=2)
+    with pytest.raises(UserError, match=r"expected 3-channel weights.*found.*4 input channels"):
+        kw.load_keras_weights(four, "b0", in_channels=3)
+
+
+def test_wrong_format_refused(tmp):
+    text = f"{tmp}/notes.h5"
+    with open(text, "w") as f:
+        f.write("not weights")
+    with pytest.raises(UserError, match="not an HDF5 file"):
+        kw.load_keras_weights(text, "b0")
+    other = f"{tmp}/other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(UserError, match="not Keras weights"):
+        kw.load_keras_weights(other, "b0")
+    with pytest.raises(UserError, match="no such weights file"):
+        kw.load_keras_weights(f"{tmp}/missing.weights.h5", "b0")
+    with pytest.raises(UserError, match="b0..b7"):
+        kw.load_keras_weights(text, "tiny")
+
+
+def test_imagenet_file_name_turns_on_keras_extra_rescale(tmp):
+    _, _, _, files = _keras_reference("b0", tmp)
+    named = f"{tmp}/efficientnetb0_notop.h5"
+    shutil.copy(files["legacy"], named)
+    state = kw.keras_backbone_state(named, "b0")
+    np.testing.assert_allclose(state["input_scale"],
+                               [1 / np.sqrt(s) for s in (0.229, 0.224, 0.225)], rtol=1e-6)
+    off = kw.keras_backbone_state(named, "b0", imagenet_rescaling=False)
+    np.testing.assert_array_equal(off["input_scale"], 1.0)
+
+
+def test_save_load_converted_and_cli(tmp):
+    _, images, want, files = _keras_reference("b0", tmp)
+    out = f"{tmp}/converted"
+    assert cli.main(["convert-weights", "--keras", files["weights.h5"], "--variant", "b0",
+                     "--out", out]) == 0
+    meta = json.loads(open(f"{out}/meta.json").read())
+    assert (meta["variant"], meta["in_channels"]) == ("b0", 3)
+    state, meta = kw.load_converted(out)
+    assert "head" not in state
+    model = EfficientNet("b0", num_classes=7, rngs=nnx.Rngs(5))
+    head_before = np.asarray(model.head.dense.kernel[...])
+    kw.apply_converted(model, state, meta)
+    np.testing.assert_array_equal(model.head.dense.kernel[...], head_before)  # head kept
+    np.testing.assert_allclose(_our_features(model, images), want, atol=1e-4, rtol=0)
+    # the same folder written from a state by the library function round-trips exactly
+    again = kw.save_converted(backbone_state(model), f"{tmp}/again", meta)
+    state2, _ = kw.load_converted(again)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # another variant or channel count is refused before anything changes
+    tiny = EfficientNet("tiny", num_classes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match="EfficientNet-b0 with 3 channels"):
+        kw.apply_converted(tiny, state, meta)
+    # CLI: a wrong variant exits 2 and writes nothing
+    assert cli.main(["convert-weights", "--keras", files["weights.h5"], "--variant", "b1",
+                     "--out", f"{tmp}/bad"]) == 2
+    assert not (kw.pathlib.Path(tmp) / "bad").exists()
+    with pytest.raises(UserError, match="not a converted-weights folder"):
+        kw.load_converted(tmp)
