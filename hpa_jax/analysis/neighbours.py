@@ -7,6 +7,8 @@ Distances are Euclidean in the units of the features given (standardise or PCA t
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from hpa_jax.analysis.checks import (
@@ -59,7 +61,11 @@ def lof_scores(features, k: int = 20) -> np.ndarray:
 
     features = check_features(features)
     k = _check_k(k, len(features), "local outlier factor")
-    lof = LocalOutlierFactor(n_neighbors=k).fit(features)
+    with warnings.catch_warnings():
+        # exact duplicates (e.g. all-zero SIFT histograms of images without keypoints) are
+        # legitimate here; scikit-learn warns about them
+        warnings.filterwarnings("ignore", message="Duplicate values", category=UserWarning)
+        lof = LocalOutlierFactor(n_neighbors=k).fit(features)
     return (-lof.negative_outlier_factor_).astype(np.float32)
 
 

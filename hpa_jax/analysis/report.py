@@ -523,7 +523,7 @@ def run_anomaly_report(
     split: str = "all",
     image_size: int | None = None,
     k: float = 3.0,
-    neighbours_k: int = 10,
+    neighbours_k: int = 20,
     exclude_by: Sequence[str] = ("intensity",),
     projections: Sequence[str] | None = None,
     with_sift: bool = True,

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--neighbours",
         type=int,
-        default=10,
-        help="k of the nearest-neighbour detectors (default 10)",
+        default=20,
+        help="k of the nearest-neighbour detectors (default 20)",
     )
     parser.add_argument(
         "--exclude-by",
