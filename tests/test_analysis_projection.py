@@ -9,6 +9,17 @@ from hpa_jax.analysis import projection, quality, sift
 from hpa_jax.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One OpenMP/BLAS thread: on shared, busy cores scikit-learn's spinning threads make
+    t-SNE many times slower (its OpenMP runtime must be loaded before it can be capped)."""
+    import sklearn.manifold  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def _clusters(seed=0, n=15, dim=6):
     rng = np.random.default_rng(seed)
     points = np.concatenate([rng.normal(0, 1, (n, dim)), rng.normal(8, 1, (n, dim))])
