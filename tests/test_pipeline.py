@@ -386,3 +386,30 @@ def test_damaged_png_names_the_record(tmp_path):
         process_index=0, process_count=1, num_threads=1,
     )  # fmt: skip
     assert (next(ok)["image"][3] == 7).all()
+
+
+def test_uneven_split_gives_every_process_the_same_count(data_dir):
+    """9 records, 2 processes: each keeps 4 per epoch, disjoint; the left-over one varies."""
+    its = [_train(data_dir, augment=False, batch_size=2, process_index=p, process_count=2)
+           for p in range(2)]  # fmt: skip
+    train = {f"img{i:03d}" for i in range(12) if i % 4 != 3}
+    left_out = set()
+    for _ in range(4):
+        parts = [_epoch_ids(it, 2) for it in its]
+        assert [len(set(x)) for x in parts] == [4, 4]
+        assert not set(parts[0]) & set(parts[1])
+        left_out |= train - set(parts[0]) - set(parts[1])
+    assert len(left_out) > 1  # a fresh permutation each epoch drops a different record
+
+
+def test_process_defaults_come_from_jax(data_dir):
+    import jax
+
+    it = pipeline.make_train_iterator(
+        data_dir, batch_size=3, image_size=8, channels="green", seed=0, num_threads=1
+    )
+    state = it.get_state()["pipeline"]
+    assert (state["process_index"], state["process_count"]) == (
+        jax.process_index(),
+        jax.process_count(),
+    )
