@@ -464,7 +464,7 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
         return 0.9 * stains.red * _not_mitotic(cells)
     if cls == 12:  # centrosome: one or two bright dots next to the nucleus
         return splat(size, _per_cell(cells, lambda k: _centrosome(rng, cells, k)),
-                     max(0.5, 0.6 * scale), 1.2)  # fmt: skip
+                     max(0.7, 0.7 * scale), 1.5)  # fmt: skip
     if cls == 13:  # plasma membrane: the cell outline, including borders between cells
         outline = np.exp(-(((1 - cells.d_cell) * cells.radius.mean() / 1.1) ** 2))
         border = np.exp(-((cells.d_gap * cells.radius.mean() / 1.3) ** 2))
@@ -477,8 +477,8 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
     if cls == 16:  # cytosol: fills the cell body, dim over the nucleus
         return (0.45 * cyto + 0.12 * nuc) * _not_mitotic(cells)
     if cls == 17:  # vesicles: scattered medium puncta across the cytoplasm
-        pts = _per_cell(cells, lambda k: _cyto_points(rng, cells, k, int(rng.integers(7, 12))))
-        return 1.1 * splat(size, pts, max(0.75, 1.2 * scale))
+        pts = _per_cell(cells, lambda k: _cyto_points(rng, cells, k, int(rng.integers(6, 11))))
+        return 1.1 * splat(size, pts, max(0.95, 1.2 * scale))
     if cls == NEGATIVE:
         return np.zeros((size, size), np.float32)
     raise ValueError(f"no pattern for class {cls}")
@@ -504,9 +504,10 @@ def _centrosome(rng, cells: Cells, k: int) -> np.ndarray:
 def _golgi(rng, cells: Cells, size: int, rn: float) -> np.ndarray:
     side = rng.uniform(-np.pi, np.pi, cells.n)[cells.owner]
     dphi = np.angle(np.exp(1j * (cells.phi - side)))
-    band = np.exp(-(((cells.d_nuc - 1.3) / 0.28) ** 2))
+    width = max(0.3, 2.0 / rn)  # at least ~2 px thick, so it survives 64 px images
+    band = np.exp(-(((cells.d_nuc - 1.0 - width) / width) ** 2))
     blobs = np.clip(0.7 + 0.3 * smooth_noise(rng, size, 0.08 * rn), 0, None)
-    return 1.3 * np.exp(-((dphi / 0.7) ** 2)) * band * blobs * cells.cyto * _not_mitotic(cells)
+    return 1.3 * np.exp(-((dphi / 0.8) ** 2)) * band * blobs * cells.cyto * _not_mitotic(cells)
 
 
 def _actin(rng, cells: Cells, size: int, scale: float) -> np.ndarray:
