@@ -114,3 +114,24 @@ def test_bad_input_is_refused():
         aug.AugmentConfig(contrast=-0.1)
     with pytest.raises(ValueError, match="uint8"):
         aug.augment(np.zeros((4, 4, 1), np.float32), aug.example_rng(0, 0, 0))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_pillow_fast_path_equals_numpy_reference(channels):
+    """augment's Pillow path gives exactly apply_geometry(apply_photometric(x)) in numpy."""
+    image = _image(32, 32, channels, seed=channels)
+    for i in range(24):
+        config = aug.AugmentConfig() if i else aug.AugmentConfig(flips=False, rotations=False)
+        params = aug.sample_params(aug.example_rng(2, 0, i), config)
+        want = aug.apply_geometry(aug.apply_photometric(image, params), params)
+        got = aug._augment_pillow(image, params)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_more_than_four_channels_use_numpy():
+    image = _image(16, 16, 5)
+    rng_a, rng_b = aug.example_rng(0, 0, 1), aug.example_rng(0, 0, 1)
+    params = aug.sample_params(rng_b, aug.AugmentConfig())
+    want = aug.apply_geometry(aug.apply_photometric(image, params), params)
+    np.testing.assert_array_equal(aug.augment(image, rng_a), want)

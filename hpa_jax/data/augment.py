@@ -94,22 +94,58 @@ def apply_geometry(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     return image
 
 
+def photometric_table(means: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """uint8[C, 256]: the photometric map of each channel, given its mean (float64[C]).
+
+    table[c, x] = clip(round((x - mean_c) × contrast + mean_c + brightness × 255), 0, 255).
+    """
+    values = np.arange(256, dtype=np.float64)
+    offset = means * (1.0 - params.contrast) + params.brightness * 255.0
+    table = np.rint(values[None, :] * params.contrast + offset[:, None])
+    return np.clip(table, 0, 255).astype(np.uint8)
+
+
+def _is_identity_photometric(params: AugmentParams) -> bool:
+    return params.brightness == 0.0 and params.contrast == 1.0
+
+
 def apply_photometric(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     """Contrast about each channel's mean, then brightness; `uint8[H, W, C]` in and out.
 
-    out = clip(round((x - mean_c) × contrast + mean_c + brightness × 255), 0, 255).
+    The map is a per-channel function of the pixel value, so it is a 256-entry lookup table per
+    channel (`photometric_table`), several times cheaper than float arithmetic on every pixel.
     """
-    if params.brightness == 0.0 and params.contrast == 1.0:
+    if _is_identity_photometric(params):
         return image
-    x = image.astype(np.float32)
-    mean = x.mean(axis=(0, 1), keepdims=True)
-    # Fold mean and shift into one offset so the big array sees one multiply and one add.
-    offset = mean * (1.0 - params.contrast) + params.brightness * 255.0
-    x *= params.contrast
-    x += offset
-    np.rint(x, out=x)
-    np.clip(x, 0.0, 255.0, out=x)
-    return x.astype(np.uint8)
+    means = image.reshape(-1, image.shape[-1]).mean(axis=0)
+    table = photometric_table(means, params)
+    return np.stack([table[c][image[..., c]] for c in range(image.shape[-1])], axis=-1)
+
+
+# Pillow transposes equal to apply_geometry's steps (Pillow's ROTATE_* turn counter-clockwise).
+_FLIP_LR, _FLIP_UD = "FLIP_LEFT_RIGHT", "FLIP_TOP_BOTTOM"
+_TURNS = {1: "ROTATE_90", 2: "ROTATE_180", 3: "ROTATE_270"}
+
+
+def _augment_pillow(image: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """`apply_geometry(apply_photometric(image))` for 1–4 channels, in Pillow's C loops.
+
+    One copy in all (the final `asarray`) instead of one per step; the channel means come from
+    Pillow's per-band histogram, the table from `photometric_table`, so the numbers are the same.
+    """
+    from PIL import Image
+
+    height, width, channels = image.shape
+    pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if channels == 1 else image))
+    if not _is_identity_photometric(params):
+        hist = np.asarray(pil.histogram(), np.float64).reshape(channels, 256)
+        means = hist @ np.arange(256, dtype=np.float64) / (height * width)
+        pil = pil.point(photometric_table(means, params).ravel().tolist())
+    steps = [_FLIP_LR] * params.flip_lr + [_FLIP_UD] * params.flip_ud
+    steps += [_TURNS[params.rot90]] if params.rot90 else []
+    for step in steps:
+        pil = pil.transpose(Image.Transpose[step])
+    return np.asarray(pil).reshape(pil.height, pil.width, channels)
 
 
 def augment(
@@ -117,10 +153,13 @@ def augment(
 ) -> np.ndarray:
     """A randomly flipped, rotated, brightened and contrasted copy of `image: uint8[H, W, C]`.
 
-    Returns a C-contiguous `uint8[H, W, C]` (same shape; H == W for 90° turns).
+    Returns a C-contiguous `uint8[H, W, C]` (same shape; H == W for 90° turns). Photometry
+    commutes with the geometry (it is per pixel and the channel means do not move), so it is
+    applied first.
     """
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"augment expects uint8[H, W, C], got {image.dtype}{list(image.shape)}")
     params = sample_params(rng, config, square=image.shape[0] == image.shape[1])
-    out = apply_photometric(apply_geometry(image, params), params)
-    return np.ascontiguousarray(out)
+    if image.shape[-1] <= 4:
+        return _augment_pillow(image, params)
+    return np.ascontiguousarray(apply_geometry(apply_photometric(image, params), params))
