@@ -126,11 +126,13 @@ def _shard_stamp(paths: Sequence[pathlib.Path]) -> list[dict]:
 
 def _scan_records(paths: Sequence[pathlib.Path]) -> tuple[list[str], list[list[int]]]:
     """Parse every Example (no PNG decode) for its ID and labels."""
+    from tqdm import tqdm
+
     from hpa_jax.data.tfrecord import TFRecordSource
 
     source = TFRecordSource([str(p) for p in paths])
     ids, labels = [], []
-    for i in range(len(source)):
+    for i in tqdm(range(len(source)), desc="index IDs", unit="rec", disable=None):
         parsed = parse_example(source[i])
         ids.append(str(parsed.id))
         labels.append([int(c) for c in parsed.labels])
