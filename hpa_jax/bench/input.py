@@ -334,6 +334,7 @@ def run_input_benchmark(
     repeats: int = 3,
     num_images: int = DEFAULT_NUM_IMAGES,
     tf_python: str | None = None,
+    augment: bool = False,
     out: str | os.PathLike | None = None,
 ) -> dict:
     """Measure the Grain pipeline, the single-core Pillow loop and (optionally) tf.data.
@@ -341,6 +342,7 @@ def run_input_benchmark(
     `data_dir` holds the records; if it has no dataset.json, `num_images` 512×512 records are
     written there first. `worker_count` defaults to the machine's core count. `tf_python` (or the
     HPA_JAX_TF_PYTHON environment variable) names a Python with TensorFlow for the tf.data side.
+    `augment=True` adds the training augmentation to the Grain side (the others have none).
     Returns (and writes atomically to `out`, as JSON, if given) a dict with images/s medians:
     `grain`, `pillow_single_core`, `tfdata`, plus `targets` (ratios to tf.data and to 2 × the
     single-core rate) and `machine`.
@@ -355,13 +357,13 @@ def run_input_benchmark(
     result = {
         "machine": machine_info(),
         "dataset": {"dir": str(data_dir), **_dataset_summary(data_dir)},
-        "settings": {**common, "channels": channels, "worker_count": workers},
+        "settings": {**common, "channels": channels, "worker_count": workers, "augment": augment},
         "pillow_single_core": pillow_single_core_rate(
             data_dir, image_size=image_size, channels=channels, repeats=repeats,
             num_images=min(64, num_images),
         ),  # fmt: skip
         "grain": grain_rate(data_dir, channels=channels, worker_count=workers,
-                            num_threads=num_threads, **common),  # fmt: skip
+                            num_threads=num_threads, augment=augment, **common),  # fmt: skip
     }
     if compare_tfdata:
         paths = [str(p) for p in pipeline.shard_paths(data_dir)]
