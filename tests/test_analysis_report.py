@@ -14,7 +14,7 @@ from hpa_jax.data.pipeline import make_eval_iterator
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
 
-SIZE = 32  # analysed size; the dataset is stored at 48 px
+SIZE = 48  # stored size, which the commands use by default
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_report_scores_flags_figures_and_quality(dataset):
     out = root / "report"
     argv = ["anomalies", "--data", str(dataset["data"]), "--out", str(out), "--embeddings",
             str(emb), "--predictions", str(pred), "--truth", str(dataset["data"] / "truth.csv"),
-            "--image-size", str(SIZE), "--projection", "tsne", "--threads", "1",
+            "--projection", "tsne", "--threads", "1",
             "--sift-words", "8"]  # fmt: skip
     assert cli.main(argv) == 0
     rows = _read_csv(out / "anomalies.csv")
@@ -133,7 +133,7 @@ def test_embed_command_with_converted_weights(dataset, tmp_path):
     keras_weights.save_converted(nnx.state(model), weights, {"variant": "tiny", "in_channels": 4})
     out = tmp_path / "imagenet.npz"
     argv = ["embed", "--weights", str(weights), "--data", str(dataset["data"]), "--out",
-            str(out), "--image-size", str(SIZE), "--batch-size", "16"]  # fmt: skip
+            str(out), "--batch-size", "16"]  # fmt: skip
     assert cli.main(argv) == 0
     emb = load_embeddings(out)
     assert emb.name == "imagenet" and list(emb.ids) == dataset["ids"]
