@@ -408,6 +408,32 @@ def _eval_log(metrics: dict) -> dict:
     return out
 
 
+def _all_data_states(iterator) -> dict:
+    """{"processes": [iterator state of process 0, 1, ...]}: orbax writes JSON items from
+    process 0 only, so every process's input position is gathered into it."""
+    mine = json.dumps(iterator.get_state(), sort_keys=True)
+    if jax.process_count() == 1:
+        return {"processes": [json.loads(mine)]}
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(mine.encode(), np.uint8)
+    length = int(np.max(multihost_utils.process_allgather(np.asarray([raw.size]))))
+    padded = np.zeros(length, np.uint8)
+    padded[: raw.size] = raw
+    rows = multihost_utils.process_allgather(padded)
+    return {"processes": [json.loads(bytes(r).rstrip(b"\0").decode()) for r in rows]}
+
+
+def _my_data_state(saved: dict) -> dict:
+    states = saved.get("processes") if isinstance(saved, dict) else None
+    if not states or len(states) != jax.process_count():
+        raise UserError(
+            f"the checkpoint's input state is for {len(states or [])} processes, this run has "
+            f"{jax.process_count()}; resume with the same number of processes"
+        )
+    return states[jax.process_index()]
+
+
 def make_train_iterator(setup: Setup):
     from hpa_jax.data import pipeline
 
@@ -430,7 +456,7 @@ def train(run: Run, writer, stop_at: int | None = None):
     setup, cfg = run.setup, run.setup.config
     iterator = make_train_iterator(setup)
     if run.data_state:
-        iterator.set_state(run.data_state)
+        iterator.set_state(_my_data_state(run.data_state))
     log_every = max(int(cfg.log_every_steps), 1)
     window = _StepMetrics()
     last_eval = None
@@ -472,7 +498,7 @@ def train(run: Run, writer, stop_at: int | None = None):
                 best = None if eval_metrics is None else {
                     k: v for k, v in eval_metrics.items() if np.ndim(v) == 0
                     and not isinstance(v, dict)}
-                run.checkpointer.save(step, run.state, run.rng, iterator.get_state(),
+                run.checkpointer.save(step, run.state, run.rng, _all_data_states(iterator),
                                       metrics=best, force=due_eval or step == last_step)
             bar.update(1)
         if pending is not None:
