@@ -120,6 +120,8 @@ def test_label_stats_counts_match_numpy(data_dir):
     assert stats.num_records == 9
     assert stats.steps_per_epoch == (9 // 2) // 2
     np.testing.assert_allclose(stats.frequencies, want / 9)
+    np.testing.assert_allclose(stats.class_weights, 1 - want / 9, rtol=1e-6)
+    assert stats.class_weights.dtype == np.float32
 
 
 def test_select_records_by_split_and_exclude(data_dir):

@@ -247,6 +247,11 @@ class LabelStats:
         """float64[K]: n_c / N."""
         return self.counts / max(self.num_records, 1)
 
+    @property
+    def class_weights(self) -> np.ndarray:
+        """float32[K]: 1 - n_c / N, the reference study's positive-class weights."""
+        return (1.0 - self.frequencies).astype(np.float32)
+
 
 def label_stats(
     data_dir: str | os.PathLike,
