@@ -528,7 +528,8 @@ def make_train_iterator(
     """Endless, shuffled, augmented batches of this process's share of a split.
 
     Yields {"image": uint8[B, H, W, C], "labels": float32[B, K], "id": str[B]}, B = batch_size
-    (per process), (H, W) = image_size, C = number of channels. `augment` is True (defaults),
+    (per process), (H, W) = image_size, C = number of channels. Every process must pass the
+    same `seed` (it fixes the global permutation the processes split). `augment` is True (defaults),
     False, or an `AugmentConfig`. The returned iterator has `get_state()`/`set_state()` (JSON)
     and `steps_per_epoch`; call `close()` when done if worker_count > 0. Worker processes are
     spawned (not forked), so a script using them needs an `if __name__ == "__main__":` guard.
