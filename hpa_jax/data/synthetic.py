@@ -450,7 +450,8 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
         return 0.8 * splat(size, pts, max(0.45, 0.6 * scale)) + 0.12 * nuc
     if cls == 5:  # nuclear bodies: one to three medium dots per nucleus
         pts = _per_cell(cells, lambda k: _nuc_points(rng, cells, k, int(rng.integers(1, 4)), 0.7))
-        return 1.1 * splat(size, pts, max(0.8, 0.14 * rn))
+        # on a faint nucleoplasm haze, unlike the bare centrosome dots beside the nucleus
+        return 1.1 * splat(size, pts, max(0.8, 0.14 * rn)) + 0.1 * nuc
     if cls == 6:  # endoplasmic reticulum: the yellow ER texture
         return 0.9 * stains.yellow * (cells.owner != cells.mitotic)
     if cls == 7:  # Golgi: a compact cap hugging one side of the nucleus
@@ -496,9 +497,12 @@ def _beside_nucleus(rng, cells: Cells, k: int, distance: float) -> np.ndarray:
 
 def _centrosome(rng, cells: Cells, k: int) -> np.ndarray:
     first = _beside_nucleus(rng, cells, k, 1.3)
-    if rng.random() < 0.5:
+    if rng.random() < 0.25:
         return first[None]
-    return np.stack([first, first + rng.normal(0, 1.2 * cells.radius[k] / 25, 2)])
+    # a centriole pair: a second dot ~2 px away (at 64-128 px images)
+    angle = rng.uniform(0, 2 * np.pi)
+    step = max(1.5, 2.0 * cells.radius[k] / 25) * np.array([np.sin(angle), np.cos(angle)])
+    return np.stack([first, first + step])
 
 
 def _golgi(rng, cells: Cells, size: int, rn: float) -> np.ndarray:
