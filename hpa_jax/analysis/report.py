@@ -593,6 +593,8 @@ def _run_report(
     if len(set(names)) != len(names):
         raise UserError(f"embedding names must differ, got {names}; rename the files")
     methods = _projection_methods(projections)
+    expected = ["sift_bovw"] * with_sift + names
+    _check_detectors(exclude_by, dict.fromkeys(expected), predictions)  # before the long scan
     scan = scan_dataset(
         data_dir, split=split, image_size=image_size, batch_size=batch_size, with_sift=with_sift
     )
@@ -608,12 +610,7 @@ def _run_report(
         sift_features = _sift_features(scan, sift_words, seed, log)
         if sift_features is not None:
             features = {"sift_bovw": sift_features, **features}
-    unknown = [d for d in exclude_by if d not in _possible_detectors(features, probs)]
-    if unknown:
-        raise UserError(
-            f"exclude_by names unknown detectors: {', '.join(unknown)} (have "
-            f"{', '.join(sorted(_possible_detectors(features, probs)))})"
-        )
+    _check_detectors(exclude_by, features, probs)  # SIFT may have been skipped
 
     det = Detections()
     intensity_detectors(scan, det, k)
@@ -688,6 +685,16 @@ def _projection_methods(projections) -> tuple[str, ...]:
         if method == "umap" and not projection.umap_available():
             raise UserError("UMAP needs umap-learn: pip install 'hpa-jax[umap]'")
     return tuple(projections)
+
+
+def _check_detectors(names: Sequence[str], features: dict, probs) -> None:
+    possible = _possible_detectors(features, probs)
+    unknown = [d for d in names if d not in possible]
+    if unknown:
+        raise UserError(
+            f"exclude_by names unknown detectors: {', '.join(unknown)} "
+            f"(have {', '.join(sorted(possible))})"
+        )
 
 
 def _possible_detectors(features: dict, probs) -> set[str]:
