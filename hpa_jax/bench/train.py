@@ -1,0 +1,159 @@
+"""Train- and eval-step throughput of a config, and the pre-flight `hpa-jax train --dry-run`.
+
+The step measured is the trainer's own (`train.loop.compile_run`): the same model, loss,
+optimizer, mesh and shardings, fed a synthetic global batch already on the devices, so the figure
+is the step's and not the input pipeline's (`hpa-jax bench input` measures that).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+from hpa_jax.bench import core
+
+
+def _setup(config, *, batch: int, resolution: int | None, steps: int):
+    """A trainer Setup for synthetic batches: no dataset needed, label counts uniform."""
+    import jax
+
+    from hpa_jax import labels as labels_lib
+    from hpa_jax.train import loop
+    from hpa_jax.train import mesh as mesh_lib
+
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.batch_size = batch
+    if resolution:
+        config.data.image_size = resolution
+    table = labels_lib.get_table(config.data.label_table)
+    mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+    mesh_lib.check_batch_divisible(batch, mesh)
+    return loop.Setup(
+        config=config, workdir=pathlib.Path(tempfile.gettempdir()), data_dir=pathlib.Path("."),
+        table=table, exclude=(), mesh=mesh, per_process_batch=batch // jax.process_count(),
+        counts=np.ones(table.num_classes, np.int64), num_train=batch * steps,
+        steps_per_epoch=steps, total_steps=max(steps, 1), eval_every=max(steps, 1),
+        warmup_steps=0, decay_every=None, resolved={},
+    )
+
+
+def _synthetic_batch(setup, seed: int = 0) -> dict:
+    """A global batch of random images and labels, sharded over the mesh."""
+    from hpa_jax.data.example import CHANNEL_MODES
+    from hpa_jax.train import mesh as mesh_lib
+
+    cfg = setup.config
+    rng = np.random.default_rng(seed)
+    size = int(cfg.data.image_size)
+    channels = len(CHANNEL_MODES[cfg.data.channels])
+    b = setup.per_process_batch
+    local = {
+        "image": rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
+        "labels": (rng.random((b, setup.num_classes)) < 0.2).astype(np.float32),
+        "mask": np.ones((b,), bool),
+    }
+    return mesh_lib.to_global(local, setup.mesh)
+
+
+def measure(config, *, mode: str = "train", batch: int, resolution: int | None = None,
+            steps: int = 5, warmup: int = 2) -> dict:
+    """One benchmark point: compile time, step time median/p90, images/s, FLOPs, memory."""
+    import jax
+
+    from hpa_jax.train import loop
+    from hpa_jax.train import step as step_lib
+
+    setup = _setup(config, batch=batch, resolution=resolution, steps=steps + warmup)
+    weights = np.ones(setup.num_classes, np.float32)
+    compiled = loop.compile_run(setup, weights)
+    state = compiled.init()
+    full = _synthetic_batch(setup)
+    rng = jax.random.PRNGKey(0)
+    if mode == "train":
+        batch_arrays = step_lib.select(full, step_lib.TRAIN_KEYS)
+        t0 = time.perf_counter()
+        executable = compiled.train_step.lower(state, batch_arrays, rng).compile()
+        compile_s = time.perf_counter() - t0
+        holder = {"state": state}
+
+        def call():
+            holder["state"], metrics = executable(holder["state"], batch_arrays, rng)
+            jax.block_until_ready(metrics)
+    elif mode == "eval":
+        batch_arrays = step_lib.select(full, step_lib.EVAL_KEYS)
+        t0 = time.perf_counter()
+        executable = compiled.eval_step.lower(state, batch_arrays).compile()
+        compile_s = time.perf_counter() - t0
+
+        def call():
+            jax.block_until_ready(executable(state, batch_arrays))
+    else:
+        raise ValueError(f"mode must be train or eval, not {mode!r}")
+
+    times, first = core.timed(call, steps=steps, warmup=warmup)
+    devices = setup.mesh.devices.size
+    flops = core.compiled_flops(executable)
+    stats = core.step_stats(times, batch, devices)
+    dtype = str(setup.config.model.dtype)
+    device = jax.devices()[0]
+    peak = core.device_peak_flops(device, dtype)
+    peak_source = "datasheet"
+    if peak is None and device.platform == "cpu":
+        peak, peak_source = core.measured_matmul_flops(dtype="float32"), "measured matmul"
+    result = {
+        "mode": mode, "model": setup.config.model.name, "batch": batch,
+        "resolution": int(setup.config.data.image_size), "channels": setup.config.data.channels,
+        "dtype": dtype, "devices": devices, "device_kind": device.device_kind,
+        "compile_s": compile_s, "first_step_s": first, **stats,
+        "flops_per_image": None if flops is None else flops / batch,
+        "peak_host_memory_mb": core.peak_host_memory_mb(),
+        "device_memory_mb": core.device_memory_mb(device),
+        "peak_flops_per_device": peak, "peak_source": peak_source,
+    }
+    if flops is not None and peak:
+        achieved = flops / stats["step_time_median_s"] / devices
+        result["utilisation"] = achieved / peak
+    return result
+
+
+def dry_run(config, workdir) -> dict:
+    """Everything a run needs, short of training: checks the data and the workdir, builds the
+    mesh, the model and the input pipeline (one batch is read), compiles the train step for the
+    configured global batch and reports its FLOPs and XLA's memory estimate. Writes nothing."""
+    import jax
+
+    from hpa_jax.train import loop
+    from hpa_jax.train import step as step_lib
+
+    setup = loop.prepare(config, workdir)
+    compiled = loop.compile_run(setup, loop.class_weights(setup))
+    abstract_state = jax.eval_shape(compiled.init)
+    iterator = loop.make_train_iterator(setup)
+    first = next(iterator)
+    batch = {k: jax.ShapeDtypeStruct((int(config.batch_size),) + first[k].shape[1:],
+                                     first[k].dtype) for k in step_lib.TRAIN_KEYS}
+    rng = jax.ShapeDtypeStruct((2,), np.uint32)
+    t0 = time.perf_counter()
+    executable = compiled.train_step.lower(abstract_state, batch, rng).compile()
+    compile_s = time.perf_counter() - t0
+    memory = executable.memory_analysis()
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+    report = {
+        "mesh": dict(setup.mesh.shape), "devices": setup.mesh.devices.size,
+        "processes": jax.process_count(), "global_batch": int(config.batch_size),
+        "per_process_batch": setup.per_process_batch, "image": list(first["image"].shape[1:]),
+        "train_records": setup.num_train, "steps_per_epoch": setup.steps_per_epoch,
+        "total_steps": setup.total_steps, "parameters": params,
+        "compile_s": round(compile_s, 2), "flops_per_step": core.compiled_flops(executable),
+    }
+    if memory is not None:
+        for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                     "generated_code_size_in_bytes"):
+            value = getattr(memory, name, None)
+            if value is not None:
+                report[name.replace("_in_bytes", "_mb")] = round(value / 2**20, 1)
+    return report

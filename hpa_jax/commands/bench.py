@@ -1,0 +1,114 @@
+"""`hpa-jax bench train|eval|input|model`: throughput, measured the same way every time.
+
+train/eval: warm-up, then timed steps of the trainer's own jitted step with the device
+synchronised; one JSON line per (batch, resolution) point with images/s (total, per device),
+step time median and p90, compile time, peak host memory, device memory where reported, model
+FLOPs per image from XLA's cost analysis and utilisation against the device's peak.
+input: the Grain pipeline vs a single-core Pillow loop (and tf.data where TensorFlow is found).
+model: EfficientNet train step and features, hpa-jax vs Keras 3 on the JAX backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+CONFIG_OVERRIDES = True  # bench train/eval take --config.KEY=VALUE like `hpa-jax train`
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    for mode in ("train", "eval"):
+        p = sub.add_parser(mode, help=f"{mode} step images/s of a config (synthetic batches)")
+        p.add_argument("--config", default="configs/demo.py", help="config module[:arg]")
+        p.add_argument("--batch", type=_ints, default=None,
+                       help="global batch sizes, e.g. 8,16,32 (default: the config's)")
+        p.add_argument("--res", type=_ints, default=None,
+                       help="image sizes, e.g. 64,128 (default: the config's)")
+        p.add_argument("--steps", type=int, default=5, help="timed steps per point")
+        p.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
+        p.add_argument("--out", default=None, help="append the JSON lines to this file")
+    p = sub.add_parser("input", help="input pipeline images/s (decode, resize, batch)")
+    p.add_argument("--data", default="runs/bench/input-512",
+                   help="records to read; 512 px benchmark records are written here if absent")
+    p.add_argument("--res", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="Grain worker processes")
+    p.add_argument("--channels", default="rgby", choices=["green", "rgb", "rgby"])
+    p.add_argument("--batches", type=int, default=10, help="batches per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
+    p.add_argument("--no-tfdata", action="store_true", help="skip the tf.data comparison")
+    p.add_argument("--tf-python", default=None,
+                   help="a Python with TensorFlow for the tf.data side (else in-process if found)")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p = sub.add_parser("model", help="EfficientNet step: hpa-jax vs Keras 3 on JAX")
+    p.add_argument("--variant", default="b0")
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--depthwise", default="auto", choices=["auto", "grouped", "shifted"])
+    p.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
+    p.add_argument("--tf-python", default=None, help="a Python with TensorFlow + Keras")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+
+
+def _emit(record: dict, out: str | None) -> None:
+    line = json.dumps(record, default=float)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:  # one line per point: a partial sweep keeps its points
+            f.write(line + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpa_jax.errors import UserError
+
+    if args.bench_command in ("train", "eval"):
+        from hpa_jax import config as config_lib
+        from hpa_jax.bench import train as bench_train
+
+        config = config_lib.load_config(args.config, args.config_overrides)
+        batches = args.batch or [int(config.batch_size)]
+        resolutions = args.res or [int(config.data.image_size)]
+        for res in resolutions:
+            for batch in batches:
+                print(f"# {args.bench_command}: batch {batch}, {res} px", file=sys.stderr,
+                      flush=True)
+                _emit(bench_train.measure(config, mode=args.bench_command, batch=batch,
+                                          resolution=res, steps=args.steps,
+                                          warmup=args.warmup), args.out)
+        return 0
+    if args.config_overrides:
+        raise UserError(f"--config overrides apply to bench train/eval only: "
+                        f"{' '.join(args.config_overrides)}")
+    if args.bench_command == "input":
+        from hpa_jax.bench.input import run_input_benchmark
+
+        result = run_input_benchmark(
+            args.data, image_size=args.res, batch_size=args.batch, worker_count=args.workers,
+            num_batches=args.batches, channels=args.channels, repeats=args.repeats,
+            compare_tfdata=not args.no_tfdata, tf_python=args.tf_python, out=args.out)
+        print(json.dumps(result, indent=1))
+        return 0
+    from hpa_jax.bench.model import run_model_benchmark
+    from hpa_jax.fileio import write_text
+
+    result = run_model_benchmark(
+        variant=args.variant, image_size=args.res, batch_size=args.batch, steps=args.steps,
+        warmup=args.warmup, depthwise=args.depthwise, keras_baseline=not args.no_keras,
+        tf_python=args.tf_python, log=lambda line: print(f"# {line}", file=sys.stderr))
+    text = json.dumps(result, indent=1)
+    if args.out:
+        write_text(args.out, text + "\n")
+    print(text)
+    return 0
