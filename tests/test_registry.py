@@ -131,13 +131,14 @@ def test_classifier_heads():
     fmap = jax.random.normal(jax.random.key(0), (4, 3, 3, 8))
     gap = heads.ClassifierHead("gap_dense", 8, 5, rngs=nnx.Rngs(0))
     expected = jnp.mean(fmap, axis=(1, 2)) @ gap.dense.kernel[...] + gap.dense.bias[...]
-    np.testing.assert_allclose(gap(fmap), expected, rtol=1e-5, atol=1e-6)
+    apply = nnx.jit(lambda head, x, key: head(x, train=key is not None, rng=key))
+    np.testing.assert_allclose(apply(gap, fmap, None), expected, rtol=1e-5, atol=1e-6)
     both = heads.ClassifierHead("gap_gmp_bn_dropout_dense", 8, 5, dropout_rate=0.5,
                                 rngs=nnx.Rngs(0))
     assert both.dense.kernel.shape == (16, 5)
-    eval_out = both(fmap)
+    eval_out = apply(both, fmap, None)
     assert eval_out.shape == (4, 5) and eval_out.dtype == jnp.float32
-    both(fmap, train=True, rng=jax.random.key(1))  # batch statistics update the running mean
+    apply(both, fmap, jax.random.key(1))  # batch statistics update the running mean
     assert not np.allclose(both.bn.mean[...], 0.0)
     with pytest.raises(UserError, match="choose one of gap_dense"):
         heads.ClassifierHead("attention", 8, 5, rngs=nnx.Rngs(0))
