@@ -44,6 +44,7 @@ import os
 import pathlib
 import re
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -141,10 +142,10 @@ def _check_found(found: dict, variant: str, in_channels: int, where: str) -> int
         raise WeightsError(f"{where}: expected weights of {_expected_text(variant, '3 or 4')}, "
                            f"found {_found_text(found)}")
     if found["channels"] not in (3, 4) or found["channels"] > in_channels:
-        raise WeightsError(
-            f"{where}: expected {in_channels}-channel weights (or 3-channel weights to expand "
-            f"to 4) for {_expected_text(variant, in_channels)}, found {_found_text(found)}"
-        )
+        allowed = "3-channel weights" if in_channels == 3 else \
+            "4-channel weights (or 3-channel weights, expanded to 4)"
+        raise WeightsError(f"{where}: expected {allowed} for "
+                           f"{_expected_text(variant, in_channels)}, found {_found_text(found)}")
     return found["channels"]
 
 
@@ -165,7 +166,9 @@ def keras_skeleton(variant: str, channels: int):
     from keras.src.backend.common import global_state
 
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    with keras.StatelessScope(initialize_variables=False):
+    with keras.StatelessScope(initialize_variables=False), warnings.catch_warnings():
+        # Keras warns that its ImageNet models expect 3 channels; 4 is on purpose here.
+        warnings.filterwarnings("ignore", message=".*input channels", category=UserWarning)
         model = builder(include_top=False, weights=None, input_shape=(None, None, channels))
     # Keras would run the deferred initialisers at its next StatelessScope exit: take ours off
     # its pending list and give them placeholders instead.
