@@ -161,6 +161,17 @@ def test_wrong_channels_refused(tmp):
         kw.load_keras_weights(four, "b0", in_channels=3)
 
 
+def test_file_with_classifier_top_refused(tmp):
+    _, _, _, files = _keras_reference("b0", tmp)
+    top = f"{tmp}/with_top.h5"
+    shutil.copy(files["legacy"], top)
+    with h5py.File(top, "r+") as f:  # what include_top=True adds: a Dense "predictions" layer
+        f["model_weights/predictions/predictions/kernel"] = np.zeros((1280, 1000), np.float32)
+        f["model_weights/predictions/predictions/bias"] = np.zeros((1000,), np.float32)
+    with pytest.raises(UserError, match=r"classifier top.*without the top"):
+        kw.load_keras_weights(top, "b0")
+
+
 def test_wrong_format_refused(tmp):
     text = f"{tmp}/notes.h5"
     with open(text, "w") as f:

@@ -82,7 +82,8 @@ def _describe_shapes(shapes: list[tuple[int, ...]]) -> dict:
     """
     stems = [s for s in shapes if len(s) == 4 and s[:2] == (3, 3) and s[3] != 1]
     depthwise = [s for s in shapes if len(s) == 4 and s[0] == s[1] and s[0] > 1 and s[3] == 1]
-    found = {"blocks": len(depthwise), "channels": None, "stem": None, "variant": None}
+    found = {"blocks": len(depthwise), "channels": None, "stem": None, "variant": None,
+             "top": any(len(s) == 2 for s in shapes)}  # a Dense kernel: the classifier top
     if len(stems) == 1:
         found["channels"], found["stem"] = stems[0][2], stems[0][3]
     for name in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"):
@@ -129,15 +130,25 @@ def inspect_h5(path: str | os.PathLike) -> tuple[str, dict]:
         else:
             raise WeightsError(f"{path}: an HDF5 file but not Keras weights (neither a Keras 3 "
                                "'.weights.h5' nor a legacy '.h5' with layer_names)")
+        # Only the model's own weights: files of compiled models also hold optimizer slots.
+        if kind == "weights.h5":
+            root = f["layers"]
+        else:
+            root = f["model_weights"] if "model_weights" in f else f
         shapes = []
-        f.visititems(lambda _, obj: shapes.append(tuple(obj.shape))
-                     if isinstance(obj, h5py.Dataset) else None)
+        root.visititems(lambda name, obj: shapes.append(tuple(obj.shape))
+                        if isinstance(obj, h5py.Dataset)
+                        and not name.startswith("optimizer") else None)
     return kind, _describe_shapes(shapes)
 
 
 def _check_found(found: dict, variant: str, in_channels: int, where: str) -> int:
     """Refuse weights of another variant or an impossible channel count; return their channels."""
     stem, blocks, _ = variant_signature(variant)
+    if found["top"]:
+        raise WeightsError(f"{where}: holds a classifier top (include_top=True); expected "
+                           f"weights of {_expected_text(variant, '3 or 4')} without the top "
+                           "(Keras's '_notop' files, or a model built with include_top=False)")
     if (found["stem"], found["blocks"]) != (stem, blocks):
         raise WeightsError(f"{where}: expected weights of {_expected_text(variant, '3 or 4')}, "
                            f"found {_found_text(found)}")
