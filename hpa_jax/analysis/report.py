@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Sequence
 
@@ -452,6 +453,7 @@ def write_figures(
     written = []
 
     def save(fig, name):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # embedding names come from users
         _save(fig, folder / name)
         written.append(name)
 
