@@ -122,3 +122,16 @@ def test_histogram_score_takes_nearest_class_and_worst_channel():
     assert scores[8] < scores[6] / 2
     with pytest.raises(UserError, match="unknown histogram metric"):
         intensity.histogram_distance_scores(intensity.colour_histograms(images), labels, metric="x")
+
+
+def test_signed_z_and_classes_without_spread():
+    # Class 1 has a single image: no spread, so no evidence against it (z = 0).
+    means = np.array([[10.0], [20.0], [30.0], [200.0]], np.float32)
+    labels = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)
+    z = intensity.class_z_scores(means, labels)
+    assert z.shape == (4, 2, 1)
+    sd = np.std([10.0, 20.0, 30.0])
+    np.testing.assert_allclose(z[:3, 0, 0], [-10 / sd, 0, 10 / sd], rtol=1e-6)
+    np.testing.assert_array_equal(z[:, 1, 0], 0)  # not a member, or a one-image class
+    scores, flags = intensity.intensity_outliers(means, labels)
+    assert scores[3] == 0 and not flags.any()
