@@ -541,14 +541,17 @@ def run_anomaly_report(
       their IDs must be exactly the analysed images'. predictions: probabilities file (CSV/npz).
     truth: the synthetic truth.csv; adds detector_quality.csv/.md.
     exclude_by: detectors whose flags go into exclude.txt. projections: map methods (default
-      t-SNE, plus UMAP when installed). threads: cap on BLAS/OpenMP threads for scikit-learn
-      (1 avoids OpenMP spin-waiting when the cores are shared; None leaves the default).
+      t-SNE, plus UMAP when installed). threads: cap on BLAS/OpenMP threads for scikit-learn;
+      None = 1 when the 1-minute load average exceeds the core count (OpenMP threads spin-wait,
+      and on oversubscribed cores t-SNE ran 10× slower with 2 threads than with 1), else all.
     Returns the summary dict also written to summary.json.
     """
     import sklearn.cluster  # noqa: F401  load scikit-learn's OpenMP and BLAS now, so that
     import sklearn.manifold  # noqa: F401  threadpool_limits below can see and cap them
     from threadpoolctl import threadpool_limits
 
+    if threads is None and _busy():
+        threads = 1
     with threadpool_limits(limits=threads):
         return _run_report(
             data_dir,
@@ -568,6 +571,14 @@ def run_anomaly_report(
             seed=seed,
             log=log,
         )
+
+
+def _busy() -> bool:
+    """More runnable processes than cores over the last minute."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:  # not available on this platform
+        return False
 
 
 def _run_report(

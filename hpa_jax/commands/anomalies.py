@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="cap scikit-learn's threads (1 helps on busy shared cores)",
+        help="cap scikit-learn's threads (default: 1 when the load average exceeds the "
+        "core count, else all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of t-SNE, k-means, forests")
 
