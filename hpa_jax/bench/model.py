@@ -15,7 +15,9 @@ batch 32, K classes, sigmoid binary cross-entropy, Adam):
                      given (`tf_python`), run as a subprocess (TensorFlow is not a dependency).
 
 Each entry: the first call's seconds (compilation included), then the median and p90 of
-`steps` timed calls after `warmup` calls, and images/s = batch / median. Numbers, not tests.
+`steps` timed calls after `warmup` calls, images/s = batch / median, and the CPU seconds this
+process spent per call (images per CPU-second is steadier than wall time on a shared machine).
+Numbers, not tests.
 Run: `python -m hpa_jax.bench.model --out runs/bench/model.json` (or via `hpa-jax bench`).
 """
 
@@ -106,8 +108,34 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _entry(times: list[float], first: float, batch: int, **extra) -> dict:
-    out = {"first_call_s": first, **core.step_stats(times, batch), "times_s": times}
+def _timed(fn, steps: int, warmup: int) -> tuple[list[float], list[float], float]:
+    """(wall seconds, CPU seconds of this process, first call's wall seconds) per timed call.
+
+    CPU seconds (all threads of this process) say how much work a step is; on a shared machine
+    wall time also measures how much CPU the other processes left over.
+    """
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    walls, cpus = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus, first
+
+
+def _entry(timing: tuple, batch: int, *, compile_s: float = 0.0, **extra) -> dict:
+    walls, cpus, first = timing
+    cpu = float(np.median(cpus))
+    out = {"first_call_s": compile_s + first, **core.step_stats(walls, batch),
+           "cpu_s_median": cpu, "images_per_cpu_s": batch / cpu if cpu > 0 else None,
+           "times_s": walls, "cpu_times_s": cpus}
+    if compile_s:
+        out["compile_s"] = compile_s
     out.update(extra)
     return out
 
@@ -159,11 +187,10 @@ def _hpa_jax_train(variant, images, labels, steps, warmup, depthwise, dtype, see
         holder["state"], metrics = compiled(holder["state"], batch, key)
         jax.block_until_ready(metrics)
 
-    times, first = core.timed(one_step, steps, warmup)
+    timing = _timed(one_step, steps, warmup)
     params = sum(x.size for x in jax.tree.leaves(holder["state"].params))
     info = {"parameters": int(params), "flops_per_step": core.compiled_flops(compiled)}
-    entry = _entry(times, compile_s + first, len(images), compile_s=compile_s,
-                   state_init_s=init_s)
+    entry = _entry(timing, len(images), compile_s=compile_s, state_init_s=init_s)
     return entry, layers.resolve_depthwise(depthwise), info
 
 
@@ -180,8 +207,8 @@ def _hpa_jax_features(variant, images, steps, warmup, depthwise, dtype, seed):
     t0 = time.perf_counter()
     compiled = features.lower(state, x).compile()
     compile_s = time.perf_counter() - t0
-    times, first = core.timed(lambda: jax.block_until_ready(compiled(state, x)), steps, warmup)
-    return _entry(times, compile_s + first, len(images), compile_s=compile_s)
+    timing = _timed(lambda: jax.block_until_ready(compiled(state, x)), steps, warmup)
+    return _entry(timing, len(images), compile_s=compile_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,8 +230,8 @@ def _keras_train(variant, images, labels, steps, warmup):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     build_s = time.perf_counter() - t0
     x = images.astype(np.float32)
-    times, first = core.timed(lambda: model.train_on_batch(x, labels), steps, warmup)
-    return _entry(times, first, len(images), build_s=build_s)
+    timing = _timed(lambda: model.train_on_batch(x, labels), steps, warmup)
+    return _entry(timing, len(images), build_s=build_s)
 
 
 def _keras_features(variant, images, steps, warmup):
@@ -213,8 +240,8 @@ def _keras_features(variant, images, steps, warmup):
                                 input_shape=images.shape[1:])
     build_s = time.perf_counter() - t0
     x = images.astype(np.float32)
-    times, first = core.timed(lambda: model.predict_on_batch(x), steps, warmup)
-    return _entry(times, first, len(images), build_s=build_s)
+    timing = _timed(lambda: model.predict_on_batch(x), steps, warmup)
+    return _entry(timing, len(images), build_s=build_s)
 
 
 _TF_SCRIPT = """
@@ -232,10 +259,13 @@ model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
 t0 = time.perf_counter(); model.train_on_batch(x, y); first = time.perf_counter() - t0
 for _ in range(cfg["warmup"] - 1):
     model.train_on_batch(x, y)
-times = []
+times, cpus = [], []
 for _ in range(cfg["steps"]):
-    t0 = time.perf_counter(); model.train_on_batch(x, y); times.append(time.perf_counter() - t0)
-print(json.dumps({"first": first, "times": times, "keras": keras.__version__}))
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.train_on_batch(x, y)
+    times.append(time.perf_counter() - t0); cpus.append(time.process_time() - c0)
+print(json.dumps({"first": first, "times": times, "cpus": cpus, "keras": keras.__version__,
+                  "tensorflow": __import__("tensorflow").__version__}))
 """
 
 
@@ -245,18 +275,20 @@ def _keras_tf_subprocess(tf_python: str, shape: dict) -> dict:
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return _entry(out["times"], out["first"], shape["batch_size"], keras=out["keras"])
+    return _entry((out["times"], out["cpus"], out["first"]), shape["batch_size"],
+                  keras=out["keras"], tensorflow=out["tensorflow"])
 
 
 def _speedups(results: dict) -> dict:
     """images/s ratios hpa-jax / Keras for each pair measured."""
     out = {}
     for kind in ("train", "features"):
-        ours = results.get(f"hpa_jax_{kind}", {}).get("images_per_s")
-        for base in ("keras_jax", "keras_tf"):
-            theirs = results.get(f"{base}_{kind}", {}).get("images_per_s")
-            if ours and theirs:
-                out[f"{kind}_vs_{base}"] = ours / theirs
+        for rate, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_per_cpu_s")):
+            ours = results.get(f"hpa_jax_{kind}", {}).get(rate)
+            for base in ("keras_jax", "keras_tf"):
+                theirs = results.get(f"{base}_{kind}", {}).get(rate)
+                if ours and theirs:
+                    out[f"{kind}_vs_{base}{suffix}"] = ours / theirs
     return out
 
 
