@@ -101,7 +101,10 @@ def test_workdir_outputs(runs, data_dir):
     assert full["step"] == 4.0
     assert full["macro_f1"] == pytest.approx(val[-1]["val/macro_f1"])
     # checkpoints: every 2 steps, the last 2 kept (+ the best by macro F1)
-    assert ckpt_lib.Checkpointer(workdir, every=2, keep=2).all_steps() == [2, 4]
+    checkpointer = ckpt_lib.Checkpointer(workdir, every=2, keep=2, best_metric="macro_f1")
+    assert checkpointer.all_steps() == [2, 4]
+    f1 = {r["step"]: r["val/macro_f1"] for r in val}
+    assert checkpointer.best_step() == max(f1, key=lambda s: (f1[s], s))
 
 
 def test_incompatible_workdir_is_refused_untouched(runs, data_dir):

@@ -68,13 +68,22 @@ class Checkpointer:
     def __init__(self, workdir, *, every: int, keep: int, best_metric: str | None = None,
                  best_mode: str = "max", async_save: bool = True, read_only: bool = False):
         self.directory = pathlib.Path(workdir).absolute() / SUBDIR
+        worst = float("inf") if best_mode == "min" else float("-inf")
+
+        def rank(metrics) -> float:
+            # a checkpoint saved between evaluations carries no (or empty) metrics: never best
+            return float((metrics or {}).get(best_metric, worst))
+
         keepers = [policies.LatestN(max(int(keep), 1))]
         if best_metric:
             keepers.append(policies.BestN(
-                get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min", n=1,
+                get_metric_fn=rank, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False,
             ))
         options = ocp.CheckpointManagerOptions(
+            # best_fn only ranks (best_step); which checkpoints stay is the preservation policy
+            best_fn=rank if best_metric else None,
+            best_mode=best_mode,
             save_decision_policy=policies.AnySavePolicy([
                 policies.FixedIntervalPolicy(max(int(every), 1)),
                 policies.PreemptionCheckpointingPolicy(),
