@@ -170,3 +170,59 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(runs, data_dir, tm
     with pytest.raises(loop.TrainingDiverged, match="at step 3"):
         loop.train_and_evaluate(cfg, workdir)
     assert ckpt_lib.Checkpointer(workdir, every=2, keep=2).all_steps() == [2]
+
+
+def test_init_from_another_run_keeps_backbone_and_reinitialises_other_head(tmp_path):
+    import jax
+    import optax
+    import test_step
+
+    from hpa_jax.train import mesh as mesh_lib
+    from hpa_jax.train import state as state_lib
+
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    tx = optax.adam(1e-3)
+    _, source, _ = state_lib.create_train_state(
+        lambda rngs: test_step.TinyNet(5, rngs=rngs), tx, mesh, seed=1)
+    saver = ckpt_lib.Checkpointer(tmp_path / "source", every=1, keep=1)
+    saver.save(3, source, jax.random.PRNGKey(0), {}, force=True)
+    saver.wait()
+    saver.close()
+
+    graphdef, fresh, shardings = state_lib.create_train_state(
+        lambda rngs: test_step.TinyNet(7, rngs=rngs), tx, mesh, seed=2)
+    new = ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path / "source"))
+    np.testing.assert_array_equal(new.params["conv"]["kernel"][...],
+                                  source.params["conv"]["kernel"][...])
+    np.testing.assert_array_equal(new.rest["bn"]["mean"][...], source.rest["bn"]["mean"][...])
+    assert new.params["head"]["kernel"][...].shape == (64, 7)  # 7 classes: fresh head kept
+    np.testing.assert_array_equal(new.params["head"]["kernel"][...],
+                                  fresh.params["head"]["kernel"][...])
+    assert int(new.step) == 0
+    with pytest.raises(UserError, match="neither converted weights"):
+        ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path))
+
+
+def test_init_from_converted_weights(tmp_path):
+    import jax
+    import optax
+    from flax import nnx
+
+    from hpa_jax.models import keras_weights
+    from hpa_jax.models.efficientnet import EfficientNet, backbone_state
+    from hpa_jax.train import mesh as mesh_lib
+    from hpa_jax.train import state as state_lib
+
+    source = EfficientNet("tiny", num_classes=3, in_channels=4, rngs=nnx.Rngs(5))
+    keras_weights.save_converted(backbone_state(source), tmp_path / "converted",
+                                 {"variant": "tiny", "in_channels": 4})
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    tx = optax.adam(1e-3)
+    graphdef, fresh, shardings = state_lib.create_train_state(
+        lambda rngs: EfficientNet("tiny", num_classes=19, in_channels=4, rngs=rngs), tx, mesh,
+        seed=0)
+    head = np.asarray(fresh.params["head"]["dense"]["kernel"][...])
+    new = ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path / "converted"))
+    np.testing.assert_array_equal(new.params["stem_conv"]["kernel"][...],
+                                  source.stem_conv.kernel[...])
+    np.testing.assert_array_equal(new.params["head"]["dense"]["kernel"][...], head)

@@ -195,31 +195,30 @@ def restore_backbone(state, shardings, source) -> tuple[Any, list[str]]:
         step = other.latest_step()
         if step is None:
             raise UserError(f"config.init_from={str(source)!r}: {workdir} has no checkpoint")
-        saved = other.manager.item_metadata(step)["state"]
-        ours = flatten_state(state)
-        targets = flatten_state(shardings)
-        wanted, fresh = {}, []
-        for name in _trainable_names(ours):
-            leaf = ours[name]
-            if name not in saved:
-                raise CheckpointError(f"{workdir}: checkpoint {step} has no variable {name}")
-            if tuple(saved[name].shape) != tuple(leaf.shape):
-                if _is_head(name):
-                    fresh.append(name)
-                    continue
-                raise CheckpointError(
-                    f"{workdir}: {name} has shape {tuple(saved[name].shape)} in checkpoint "
-                    f"{step}, the model needs {tuple(leaf.shape)} (another model?)")
-            wanted[name] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=targets[name])
-        restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
         try:
-            got = other.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=wanted, restore_args=restore_args, partial_restore=True)))["state"]
+            saved = other.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         except Exception as err:
             raise CheckpointError(f"{workdir}: checkpoint {step} cannot be read: {err}") from err
     finally:
         other.close()
-    merged = {**ours, **{k: got[k] for k in wanted}}
+    ours = flatten_state(state)
+    targets = flatten_state(shardings)
+    got, fresh = {}, []
+    for name in _trainable_names(ours):
+        leaf = ours[name]
+        if name not in saved:
+            raise CheckpointError(f"{workdir}: checkpoint {step} has no variable {name}")
+        value = np.asarray(saved[name])
+        if value.shape != tuple(leaf.shape):
+            if _is_head(name):
+                fresh.append(name)
+                continue
+            raise CheckpointError(
+                f"{workdir}: {name} has shape {value.shape} in checkpoint {step}, the model "
+                f"needs {tuple(leaf.shape)} (another model?)")
+        got[name] = jax.device_put(value.astype(leaf.dtype), targets[name])
+    merged = {**ours, **got}
     return unflatten_state(state, merged), fresh
 
 
