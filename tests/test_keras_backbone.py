@@ -219,8 +219,9 @@ def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_rest, opt_state, loss, logits
 
-    new_params, new_rest, new_opt, loss, _ = train_step(params, rest, opt_state,
-                                                        jax.random.key(1))
+    # a raw uint32[2] key, as hpa-jax's train step passes it
+    raw_key = jax.random.key_data(jax.random.key(1))
+    new_params, new_rest, new_opt, loss, _ = train_step(params, rest, opt_state, raw_key)
     assert np.isfinite(float(loss))
 
     old, new = jax.tree.leaves(params), jax.tree.leaves(new_params)
@@ -258,7 +259,7 @@ def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
     # Same outputs: the next step from the trained and from the restored state (same compiled
     # step, same batch and key) gives identical logits, loss and updated statistics
     _, fresh_params, fresh_rest = nnx.split(fresh, nnx.Param, ...)
-    key = jax.random.key(2)
+    key = jax.random.key_data(jax.random.key(2))
     out_trained = train_step(new_params, new_rest, new_opt, key)
     out_restored = train_step(fresh_params, fresh_rest, new_opt, key)
     assert out_trained[4].shape == (2, 3) and out_trained[4].dtype == jnp.float32

@@ -309,8 +309,7 @@ def initial_values(model, key: jax.Array) -> list[jax.Array]:
     variables of EfficientNetB0 on 2 cores) or as a callback when `key` is traced
     (`nnx.eval_shape`, or `jax.jit(init, out_shardings=...)` creating the train state).
     """
-    key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) \
-        else key
+    key_data = _key_bits(key)
     if not isinstance(key_data, jax.core.Tracer):
         return [jnp.asarray(v) for v in _host_initial_values(model, np.asarray(key_data))]
     shapes = [jax.ShapeDtypeStruct(tuple(v.shape), np.dtype(v.dtype)) for v in model.variables]
@@ -474,8 +473,7 @@ class KerasBackbone(nnx.Module):
         out = list(values)
         for i, var in enumerate(self.keras.model.non_trainable_variables):
             if id(var) in seed_ids:
-                key = jax.random.key_data(jax.random.fold_in(rng, i))
-                out[i] = key.astype(out[i].dtype)
+                out[i] = _key_bits(jax.random.fold_in(rng, i)).astype(out[i].dtype)
         return out
 
     def features(self, images: jax.Array, *, train: bool = False,
@@ -489,6 +487,13 @@ class KerasBackbone(nnx.Module):
         """images [B, H, W, C] in 0..255 → logits float32[B, K] (before the activation)."""
         fmap = self.feature_map(images, train=train, rng=_fold(rng, 0))
         return self.head(fmap, train=train, rng=_fold(rng, 1))
+
+
+def _key_bits(key: jax.Array) -> jax.Array:
+    """uint32 bits of a PRNG key, typed (`jax.random.key`) or raw (uint32[2])."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
 
 
 def _fold(rng, i):
