@@ -22,10 +22,10 @@ SIZE = 16
 class TinyNet(nnx.Module):
     """conv -> BatchNorm -> relu -> GAP -> dropout -> dense: the smallest model with BN and rng."""
 
-    def __init__(self, num_classes=K, *, rngs):
-        self.conv = nnx.Conv(3, 64, (3, 3), use_bias=False, rngs=rngs)  # BN follows
-        self.bn = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
-        self.head = nnx.Linear(64, num_classes, rngs=rngs)
+    def __init__(self, num_classes=K, *, rngs, dtype=jnp.float32):
+        self.conv = nnx.Conv(3, 64, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)  # BN follows
+        self.bn = nnx.BatchNorm(64, momentum=0.9, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(64, num_classes, dtype=dtype, rngs=rngs)
 
     def __call__(self, images, *, train=False, rng=None):
         x = self.conv(images / 255.0)
@@ -229,3 +229,18 @@ def test_accumulation_updates_every_k_and_ema():
     # EMA with decay 0.5 after the single real update: halfway between start and new params
     expected = jax.tree.map(lambda s, p: 0.5 * s + 0.5 * np.asarray(p), start, state2.params)
     assert_trees_close(state2.ema, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss(one_device):
+    _, losses32, _ = one_device
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    tx = optim.make_optimizer(ml_collections.ConfigDict({"lr": 1e-2}), 10)
+    graphdef, state, shardings = state_lib.create_train_state(
+        lambda rngs: TinyNet(rngs=rngs, dtype=jnp.bfloat16), tx, mesh, seed=1)
+    train = step_lib.jit_train_step(
+        step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid), mesh, shardings)
+    state, metrics = train(state, mesh_lib.to_global(batches(1)[0], mesh), jax.random.PRNGKey(0))
+    assert metrics["loss"][0].dtype == jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    # same model in bfloat16 compute: the first loss agrees to bfloat16 precision
+    assert float(metrics["loss"][0]) / B == pytest.approx(losses32[0], rel=2e-2)
