@@ -267,7 +267,10 @@ _COMPILED: dict[str, Compiled] = {}
 def _compile_key(setup: Setup, weights: np.ndarray) -> str:
     # everything the jitted functions close over; where the data lives is not part of it
     plain = config_lib.flatten(setup.config)
-    for name in ("data.dir", "data.exclude", "data.worker_count", "init_from"):
+    for name in ("data.dir", "data.exclude", "data.worker_count", "data.augment",
+                 "data.split_train", "data.split_eval", "init_from", "log_every_steps",
+                 "checkpoint_every_steps", "keep_checkpoints", "best_metric",
+                 "eval_every_steps", "eval_every_epochs"):
         plain.pop(name, None)
     parts = {
         "config": plain, "total": setup.total_steps,
@@ -480,7 +483,9 @@ def train(run: Run, writer, stop_at: int | None = None):
             if step % log_every == 0 or due_eval or due_ckpt:
                 window.add(_check_finite(*pending))
                 pending = None
-            if step % log_every == 0 and window.steps:
+            # a checkpoint step also closes the log window, so a resumed run logs the same
+            # windows (and numbers) as an uninterrupted one
+            if (step % log_every == 0 or due_ckpt) and window.steps:
                 now = time.perf_counter()
                 speed = (step - tick_step) * global_batch / max(now - tick, 1e-9)
                 values = {**window.summary(), "images_per_s": speed,
