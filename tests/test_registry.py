@@ -69,7 +69,8 @@ def test_keras_backbone_by_name_with_image_size_and_options():
     rates = [layer.rate for layer in model.keras.model.layers
              if isinstance(layer, keras.layers.Dropout)]
     assert max(rates) == pytest.approx(0.4 * 14 / 16)
-    explicit = _abstract({"name": "keras:ResNet152V2", "image_size": 32}, image_size=64)
+    explicit = _abstract({"name": "keras:ResNet152V2", "image_size": 32, "weights": ""},
+                         image_size=64)  # "" = no weights file
     assert explicit.input_size == 32 and explicit.preprocess_mode == "tf"
 
 

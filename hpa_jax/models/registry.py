@@ -72,7 +72,8 @@ def _as_dict(model_cfg) -> dict:
     unknown = sorted(set(model_cfg) - set(OPTIONS))
     if unknown:
         raise UserError(f"model.{unknown[0]}: unknown model option; known: {', '.join(OPTIONS)}")
-    return {k: v for k, v in model_cfg.items() if v is not None}
+    # None and "" both mean "not set" (a config may hold an empty string for "no weights")
+    return {k: v for k, v in model_cfg.items() if v is not None and v != ""}
 
 
 def _unknown(name: str) -> UserError:
