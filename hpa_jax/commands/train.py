@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config module and argument, e.g. configs/demo.py:runlocal")
     parser.add_argument("--workdir", required=True,
                         help="run folder: checkpoints, metrics, plots (resumed if present)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check data, mesh and workdir, build the model and the input "
+                             "pipeline, compile the train step for the configured batch, print "
+                             "its FLOPs and XLA's memory estimate, and exit (writes nothing)")
     distributed.add_arguments(parser)
 
 
@@ -30,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.train import loop
 
     config = config_lib.load_config(args.config, getattr(args, "config_overrides", ()) or ())
+    if args.dry_run:
+        from hpa_jax.bench.train import dry_run
+
+        report = dry_run(config, args.workdir)
+        if distributed.is_main_process():
+            print(json.dumps(report, indent=2))
+        return 0
     try:
         final = loop.train_and_evaluate(config, args.workdir)
     except loop.TrainingDiverged as err:

@@ -1,0 +1,66 @@
+"""Operations end to end: a tiny grid really runs (and a re-run skips it), `train --dry-run`
+compiles without writing, `bench eval` reports its figures."""
+
+import json
+
+import pytest
+
+from hpa_jax import cli, grid
+from hpa_jax.data.synthetic import synthesize
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ops_data")
+    synthesize(out, num_images=48, size=64, shards=2, seed=3)  # as test_train_cli: shared compiles
+    return out
+
+
+def test_tiny_grid_runs_reports_and_skips_finished(tmp_path, data_dir, capsys):
+    spec = tmp_path / "seeds.py"
+    spec.write_text("BASE = 'configs/demo.py'\n"
+                    "def sweep(add, arg):\n"
+                    "    for seed in (0, 1):\n"
+                    "        add(seed=seed)\n")
+    root = tmp_path / "grid"
+    argv = ["grid", "run", f"{spec}:runlocal", "--root", str(root),
+            f"--config.data.dir={data_dir}"]
+    assert cli.main(argv) == 0
+    runs = grid.collect(root)
+    assert [r["name"] for r in runs] == ["seed=0", "seed=1"]
+    for run in runs:
+        assert run["metrics"]["step"] == 4  # runlocal: 4 steps
+        assert 0.0 <= run["metrics"]["macro_f1"] <= 1.0
+        assert (root / run["name"] / "thresholds.json").is_file()
+    # different seeds, different models
+    assert runs[0]["metrics"]["loss"] != runs[1]["metrics"]["loss"]
+    csv_lines = (root / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run,seed,") and len(csv_lines) == 3
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # every point finished: nothing retrained
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 2
+
+
+def test_train_dry_run_compiles_and_writes_nothing(tmp_path, data_dir, capsys):
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir",
+                     str(workdir), f"--config.data.dir={data_dir}", "--dry-run"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert not workdir.exists()
+    assert report["global_batch"] == 8 and report["image"] == [32, 32, 4]
+    assert report["devices"] == 8 and report["flops_per_step"] > 0
+    assert report["parameters"] > 0 and report["temp_size_mb"] >= 0
+
+
+def test_bench_eval_reports_figures(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert cli.main(["bench", "eval", "--config", "configs/demo.py:runlocal", "--batch", "8",
+                     "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == line
+    assert line["mode"] == "eval" and line["batch"] == 8 and line["resolution"] == 32
+    assert line["images_per_s"] == pytest.approx(8 / line["step_time_median_s"])
+    assert line["step_time_p90_s"] >= line["step_time_median_s"] > 0
+    assert line["flops_per_image"] > 0 and 0 < line["utilisation"]
+    assert line["peak_source"] == "measured matmul"  # CPU: no datasheet peak
