@@ -24,7 +24,7 @@ def test_label_plan_is_imbalanced_like_hpa():
     y = np.array([HPA_2021.multi_hot(p.true_labels) for p in plans])
     share = y.mean(0)
     assert 0.35 <= share[0] <= 0.47  # nucleoplasm common
-    assert 0.008 <= share[11] <= 0.03  # mitotic spindle rare
+    assert 0.008 <= share[11] <= 0.04  # mitotic spindle rare
     assert 0.02 <= share[18] <= 0.05  # negative
     assert share.argmax() == 0
     counts = y.sum(1)

@@ -1,6 +1,6 @@
 """Synthetic HPA-like fields of view whose green channel is caused by the image's labels.
 
-Each image shows 3-8 cells: nuclei (blue), radial microtubules (red), a perinuclear reticular ER
+Each image shows 2-6 cells: nuclei (blue), radial microtubules (red), a perinuclear reticular ER
 (yellow), and a green channel drawn from one distinct pattern per class of the 2021 table
 (nucleoplasm fills nuclei, nucleoli are bright spots at the nucleolar holes of the blue stain,
 Golgi is a cap on one side of the nucleus, ...). Patterns are built to stay distinguishable by a
@@ -33,7 +33,7 @@ ANOMALY_KINDS = ("dark", "saturated", "empty_channel", "label")
 # cytosol common, mitotic spindle and aggresome rare). Class 18 (Negative) is handled apart.
 CLASS_FREQUENCY = np.array(
     [0.50, 0.05, 0.10, 0.06, 0.08, 0.07, 0.05, 0.09, 0.06, 0.05,
-     0.05, 0.015, 0.07, 0.12, 0.12, 0.025, 0.25, 0.12],
+     0.05, 0.025, 0.07, 0.12, 0.12, 0.04, 0.25, 0.12],
     np.float64,
 )  # fmt: skip
 NEGATIVE_FREQUENCY = 0.03
@@ -219,8 +219,8 @@ def _soft(d: np.ndarray, width: float) -> np.ndarray:
 
 
 def make_cells(rng, size: int, mitotic: bool) -> Cells:
-    """Place 3-8 cells with nuclei in an S x S field; one is rounded and mitotic if asked."""
-    count = int(rng.integers(3, 9))
+    """Place 2-6 cells with nuclei in an S x S field; one is rounded and mitotic if asked."""
+    count = int(rng.integers(2, 7))
     radius = size * math.sqrt(0.5 / (math.pi * count))
     center = _place_centres(rng, size, count, radius)
     n = len(center)
@@ -230,7 +230,7 @@ def make_cells(rng, size: int, mitotic: bool) -> Cells:
     axes = radii[:, None] * np.stack([1 + elong, 1 - elong * 0.6], 1)
     nuc_axes = (
         radii[:, None]
-        * rng.uniform(0.40, 0.48, (n, 1))
+        * rng.uniform(0.44, 0.52, (n, 1))
         * np.stack([1 + elong * 0.5, 1 - elong * 0.3], 1)
     )
     offset = rng.normal(0, 0.08, (n, 2)) * radii[:, None]
@@ -358,12 +358,12 @@ def render_stains(rng, cells: Cells, size: int) -> Stains:
     scale = size / 128.0
     rn = float(cells.nuc_radius.mean())
     nucleoli = [_nuc_points(rng, cells, k, int(rng.integers(2, 5)), 0.55) for k in range(cells.n)]
-    nuc_sigma = max(0.5, 0.17 * rn)
+    nuc_sigma = max(0.7, 0.17 * rn)
     holes = splat(size, np.concatenate([nucleoli[k] for k in _interphase(cells)] or [np.zeros(
         (0, 2))]), nuc_sigma)  # fmt: skip
     dna = rng.uniform(0.55, 0.9, cells.n)[cells.owner]
     blue = cells.nucleus * dna * (0.85 + 0.15 * smooth_noise(rng, size, 1.5 * scale))
-    blue *= 1.0 - 0.55 * np.clip(holes, 0, 1)
+    blue *= 1.0 - 0.75 * np.clip(holes, 0, 1)
     # radial microtubules: bright lines at fixed angles about each nucleus, wavy via a noise field
     lines = rng.integers(11, 16, cells.n) * max(1.0, scale)
     phase = rng.uniform(0, 2 * np.pi, cells.n)
@@ -372,7 +372,7 @@ def render_stains(rng, cells: Cells, size: int) -> Stains:
     falloff = np.clip(1.2 - 0.6 * cells.d_cell, 0, 1)
     red = (0.15 + 0.75 * radial**4) * falloff * (cells.inside - 0.7 * cells.nucleus)
     # ER: a band-passed noise net, densest next to the nucleus
-    net = np.clip(0.3 + 0.45 * np.abs(smooth_noise(rng, size, 0.9 * scale)), 0, 1.2)
+    net = np.clip(0.15 + 0.6 * np.abs(smooth_noise(rng, size, 0.9 * scale)), 0, 1.2)
     near = np.exp(-np.clip(cells.d_nuc - 1, 0, None) * 0.9)
     yellow = net * near * cells.cyto + 0.08 * cells.nucleus
     if cells.mitotic >= 0:
@@ -431,41 +431,38 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
         return spindle(cells, size) if cells.mitotic >= 0 else np.zeros((size, size), np.float32)
     if cls == 0:  # nucleoplasm: fills nuclei, sparing nucleoli
         holes = splat(size, _per_cell(cells, lambda k: stains.nucleoli[k]), stains.nucleolus_sigma)
-        return 0.6 * nuc * (1 - 0.7 * np.clip(holes, 0, 1))
+        return 0.4 * nuc * (1 - 0.7 * np.clip(holes, 0, 1))
     if cls == 1:  # nuclear membrane: thin rim of the nucleus
         rim = np.exp(-(((cells.d_nuc - 1.0) * rn / (0.9 * max(scale, 0.6))) ** 2))
         return 0.95 * rim * (cells.d_cell < 1)
     if cls == 2:  # nucleoli: bright spots exactly where the blue stain has its holes
         return splat(size, _per_cell(cells, lambda k: stains.nucleoli[k]), stains.nucleolus_sigma)
-    if cls == 3:  # fibrillar centres: a few tiny dots within each nucleolus
-
-        def dots(k):
-            centres = np.repeat(stains.nucleoli[k], 3, axis=0)
-            return centres + rng.normal(0, 0.35 * stains.nucleolus_sigma, centres.shape)
-
-        return splat(size, _per_cell(cells, dots), max(0.45, 0.5 * scale))
+    if cls == 3:  # fibrillar centres: a sharp dot at the heart of each nucleolus, faint haze
+        centres = _per_cell(cells, lambda k: stains.nucleoli[k])
+        haze = splat(size, centres, stains.nucleolus_sigma)
+        return 2.4 * splat(size, centres, 0.6) + 0.35 * np.clip(haze, 0, 1)
     if cls == 4:  # nuclear speckles: many small dots over a faint nucleoplasm
         n = lambda k: int(0.25 * rn * rn / max(scale, 0.5) ** 2 * rng.uniform(0.8, 1.2))
         pts = _per_cell(cells, lambda k: _nuc_points(rng, cells, k, max(8, n(k)), 0.85))
         return 0.8 * splat(size, pts, max(0.45, 0.6 * scale)) + 0.12 * nuc
-    if cls == 5:  # nuclear bodies: one to three medium dots per nucleus
-        pts = _per_cell(cells, lambda k: _nuc_points(rng, cells, k, int(rng.integers(1, 4)), 0.7))
+    if cls == 5:  # nuclear bodies: two to four sharp dots per nucleus, away from the nucleoli
+        pts = _per_cell(cells, lambda k: _nuclear_bodies(rng, cells, stains, k))
         # on a faint nucleoplasm haze, unlike the bare centrosome dots beside the nucleus
-        return 1.1 * splat(size, pts, max(0.8, 0.14 * rn)) + 0.1 * nuc
+        return 1.8 * splat(size, pts, max(0.8, 0.1 * rn)) + 0.1 * nuc
     if cls == 6:  # endoplasmic reticulum: the yellow ER texture
         return 0.9 * stains.yellow * (cells.owner != cells.mitotic)
     if cls == 7:  # Golgi: a compact cap hugging one side of the nucleus
         return _golgi(rng, cells, size, rn)
     if cls == 8:  # intermediate filaments: long curvy fibres (level lines of a smooth field)
         field = smooth_noise(rng, size, 3.5 * scale)
-        return 0.85 * np.exp(-((field / 0.22) ** 2)) * cyto * _not_mitotic(cells)
+        return 1.0 * np.exp(-((field / 0.26) ** 2)) * cyto * _not_mitotic(cells)
     if cls == 9:  # actin: straight parallel stress fibres per cell plus a faint cortex
         return _actin(rng, cells, size, scale)
     if cls == 10:  # microtubules: the radial red texture
         return 0.9 * stains.red * _not_mitotic(cells)
     if cls == 12:  # centrosome: one or two bright dots next to the nucleus
         return splat(size, _per_cell(cells, lambda k: _centrosome(rng, cells, k)),
-                     max(0.7, 0.7 * scale), 1.5)  # fmt: skip
+                     max(0.8, 0.7 * scale), 2.5)  # fmt: skip
     if cls == 13:  # plasma membrane: the cell outline, including borders between cells
         outline = np.exp(-(((1 - cells.d_cell) * cells.radius.mean() / 1.1) ** 2))
         border = np.exp(-((cells.d_gap * cells.radius.mean() / 1.3) ** 2))
@@ -473,10 +470,10 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
     if cls == 14:  # mitochondria: many small dots and short rods, denser near the nucleus
         return _mitochondria(rng, cells, size, scale)
     if cls == 15:  # aggresome: one big, very bright blob beside the nucleus
-        pts = _per_cell(cells, lambda k: _beside_nucleus(rng, cells, k, 1.55)[None])
-        return 1.3 * splat(size, pts, max(1.0, 0.3 * rn))
+        pts = _per_cell(cells, lambda k: _beside_nucleus(rng, cells, k, 1.6)[None])
+        return 1.4 * splat(size, pts, max(1.6, 0.42 * rn))
     if cls == 16:  # cytosol: fills the cell body, dim over the nucleus
-        return (0.45 * cyto + 0.12 * nuc) * _not_mitotic(cells)
+        return (0.3 * cyto + 0.08 * nuc) * _not_mitotic(cells)
     if cls == 17:  # vesicles: scattered medium puncta across the cytoplasm
         pts = _per_cell(cells, lambda k: _cyto_points(rng, cells, k, int(rng.integers(6, 11))))
         return 1.1 * splat(size, pts, max(0.95, 1.2 * scale))
@@ -495,8 +492,18 @@ def _beside_nucleus(rng, cells: Cells, k: int, distance: float) -> np.ndarray:
     return cells.nuc_center[k] + distance * cells.nuc_radius[k] * np.array([np.sin(a), np.cos(a)])
 
 
+def _nuclear_bodies(rng, cells: Cells, stains: Stains, k: int) -> np.ndarray:
+    """2-4 points in nucleus `k` at least 2 nucleolus widths from its nucleoli."""
+    pts = _nuc_points(rng, cells, k, 24, 0.8)
+    nucleoli = stains.nucleoli[k]
+    if len(nucleoli):
+        gap = np.linalg.norm(pts[:, None] - nucleoli[None], axis=-1).min(1)
+        pts = pts[gap > 2.0 * stains.nucleolus_sigma + 1.0]
+    return pts[: int(rng.integers(2, 5))]
+
+
 def _centrosome(rng, cells: Cells, k: int) -> np.ndarray:
-    first = _beside_nucleus(rng, cells, k, 1.3)
+    first = _beside_nucleus(rng, cells, k, 1.55)
     if rng.random() < 0.25:
         return first[None]
     # a centriole pair: a second dot ~2 px away (at 64-128 px images)
@@ -508,10 +515,10 @@ def _centrosome(rng, cells: Cells, k: int) -> np.ndarray:
 def _golgi(rng, cells: Cells, size: int, rn: float) -> np.ndarray:
     side = rng.uniform(-np.pi, np.pi, cells.n)[cells.owner]
     dphi = np.angle(np.exp(1j * (cells.phi - side)))
-    width = max(0.3, 2.0 / rn)  # at least ~2 px thick, so it survives 64 px images
+    width = max(0.35, 2.5 / rn)  # at least ~2.5 px thick, so it survives 64 px images
     band = np.exp(-(((cells.d_nuc - 1.0 - width) / width) ** 2))
     blobs = np.clip(0.7 + 0.3 * smooth_noise(rng, size, 0.08 * rn), 0, None)
-    return 1.3 * np.exp(-((dphi / 0.8) ** 2)) * band * blobs * cells.cyto * _not_mitotic(cells)
+    return 1.3 * np.exp(-((dphi / 1.0) ** 2)) * band * blobs * cells.cyto * _not_mitotic(cells)
 
 
 def _actin(rng, cells: Cells, size: int, scale: float) -> np.ndarray:
