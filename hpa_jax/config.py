@@ -85,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
         depthwise="auto",  # auto | grouped | shifted (same numbers, per-backend speed)
     )
     cfg.loss = _group(
-        class_weights="reference",  # none | reference | inverse | effective_number
+        class_weights="reference",  # none|reference|inverse|sqrt_balanced|effective_number
         beta=0.999,  # effective_number's beta, in [0, 1)
         focal_gamma=0.0,  # 0 = plain BCE
         label_smoothing=0.0,  # targets y(1-e) + e/2

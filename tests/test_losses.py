@@ -138,6 +138,8 @@ def _fractions(*values):
         ("none", 0.999, _fractions(1, 1, 1, 1)),
         ("reference", 0.999, _fractions("1/4", "3/4", "3/4", 0)),  # n_2 counted as 1
         ("inverse", 0.999, _fractions("1/3", 1, 1, "1/4")),  # N / (C n_c)
+        # sqrt((N - n_c) / n_c): sqrt(1/3), sqrt(3), sqrt(3) (n_2 counted as 1), 0
+        ("sqrt_balanced", 0.999, np.sqrt(_fractions("1/3", 3, 3, 0))),
         # beta=1/2: effective numbers 7/4, 1, 1, 15/8 -> raw 4/7, 1, 1, 8/15; sum to C = 4
         ("effective_number", 0.5, _fractions("120/163", "210/163", "210/163", "112/163")),
     ],

@@ -1,4 +1,5 @@
-"""Class weighting: none vs the reference study's 1 − n_c/N (plus inverse and effective number).
+"""Class weighting: none vs the reference study's 1 − n_c/N (plus inverse, sqrt-balanced and
+effective number).
 
     hpa-jax grid run configs/grids/class_weights.py --root runs/grid-class-weights
 
@@ -10,6 +11,6 @@ BASE = "configs/demo.py"
 
 def sweep(add, arg: str) -> None:
     schemes = ("none", "reference") if "runlocal" in arg else (
-        "none", "reference", "inverse", "effective_number")
+        "none", "reference", "inverse", "sqrt_balanced", "effective_number")
     for scheme in schemes:
         add(**{"loss.class_weights": scheme})

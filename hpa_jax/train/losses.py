@@ -27,7 +27,7 @@ import numpy as np
 from hpa_jax.errors import UserError
 from hpa_jax.models import heads
 
-SCHEMES = ("none", "reference", "inverse", "effective_number")
+SCHEMES = ("none", "reference", "inverse", "sqrt_balanced", "effective_number")
 ACTIVATIONS = heads.ACTIVATIONS
 _PROB_EPS = 1e-7  # probability clip of the non-sigmoid path (Keras's epsilon)
 
@@ -66,6 +66,8 @@ def class_weights(scheme: str, counts, num_examples: int, *, beta: float = 0.999
       none              1
       reference         1 - n_c/N                        (the reference study)
       inverse           N / (C n_c)
+      sqrt_balanced     sqrt((N - n_c) / n_c)    (square root of the negative:positive ratio;
+                                                  >= 1 for a class in at most half the images)
       effective_number  (1-beta) / (1-beta^n_c), scaled so the weights sum to C (Cui et al. 2019)
     A class with no positives is counted as if it had one (n_c -> max(n_c, 1)): its weight is the
     largest finite one the scheme gives, never inf or nan, and it only multiplies positive labels,
@@ -86,6 +88,8 @@ def class_weights(scheme: str, counts, num_examples: int, *, beta: float = 0.999
         weights = 1.0 - n / num_examples
     elif scheme == "inverse":
         weights = num_examples / (num_classes * n)
+    elif scheme == "sqrt_balanced":
+        weights = np.sqrt(np.maximum(num_examples - n, 0.0) / n)
     else:
         if not 0.0 <= beta < 1.0:
             raise UserError(f"loss.beta={beta}: effective_number needs 0 <= beta < 1")
