@@ -53,6 +53,20 @@ def _write_inputs(dataset, folder):
     return emb, pred
 
 
+def test_scan_with_sift_workers_gives_the_serial_descriptors_in_order(dataset):
+    from hpa_jax.analysis import sift
+    from hpa_jax.analysis.report import scan_dataset
+
+    serial = scan_dataset(dataset["data"], batch_size=16, sift_workers=1)
+    parallel = scan_dataset(dataset["data"], batch_size=16, sift_workers=2)
+    assert parallel.ids == serial.ids == dataset["ids"]
+    assert len(parallel.descriptors) == len(dataset["ids"])
+    direct = sift.describe_images(dataset["images"])
+    for a, b, c in zip(parallel.descriptors, serial.descriptors, direct, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 def test_report_scores_flags_figures_and_quality(dataset):
     root = dataset["root"]
     emb, pred = _write_inputs(dataset, root)

@@ -259,9 +259,18 @@ def scan_dataset(
     thumb_size: int = 64,
     with_sift: bool = True,
     sift_channel: int | None = None,
+    sift_workers: int = 1,
 ) -> DatasetScan:
     """Read every image of `split` once (all four stains at `image_size`, default the stored
-    size) and keep only per-image statistics, thumbnails and SIFT descriptors."""
+    size) and keep only per-image statistics, thumbnails and SIFT descriptors.
+
+    sift_workers > 1 describes the batches in that many worker processes while the scan goes on
+    (SIFT is the one per-image loop; the descriptors come back in image order).
+    """
+    import contextlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     from hpa_jax.data.pipeline import make_eval_iterator, read_dataset_info
@@ -277,19 +286,27 @@ def scan_dataset(
         process_index=0,
         process_count=1,
     )
-    ids, labels, stats, thumbs, descriptors = [], [], [], [], []
+    ids, labels, stats, thumbs, pending = [], [], [], [], []
     total = getattr(batches, "num_batches", None)
-    for batch in tqdm(batches, total=total, desc="scan images", unit="batch", disable=None):
-        keep = np.asarray(batch["mask"], bool)
-        if not keep.any():
-            continue
-        images = np.asarray(batch["image"])[keep]
-        ids.extend(str(i) for i in np.asarray(batch["id"])[keep])
-        labels.append(np.asarray(batch["labels"], np.float32)[keep])
-        stats.append(intensity.intensity_statistics(images))
-        thumbs.append(_shrink(images, thumb_size))
-        if with_sift:
-            descriptors.extend(sift.describe_images(images, channel=sift_channel))
+    pool = None
+    if with_sift and sift_workers > 1:  # spawned: the parent may hold JAX or OpenMP threads
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=sift_workers, mp_context=context)
+    with pool or contextlib.nullcontext():
+        for batch in tqdm(batches, total=total, desc="scan images", unit="batch", disable=None):
+            keep = np.asarray(batch["mask"], bool)
+            if not keep.any():
+                continue
+            images = np.asarray(batch["image"])[keep]
+            ids.extend(str(i) for i in np.asarray(batch["id"])[keep])
+            labels.append(np.asarray(batch["labels"], np.float32)[keep])
+            stats.append(intensity.intensity_statistics(images))
+            thumbs.append(_shrink(images, thumb_size))
+            if pool is not None:
+                pending.append(pool.submit(sift.describe_images, images, channel=sift_channel))
+            elif with_sift:
+                pending.append(sift.describe_images(images, channel=sift_channel))
+        descriptors = [d for part in pending for d in (part if pool is None else part.result())]
     if not ids:
         raise UserError(f"{data_dir}: split {split!r} has no images")
     labels = np.concatenate(labels)
@@ -543,7 +560,8 @@ def run_anomaly_report(
     exclude_by: detectors whose flags go into exclude.txt. projections: map methods (default
       t-SNE, plus UMAP when installed). threads: cap on BLAS/OpenMP threads for scikit-learn;
       None = 1 when the 1-minute load average exceeds the core count (OpenMP threads spin-wait,
-      and on oversubscribed cores t-SNE ran 10× slower with 2 threads than with 1), else all.
+      and on oversubscribed cores t-SNE ran 10× slower with 2 threads than with 1), else all;
+      SIFT runs in as many worker processes (one when capped at 1).
     Returns the summary dict also written to summary.json.
     """
     import sklearn.cluster  # noqa: F401  load scikit-learn's OpenMP and BLAS now, so that
@@ -570,6 +588,7 @@ def run_anomaly_report(
             batch_size=batch_size,
             seed=seed,
             log=log,
+            sift_workers=threads or os.cpu_count() or 1,
         )
 
 
@@ -599,6 +618,7 @@ def _run_report(
     batch_size,
     seed,
     log,
+    sift_workers=1,
 ) -> dict:
     out_dir = pathlib.Path(out_dir)
     loaded = [e if isinstance(e, Embedding) else load_embeddings(e) for e in embeddings]
@@ -609,7 +629,8 @@ def _run_report(
     expected = ["sift_bovw"] * with_sift + names
     _check_detectors(exclude_by, dict.fromkeys(expected), predictions)  # before the long scan
     scan = scan_dataset(
-        data_dir, split=split, image_size=image_size, batch_size=batch_size, with_sift=with_sift
+        data_dir, split=split, image_size=image_size, batch_size=batch_size, with_sift=with_sift,
+        sift_workers=sift_workers,
     )
     n, num_classes = scan.labels.shape
     log(f"scanned {n} images, {num_classes} classes")
