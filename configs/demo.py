@@ -1,16 +1,19 @@
-"""The demo: a tiny EfficientNet on the synthetic dataset, on a laptop CPU in minutes.
+"""The demo: a small EfficientNet on the synthetic dataset, on a laptop CPU in minutes.
 
 Run (after `hpa-jax data synth --out runs/demo/data`, which `hpa-jax demo` does for you):
 
     hpa-jax train --config configs/demo.py --workdir runs/demo/train \
         --config.data.dir=runs/demo/data
 
-Expect (measured with these numbers on 2000 synthetic images, 2 shared CPU cores, 2026-11-25):
-macro F1 0.61 at the 0.5 threshold (0.71 with tuned per-class thresholds), micro F1 0.81,
-mAP 0.71, in 7.4 min, peak RSS 1.5 GiB. The issue's target (macro F1 >= 0.90 in <= 10 min) is
-not reached yet: the small-punctum classes (centrosome, aggresome, mitotic spindle) stay low.
-(96 px x 12 epochs, the first numbers here, reached macro F1 0.22 in 12 min on a loaded machine;
-64 px x 60 epochs reached 0.62 in 7.5 min.)
+Expect (measured with these numbers by `make demo` on this repo's 2-core development VM, idle,
+2026-11-26): 2000 synthetic images of 80 px, training 7.4 min, the whole demo 9.0 min, peak RSS
+1.7 GiB; validation (400 images, 5 % of them planted faults) macro F1 0.865 and micro F1 0.872
+at the 0.5 threshold, mAP 0.919 (0.899 / 0.915 with per-class thresholds tuned on the same
+split, which flatters them). The issue's target, macro F1 >= 0.90 at the 0.5 threshold, is not
+reached yet: fibrillar centre (0.65) and centrosome (0.65) stay low. Variants measured the same
+way (training runs, same data size): this recipe on the generator's previous step 0.882; batch
+16 at lr 7e-3 0.867; 40 epochs with sqrt_balanced weights 0.824; the test-sized `tiny` model
+(lr 5e-3, unweighted) 0.67.
 `configs/demo.py:runlocal` shrinks it to a few steps on 32 px images (what the tests run).
 """
 
@@ -27,15 +30,17 @@ def get_config(arg=None):
     config.data.image_size = arg.res
     config.data.augment = True
 
-    config.model.name = "efficientnet_tiny"
+    # Half of B0's width, one block per stage: measured on this data at equal epochs, it beats
+    # the test-sized `tiny` (a quarter of the width) by 0.12 macro F1 at 0.6x its speed.
+    config.model.name = "efficientnet_small"
     config.model.drop_connect_rate = 0.0
 
-    # The synthetic classes are roughly balanced; unweighted BCE keeps recall of the frequent
-    # classes at the default 0.5 threshold.
-    config.loss.class_weights = "none"
+    # Inverse-frequency positive weights: the rare classes (mitotic spindle, aggresome) reach
+    # the 0.5 threshold; unweighted BCE left the spindle's F1 near 0.
+    config.loss.class_weights = "inverse"
 
     config.optimizer.name = "adam"
-    config.optimizer.lr = 5e-3
+    config.optimizer.lr = 1e-2
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_epochs = 1.0
     config.optimizer.clip_norm = 1.0
@@ -53,7 +58,8 @@ def get_config(arg=None):
 
 
 def _shrink(config):
-    """A few steps on 32 px images, batch 8: enough to exercise every code path in tests."""
+    """A few steps of the tiny model on 32 px images, batch 8: every code path, for tests."""
+    config.model.name = "efficientnet_tiny"
     config.data.image_size = 32
     config.data.augment = False
     config.batch_size = 8

@@ -125,7 +125,7 @@ def test_steps_converts_each_unit():
 def test_load_config_from_another_directory_and_errors_name_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config("configs/demo.py:runlocal").batch_size == 8  # repository-relative
-    assert load_config("demo").model.name == "efficientnet_tiny"  # a name under configs/
+    assert load_config("demo").model.name == "efficientnet_small"  # a name under configs/
     with pytest.raises(UserError, match="nope.py"):
         load_config(str(tmp_path / "nope.py"))
     bad = tmp_path / "bad.py"

@@ -3,7 +3,8 @@
 Same scaling table, filter/repeat rounding, MBConv blocks (expand 1×1 → depthwise k×k →
 squeeze-excitation → project 1×1, skip with drop-connect), swish, BatchNorm (epsilon 1e-3,
 momentum 0.99) and stride-2 padding (`correct_pad` + valid convolution) as Keras, so Keras
-weights convert one to one (`hpa_jax.models.keras_weights`). Plus a `"tiny"` variant for tests.
+weights convert one to one (`hpa_jax.models.keras_weights`). Plus `"tiny"` (tests) and `"small"`
+(the CPU demo), one block per stage.
 
 Input: float images in 0..255, `[B, H, W, C]`, C = `in_channels` (3 = RGB, 4 = RGBY). The model
 applies Keras's input preprocessing itself:
@@ -58,8 +59,10 @@ VARIANTS = {
     "b5": Variant(1.6, 2.2, 456, 0.4),
     "b6": Variant(1.8, 2.6, 528, 0.5),
     "b7": Variant(2.0, 3.1, 600, 0.5),
-    # Tests: every stage one block, 8..48 channels, a 64-channel top.
+    # Not Keras's: every stage one block. `tiny` (8..80 channels, a 256-channel top) for tests;
+    # `small` (16..160 channels, a 512-channel top) for the CPU demo.
     "tiny": Variant(0.25, 0.1, 64, 0.2, top_filters=256),
+    "small": Variant(0.5, 0.1, 96, 0.2, top_filters=512),
 }
 
 # Keras's DEFAULT_BLOCKS_ARGS: (kernel, repeats, filters_in, filters_out, expand_ratio, stride);
@@ -213,7 +216,7 @@ class EfficientNet(nnx.Module):
     """Keras-exact EfficientNet backbone plus a classification head.
 
     Args:
-      variant: "b0".."b7" or "tiny".
+      variant: "b0".."b7", "tiny" or "small".
       num_classes: K, the head's outputs.
       in_channels: 3 (RGB) or 4 (RGBY). A 4-channel model loaded from 3-channel weights gets
         its yellow stem kernel and yellow normalisation constants from the mean of the RGB ones

@@ -1,6 +1,6 @@
 """Model registry: `config.model` → an NNX module with the common model interface.
 
-Names: `efficientnet_b0` … `efficientnet_b7`, `efficientnet_tiny` (our NNX EfficientNet), and
+Names: `efficientnet_b0` … `efficientnet_b7`, `efficientnet_tiny`, `efficientnet_small` (our NNX EfficientNet), and
 `keras:<Application>` for any `keras.applications` backbone (`keras:ResNet152`,
 `keras:ResNet152V2`, `keras:InceptionResNetV2`, `keras:EfficientNetB7`, …) wrapped by
 `hpa_jax.models.keras_backbone.KerasBackbone`. Every model has `__call__(images, *, train,
@@ -31,7 +31,7 @@ from flax import nnx
 
 from hpa_jax.errors import UserError
 
-EFFICIENTNET_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "tiny")
+EFFICIENTNET_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "tiny", "small")
 KERAS_PREFIX = "keras:"
 OPTIONS = ("name", "head", "activation", "dtype", "drop_connect_rate", "dropout_rate",
            "depthwise", "image_size", "weights", "keras_kwargs")
