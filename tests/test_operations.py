@@ -64,3 +64,20 @@ def test_bench_eval_reports_figures(tmp_path, capsys):
     assert line["step_time_p90_s"] >= line["step_time_median_s"] > 0
     assert line["flops_per_image"] > 0 and 0 < line["utilisation"]
     assert line["peak_source"] == "measured matmul"  # CPU: no datasheet peak
+
+
+def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
+    """`hpa-jax demo` at test size: data, train, eval, embed and the anomaly report."""
+    root = tmp_path / "demo"
+    assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
+                     "--num-images", "48", "--size", "64", "--seed", "3", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 0.5): micro F1" in out and "tuned on it" in out
+    assert (root / "train" / "eval_report.txt").is_file()
+    assert (root / "embeddings.npz").is_file()
+    for name in ("anomalies.csv", "exclude.txt"):
+        assert (root / "anomalies" / name).is_file()
+    # a second run reuses the data and resumes the finished training
+    assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
+                     "--skip-anomalies"]) == 0
+    assert "exists, reused" in capsys.readouterr().out

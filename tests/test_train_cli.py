@@ -72,6 +72,28 @@ def test_eval_report_matches_sklearn(workdir, data_dir, capsys):
     np.testing.assert_array_equal(cooc, labels.T.astype(int) @ preds.astype(int))
 
 
+def test_eval_exclude_scores_the_rest_and_out_keeps_the_run_files(workdir, data_dir, tmp_path,
+                                                                   capsys):
+    assert cli.main(["eval", "--workdir", str(workdir), "--threshold", "0.5"]) == 0
+    whole = json.loads((workdir / "eval_metrics.json").read_text())
+    before = files(workdir)
+    split = list(csv.DictReader((data_dir / "split.csv").open()))
+    val = [r["ID"] for r in split if r["split"] == "validation"]
+    drop = tmp_path / "drop.txt"
+    drop.write_text("# two validation images\n" + "\n".join(val[:2]) + "\n")
+    out = tmp_path / "clean"
+    assert cli.main(["eval", "--workdir", str(workdir), "--threshold", "0.5", "--exclude",
+                     str(drop), "--out", str(out)]) == 0
+    assert "2 IDs excluded" in capsys.readouterr().out
+    clean = json.loads((out / "eval_metrics.json").read_text())
+    assert clean["num_examples"] == whole["num_examples"] - 2 == len(val) - 2
+    assert clean["excluded"] == 2
+    assert files(workdir) == before  # the run's own eval files are untouched
+    assert cli.main(["eval", "--workdir", str(workdir), "--exclude", str(tmp_path / "no.txt"),
+                     "--out", str(out)]) == 2
+    assert "--exclude=" in capsys.readouterr().err
+
+
 def test_predict_writes_labels_with_tuned_thresholds(workdir, data_dir, capsys):
     out_csv = workdir.parent / "predictions.csv"
     assert cli.main(["predict", "--workdir", str(workdir), "--data", str(data_dir),

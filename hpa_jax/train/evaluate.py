@@ -209,15 +209,17 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
     )
 
 
-def predict_dataset(restored: Restored, data_dir, *, split: str) -> Predictions:
-    """Predictions of a restored run over `split` ("all", "validation", ...) of a dataset."""
+def predict_dataset(restored: Restored, data_dir, *, split: str, exclude=()) -> Predictions:
+    """Predictions of a restored run over `split` ("all", "validation", ...) of a dataset,
+    leaving out the image IDs in `exclude`."""
     from hpa_jax.data import pipeline
 
     cfg = restored.config
     iterator = pipeline.make_eval_iterator(
         data_dir, batch_size=restored.batch_size, image_size=cfg.data.image_size,
-        channels=cfg.data.channels, split=split, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=restored.num_classes,
+        channels=cfg.data.channels, split=split, exclude=exclude,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_classes=restored.num_classes,
     )
     return predict_split(restored.eval_step, restored.state, iterator, restored.mesh,
                          restored.num_classes)

@@ -93,13 +93,14 @@ def check_data_dir(path) -> pathlib.Path:
     return data_dir
 
 
-def read_exclude(path: str) -> tuple[str, ...]:
-    """IDs listed one per line in `config.data.exclude` ("" = none; # starts a comment)."""
+def read_exclude(path: str, what: str = "config.data.exclude") -> tuple[str, ...]:
+    """IDs listed one per line in the file `path` ("" = none; # starts a comment); `what` names
+    the setting in errors."""
     if not path:
         return ()
     file = pathlib.Path(path)
     if not file.is_file():
-        raise UserError(f"config.data.exclude={path!r}: no such file")
+        raise UserError(f"{what}={path!r}: no such file")
     ids = []
     for line in file.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
