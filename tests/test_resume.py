@@ -2,6 +2,7 @@
 refusals (incompatible workdir, corrupt checkpoint, bad data) that leave the workdir untouched,
 and a diverging run that stops naming its step and keeps its last good checkpoint."""
 
+import csv
 import hashlib
 import json
 import pathlib
@@ -14,6 +15,7 @@ import pytest
 from hpa_jax import config as config_lib
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
+from hpa_jax.labels import HPA_2021
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import loop, writers
 
@@ -92,7 +94,16 @@ def test_workdir_outputs(runs, data_dir):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_classes"] == 19 and saved["mesh"] == {"data": 8, "fsdp": 1}
     weights = json.loads((workdir / "class_weights.json").read_text())
-    assert weights["scheme"] == "none" and weights["weights"] == [1.0] * 19
+    # the demo's inverse-frequency weights, N / (C n_c), from the training split's labels
+    train_ids = {r["ID"] for r in csv.DictReader((data_dir / "split.csv").open())
+                 if r["split"] == "train"}
+    counts = np.zeros(19)
+    for row in csv.DictReader((data_dir / "train.csv").open()):
+        if row["ID"] in train_ids:
+            counts[list(HPA_2021.parse(row["Label"]))] += 1
+    assert weights["scheme"] == "inverse" and weights["counts"] == counts.tolist()
+    expected = len(train_ids) / (19 * np.maximum(counts, 1))
+    np.testing.assert_allclose(weights["weights"], expected, rtol=1e-6)
     assert len(json.loads((workdir / "thresholds.json").read_text())["thresholds"]) == 19
     records = writers.read_jsonl(workdir / "metrics.jsonl")
     val = [r for r in records if "val/macro_f1" in r]

@@ -1,7 +1,7 @@
 """Model registry: `config.model` → an NNX module with the common model interface.
 
-Names: `efficientnet_b0` … `efficientnet_b7`, `efficientnet_tiny`, `efficientnet_small` (our NNX EfficientNet), and
-`keras:<Application>` for any `keras.applications` backbone (`keras:ResNet152`,
+Names: `efficientnet_b0` … `efficientnet_b7`, `efficientnet_tiny`, `efficientnet_small` (our NNX
+EfficientNet), and `keras:<Application>` for any `keras.applications` backbone (`keras:ResNet152`,
 `keras:ResNet152V2`, `keras:InceptionResNetV2`, `keras:EfficientNetB7`, …) wrapped by
 `hpa_jax.models.keras_backbone.KerasBackbone`. Every model has `__call__(images, *, train,
 rng) -> logits float32[B, K]`, `features(...) -> float32[B, D]` and `output_activation`.
