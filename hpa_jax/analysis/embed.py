@@ -104,6 +104,7 @@ def embed(
     chunks = []
     for start in range(0, len(images), batch):
         part = images[start : start + batch]
-        out = fn(state, _pad_rows(part, batch))
-        chunks.append(np.asarray(out)[: len(part)])
-    return np.concatenate(chunks).astype(np.float32)
+        # keep the device arrays: JAX dispatches asynchronously, so the next batch's transfer
+        # and compute overlap this one's; one host copy at the end
+        chunks.append((fn(state, _pad_rows(part, batch)), len(part)))
+    return np.concatenate([np.asarray(out)[:rows] for out, rows in chunks]).astype(np.float32)
