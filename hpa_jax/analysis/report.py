@@ -269,7 +269,7 @@ def scan_dataset(
     """
     import contextlib
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Future, ProcessPoolExecutor
 
     from tqdm import tqdm
 
@@ -305,8 +305,9 @@ def scan_dataset(
             if pool is not None:
                 pending.append(pool.submit(sift.describe_images, images, channel=sift_channel))
             elif with_sift:
-                pending.append(sift.describe_images(images, channel=sift_channel))
-        descriptors = [d for part in pending for d in (part if pool is None else part.result())]
+                pending.append(Future())
+                pending[-1].set_result(sift.describe_images(images, channel=sift_channel))
+        descriptors = [d for part in pending for d in part.result()]
     if not ids:
         raise UserError(f"{data_dir}: split {split!r} has no images")
     labels = np.concatenate(labels)

@@ -47,9 +47,10 @@ def _step(title: str, argv: list[str]) -> None:
 
 def _final_metrics(path: pathlib.Path) -> dict:
     """The trainer's last `final/*` record of metrics.jsonl, without the prefix ({} if none)."""
+    from hpa_jax.train.writers import read_jsonl
+
     final = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(path):
         if "final/macro_f1" in record:
             final = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("final/")}
     return final

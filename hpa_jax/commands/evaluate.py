@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         source = "tuned per-class thresholds (thresholds.json)"
     else:
         threshold, source = float(cfg.threshold), f"threshold {cfg.threshold} (not tuned)"
-    exclude = read_exclude(args.exclude, "--exclude") if args.exclude else ()
+    exclude = read_exclude(args.exclude, "--exclude")
     preds = eval_lib.predict_dataset(restored, data_dir, split=split, exclude=exclude)
     if not len(preds.ids):
         raise UserError(f"no images left to evaluate in split {split!r} of {data_dir}")

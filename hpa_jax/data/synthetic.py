@@ -347,6 +347,7 @@ class Stains:
     yellow: np.ndarray
     nucleoli: list[np.ndarray]  # per cell float[k, 2] nucleolus centres
     nucleolus_sigma: float
+    nucleoli_map: np.ndarray  # float32[S, S]: the interphase nucleoli blurred by nucleolus_sigma
 
 
 def _interphase(cells: Cells) -> list[int]:
@@ -359,8 +360,7 @@ def render_stains(rng, cells: Cells, size: int) -> Stains:
     rn = float(cells.nuc_radius.mean())
     nucleoli = [_nuc_points(rng, cells, k, int(rng.integers(2, 5)), 0.55) for k in range(cells.n)]
     nuc_sigma = max(0.7, 0.17 * rn)
-    holes = splat(size, np.concatenate([nucleoli[k] for k in _interphase(cells)] or [np.zeros(
-        (0, 2))]), nuc_sigma)  # fmt: skip
+    holes = splat(size, _per_cell(cells, lambda k: nucleoli[k]), nuc_sigma)
     dna = rng.uniform(0.55, 0.9, cells.n)[cells.owner]
     blue = cells.nucleus * dna * (0.85 + 0.15 * smooth_noise(rng, size, 1.5 * scale))
     blue *= 1.0 - 0.75 * np.clip(holes, 0, 1)
@@ -377,7 +377,7 @@ def render_stains(rng, cells: Cells, size: int) -> Stains:
     yellow = net * near * cells.cyto + 0.08 * cells.nucleus
     if cells.mitotic >= 0:
         blue, red, yellow = _mitotic_stains(cells, size, blue, red, yellow)
-    return Stains(blue, red, yellow, nucleoli, nuc_sigma)
+    return Stains(blue, red, yellow, nucleoli, nuc_sigma, holes)
 
 
 def _mitotic_frame(cells: Cells, size: int):
@@ -430,17 +430,15 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
     if cls == MITOTIC_SPINDLE:
         return spindle(cells, size) if cells.mitotic >= 0 else np.zeros((size, size), np.float32)
     if cls == 0:  # nucleoplasm: fills nuclei, sparing nucleoli
-        holes = splat(size, _per_cell(cells, lambda k: stains.nucleoli[k]), stains.nucleolus_sigma)
-        return 0.4 * nuc * (1 - 0.7 * np.clip(holes, 0, 1))
+        return 0.4 * nuc * (1 - 0.7 * np.clip(stains.nucleoli_map, 0, 1))
     if cls == 1:  # nuclear membrane: thin rim of the nucleus
         rim = np.exp(-(((cells.d_nuc - 1.0) * rn / (0.9 * max(scale, 0.6))) ** 2))
         return 0.95 * rim * (cells.d_cell < 1)
     if cls == 2:  # nucleoli: bright spots exactly where the blue stain has its holes
-        return splat(size, _per_cell(cells, lambda k: stains.nucleoli[k]), stains.nucleolus_sigma)
+        return stains.nucleoli_map.copy()
     if cls == 3:  # fibrillar centres: a sharp dot at the heart of each nucleolus, faint haze
         centres = _per_cell(cells, lambda k: stains.nucleoli[k])
-        haze = splat(size, centres, stains.nucleolus_sigma)
-        return 2.4 * splat(size, centres, 0.6) + 0.35 * np.clip(haze, 0, 1)
+        return 2.4 * splat(size, centres, 0.6) + 0.35 * np.clip(stains.nucleoli_map, 0, 1)
     if cls == 4:  # nuclear speckles: many small dots over a faint nucleoplasm
         n = lambda k: int(0.25 * rn * rn / max(scale, 0.5) ** 2 * rng.uniform(0.8, 1.2))
         pts = _per_cell(cells, lambda k: _nuc_points(rng, cells, k, max(8, n(k)), 0.85))
@@ -455,7 +453,7 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
         return _golgi(rng, cells, size, rn)
     if cls == 8:  # intermediate filaments: long curvy fibres (level lines of a smooth field)
         field = smooth_noise(rng, size, 3.5 * scale)
-        return 1.0 * np.exp(-((field / 0.26) ** 2)) * cyto * _not_mitotic(cells)
+        return np.exp(-((field / 0.26) ** 2)) * cyto * _not_mitotic(cells)
     if cls == 9:  # actin: straight parallel stress fibres per cell plus a faint cortex
         return _actin(rng, cells, size, scale)
     if cls == 10:  # microtubules: the radial red texture

@@ -48,6 +48,7 @@ class Variant:
     stem_filters: int = 32  # before width scaling
     top_filters: int = 1280  # before width scaling
     depth_divisor: int = 8
+    keras: bool = True  # keras.applications has this variant (and ImageNet weights for it)
 
 
 VARIANTS = {
@@ -61,8 +62,8 @@ VARIANTS = {
     "b7": Variant(2.0, 3.1, 600, 0.5),
     # Not Keras's: every stage one block. `tiny` (8..80 channels, a 256-channel top) for tests;
     # `small` (16..160 channels, a 512-channel top) for the CPU demo.
-    "tiny": Variant(0.25, 0.1, 64, 0.2, top_filters=256),
-    "small": Variant(0.5, 0.1, 96, 0.2, top_filters=512),
+    "tiny": Variant(0.25, 0.1, 64, 0.2, top_filters=256, keras=False),
+    "small": Variant(0.5, 0.1, 96, 0.2, top_filters=512, keras=False),
 }
 
 # Keras's DEFAULT_BLOCKS_ARGS: (kernel, repeats, filters_in, filters_out, expand_ratio, stride);

@@ -378,7 +378,7 @@ def keras_backbone_state(source, variant: str, *, in_channels: int = 3,
     """Read `source` (see module docstring) into our backbone state as a pure nested dict."""
     from hpa_jax.models.efficientnet import VARIANTS
 
-    if variant not in VARIANTS or variant in ("tiny", "small"):
+    if variant not in VARIANTS or not VARIANTS[variant].keras:
         raise WeightsError(f"variant {variant!r}: Keras weights exist for b0..b7 only")
     if in_channels not in (3, 4):
         raise WeightsError(f"in_channels must be 3 or 4, got {in_channels}")

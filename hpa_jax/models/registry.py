@@ -30,8 +30,9 @@ from collections.abc import Mapping
 from flax import nnx
 
 from hpa_jax.errors import UserError
+from hpa_jax.models.efficientnet import VARIANTS
 
-EFFICIENTNET_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "tiny", "small")
+EFFICIENTNET_VARIANTS = tuple(VARIANTS)
 KERAS_PREFIX = "keras:"
 OPTIONS = ("name", "head", "activation", "dtype", "drop_connect_rate", "dropout_rate",
            "depthwise", "image_size", "weights", "keras_kwargs")
