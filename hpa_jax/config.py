@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.loss = _group(
         class_weights="reference",  # none|reference|inverse|sqrt_balanced|effective_number
         beta=0.999,  # effective_number's beta, in [0, 1)
+        min_weight=0.0,  # floor on the class weights (1 = never weight a positive below a negative)
         focal_gamma=0.0,  # 0 = plain BCE
         label_smoothing=0.0,  # targets y(1-e) + e/2
     )
@@ -119,6 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.mesh = _group(data=-1, fsdp=1)  # -1 = all remaining devices
     cfg.init_from = ""  # orbax checkpoint to start from (e.g. converted Keras weights)
     cfg.threshold = 0.5  # decision threshold before per-class tuning
+    cfg.tta = "none"  # test-time views averaged in eval/predict: none | flips | d4
     cfg.log_every_steps = 50
     return cfg
 

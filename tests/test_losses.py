@@ -163,6 +163,25 @@ def test_effective_number_limits_and_errors():
         losses.class_weights("reference", [0, 0], 0)
 
 
+def test_min_weight_floors_the_scheme():
+    def cfg_of(**fields):
+        return ml_collections.ConfigDict(fields)
+
+    cfg = cfg_of(class_weights="inverse", beta=0.999, min_weight=1.0)
+    # inverse gives 1/3, 1, 1, 1/4: the floor lifts the first and last to 1, keeps the others
+    np.testing.assert_allclose(losses.class_weights_from_config(cfg, COUNTS, N), [1, 1, 1, 1])
+    cfg = cfg_of(class_weights="inverse", beta=0.999, min_weight=0.5)
+    np.testing.assert_allclose(losses.class_weights_from_config(cfg, [3, 1, 0, 4], 8),
+                               [2 / 3, 2, 2, 0.5])  # 8 / (4 n_c): 2/3, 2, 2 (n_2 as 1), 1/2
+    # without the key (older run configs) nothing is floored
+    np.testing.assert_allclose(
+        losses.class_weights_from_config(cfg_of(class_weights="inverse", beta=0.9), COUNTS, N),
+        _fractions("1/3", 1, 1, "1/4"), rtol=1e-6)
+    with pytest.raises(UserError, match="min_weight"):
+        losses.class_weights_from_config(
+            cfg_of(class_weights="inverse", beta=0.9, min_weight=-1.0), COUNTS, N)
+
+
 def test_label_counts_from_multi_hot_or_index_tuples():
     tuples = [(0, 3), (0,), (1, 3), (0, 3), (3,)]
     multi_hot = np.zeros((5, 4), np.float32)

@@ -94,7 +94,7 @@ def test_workdir_outputs(runs, data_dir):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_classes"] == 19 and saved["mesh"] == {"data": 8, "fsdp": 1}
     weights = json.loads((workdir / "class_weights.json").read_text())
-    # the demo's inverse-frequency weights, N / (C n_c), from the training split's labels
+    # the demo's inverse-frequency weights, N / (C n_c) floored at 1, from the training split
     train_ids = {r["ID"] for r in csv.DictReader((data_dir / "split.csv").open())
                  if r["split"] == "train"}
     counts = np.zeros(19)
@@ -102,7 +102,8 @@ def test_workdir_outputs(runs, data_dir):
         if row["ID"] in train_ids:
             counts[list(HPA_2021.parse(row["Label"]))] += 1
     assert weights["scheme"] == "inverse" and weights["counts"] == counts.tolist()
-    expected = len(train_ids) / (19 * np.maximum(counts, 1))
+    expected = np.maximum(len(train_ids) / (19 * np.maximum(counts, 1)), 1.0)
+    assert weights["min_weight"] == 1.0
     np.testing.assert_allclose(weights["weights"], expected, rtol=1e-6)
     assert len(json.loads((workdir / "thresholds.json").read_text())["thresholds"]) == 19
     records = writers.read_jsonl(workdir / "metrics.jsonl")

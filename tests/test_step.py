@@ -244,3 +244,43 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(one_device):
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     # same model in bfloat16 compute: the first loss agrees to bfloat16 precision
     assert float(metrics["loss"][0]) / B == pytest.approx(losses32[0], rel=2e-2)
+
+
+def test_tta_views_are_the_symmetries_of_the_square():
+    x = jnp.arange(2 * 3 * 3 * 1, dtype=jnp.float32).reshape(2, 3, 3, 1)
+    assert len(step_lib.tta_views(x, "none")) == 1
+    flips = [np.asarray(v) for v in step_lib.tta_views(x, "flips")]
+    d4 = [np.asarray(v) for v in step_lib.tta_views(x, "d4")]
+    # the eight rotations and mirror images, each once, built independently with numpy
+    xn = np.asarray(x)
+    want = [np.rot90(m, k, axes=(1, 2)) for m in (xn, xn[:, :, ::-1]) for k in range(4)]
+    key = lambda a: a.tobytes()  # noqa: E731
+    assert sorted(map(key, d4)) == sorted(map(key, want))
+    assert len(set(map(key, flips))) == 4 and set(map(key, flips)) <= set(map(key, d4))
+    with pytest.raises(UserError, match="tta='spin'"):
+        step_lib.tta_views(x, "spin")
+    with pytest.raises(UserError, match="square"):
+        step_lib.tta_views(jnp.zeros((1, 3, 4, 1)), "d4")
+
+
+def test_eval_step_with_tta_averages_the_views(one_device):
+    state, _, _ = one_device
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    graphdef = state_lib.model_graphdef(lambda rngs: TinyNet(rngs=rngs))
+    shardings = jax.tree.map(lambda a: a.sharding, state)
+    batch = dict(batches(1, seed=3)[0], mask=np.array([True] * (B - 1) + [False]))
+
+    def evaluate(tta, images):
+        fn = step_lib.make_eval_step(graphdef, bce, jax.nn.sigmoid, tta=tta)
+        out = step_lib.jit_eval_step(fn, mesh, shardings)(
+            state, mesh_lib.to_global(dict(batch, image=images), mesh))
+        return np.asarray(out["probs"]), float(out["loss"][0]) / float(out["loss"][1])
+
+    views = [np.rot90(m, k, axes=(1, 2)) for m in (batch["image"], batch["image"][:, :, ::-1])
+             for k in range(4)]
+    singles = [evaluate("none", np.ascontiguousarray(v)) for v in views]
+    probs, loss = evaluate("d4", batch["image"])
+    np.testing.assert_allclose(probs, np.mean([p for p, _ in singles], 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, np.mean([v for _, v in singles]), rtol=1e-5)
+    # the model is not rotation invariant, so the average differs from the plain view
+    assert np.abs(probs - singles[0][0]).max() > 1e-4

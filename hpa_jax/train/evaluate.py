@@ -200,7 +200,7 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
         config.loss, class_weights=_saved_class_weights(workdir, table.num_classes),
         activation=activation)
     eval_fn = step_lib.make_eval_step(graphdef, loss_fn, losses_lib.make_prob_fn(activation),
-                                      use_ema=use_ema)
+                                      use_ema=use_ema, tta=str(config.get("tta", "none")))
     global_batch = -(-int(config.batch_size) // mesh.size) * mesh.size
     return Restored(
         config=config, workdir=workdir, table=table, mesh=mesh, state=state,

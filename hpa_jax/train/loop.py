@@ -232,6 +232,7 @@ def class_weights(setup: Setup) -> np.ndarray:
 def write_class_weights(setup: Setup, weights: np.ndarray) -> None:
     doc = {
         "scheme": setup.config.loss.class_weights,
+        "min_weight": float(setup.config.loss.get("min_weight", 0.0)),
         "classes": list(setup.table.classes),
         "weights": [float(w) for w in weights],
         "counts": [int(c) for c in setup.counts],
@@ -301,7 +302,8 @@ def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
     train_fn = step_lib.make_train_step(
         graphdef, tx, loss_fn, prob_fn, ema_decay=ema, threshold=float(config.threshold)
     )
-    eval_fn = step_lib.make_eval_step(graphdef, loss_fn, prob_fn, use_ema=ema > 0)
+    eval_fn = step_lib.make_eval_step(graphdef, loss_fn, prob_fn, use_ema=ema > 0,
+                                      tta=str(config.tta))
     compiled = Compiled(
         graphdef=graphdef, init=init, shardings=shardings, tx=tx, schedule=schedule,
         train_step=step_lib.jit_train_step(train_fn, setup.mesh, shardings),

@@ -17,6 +17,7 @@ pairs, which add up across batches and hosts before one division.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -100,8 +101,20 @@ def class_weights(scheme: str, counts, num_examples: int, *, beta: float = 0.999
 
 
 def class_weights_from_config(loss_cfg, counts, num_examples: int) -> np.ndarray:
-    """`class_weights(loss_cfg.class_weights, counts, N, beta=loss_cfg.beta)`."""
-    return class_weights(loss_cfg.class_weights, counts, num_examples, beta=float(loss_cfg.beta))
+    """`class_weights(loss_cfg.class_weights, counts, N, beta=loss_cfg.beta)`, raised to at least
+    `loss_cfg.min_weight` (0 = as the scheme gives them).
+
+    A floor of 1 keeps a scheme's up-weighting of rare classes without its down-weighting of
+    common ones: under `inverse`, a class in half the images gets 1/(2C) ≈ 0.05, so its
+    predictions only pass 0.5 when the model is ~95 % sure (a weight w moves the 0.5 cut on the
+    unweighted probability to 1/(1+w)), and its recall at the 0.5 threshold suffers.
+    """
+    weights = class_weights(loss_cfg.class_weights, counts, num_examples,
+                            beta=float(loss_cfg.beta))
+    floor = float(loss_cfg.get("min_weight", 0.0))
+    if not (math.isfinite(floor) and floor >= 0.0):
+        raise UserError(f"loss.min_weight={floor}: give a finite number >= 0")
+    return np.maximum(weights, np.float32(floor))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hpa_jax.errors import UserError
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train.state import TrainState, merge_model, split_model
 
@@ -101,23 +102,51 @@ def _update_ema(ema, params, opt_state, decay: float):
     return mixed
 
 
-def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool = False):
+TTA_MODES = ("none", "flips", "d4")
+
+
+def tta_views(images: jax.Array, mode: str) -> list[jax.Array]:
+    """The test-time views of a batch `[B, H, W, C]`: "none" (as is), "flips" (as is, flipped
+    left-right, up-down, both) or "d4" (those four and the same of the transposed image: all
+    eight symmetries of the square, the views the training augmentation draws from)."""
+    if mode not in TTA_MODES:
+        raise UserError(f"tta={mode!r}: choose one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return [images]
+    flips = lambda x: [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]  # noqa: E731
+    if mode == "flips":
+        return flips(images)
+    if images.shape[1] != images.shape[2]:
+        raise UserError(f"tta='d4' needs square images, got {images.shape[1:3]}")
+    return flips(images) + flips(jnp.swapaxes(images, 1, 2))
+
+
+def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool = False,
+                   tta: str = "none"):
     """The pure eval step `(state, batch) -> {"loss": (sum, count), "probs": float32[B, K]}`.
 
     batch: {"image", "labels", "mask": bool[B]} where masked-out rows are padding.
-    Uses the EMA parameters when `use_ema` and the state has them.
+    Uses the EMA parameters when `use_ema` and the state has them. With `tta` other than "none"
+    the probabilities are the mean over the views of `tta_views` and the loss the mean of the
+    views' losses.
     """
+    if tta not in TTA_MODES:
+        raise UserError(f"tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
 
     def step(state: TrainState, batch: dict):
         params = state.ema if (use_ema and state.ema is not None) else state.params
         model = merge_model(graphdef, params, state.rest)
-        logits = model(batch["image"].astype(jnp.float32), train=False).astype(jnp.float32)
         labels = batch["labels"].astype(jnp.float32)
         weights = batch["mask"].astype(jnp.float32)
-        per_example = loss_fn(logits, labels)
+        per_example, probs = 0.0, 0.0
+        views = tta_views(batch["image"].astype(jnp.float32), tta)
+        for view in views:
+            logits = model(view, train=False).astype(jnp.float32)
+            per_example = per_example + loss_fn(logits, labels) / len(views)
+            probs = probs + prob_fn(logits) / len(views)
         return {
             "loss": (jnp.sum(per_example * weights), jnp.sum(weights)),
-            "probs": prob_fn(logits),
+            "probs": probs,
         }
 
     return step
