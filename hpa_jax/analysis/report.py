@@ -402,7 +402,11 @@ def embedding_detectors(
         det.add(key, value, robust_flags(value, k))
     noise = label_noise.label_noise_scores(scan.labels, neighbour_indices=idx, probs=probs)
     notes = _label_notes(idx, scan.labels, scan.class_names)
-    det.add(f"label_knn_{name}", noise["knn"], robust_flags(noise["knn"], k), notes)
+    # the score's tail is long (most images agree with their neighbours exactly), so k robust σ
+    # flags far too many; flag where the neighbours contradict the labels both ways instead
+    contradict = label_noise.neighbours_contradict(
+        label_noise.neighbour_label_distribution(idx, scan.labels), scan.labels)
+    det.add(f"label_knn_{name}", noise["knn"], contradict, notes)
     if "combined" in noise:
         det.add(f"label_combined_{name}", noise["combined"], noise["combined"] >= 0.99)
     return prepared

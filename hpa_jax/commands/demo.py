@@ -73,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
         embeddings = root / "embeddings.npz"
         _step("embed", ["embed", "--workdir", str(train), "--data", str(data),
                         "--out", str(embeddings), "--name", "fine-tuned"])
+        # exclude.txt: the study's intensity rule plus the images whose fine-tuned neighbours
+        # contradict their labels (see docs/anomalies.md for what each removes)
         _step("anomalies", ["anomalies", "--data", str(data), "--embeddings", str(embeddings),
-                            "--truth", str(data / "truth.csv"), "--out", str(root / "anomalies")])
+                            "--truth", str(data / "truth.csv"), "--out", str(root / "anomalies"),
+                            "--exclude-by", "intensity,label_knn_fine-tuned"])
     tuned = json.loads((train / "eval_metrics.json").read_text())
     final = _final_metrics(train / "metrics.jsonl")
     print(f"\nhpa-jax demo finished in {time.perf_counter() - t0:.0f} s")
@@ -88,5 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  plots:     {train}/*.png   metrics: {train / 'metrics.jsonl'}")
     if not args.skip_anomalies:
         print(f"  anomalies: {root / 'anomalies'} (anomalies.csv, exclude.txt, figures)")
+        exclude = root / "anomalies" / "exclude.txt"
+        print(f"  cleaned:   hpa-jax train --config {args.config} --workdir "
+              f"{root / 'train_cleaned'} --config.data.dir={data} --config.data.exclude={exclude}")
     sys.stdout.flush()
     return 0
