@@ -66,6 +66,26 @@ def test_bench_eval_reports_figures(tmp_path, capsys):
     assert line["peak_source"] == "measured matmul"  # CPU: no datasheet peak
 
 
+def test_bench_embed_times_both_sides_in_alternating_rounds(tmp_path, capsys):
+    out = tmp_path / "embed.jsonl"
+    assert cli.main(["bench", "embed", "--config", "configs/demo.py:runlocal", "--images", "20",
+                     "--repeats", "3", "--out", str(out), "--config.tta=d4"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == line
+    assert line["mode"] == "embed" and line["batch"] == 8 and line["resolution"] == 32
+    assert line["images"] == 16  # whole batches only
+    embed, inference = line["embed_images_per_s"], line["inference_images_per_s"]
+    assert len(embed) == len(inference) == 3 and min(embed + inference) > 0
+    ratios = [e / i for e, i in zip(embed, inference, strict=True)]
+    assert line["ratio_per_round"] == pytest.approx(ratios)
+    assert line["ratio_median"] == pytest.approx(sorted(line["ratio_per_round"])[1])
+    with pytest.raises(ValueError, match="images >= batch"):
+        from hpa_jax import config as config_lib
+        from hpa_jax.bench import train as bench_train
+        bench_train.measure_embed(config_lib.load_config("configs/demo.py:runlocal"), batch=8,
+                                  images=4)
+
+
 def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
     """`hpa-jax demo` at test size: data, train, eval, embed and the anomaly report."""
     root = tmp_path / "demo"

@@ -1,4 +1,5 @@
-"""Train- and eval-step throughput of a config, and the pre-flight `hpa-jax train --dry-run`.
+"""Train- and eval-step throughput of a config, `embed` against the eval step, and the
+pre-flight `hpa-jax train --dry-run`.
 
 The step measured is the trainer's own (`train.loop.compile_run`): the same model, loss,
 optimizer, mesh and shardings, fed a synthetic global batch already on the devices, so the figure
@@ -118,6 +119,67 @@ def measure(config, *, mode: str = "train", batch: int, resolution: int | None =
         achieved = flops / stats["step_time_median_s"] / devices
         result["utilisation"] = achieved / peak
     return result
+
+
+def measure_embed(config, *, batch: int, resolution: int | None = None, images: int = 1024,
+                  repeats: int = 5, seed: int = 0) -> dict:
+    """`analysis.embed` against the model's inference benchmark, alternating, in one process.
+
+    Both sides see the same model state, mesh and batch size: `embed` maps `images` host images
+    (uint8, as `hpa-jax embed` gets them from the pipeline) to features, the inference side runs
+    the trainer's eval step (single view, whatever `config.tta` says) over as many batches
+    already on the devices, as `bench eval` does. Each of `repeats` rounds times one pass of each
+    (after one untimed pass to compile); the ratio embed / inference is taken per round and its
+    median reported (≥ 1: embed keeps up with inference).
+    """
+    import jax
+
+    from hpa_jax.analysis import embed as embed_lib
+    from hpa_jax.train import loop
+    from hpa_jax.train import step as step_lib
+
+    if images < batch or repeats < 1:
+        raise ValueError(f"need images >= batch ({images} < {batch}?) and repeats >= 1")
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.tta = "none"
+    n_batches = images // batch
+    setup = _setup(config, batch=batch, resolution=resolution, steps=1)
+    compiled = loop.compile_run(setup, np.ones(setup.num_classes, np.float32))
+    state = compiled.init()
+    device_batch = step_lib.select(_synthetic_batch(setup, seed), step_lib.EVAL_KEYS)
+    size = int(setup.config.data.image_size)
+    channels = int(device_batch["image"].shape[-1])
+    host = np.random.default_rng(seed).integers(
+        0, 256, (n_batches * batch, size, size, channels), dtype=np.uint8)
+    model_state = (state.params, state.rest)
+    embed_fn = embed_lib.make_embed_fn(compiled.graphdef, mesh=setup.mesh)
+
+    def run_embed():
+        embed_lib.embed(compiled.graphdef, model_state, host, mesh=setup.mesh, batch_size=batch,
+                        embed_fn=embed_fn)
+
+    def run_inference():
+        outs = [compiled.eval_step(state, device_batch) for _ in range(n_batches)]
+        jax.block_until_ready(outs)
+
+    run_embed(), run_inference()  # compile both
+    embed_rates, inference_rates = [], []
+    for _ in range(repeats):
+        for fn, rates in ((run_embed, embed_rates), (run_inference, inference_rates)):
+            t0 = time.perf_counter()
+            fn()
+            rates.append(n_batches * batch / (time.perf_counter() - t0))
+    ratios = [e / i for e, i in zip(embed_rates, inference_rates, strict=True)]
+    return {
+        "mode": "embed", "model": setup.config.model.name, "batch": batch,
+        "resolution": size, "channels": setup.config.data.channels, "images": n_batches * batch,
+        "devices": setup.mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
+        "embed_images_per_s": embed_rates, "inference_images_per_s": inference_rates,
+        "embed_images_per_s_median": float(np.median(embed_rates)),
+        "inference_images_per_s_median": float(np.median(inference_rates)),
+        "ratio_per_round": ratios, "ratio_median": float(np.median(ratios)),
+    }
 
 
 def dry_run(config, workdir) -> dict:

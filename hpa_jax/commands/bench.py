@@ -1,9 +1,10 @@
-"""`hpa-jax bench train|eval|input|model`: throughput, measured the same way every time.
+"""`hpa-jax bench train|eval|embed|input|model`: throughput, measured the same way every time.
 
 train/eval: warm-up, then timed steps of the trainer's own jitted step with the device
 synchronised; one JSON line per (batch, resolution) point with images/s (total, per device),
 step time median and p90, compile time, peak host memory, device memory where reported, model
 FLOPs per image from XLA's cost analysis and utilisation against the device's peak.
+embed: `analysis.embed` on host images vs the eval step on device batches, alternating rounds.
 input: the Grain pipeline vs a single-core Pillow loop (and tf.data where TensorFlow is found).
 model: EfficientNet train step and features, hpa-jax vs Keras 3 on the JAX backend.
 """
@@ -37,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--steps", type=int, default=5, help="timed steps per point")
         p.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
         p.add_argument("--out", default=None, help="append the JSON lines to this file")
+    p = sub.add_parser("embed", help="analysis.embed images/s against the eval step's, "
+                       "alternating rounds (synthetic images)")
+    p.add_argument("--config", default="configs/demo.py", help="config module[:arg]")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
+    p.add_argument("--res", type=int, default=None, help="image size (default: the config's)")
+    p.add_argument("--images", type=int, default=1024, help="images per timed pass")
+    p.add_argument("--repeats", type=int, default=5, help="alternating rounds (median reported)")
+    p.add_argument("--out", default=None, help="append the JSON line to this file")
     p = sub.add_parser("input", help="input pipeline images/s (decode, resize, batch)")
     p.add_argument("--data", default="runs/bench/input-512",
                    help="records to read; 512 px benchmark records are written here if absent")
@@ -88,8 +97,21 @@ def run(args: argparse.Namespace) -> int:
                                           resolution=res, steps=args.steps,
                                           warmup=args.warmup), args.out)
         return 0
+    if args.bench_command == "embed":
+        from hpa_jax import config as config_lib
+        from hpa_jax.bench import train as bench_train
+
+        config = config_lib.load_config(args.config, args.config_overrides)
+        result = bench_train.measure_embed(
+            config, batch=args.batch or int(config.batch_size), resolution=args.res,
+            images=args.images, repeats=args.repeats)
+        _emit(result, args.out)
+        print(f"embed {result['embed_images_per_s_median']:.0f} images/s, inference "
+              f"{result['inference_images_per_s_median']:.0f}: ratio {result['ratio_median']:.2f} "
+              f"(median of {args.repeats} rounds)", file=sys.stderr)
+        return 0
     if args.config_overrides:
-        raise UserError(f"--config overrides apply to bench train/eval only: "
+        raise UserError(f"--config overrides apply to bench train/eval/embed only: "
                         f"{' '.join(args.config_overrides)}")
     if args.bench_command == "input":
         from hpa_jax.bench.input import run_input_benchmark
