@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
         exclude="",  # text file of image IDs to leave out of training (exclude.txt); "" = none
         worker_count=0,  # Grain worker processes; 0 = in the main process
         augment=True,
+        train_crop=0,  # train on random square windows of this many pixels; 0 = whole images
     )
     cfg.model = _group(
         name="efficientnet_tiny",  # efficientnet_b0..b7 | efficientnet_tiny | keras:<Application>

@@ -135,3 +135,40 @@ def test_more_than_four_channels_use_numpy():
     params = aug.sample_params(rng_b, aug.AugmentConfig())
     want = aug.apply_geometry(aug.apply_photometric(image, params), params)
     np.testing.assert_array_equal(aug.augment(image, rng_a), want)
+
+
+@pytest.mark.parametrize("channels", [4, 5])  # the Pillow path and the numpy one
+def test_crop_cuts_a_window_then_augments_it(channels):
+    image = _image(20, 24, channels, seed=7)
+    config = aug.AugmentConfig(crop=(12, 12))
+    tops, lefts = set(), set()
+    for i in range(40):
+        params = aug.sample_params(aug.example_rng(3, 1, i), config)
+        top, left, h, w = aug.crop_box(image.shape, (12, 12), params)
+        assert (h, w) == (12, 12) and 0 <= top <= 8 and 0 <= left <= 12
+        tops.add(top), lefts.add(left)
+        window = image[top : top + 12, left : left + 12]
+        want = aug.apply_geometry(aug.apply_photometric(window, params), params)
+        got = aug.augment(image, aug.example_rng(3, 1, i), config)
+        assert got.shape == (12, 12, channels) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+    assert len(tops) > 4 and len(lefts) > 4  # the window moves over the image
+    # the edges are reachable: the last free row and column map inside the image
+    edge = aug.AugmentParams(crop_top=0.999999, crop_left=0.999999)
+    assert aug.crop_box(image.shape, (12, 12), edge)[:2] == (8, 12)
+
+
+def test_crop_keeps_the_other_draws():
+    plain, cropped = aug.AugmentConfig(), aug.AugmentConfig(crop=(8, 8))
+    for i in range(10):
+        a = aug.sample_params(aug.example_rng(0, 2, i), plain)
+        b = aug.sample_params(aug.example_rng(0, 2, i), cropped)
+        assert (a.flip_lr, a.flip_ud, a.rot90, a.brightness, a.contrast) == (
+            b.flip_lr, b.flip_ud, b.rot90, b.brightness, b.contrast)
+
+
+def test_bad_crops_are_refused():
+    with pytest.raises(UserError, match="crop"):
+        aug.AugmentConfig(crop=(0, 8))
+    with pytest.raises(ValueError, match="larger than the image"):
+        aug.augment(_image(8, 8, 2), aug.example_rng(0, 0, 0), aug.AugmentConfig(crop=(10, 10)))

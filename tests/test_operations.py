@@ -53,6 +53,16 @@ def test_train_dry_run_compiles_and_writes_nothing(tmp_path, data_dir, capsys):
     assert report["parameters"] > 0 and report["temp_size_mb"] >= 0
 
 
+def test_train_crop_sets_the_training_shape_and_is_checked(tmp_path, data_dir, capsys):
+    argv = ["train", "--config", "configs/demo.py:runlocal", "--workdir", str(tmp_path / "run"),
+            f"--config.data.dir={data_dir}", "--dry-run"]
+    assert cli.main([*argv, "--config.data.train_crop=24"]) == 0
+    assert json.loads(capsys.readouterr().out)["image"] == [24, 24, 4]
+    assert cli.main([*argv, "--config.data.train_crop=40"]) != 0
+    assert "train_crop=40: give 1..32" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_bench_eval_reports_figures(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     assert cli.main(["bench", "eval", "--config", "configs/demo.py:runlocal", "--batch", "8",

@@ -42,14 +42,17 @@ def _setup(config, *, batch: int, resolution: int | None, steps: int):
     )
 
 
-def _synthetic_batch(setup, seed: int = 0) -> dict:
-    """A global batch of random images and labels, sharded over the mesh."""
+def _synthetic_batch(setup, seed: int = 0, *, train: bool = False) -> dict:
+    """A global batch of random images and labels, sharded over the mesh (of the training
+    crop's size for `train` when the config crops)."""
     from hpa_jax.data.example import CHANNEL_MODES
     from hpa_jax.train import mesh as mesh_lib
 
     cfg = setup.config
     rng = np.random.default_rng(seed)
     size = int(cfg.data.image_size)
+    if train and int(cfg.data.get("train_crop", 0) or 0):
+        size = int(cfg.data.train_crop)
     channels = len(CHANNEL_MODES[cfg.data.channels])
     b = setup.per_process_batch
     local = {
@@ -72,7 +75,7 @@ def measure(config, *, mode: str = "train", batch: int, resolution: int | None =
     weights = np.ones(setup.num_classes, np.float32)
     compiled = loop.compile_run(setup, weights)
     state = compiled.init()
-    full = _synthetic_batch(setup)
+    full = _synthetic_batch(setup, train=mode == "train")
     rng = jax.random.PRNGKey(0)
     if mode == "train":
         batch_arrays = step_lib.select(full, step_lib.TRAIN_KEYS)

@@ -28,14 +28,23 @@ class AugmentConfig:
     brightness: add δ × 255 to every pixel, δ uniform in [-brightness, brightness].
     contrast:   scale each channel about its own mean by a factor uniform in
                 [1 - contrast, 1 + contrast] (as tf.image.adjust_contrast does).
+    crop:       (height, width): cut a window of this size at a uniform random position first
+                (object sizes are kept: a field of view shows the same cells at any window), or
+                None to keep the whole image.
     """
 
     flips: bool = True
     rotations: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
+    crop: tuple[int, int] | None = None
 
     def __post_init__(self):
+        if self.crop is not None:
+            crop = tuple(int(v) for v in self.crop)
+            if len(crop) != 2 or min(crop) <= 0:
+                raise UserError(f"augment crop={self.crop!r}: give (height, width) > 0")
+            object.__setattr__(self, "crop", crop)
         if not 0.0 <= self.brightness <= 1.0:
             raise UserError(f"augment brightness={self.brightness} must lie in [0, 1]")
         if not 0.0 <= self.contrast < 1.0:
@@ -51,6 +60,8 @@ class AugmentParams:
     rot90: int = 0  # counter-clockwise quarter turns, 0..3
     brightness: float = 0.0  # additive, in units of 255
     contrast: float = 1.0  # multiplicative, about the per-channel mean
+    crop_top: float = 0.0  # the crop window's position, as a fraction of the free rows
+    crop_left: float = 0.0  # ... and of the free columns (0..1)
 
 
 def example_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
@@ -66,12 +77,14 @@ def sample_params(
 ) -> AugmentParams:
     """Draw one `AugmentParams` from `rng`.
 
-    The number of draws is fixed (5), whatever is enabled, so toggling one option does not
-    reshuffle the others.
+    The number of draws is fixed (5, then 2 for the crop window only when cropping), whatever
+    else is enabled, so toggling one option does not reshuffle the others, and cropping leaves
+    the other draws as they were.
     """
     flip_lr, flip_ud = rng.integers(0, 2, size=2).astype(bool)
     quarter = int(rng.integers(0, 4))
     brightness, contrast = rng.uniform(-1.0, 1.0, size=2)
+    top, left = rng.uniform(0.0, 1.0, size=2) if config.crop is not None else (0.0, 0.0)
     if not square:
         quarter = 2 * (quarter % 2)  # 0 or 180°: a 90° turn would swap H and W
     return AugmentParams(
@@ -80,7 +93,20 @@ def sample_params(
         rot90=quarter if config.rotations else 0,
         brightness=float(brightness) * config.brightness,
         contrast=1.0 + float(contrast) * config.contrast,
+        crop_top=float(top),
+        crop_left=float(left),
     )
+
+
+def crop_box(shape, crop, params: AugmentParams) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the crop window in an image of `shape` [H, W, ...]."""
+    height, width = int(shape[0]), int(shape[1])
+    ch, cw = crop
+    if ch > height or cw > width:
+        raise ValueError(f"augment crop {crop} is larger than the image ({height}, {width})")
+    top = min(int(params.crop_top * (height - ch + 1)), height - ch)
+    left = min(int(params.crop_left * (width - cw + 1)), width - cw)
+    return top, left, ch, cw
 
 
 def apply_geometry(image: np.ndarray, params: AugmentParams) -> np.ndarray:
@@ -153,13 +179,21 @@ def augment(
 ) -> np.ndarray:
     """A randomly flipped, rotated, brightened and contrasted copy of `image: uint8[H, W, C]`.
 
-    Returns a C-contiguous `uint8[H, W, C]` (same shape; H == W for 90° turns). Photometry
-    commutes with the geometry (it is per pixel and the channel means do not move), so it is
-    applied first.
+    Returns a C-contiguous `uint8[H, W, C]` (the same shape, or `config.crop`'s; 90° turns only
+    for square outputs). The crop window is cut first (its channel means set the contrast).
+    Photometry commutes with the geometry (it is per pixel and the channel means do not move),
+    so it is applied next.
     """
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"augment expects uint8[H, W, C], got {image.dtype}{list(image.shape)}")
-    params = sample_params(rng, config, square=image.shape[0] == image.shape[1])
+    if config.crop is not None:
+        square = config.crop[0] == config.crop[1]
+    else:
+        square = image.shape[0] == image.shape[1]
+    params = sample_params(rng, config, square=square)
+    if config.crop is not None:  # first, so the rest works on the smaller window
+        top, left, ch, cw = crop_box(image.shape, config.crop, params)
+        image = image[top : top + ch, left : left + cw]
     if image.shape[-1] <= 4:
         return _augment_pillow(image, params)
     return np.ascontiguousarray(apply_geometry(apply_photometric(image, params), params))

@@ -564,6 +564,7 @@ def make_train_iterator(
     ds = ds[p::n_proc][:per_process].repeat()
     ds = ds.map_with_index(_EpochAndRecord(per_process, records))
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
+    crop = {"crop": list(augment.crop)} if augment and augment.crop else {}
     fingerprint = _fingerprint(
         kind="train",
         records=records,
@@ -571,6 +572,7 @@ def make_train_iterator(
         batch_size=int(batch_size),
         process_index=p,
         process_count=n_proc,
+        **crop,  # only when cropping: states saved before crops existed stay valid
     )
     return PipelineIterator(
         ds,

@@ -155,6 +155,7 @@ def prepare(config, workdir) -> Setup:
     table = labels_lib.get_table(config.data.label_table)
     check_classes(data_dir, table)
     exclude = read_exclude(config.data.exclude)
+    train_augment(config)  # refuse a bad crop before any work
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     batch = int(config.batch_size)
     mesh_lib.check_batch_divisible(batch, mesh)
@@ -440,6 +441,24 @@ def _my_data_state(saved: dict) -> dict:
     return states[jax.process_index()]
 
 
+def train_augment(config):
+    """The training augmentation of a config: True/False, or an AugmentConfig with the random
+    crop of `data.train_crop` (on top of the usual augmentation, or alone when that is off)."""
+    from hpa_jax.data import augment as augment_lib
+
+    crop = int(config.data.get("train_crop", 0) or 0)
+    if not crop:
+        return bool(config.data.augment)
+    size = int(config.data.image_size)
+    if not 0 < crop <= size:
+        raise UserError(f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
+                        "or 0 for whole images")
+    if config.data.augment:
+        return augment_lib.AugmentConfig(crop=(crop, crop))
+    return augment_lib.AugmentConfig(flips=False, rotations=False, brightness=0.0,
+                                     contrast=0.0, crop=(crop, crop))
+
+
 def make_train_iterator(setup: Setup):
     from hpa_jax.data import pipeline
 
@@ -447,7 +466,7 @@ def make_train_iterator(setup: Setup):
     return pipeline.make_train_iterator(
         setup.data_dir, batch_size=setup.per_process_batch, image_size=cfg.data.image_size,
         channels=cfg.data.channels, seed=int(cfg.seed), split=cfg.data.split_train,
-        exclude=setup.exclude, augment=bool(cfg.data.augment),
+        exclude=setup.exclude, augment=train_augment(cfg),
         worker_count=int(cfg.data.worker_count), process_index=jax.process_index(),
         process_count=jax.process_count(), num_classes=setup.num_classes,
     )
