@@ -6,14 +6,13 @@ Run (after `hpa-jax data synth --out runs/demo/data`, which `hpa-jax demo` does 
         --config.data.dir=runs/demo/data
 
 Expect (measured with these numbers by `make demo` on this repo's 2-core development VM, idle,
-2026-11-26): 2000 synthetic images of 80 px, training 7.4 min, the whole demo 9.0 min, peak RSS
-1.7 GiB; validation (400 images, 5 % of them planted faults) macro F1 0.865 and micro F1 0.872
-at the 0.5 threshold, mAP 0.919 (0.899 / 0.915 with per-class thresholds tuned on the same
+2026-11-26): 2000 synthetic images of 80 px, training 6.8 min, the whole demo 8.3 min, peak RSS
+1.7 GiB; validation (400 images, 5 % of them planted faults) macro F1 0.870 and micro F1 0.911
+at the 0.5 threshold, mAP 0.921 (0.905 / 0.929 with per-class thresholds tuned on the same
 split, which flatters them). The issue's target, macro F1 >= 0.90 at the 0.5 threshold, is not
-reached yet: fibrillar centre (0.65) and centrosome (0.65) stay low. Variants measured the same
-way (training runs, same data size): this recipe on the generator's previous step 0.882; batch
-16 at lr 7e-3 0.867; 40 epochs with sqrt_balanced weights 0.824; the test-sized `tiny` model
-(lr 5e-3, unweighted) 0.67.
+reached in the 10 minutes: fibrillar centre (0.71), centrosome (0.63) and nuclear bodies (0.76)
+stay low. The same recipe at `--config.total_epochs=70` reaches 0.904 (about 12 minutes here).
+docs/benchmarks.md lists the variants measured on the way.
 `configs/demo.py:runlocal` shrinks it to a few steps on 32 px images (what the tests run).
 """
 
