@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--k",
         type=float,
         default=3.0,
-        help="flag threshold in (robust) standard deviations (default 3)",
+        help="flag threshold in (robust) standard deviations (default 3); label_knn flags "
+        "use the neighbours' contradiction instead",
     )
     parser.add_argument(
         "--neighbours",
