@@ -46,13 +46,12 @@ def _synthetic_batch(setup, seed: int = 0, *, train: bool = False) -> dict:
     """A global batch of random images and labels, sharded over the mesh (of the training
     crop's size for `train` when the config crops)."""
     from hpa_jax.data.example import CHANNEL_MODES
+    from hpa_jax.train import loop
     from hpa_jax.train import mesh as mesh_lib
 
     cfg = setup.config
     rng = np.random.default_rng(seed)
-    size = int(cfg.data.image_size)
-    if train and int(cfg.data.get("train_crop", 0) or 0):
-        size = int(cfg.data.train_crop)
+    size = (train and loop.train_crop(cfg)) or int(cfg.data.image_size)
     channels = len(CHANNEL_MODES[cfg.data.channels])
     b = setup.per_process_batch
     local = {

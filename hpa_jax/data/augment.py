@@ -186,11 +186,8 @@ def augment(
     """
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"augment expects uint8[H, W, C], got {image.dtype}{list(image.shape)}")
-    if config.crop is not None:
-        square = config.crop[0] == config.crop[1]
-    else:
-        square = image.shape[0] == image.shape[1]
-    params = sample_params(rng, config, square=square)
+    out_height, out_width = config.crop or image.shape[:2]
+    params = sample_params(rng, config, square=out_height == out_width)
     if config.crop is not None:  # first, so the rest works on the smaller window
         top, left, ch, cw = crop_box(image.shape, config.crop, params)
         image = image[top : top + ch, left : left + cw]

@@ -441,18 +441,25 @@ def _my_data_state(saved: dict) -> dict:
     return states[jax.process_index()]
 
 
+def train_crop(config) -> int:
+    """`data.train_crop` checked against `data.image_size`: the side of the training windows,
+    or 0 for whole images."""
+    crop = int(config.data.get("train_crop", 0) or 0)
+    size = int(config.data.image_size)
+    if crop and not 0 < crop <= size:
+        raise UserError(f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
+                        "or 0 for whole images")
+    return crop
+
+
 def train_augment(config):
     """The training augmentation of a config: True/False, or an AugmentConfig with the random
     crop of `data.train_crop` (on top of the usual augmentation, or alone when that is off)."""
     from hpa_jax.data import augment as augment_lib
 
-    crop = int(config.data.get("train_crop", 0) or 0)
+    crop = train_crop(config)
     if not crop:
         return bool(config.data.augment)
-    size = int(config.data.image_size)
-    if not 0 < crop <= size:
-        raise UserError(f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
-                        "or 0 for whole images")
     if config.data.augment:
         return augment_lib.AugmentConfig(crop=(crop, crop))
     return augment_lib.AugmentConfig(flips=False, rotations=False, brightness=0.0,

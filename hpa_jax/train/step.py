@@ -105,12 +105,16 @@ def _update_ema(ema, params, opt_state, decay: float):
 TTA_MODES = ("none", "flips", "d4")
 
 
+def _check_tta(mode: str) -> None:
+    if mode not in TTA_MODES:
+        raise UserError(f"tta={mode!r}: choose one of {', '.join(TTA_MODES)}")
+
+
 def tta_views(images: jax.Array, mode: str) -> list[jax.Array]:
     """The test-time views of a batch `[B, H, W, C]`: "none" (as is), "flips" (as is, flipped
     left-right, up-down, both) or "d4" (those four and the same of the transposed image: all
     eight symmetries of the square, the views the training augmentation draws from)."""
-    if mode not in TTA_MODES:
-        raise UserError(f"tta={mode!r}: choose one of {', '.join(TTA_MODES)}")
+    _check_tta(mode)
     if mode == "none":
         return [images]
     flips = lambda x: [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]  # noqa: E731
@@ -130,8 +134,7 @@ def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool 
     the probabilities are the mean over the views of `tta_views` and the loss the mean of the
     views' losses.
     """
-    if tta not in TTA_MODES:
-        raise UserError(f"tta={tta!r}: choose one of {', '.join(TTA_MODES)}")
+    _check_tta(tta)  # here, not only at trace time
 
     def step(state: TrainState, batch: dict):
         params = state.ema if (use_ema and state.ema is not None) else state.params
