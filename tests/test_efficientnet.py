@@ -57,6 +57,20 @@ def test_scaling_table_and_rounding():
     assert len(tiny_args) == len(E.STAGES)  # one block per stage
 
 
+def test_depthwise_kernel_sizes():
+    # Keras's B0: 3x3 in stages 1, 2, 4 and 7, 5x5 in stages 3, 5 and 6 (every Keras variant
+    # and `tiny` keep them); `small` uses 3x3 throughout, and its model's kernels say so.
+    keras_b0 = [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    assert [a.kernel_size for a in E.block_args(E.VARIANTS["b0"], 0.0)] == keras_b0
+    assert [a.kernel_size for a in E.block_args(E.VARIANTS["tiny"], 0.0)] == [
+        3, 3, 5, 3, 5, 5, 3]
+    assert [a.kernel_size for a in E.block_args(E.VARIANTS["small"], 0.0)] == [3] * 7
+    small = nnx.eval_shape(lambda: E.EfficientNet("small", num_classes=19, in_channels=4,
+                                                  rngs=nnx.Rngs(0)))
+    kernels = [b.dwconv.kernel.shape for b in small.blocks]
+    assert [k[:2] for k in kernels] == [(3, 3)] * 7
+
+
 def test_padding_matches_keras_correct_pad():
     from keras.src.applications.imagenet_utils import correct_pad
 
