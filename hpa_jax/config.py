@@ -73,6 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
         split_eval="validation",
         exclude="",  # text file of image IDs to leave out of training (exclude.txt); "" = none
         worker_count=0,  # Grain worker processes; 0 = in the main process
+        cache=False,  # keep decoded training images in memory (N·H·W·C bytes) after epoch 1
         augment=True,
         train_crop=0,  # train on random square windows of this many pixels; 0 = whole images
     )

@@ -306,6 +306,53 @@ def test_restored_iterator_yields_the_same_batches(data_dir, augment):
         np.testing.assert_array_equal(w["labels"], g["labels"])
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_decoded_cache_gives_the_same_batches_and_decodes_once(data_dir, augment, monkeypatch):
+    """cache=True: identical batches over three epochs (and after a restore), while each record
+    is parsed and decoded only in the first epoch."""
+    made, calls = [], []  # this test's caches; records parsed and decoded for the first one
+    decode = pipeline._LoadRecord._decode
+
+    class Tracked(pipeline.DecodedCache):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    def counting(self, record_index):
+        if made and self.cache is made[0]:  # not other tests' iterators, still prefetching
+            calls.append(record_index)
+        return decode(self, record_index)
+
+    monkeypatch.setattr(pipeline, "DecodedCache", Tracked)
+    monkeypatch.setattr(pipeline._LoadRecord, "_decode", counting)
+    it = _train(data_dir, augment=augment, cache=True)
+    got = [next(it) for _ in range(9)]  # 3 epochs of 3 steps (9 training records)
+    assert sorted(calls) == sorted({int(i[3:]) for b in got[:3] for i in _ids(b)})  # once each
+    want = _train(data_dir, augment=augment)
+    for g in got:
+        w = next(want)
+        assert _ids(w) == _ids(g)
+        np.testing.assert_array_equal(w["image"], g["image"])
+        np.testing.assert_array_equal(w["labels"], g["labels"])
+    state = it.get_state()
+    assert state == want.get_state()  # the cache is not part of the stream's identity
+    restored = _train(data_dir, augment=augment, cache=True)
+    restored.set_state(state)
+    np.testing.assert_array_equal(next(restored)["image"], next(want)["image"])
+
+
+def test_decoded_cache_is_read_only_and_pickles_empty():
+    import pickle
+
+    cache = pipeline.DecodedCache()
+    image = np.zeros((2, 2, 4), np.uint8)
+    cache.put(7, (image, np.ones(3, np.float32), "a"))
+    assert len(cache) == 1 and cache.get(7)[2] == "a" and cache.get(8) is None
+    with pytest.raises(ValueError):
+        image[0, 0, 0] = 1  # what the next epoch decodes from must not change
+    assert len(pickle.loads(pickle.dumps(cache))) == 0  # each worker process fills its own
+
+
 def test_state_from_another_pipeline_is_refused(data_dir):
     state = _train(data_dir).get_state()
     with pytest.raises(UserError, match="another pipeline"):

@@ -270,7 +270,7 @@ _COMPILED: dict[str, Compiled] = {}
 def _compile_key(setup: Setup, weights: np.ndarray) -> str:
     # everything the jitted functions close over; where the data lives is not part of it
     plain = config_lib.flatten(setup.config)
-    for name in ("data.dir", "data.exclude", "data.worker_count", "data.augment",
+    for name in ("data.dir", "data.exclude", "data.worker_count", "data.cache", "data.augment",
                  "data.split_train", "data.split_eval", "init_from", "log_every_steps",
                  "checkpoint_every_steps", "keep_checkpoints", "best_metric",
                  "eval_every_steps", "eval_every_epochs"):
@@ -476,6 +476,7 @@ def make_train_iterator(setup: Setup):
         exclude=setup.exclude, augment=train_augment(cfg),
         worker_count=int(cfg.data.worker_count), process_index=jax.process_index(),
         process_count=jax.process_count(), num_classes=setup.num_classes,
+        cache=bool(cfg.data.cache),
     )
 
 
