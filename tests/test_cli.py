@@ -55,3 +55,32 @@ def test_keras_backend_guard():
         env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"},
         capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "jax"
+
+
+def test_huge_page_env_is_added_once_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    env = cli.huge_page_env({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    # other tunables are kept; a process that has it (or the user's own value) is left alone
+    assert cli.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})[
+        "GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert cli.huge_page_env(env) is None
+    assert cli.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    assert cli.huge_page_env({"HPA_JAX_HUGEPAGES": "0"}) is None
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert cli.huge_page_env({}) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux's")
+def test_console_entry_reruns_itself_with_the_tunable():
+    code = ("import os, sys; from hpa_jax import cli; "
+            "print('tunables:', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:]); "
+            "sys.argv = ['hpa-jax', '--help']; cli.entry()")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HPA_JAX_HUGEPAGES")}
+    proc = subprocess.run([sys.executable, "-c", code, "x"], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    # one re-run (not a loop), with the tunable and the same arguments
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("tunables:")]
+    assert lines == ["tunables: None ['x']", "tunables: glibc.malloc.hugetlb=1 ['x']"]
+    assert "usage: hpa-jax" in proc.stdout
