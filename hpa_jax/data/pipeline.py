@@ -339,8 +339,9 @@ class DecodedCache:
 
     The train iterator's optional cache (`cache=True`, like tf.data's `.cache()`): the first
     epoch parses and decodes each record once, later epochs only augment. Holds N·H·W·C bytes
-    (the demo's 2000 × 80² × 4: 51 MB). Images are stored read-only, so nothing downstream can
-    change what the next epoch sees. It pickles empty: each Grain worker process fills its own.
+    (the demo's 2000 × 80² × 4: 51 MB). Images and labels are stored read-only, so nothing
+    downstream can change what the next epoch sees (batching copies them). It pickles empty:
+    each Grain worker process fills its own.
     """
 
     def __init__(self):
@@ -350,7 +351,8 @@ class DecodedCache:
         return self._items.get(record_index)
 
     def put(self, record_index: int, item: tuple) -> None:
-        item[0].setflags(write=False)
+        for array in item[:2]:  # image and labels
+            array.setflags(write=False)
         self._items.setdefault(record_index, item)  # one atomic dict operation: thread-safe
 
     def __len__(self) -> int:
@@ -414,7 +416,7 @@ class _LoadRecord:
         if self.augment is not None:
             rng = augment_lib.example_rng(self.seed, epoch, record_index)
             image = augment_lib.augment(image, rng, self.augment)
-        out = {"image": image, "labels": labels.copy(), "id": image_id}
+        out = {"image": image, "labels": labels, "id": image_id}
         if self.with_mask:
             out["mask"] = np.bool_(True)
         return out
