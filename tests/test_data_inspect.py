@@ -8,6 +8,7 @@ import pytest
 
 from hpa_jax import cli
 from hpa_jax.data import example, tfrecord
+from hpa_jax.data.inspect import inspect_records
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "data"))
 import spec_records as spec  # noqa: E402
@@ -73,7 +74,7 @@ def found(report):
 
 def test_inspect_reports_every_bad_record_2021(dataset):
     paths, expected = dataset
-    report = example.inspect_records(paths, "hpa2021", progress=False)
+    report = inspect_records(paths, "hpa2021", progress=False)
     got = found(report)
     assert set(got) == set(expected)
     for where, reason in expected.items():
@@ -93,7 +94,7 @@ def test_inspect_reports_every_bad_record_2021(dataset):
 
 def test_inspect_with_the_2018_table(dataset):
     paths, expected = dataset
-    report = example.inspect_records(paths, "hpa2018", progress=False)
+    report = inspect_records(paths, "hpa2018", progress=False)
     got = found(report)
     # 19 is a 2018 class and 18 is not exclusive there: records 3 and 6 of shard 0 are fine
     fine = {k for k in expected if k[0] == str(paths[0]) and k[1] in (3, 6)}

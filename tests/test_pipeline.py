@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from hpa_jax.data import augment as aug
-from hpa_jax.data import pipeline
+from hpa_jax.data import catalog as catalog_lib
+from hpa_jax.data import dataset, decode, pipeline
 from hpa_jax.data.example import CHANNELS, encode_example
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
@@ -87,31 +88,31 @@ def _train(data_dir, **kw):
 
 
 def test_dataset_info_split_ids_and_catalog(data_dir):
-    info = pipeline.read_dataset_info(data_dir)
+    info = dataset.read_info(data_dir)
     assert info["num_records"] == 12
-    splits = pipeline.split_ids(data_dir)
+    splits = dataset.split_ids(data_dir)
     assert splits["validation"] == ("img003", "img007", "img011")
     assert len(splits["train"]) == 9
-    catalog = pipeline.record_catalog(data_dir)
+    catalog = catalog_lib.record_catalog(data_dir)
     assert catalog.ids == tuple(f"img{i:03d}" for i in range(12))
     assert catalog.labels[6] == (18,) and catalog.labels[1] == (1, 3)
-    assert (data_dir / pipeline.RECORDS_SIDECAR).is_file()
+    assert (data_dir / dataset.RECORDS_JSON).is_file()
 
 
 def test_catalog_sidecar_is_reused_and_rebuilt_when_shards_change(tmp_path):
     root = write_dataset(tmp_path / "ds", n=4, size=8, shards=1)
-    pipeline.record_catalog(root)
-    sidecar = root / pipeline.RECORDS_SIDECAR
+    catalog_lib.record_catalog(root)
+    sidecar = root / dataset.RECORDS_JSON
     cached = json.loads(sidecar.read_text())
     cached["ids"] = ["a", "b", "c", "d"]  # a marker: a current sidecar is trusted as is
     sidecar.write_text(json.dumps(cached))
-    assert pipeline.record_catalog(root).ids == ("a", "b", "c", "d")
+    assert catalog_lib.record_catalog(root).ids == ("a", "b", "c", "d")
     write_dataset(root, n=5, size=8, shards=1)  # rewrites the shard: size/mtime change
-    assert pipeline.record_catalog(root).ids == tuple(f"img{i:03d}" for i in range(5))
+    assert catalog_lib.record_catalog(root).ids == tuple(f"img{i:03d}" for i in range(5))
 
 
 def test_label_stats_counts_match_numpy(data_dir):
-    stats = pipeline.label_stats(data_dir, split="train", batch_size=2, process_count=2)
+    stats = catalog_lib.label_stats(data_dir, split="train", batch_size=2, process_count=2)
     train = [i for i in range(12) if i % 4 != 3]
     want = np.zeros(K, np.int64)
     for i in train:
@@ -125,15 +126,15 @@ def test_label_stats_counts_match_numpy(data_dir):
 
 
 def test_select_records_by_split_and_exclude(data_dir):
-    assert pipeline.select_records(data_dir, split="validation").tolist() == [3, 7, 11]
-    got = pipeline.select_records(data_dir, split="train", exclude={"img000", "img005", "zzz"})
+    assert catalog_lib.select_records(data_dir, split="validation").tolist() == [3, 7, 11]
+    got = catalog_lib.select_records(data_dir, split="train", exclude={"img000", "img005", "zzz"})
     assert got.tolist() == [1, 2, 4, 6, 8, 9, 10]
-    assert len(pipeline.select_records(data_dir, split="all")) == 12
+    assert len(catalog_lib.select_records(data_dir, split="all")) == 12
 
 
 def test_data_errors_name_the_path(tmp_path, data_dir):
     with pytest.raises(UserError, match="dataset.json"):
-        pipeline.read_dataset_info(tmp_path)
+        dataset.read_info(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "dataset.json").write_text(json.dumps({"num_classes": K}))
@@ -141,9 +142,9 @@ def test_data_errors_name_the_path(tmp_path, data_dir):
         _train(empty)
     with pytest.raises(UserError, match=r"split 'validation' is empty"):
         gone = ["img003", "img007", "img011"]
-        pipeline.select_records(data_dir, split="validation", exclude=gone)
+        catalog_lib.select_records(data_dir, split="validation", exclude=gone)
     with pytest.raises(UserError, match=r"split.csv: no records in split 'test'"):
-        pipeline.select_records(data_dir, split="test")
+        catalog_lib.select_records(data_dir, split="test")
     with pytest.raises(UserError, match=r"dataset.json: dataset has 19 classes .* num_classes=28"):
         _train(data_dir, num_classes=28)
     with pytest.raises(UserError, match="too few for batch_size"):
@@ -311,9 +312,9 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_once(data_dir, augment
     """cache=True: identical batches over three epochs (and after a restore), while each record
     is parsed and decoded only in the first epoch."""
     made, calls = [], []  # this test's caches; records parsed and decoded for the first one
-    decode = pipeline._LoadRecord._decode
+    original = decode.LoadRecord._decode
 
-    class Tracked(pipeline.DecodedCache):
+    class Tracked(decode.DecodedCache):
         def __init__(self):
             super().__init__()
             made.append(self)
@@ -321,10 +322,10 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_once(data_dir, augment
     def counting(self, record_index):
         if made and self.cache is made[0]:  # not other tests' iterators, still prefetching
             calls.append(record_index)
-        return decode(self, record_index)
+        return original(self, record_index)
 
     monkeypatch.setattr(pipeline, "DecodedCache", Tracked)
-    monkeypatch.setattr(pipeline._LoadRecord, "_decode", counting)
+    monkeypatch.setattr(decode.LoadRecord, "_decode", counting)
     it = _train(data_dir, augment=augment, cache=True)
     got = [next(it) for _ in range(9)]  # 3 epochs of 3 steps (9 training records)
     assert sorted(calls) == sorted({int(i[3:]) for b in got[:3] for i in _ids(b)})  # once each
@@ -344,7 +345,7 @@ def test_decoded_cache_gives_the_same_batches_and_decodes_once(data_dir, augment
 def test_decoded_cache_is_read_only_and_pickles_empty():
     import pickle
 
-    cache = pipeline.DecodedCache()
+    cache = decode.DecodedCache()
     image = np.zeros((2, 2, 4), np.uint8)
     cache.put(7, (image, np.ones(3, np.float32), "a"))
     assert len(cache) == 1 and cache.get(7)[2] == "a" and cache.get(8) is None

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hpa_jax.cli import main
+from hpa_jax.data import dataset
 from hpa_jax.data import split as split_lib
 from hpa_jax.data.synthetic import plan_dataset
 from hpa_jax.errors import UserError
@@ -91,12 +92,12 @@ def test_bad_fraction_is_a_user_error():
 
 def test_split_csv_round_trip_and_bad_rows(tmp_path):
     split = split_lib.stratified_split(["a", "b", "c", "d"], [(0,), (0,), (1,), (1,)], 2, 0.5, 0)
-    split_lib.write_split(tmp_path / "split.csv", split)
-    assert split_lib.read_split(tmp_path / "split.csv") == split
+    dataset.write_split(tmp_path / "split.csv", split)
+    assert dataset.read_split(tmp_path / "split.csv") == split
     assert sorted(split.values()) == ["train", "train", "validation", "validation"]
     (tmp_path / "bad.csv").write_text("ID,split\na,test\n")
     with pytest.raises(UserError, match=r"bad.csv:2"):
-        split_lib.read_split(tmp_path / "bad.csv")
+        dataset.read_split(tmp_path / "bad.csv")
 
 
 def test_split_command_rewrites_split_csv(tmp_path, capsys):
@@ -106,7 +107,7 @@ def test_split_command_rewrites_split_csv(tmp_path, capsys):
     assert main(["data", "split", str(tmp_path), "--val-fraction", "0.25", "--seed", "3"]) == 0
     first = (tmp_path / "split.csv").read_bytes()
     assert "20 validation" in capsys.readouterr().out
-    split = split_lib.read_split(tmp_path / "split.csv")
+    split = dataset.read_split(tmp_path / "split.csv")
     assert list(split) == [p.image_id for p in plans]
     main(["data", "split", str(tmp_path), "--val-fraction", "0.25", "--seed", "3"])
     assert (tmp_path / "split.csv").read_bytes() == first

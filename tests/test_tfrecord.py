@@ -15,8 +15,9 @@ import google_crc32c
 import pytest
 
 from hpa_jax import fileio
-from hpa_jax.data import tfrecord
-from hpa_jax.data.tfrecord import RecordError, TFRecordSource, TFRecordWriter
+from hpa_jax.data import record_index, record_source, tfrecord
+from hpa_jax.data.record_source import TFRecordSource
+from hpa_jax.data.tfrecord import RecordError, TFRecordWriter
 from hpa_jax.errors import UserError
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "data"))
@@ -116,7 +117,7 @@ def test_writer_is_atomic_on_error(tmp_path):
 
 
 def test_index_offsets_lengths_and_sidecar(hand_file):
-    index = tfrecord.build_index(hand_file)
+    index = record_source.build_index(hand_file)
     assert list(index.offsets) == offsets_of(RECORDS)
     assert list(index.lengths) == [len(r) for r in RECORDS]
     sidecar = hand_file.with_name(hand_file.name + ".index")
@@ -127,9 +128,9 @@ def test_index_offsets_lengths_and_sidecar(hand_file):
 def test_writer_writes_the_same_index_as_a_scan(tmp_path):
     path = tmp_path / "w.tfrecord"
     tfrecord.write_records(path, RECORDS)
-    cached = tfrecord.cached_index(path)
+    cached = record_index.cached_index(path)
     assert cached is not None
-    scanned = tfrecord.build_index(path, use_cache=False)
+    scanned = record_source.build_index(path, use_cache=False)
     assert list(cached.offsets) == list(scanned.offsets)
     assert list(cached.lengths) == list(scanned.lengths)
 
@@ -137,7 +138,7 @@ def test_writer_writes_the_same_index_as_a_scan(tmp_path):
 def test_empty_shard(tmp_path):
     path = tmp_path / "empty.tfrecord"
     path.write_bytes(b"")
-    assert len(tfrecord.build_index(path)) == 0
+    assert len(record_source.build_index(path)) == 0
     assert list(tfrecord.iter_records(path)) == [] and len(TFRecordSource(path)) == 0
 
 
@@ -149,18 +150,18 @@ def test_unwritable_output_is_a_user_error(tmp_path):
 
 
 def test_index_is_cached_then_rebuilt_when_shard_changes(hand_file, monkeypatch):
-    tfrecord.build_index(hand_file)
+    record_source.build_index(hand_file)
     scans = []
-    real_scan = tfrecord.scan_frames
+    real_scan = record_source.scan_frames
     monkeypatch.setattr(
-        tfrecord, "scan_frames", lambda *a, **k: (scans.append(a), real_scan(*a, **k))[1]
+        record_source, "scan_frames", lambda *a, **k: (scans.append(a), real_scan(*a, **k))[1]
     )
-    assert len(tfrecord.build_index(hand_file)) == len(RECORDS)
+    assert len(record_source.build_index(hand_file)) == len(RECORDS)
     assert scans == []  # served from the sidecar
 
     with open(hand_file, "ab") as f:  # size changes
         f.write(spec.frame(b"one more"))
-    assert len(tfrecord.build_index(hand_file)) == len(RECORDS) + 1
+    assert len(record_source.build_index(hand_file)) == len(RECORDS) + 1
     assert len(scans) == 1
 
     # Same size, same mtime, different content: the sampled CRC catches it.
@@ -168,20 +169,20 @@ def test_index_is_cached_then_rebuilt_when_shard_changes(hand_file, monkeypatch)
     other = [b"z" * len(r) for r in RECORDS] + [b"ONE MORE"]
     hand_file.write_bytes(b"".join(spec.frame(r) for r in other))
     os.utime(hand_file, ns=(st.st_atime_ns, st.st_mtime_ns))
-    tfrecord.build_index(hand_file)
+    record_source.build_index(hand_file)
     assert len(scans) == 2
     assert list(TFRecordSource(hand_file)) == other
 
 
 def test_damaged_sidecar_is_rebuilt(hand_file):
-    tfrecord.build_index(hand_file)
-    sidecar = tfrecord.index_path(hand_file)
+    record_source.build_index(hand_file)
+    sidecar = record_index.index_path(hand_file)
     blob = bytearray(sidecar.read_bytes())
     blob[40] ^= 0xFF
     sidecar.write_bytes(bytes(blob))
-    assert tfrecord.cached_index(hand_file) is None
-    assert list(tfrecord.build_index(hand_file).offsets) == offsets_of(RECORDS)
-    assert tfrecord.cached_index(hand_file) is not None
+    assert record_index.cached_index(hand_file) is None
+    assert list(record_source.build_index(hand_file).offsets) == offsets_of(RECORDS)
+    assert record_index.cached_index(hand_file) is not None
 
 
 def test_unwritable_folder_keeps_index_in_memory(hand_file, monkeypatch):
@@ -191,7 +192,7 @@ def test_unwritable_folder_keeps_index_in_memory(hand_file, monkeypatch):
     monkeypatch.setattr(fileio, "write_bytes", refuse)
     source = TFRecordSource(hand_file)
     assert list(source) == RECORDS
-    assert not tfrecord.index_path(hand_file).exists()
+    assert not record_index.index_path(hand_file).exists()
 
 
 # ----------------------------------------------------------------------------------- corruption
@@ -241,7 +242,7 @@ def test_corrupt_length_and_truncation(hand_file, tmp_path):
     path = tmp_path / "bad-length.tfrecord"
     path.write_bytes(bytes(bad_length))
     with pytest.raises(RecordError, match=f"record 3 at byte offset {offsets[3]}: length CRC"):
-        tfrecord.build_index(path)
+        record_source.build_index(path)
 
     path = tmp_path / "truncated.tfrecord"
     path.write_bytes(blob[:-5])
@@ -251,7 +252,7 @@ def test_corrupt_length_and_truncation(hand_file, tmp_path):
         list(tfrecord.iter_records(path))
     path.write_bytes(blob[: offsets[4] + 5])  # cut inside a header
     with pytest.raises(RecordError, match="record 4 .*truncated header"):
-        tfrecord.build_index(path)
+        record_source.build_index(path)
 
 
 def test_shard_changed_after_indexing_is_refused(hand_file):
@@ -314,8 +315,8 @@ def test_one_open_per_shard_and_one_pread_per_record(shards, monkeypatch):
         calls["pread"] += 1
         return real_pread(*args)
 
-    monkeypatch.setattr(tfrecord.os, "open", counting_open)
-    monkeypatch.setattr(tfrecord.os, "pread", counting_pread)
+    monkeypatch.setattr(record_source.os, "open", counting_open)
+    monkeypatch.setattr(record_source.os, "pread", counting_pread)
     for _ in range(3):
         assert [source[i] for i in range(len(source))] == flat
     assert calls == {"open": 3, "pread": 18}  # 3 non-empty shards; 6 records x 3 passes

@@ -8,6 +8,10 @@ record count, the label histogram and every bad record; exits 1 if there is any.
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
+
+from hpa_jax.data.inspect import inspect_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_jax.data.example import inspect_records
-
     table = args.labels or _dataset_label_table(args.files) or "hpa2021"
     report = inspect_records(args.files, table, progress=not args.no_progress)
     print(report.summary())
@@ -44,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _dataset_label_table(files: list[str]) -> str | None:
     """The label_table named by dataset.json beside the first FILE (or inside it, a folder)."""
-    import json
-    import pathlib
-
     first = pathlib.Path(files[0])
     info = (first if first.is_dir() else first.parent) / "dataset.json"
     try:

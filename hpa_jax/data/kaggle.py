@@ -15,22 +15,24 @@ whose manifest matches; with a different hash it refuses unless `overwrite=True`
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
-from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from hpa_jax import fileio
+from hpa_jax.data import dataset
 from hpa_jax.data import writer as writer_lib
+from hpa_jax.data.example import CHANNELS, encode_example, png_info
+from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
-from hpa_jax.labels import HPA_2018, HPA_2021, LabelError, LabelTable, get_table
+from hpa_jax.labels import LabelError, LabelTable
 
-CHANNELS = ("red", "green", "blue", "yellow")
 EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MANIFEST_DIR = ".convert"
 CONVERT_JSON = "convert.json"
@@ -43,44 +45,7 @@ class ConvertError(UserError):
     """A record that cannot be converted; the message names its ID (and file)."""
 
 
-# ------------------------------------------------------------------------------ train.csv
-
-
-def detect_table(header: Sequence[str], path) -> LabelTable:
-    """`ID,Label` → the 2021 table; `Id,Target` → the 2018 table."""
-    cols = [h.strip() for h in header]
-    for table in (HPA_2021, HPA_2018):
-        if cols[:2] == [table.id_column, table.label_column]:
-            return table
-    raise UserError(
-        f"{path}: cannot tell the label table from header {cols!r}; expected 'ID,Label' "
-        "(hpa2021) or 'Id,Target' (hpa2018), or pass --labels"
-    )
-
-
-def read_csv_rows(path: str | os.PathLike, labels: str = "auto"):
-    """Read train.csv → (table, [(line, ID, label string)]), raw: labels are parsed later.
-
-    `labels` is "auto" (from the header) or a table name; with a table name the first two
-    columns are taken whatever the header says.
-    """
-    path = pathlib.Path(path)
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read CSV ({err})") from None
-    if not rows:
-        raise UserError(f"{path}: empty CSV (no header)")
-    table = detect_table(rows[0], path) if labels == "auto" else get_table(labels)
-    out = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise UserError(f"{path}:{line}: expected ID and labels, got {row!r}")
-        out.append((line, row[0].strip(), row[1].strip()))
-    return table, out
+# ------------------------------------------------------------------------------ label rows
 
 
 def parse_rows(table: LabelTable, raw_rows, path) -> tuple[list, list]:
@@ -128,8 +93,6 @@ def find_channels(files: dict[str, str], image_id: str) -> dict[str, str | None]
 
 def read_channel(path: pathlib.Path, channel: str) -> np.ndarray:
     """One channel image → uint8[H, W] or uint16[H, W]; ConvertError (naming the file) if not."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -170,8 +133,6 @@ def _read_with_skimage(path: pathlib.Path, pillow_error) -> np.ndarray:
 
 def resize(array: np.ndarray, size: int) -> np.ndarray:
     """uint8|uint16[H, W] → uint8[size, size] (16-bit scaled by 1/257), area-aware bilinear."""
-    from PIL import Image
-
     scale = 257.0 if array.dtype == np.uint16 else 1.0
     image = Image.fromarray(array.astype(np.float32) / np.float32(scale), mode="F")
     out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
@@ -180,13 +141,9 @@ def resize(array: np.ndarray, size: int) -> np.ndarray:
 
 def _passthrough_png(path: pathlib.Path) -> bytes | None:
     """The file's bytes if it is already a single-channel 8/16-bit PNG (stored as is)."""
-    from PIL import Image
-
     if path.suffix.lower() != ".png":
         return None
     data = path.read_bytes()
-    import io
-
     with Image.open(io.BytesIO(data)) as image:
         ok = image.format == "PNG" and image.mode in ("L", "I;16", "I;16B")
     return data if ok else None
@@ -233,9 +190,6 @@ class ShardTask:
 
 def convert_shard(task: ShardTask) -> dict:
     """Write one shard (atomically) and then its manifest; return the manifest dict."""
-    from hpa_jax.data.example import encode_example
-    from hpa_jax.data.tfrecord import TFRecordWriter
-
     ids, labels, skipped, sizes = [], [], [], set()
     with TFRecordWriter(task.path) as writer:
         for image_id, classes, files in task.rows:
@@ -265,8 +219,6 @@ def convert_shard(task: ShardTask) -> dict:
 
 
 def _record_size(channels: dict) -> tuple[int, int]:
-    from hpa_jax.data.example import png_info
-
     red = channels["red"]
     if isinstance(red, bytes):
         return png_info(red)[:2]
@@ -350,7 +302,7 @@ def convert(
         raise UserError(f"--shards and --size must be positive, got {shards}, {size}")
     if not input_dir.is_dir():
         raise UserError(f"{input_dir}: input folder not found")
-    table, raw = read_csv_rows(csv_path, labels)
+    table, raw = dataset.read_labels_csv(csv_path, labels)
     rows, bad_rows = parse_rows(table, raw, csv_path)
     if bad_rows and on_error == "fail":
         raise ConvertError("; ".join(r for _, r in bad_rows[:5]) + _more(len(bad_rows)))
@@ -397,7 +349,7 @@ def _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest) -> lis
     shards = min(shards, len(rows))
     tasks = []
     for k, span in enumerate(writer_lib.shard_ranges(len(rows), shards)):
-        name = writer_lib.shard_name(k, shards)
+        name = dataset.shard_name(k, shards)
         members = tuple((rows[i][0], rows[i][1], find_channels(files, rows[i][0])) for i in span)
         tasks.append(ShardTask(out_dir / name, out_dir / MANIFEST_DIR / f"{name}.json", digest,
                                input_dir, members, size, on_error))  # fmt: skip
@@ -414,9 +366,10 @@ def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fract
         labels += [tuple(ls) for ls in manifest["labels"]]
         sizes |= {tuple(s) for s in manifest["sizes"]}
         skipped += [tuple(s) for s in manifest["skipped"]]
+    skipped_csv = out_dir / dataset.SKIPPED_CSV
     if not ids:
-        raise UserError(f"{input_dir}: every record was skipped; see {out_dir / 'skipped.csv'}")
-    fileio.write_text(out_dir / "skipped.csv", writer_lib.csv_text(("ID", "reason"), skipped))
+        raise UserError(f"{input_dir}: every record was skipped; see {skipped_csv}")
+    fileio.write_text(skipped_csv, dataset.csv_text(("ID", "reason"), skipped))
     height, width = next(iter(sizes)) if len(sizes) == 1 else (None, None)
     names = [t.path.name for t in tasks]
     writer_lib.write_dataset_files(

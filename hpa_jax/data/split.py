@@ -8,25 +8,22 @@ folds before common labels fill the rest. A short repair pass then makes sure ev
 least two examples appears in both folds, which plain iterative stratification does not promise
 for small validation fractions.
 
-The result is written as `split.csv` (`ID,split`, split in {train, validation}), which training
-reads.
+The result is written as the dataset folder's `split.csv` (`ID,split`, split in {train,
+validation}; see `dataset.py`), which training reads.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from hpa_jax import fileio
+from hpa_jax.data import dataset
+from hpa_jax.data.dataset import TRAIN, VALIDATION
 from hpa_jax.errors import UserError
-
-TRAIN, VALIDATION = "train", "validation"
-SPLIT_FILE = "split.csv"
+from hpa_jax.labels import LabelError
 
 
 def _desired_per_label(counts: np.ndarray, val_fraction: float) -> np.ndarray:
@@ -150,61 +147,29 @@ def stratified_split(
     return {i: (VALIDATION if v else TRAIN) for i, v in zip(ids, is_val, strict=True)}
 
 
-def write_split(path: str | os.PathLike, split: dict[str, str]) -> None:
-    """Write `split.csv` (ID,split) atomically, rows in the given ID order."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["ID", "split"])
-    writer.writerows(split.items())
-    fileio.write_text(path, buffer.getvalue())
-
-
-def read_split(path: str | os.PathLike) -> dict[str, str]:
-    """Read `split.csv` → {ID: "train" | "validation"}; bad rows raise UserError naming them."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no split file (run `hpa-jax data split {path.parent}`)")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ID", "split"]:
-            raise UserError(f"{path}: header must be 'ID,split', got {header!r}")
-        out = {}
-        for line, row in enumerate(reader, start=2):
-            if len(row) < 2 or row[1].strip() not in (TRAIN, VALIDATION):
-                raise UserError(f"{path}:{line}: expected 'ID,train|validation', got {row!r}")
-            out[row[0].strip()] = row[1].strip()
-    return out
-
-
 def resplit_dataset(data_dir: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0):
     """Rewrite DIR/split.csv from DIR/train.csv; note the split in dataset.json; return counts.
 
     Returns {"path", "num_train", "num_validation", "per_class": {name: (train, val)}}.
     """
-    import json
-
-    from hpa_jax.data.kaggle import read_csv_rows
-    from hpa_jax.labels import LabelError
-
     data_dir = pathlib.Path(data_dir)
-    info_path = data_dir / "dataset.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    table, raw = read_csv_rows(data_dir / "train.csv", info.get("label_table", "auto"))
+    info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
+    labels_csv = data_dir / dataset.LABELS_CSV
+    table, raw = dataset.read_labels_csv(labels_csv, info.get("label_table", "auto"))
     ids, labels = [], []
     for line, image_id, text in raw:
         try:
             labels.append(table.parse(text))
         except LabelError as err:
-            raise UserError(f"{data_dir / 'train.csv'}:{line}: {err}") from None
+            raise UserError(f"{labels_csv}:{line}: {err}") from None
         ids.append(image_id)
     split = stratified_split(ids, labels, table.num_classes, val_fraction, seed)
-    path = data_dir / SPLIT_FILE
-    write_split(path, split)
+    path = data_dir / dataset.SPLIT_CSV
+    dataset.write_split(path, split)
     num_val = sum(v == VALIDATION for v in split.values())
     if info:
         info["split"] = {"val_fraction": val_fraction, "seed": seed, "num_validation": num_val}
-        fileio.write_text(info_path, json.dumps(info, indent=2) + "\n")
+        dataset.write_info(data_dir, info)
     per_class = {name: [0, 0] for name in table.classes}
     for image_id, classes in zip(ids, labels, strict=True):
         for c in classes:

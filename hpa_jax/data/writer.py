@@ -1,37 +1,21 @@
-"""What `data synth` and `data convert` share: shard names, parallel shard tasks, and the
-dataset folder's small files (train.csv, split.csv, dataset.json).
-
-Layout written (see docs/architecture.md, "Dataset folder"):
-
-    DIR/train-00000-of-00008.tfrecord   shards (+ the `.index` sidecars TFRecordWriter writes)
-    DIR/train.csv                       ID,Label (2021) or Id,Target (2018)
-    DIR/split.csv                       ID,split
-    DIR/dataset.json                    label_table, num_classes, num_records, height, width,
-                                        shards, source, ...
+"""What `data synth` and `data convert` share: parallel shard tasks, stale-shard clean-up, and
+writing a finished dataset folder's small files (train.csv, split.csv, dataset.json) through
+`dataset.py`, which owns their names and formats.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import multiprocessing
 import os
 import pathlib
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from hpa_jax import fileio
+from tqdm import tqdm
+
+from hpa_jax.data import dataset
 from hpa_jax.data import split as split_lib
+from hpa_jax.data.example import CHANNELS
 from hpa_jax.labels import LabelTable
-
-SHARD_PREFIX = "train"
-_SHARD_RE = re.compile(r"^train-\d{5}-of-\d{5}\.tfrecord$")
-
-
-def shard_name(index: int, count: int) -> str:
-    """`train-00003-of-00008.tfrecord` for shard 3 of 8."""
-    return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}.tfrecord"
 
 
 def shard_ranges(num_items: int, num_shards: int) -> list[range]:
@@ -54,7 +38,7 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
     removed = []
     for path in sorted(out_dir.glob("train-*-of-*.tfrecord*")):
         shard = path.name.split(".tfrecord")[0] + ".tfrecord"
-        if _SHARD_RE.match(shard) and shard not in keep:
+        if dataset.SHARD_RE.match(shard) and shard not in keep:
             path.unlink(missing_ok=True)
             if path.name == shard:
                 removed.append(shard)
@@ -64,7 +48,7 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
 def remove_temporaries(out_dir: str | os.PathLike) -> int:
     """Delete temporaries a killed run left (`.train-*.tmp`: a worker terminated mid-shard
     cannot clean up after itself). Returns how many were removed."""
-    stale = list(pathlib.Path(out_dir).glob(f".{SHARD_PREFIX}-*-of-*.tmp"))
+    stale = list(pathlib.Path(out_dir).glob(f".{dataset.SHARD_PREFIX}-*-of-*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -80,8 +64,6 @@ def run_tasks(
     mid-flight). `fn` must be a module-level function and tasks picklable. An exception in a
     task is re-raised here and the pool is stopped.
     """
-    from tqdm import tqdm
-
     bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=None)
     try:
         if workers <= 1 or len(tasks) <= 1:
@@ -96,23 +78,6 @@ def run_tasks(
                 bar.update()
     finally:
         bar.close()
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """CSV text with `\\n` line ends (byte-identical across platforms)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_labels_csv(
-    path: str | os.PathLike, table: LabelTable, ids: Sequence[str], labels: Sequence[Sequence[int]]
-) -> None:
-    """train.csv in the table's own convention: `ID,Label` + `0|5` or `Id,Target` + `0 5`."""
-    rows = ((i, table.format(ls)) for i, ls in zip(ids, labels, strict=True))
-    fileio.write_text(path, csv_text([table.id_column, table.label_column], rows))
 
 
 def write_dataset_files(
@@ -135,9 +100,9 @@ def write_dataset_files(
     differ in size (an unresized conversion of mixed images).
     """
     out_dir = pathlib.Path(out_dir)
-    write_labels_csv(out_dir / "train.csv", table, ids, labels)
+    dataset.write_labels_csv(out_dir / dataset.LABELS_CSV, table, ids, labels)
     split = split_lib.stratified_split(ids, labels, table.num_classes, val_fraction, seed)
-    split_lib.write_split(out_dir / split_lib.SPLIT_FILE, split)
+    dataset.write_split(out_dir / dataset.SPLIT_CSV, split)
     info = {
         "label_table": table.name,
         "num_classes": table.num_classes,
@@ -145,14 +110,14 @@ def write_dataset_files(
         "num_records": len(ids),
         "height": height,
         "width": width,
-        "channels": ["red", "green", "blue", "yellow"],
+        "channels": list(CHANNELS),
         "shards": list(shards),
         "source": source,
         "split": {"val_fraction": val_fraction, "seed": seed,
-                  "num_validation": sum(v == split_lib.VALIDATION for v in split.values())},
+                  "num_validation": sum(v == dataset.VALIDATION for v in split.values())},
     }  # fmt: skip
     info.update(extra or {})
-    fileio.write_text(out_dir / "dataset.json", json.dumps(info, indent=2) + "\n")
+    dataset.write_info(out_dir, info)
     return info
 
 

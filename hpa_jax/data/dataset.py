@@ -1,0 +1,223 @@
+"""The dataset folder: the one module that knows its file names and reads and writes them.
+
+    DIR/train-00000-of-00008.tfrecord   shards (+ the `.index` sidecars TFRecordWriter writes)
+    DIR/train.csv                       ID,Label (2021) or Id,Target (2018): the labels
+    DIR/split.csv                       ID,split  with split in {train, validation}
+    DIR/dataset.json                    label_table, num_classes, classes, num_records, height,
+                                        width, channels, shards, source, split, ...
+    DIR/records.json                    cache of record → (ID, labels), see `catalog.py`
+    DIR/truth.csv                       synthetic only: the planted anomalies
+    DIR/skipped.csv                     Kaggle conversions only: rows left out, and why
+
+`data synth`, `data convert`, `data split` and the benchmarks write these files through this
+module; the pipeline, the trainer and the reports read them through it (and `catalog.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+
+from hpa_jax import fileio
+from hpa_jax.errors import UserError
+from hpa_jax.labels import HPA_2018, HPA_2021, LabelTable, get_table
+
+DATASET_JSON = "dataset.json"
+LABELS_CSV = "train.csv"
+SPLIT_CSV = "split.csv"
+RECORDS_JSON = "records.json"
+TRUTH_CSV = "truth.csv"
+SKIPPED_CSV = "skipped.csv"
+
+SHARD_PREFIX = "train"
+SHARD_RE = re.compile(r"^train-\d{5}-of-\d{5}\.tfrecord$")
+TRAIN, VALIDATION = "train", "validation"
+SPLIT_NAMES = (TRAIN, VALIDATION)
+
+
+def shard_name(index: int, count: int) -> str:
+    """`train-00003-of-00008.tfrecord` for shard 3 of 8."""
+    return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """CSV text with `\\n` line ends (byte-identical across platforms)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------ dataset.json
+
+
+def read_info(data_dir: str | os.PathLike) -> dict:
+    """The parsed `DIR/dataset.json` (label_table, num_classes, num_records, shards, …)."""
+    path = pathlib.Path(data_dir) / DATASET_JSON
+    if not path.is_file():
+        raise UserError(f"{path}: no {DATASET_JSON}; is {data_dir} a dataset folder?")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
+
+
+def has_info(data_dir: str | os.PathLike) -> bool:
+    """Whether `DIR/dataset.json` exists (a finished dataset folder)."""
+    return (pathlib.Path(data_dir) / DATASET_JSON).is_file()
+
+
+def write_info(data_dir: str | os.PathLike, info: dict) -> None:
+    """Write `DIR/dataset.json` atomically."""
+    fileio.write_text(pathlib.Path(data_dir) / DATASET_JSON, json.dumps(info, indent=2) + "\n")
+
+
+def shard_paths(data_dir: str | os.PathLike, info: dict | None = None) -> list[pathlib.Path]:
+    """The dataset's TFRecord shards: `info["shards"]` in order, else `DIR/*.tfrecord` sorted."""
+    data_dir = pathlib.Path(data_dir)
+    info = read_info(data_dir) if info is None else info
+    names = info.get("shards")
+    if names:
+        paths = [data_dir / name for name in names]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"{data_dir / DATASET_JSON} lists shards that are missing: {missing}")
+        return paths
+    paths = sorted(data_dir.glob("*.tfrecord"))
+    if not paths:
+        raise UserError(f"{data_dir}: no TFRecord shards (*.tfrecord) in the dataset folder")
+    return paths
+
+
+def num_classes(data_dir: str | os.PathLike, info: dict, wanted: int | None = None) -> int:
+    """Class count from dataset.json (or its label table), checked against `wanted`."""
+    where = pathlib.Path(data_dir) / DATASET_JSON
+    found = info.get("num_classes")
+    if found is None and "label_table" in info:
+        found = get_table(info["label_table"]).num_classes
+    if found is None:
+        if wanted is None:
+            raise UserError(f"{where}: no num_classes or label_table")
+        found = wanted
+    if wanted is not None and int(wanted) != int(found):
+        raise UserError(
+            f"{where}: dataset has {found} classes but the model expects num_classes={wanted}"
+        )
+    return int(found)
+
+
+# ------------------------------------------------------------------------------ train.csv
+
+
+def detect_table(header: Sequence[str], path) -> LabelTable:
+    """`ID,Label` → the 2021 table; `Id,Target` → the 2018 table."""
+    cols = [h.strip() for h in header]
+    for table in (HPA_2021, HPA_2018):
+        if cols[:2] == [table.id_column, table.label_column]:
+            return table
+    raise UserError(
+        f"{path}: cannot tell the label table from header {cols!r}; expected 'ID,Label' "
+        "(hpa2021) or 'Id,Target' (hpa2018), or pass --labels"
+    )
+
+
+def read_labels_csv(path: str | os.PathLike, labels: str = "auto"):
+    """Read a labels CSV → (table, [(line, ID, label string)]), raw: labels are parsed later.
+
+    `labels` is "auto" (from the header) or a table name; with a table name the first two
+    columns are taken whatever the header says.
+    """
+    path = pathlib.Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read CSV ({err})") from None
+    if not rows:
+        raise UserError(f"{path}: empty CSV (no header)")
+    table = detect_table(rows[0], path) if labels == "auto" else get_table(labels)
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise UserError(f"{path}:{line}: expected ID and labels, got {row!r}")
+        out.append((line, row[0].strip(), row[1].strip()))
+    return table, out
+
+
+def write_labels_csv(
+    path: str | os.PathLike, table: LabelTable, ids: Sequence[str], labels: Sequence[Sequence[int]]
+) -> None:
+    """train.csv in the table's own convention: `ID,Label` + `0|5` or `Id,Target` + `0 5`."""
+    rows = ((i, table.format(ls)) for i, ls in zip(ids, labels, strict=True))
+    fileio.write_text(path, csv_text([table.id_column, table.label_column], rows))
+
+
+# ------------------------------------------------------------------------------ split.csv
+
+
+def read_split(path: str | os.PathLike) -> dict[str, str]:
+    """A split file (`ID,split`, split in train|validation) → {ID: split}, in file order.
+
+    A missing file, a wrong header, an empty ID, another split name or a repeated ID raise
+    UserError naming the file and line.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no split file (run `hpa-jax data split {path.parent}`, "
+                        "or use the split 'all')")  # fmt: skip
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ID", "split"]:
+            raise UserError(f"{path}: header must be 'ID,split', got {header!r}")
+        out: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            image_id = row[0].strip() if row else ""
+            name = row[1].strip() if len(row) > 1 else ""
+            if not image_id or name not in SPLIT_NAMES:
+                raise UserError(f"{path}:{line}: expected 'ID,{'|'.join(SPLIT_NAMES)}', "
+                                f"got {row!r}")  # fmt: skip
+            if image_id in out:
+                raise UserError(f"{path}:{line}: ID {image_id!r} repeated")
+            out[image_id] = name
+    return out
+
+
+def split_ids(data_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """`DIR/split.csv` as {split name: IDs in file order}."""
+    out: dict[str, list[str]] = {}
+    for image_id, name in read_split(pathlib.Path(data_dir) / SPLIT_CSV).items():
+        out.setdefault(name, []).append(image_id)
+    return {name: tuple(ids) for name, ids in out.items()}
+
+
+def write_split(path: str | os.PathLike, split: dict[str, str]) -> None:
+    """Write a split file (`ID,split`) atomically, rows in the given ID order."""
+    fileio.write_text(path, csv_text(["ID", "split"], split.items()))
+
+
+def read_exclude(path: str | os.PathLike, what: str = "config.data.exclude") -> tuple[str, ...]:
+    """IDs listed one per line in the file `path` ("" = none; # starts a comment, and a line
+    `ID,anything` counts as its ID); `what` names the setting in errors."""
+    if not path:
+        return ()
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise UserError(f"{what}={str(path)!r}: no such file")
+    ids = []
+    for line in file.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.append(line.split(",")[0].strip())
+    return tuple(ids)
