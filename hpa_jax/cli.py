@@ -34,10 +34,6 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(f"hpa_jax.commands.{module}") is not None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpa-jax",
@@ -46,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, module, help_text in COMMANDS:
-        if not _available(module):
-            continue
         if len(words) == 1:
             sub = top.add_parser(words[0], help=help_text, description=help_text)
         else:

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from hpa_jax import config as config_lib
+from hpa_jax.data import dataset
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2021
@@ -163,9 +164,7 @@ def test_bad_data_is_refused(data_dir, tmp_path):
 
 
 def test_exclude_list_shrinks_the_training_split(data_dir, tmp_path):
-    from hpa_jax.data import pipeline
-
-    train_ids = pipeline.split_ids(data_dir)["train"]
+    train_ids = dataset.split_ids(data_dir)["train"]
     exclude = tmp_path / "exclude.txt"
     exclude.write_text("# anomalies\n" + "\n".join(train_ids[:5]) + "\n")
     setup = loop.prepare(tiny_config(data_dir, f"--config.data.exclude={exclude}"),

@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
+from hpa_jax import config as config_lib
 from hpa_jax.errors import UserError
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import optim
@@ -52,9 +53,16 @@ def batches(n, seed=0):
     return out
 
 
-def run(mesh, steps=3, opt_cfg=None, use_ema=False, local_rows=lambda batch: batch):
+def opt_cfg(**changes) -> ml_collections.ConfigDict:
+    """The config schema's optimizer group (its defaults) with `changes`."""
+    cfg = config_lib.default_config().optimizer
+    cfg.update(changes)
+    return cfg
+
+
+def run(mesh, steps=3, opt_cfg_=None, use_ema=False, local_rows=lambda batch: batch):
     """Train TinyNet for `steps` on `batches()`; `local_rows` picks this process's rows."""
-    tx = optim.make_optimizer(opt_cfg or ml_collections.ConfigDict({"lr": 1e-2}), 10)
+    tx, _ = optim.make_tx(opt_cfg_ or opt_cfg(lr=1e-2), 10)
     graphdef, state, shardings = state_lib.create_train_state(
         lambda rngs: TinyNet(rngs=rngs), tx, mesh, seed=1, use_ema=use_ema
     )
@@ -181,28 +189,25 @@ def test_metrics_are_sums_and_norms(one_device):
 
 def test_schedules():
     cos = optim.make_schedule(
-        ml_collections.ConfigDict({"lr": 1.0}), 10, warmup=2
+        opt_cfg(lr=1.0), 10, warmup=2
     )
     assert float(cos(0)) == 0.0 and float(cos(2)) == pytest.approx(1.0)
     assert float(cos(10)) == pytest.approx(0.0, abs=1e-6)
-    step = optim.make_schedule(ml_collections.ConfigDict(
-        {"lr": 1.0, "schedule": "step", "decay_factor": 0.5}), 10, decay_every=3)
+    step = optim.make_schedule(opt_cfg(lr=1.0, schedule="step", decay_factor=0.5), 10,
+                               decay_every=3)
     assert [float(step(i)) for i in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
-    const = optim.make_schedule(ml_collections.ConfigDict(
-        {"lr": 0.3, "schedule": "constant"}), 10, warmup=3)
+    const = optim.make_schedule(opt_cfg(lr=0.3, schedule="constant"), 10, warmup=3)
     assert float(const(0)) == 0.0 and float(const(5)) == pytest.approx(0.3)
     with pytest.raises(UserError, match="schedule"):
-        optim.make_schedule(ml_collections.ConfigDict({"schedule": "linear"}), 10)
+        optim.make_schedule(opt_cfg(schedule="linear"), 10)
     with pytest.raises(UserError, match="optimizer.name"):
-        optim.make_optimizer(ml_collections.ConfigDict({"name": "lamb"}), 10)
+        optim.make_tx(opt_cfg(name="lamb"), 10)
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_optimizers_with_clipping_match_optax(name):
-    cfg = ml_collections.ConfigDict(
-        {"name": name, "lr": 0.1, "schedule": "constant", "clip_norm": 0.5}
-    )
-    tx = optim.make_optimizer(cfg, 10)
+    cfg = opt_cfg(name=name, lr=0.1, schedule="constant", clip_norm=0.5)
+    tx, _ = optim.make_tx(cfg, 10)
     inner = optax.adamw(0.1, weight_decay=1e-4) if name == "adamw" else optax.sgd(0.1, 0.9)
     ref = optax.chain(optax.clip_by_global_norm(0.5), inner)
     params = {"w": jnp.arange(4.0)}
@@ -214,15 +219,15 @@ def test_optimizers_with_clipping_match_optax(name):
 
 def test_accumulation_updates_every_k_and_ema():
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
-    cfg = ml_collections.ConfigDict({"lr": 1e-2, "grad_accum_steps": 2})
+    cfg = opt_cfg(lr=1e-2, grad_accum_steps=2)
     state0 = state_lib.create_train_state(
-        lambda rngs: TinyNet(rngs=rngs), optim.make_optimizer(cfg, 10), mesh, seed=1,
+        lambda rngs: TinyNet(rngs=rngs), optim.make_tx(cfg, 10)[0], mesh, seed=1,
         use_ema=True,
     )[1]
     start = jax.tree.map(np.asarray, state0.params)
-    state1, _, _ = run(mesh, steps=1, opt_cfg=cfg, use_ema=True)
+    state1, _, _ = run(mesh, steps=1, opt_cfg_=cfg, use_ema=True)
     assert_trees_close(state1.params, start, rtol=0, atol=0)  # no update after 1 micro-batch
-    state2, _, _ = run(mesh, steps=2, opt_cfg=cfg, use_ema=True)
+    state2, _, _ = run(mesh, steps=2, opt_cfg_=cfg, use_ema=True)
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state2.params,
                          start)
     assert max(jax.tree.leaves(moved)) > 0
@@ -234,7 +239,7 @@ def test_accumulation_updates_every_k_and_ema():
 def test_bfloat16_compute_keeps_float32_params_and_loss(one_device):
     _, losses32, _ = one_device
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
-    tx = optim.make_optimizer(ml_collections.ConfigDict({"lr": 1e-2}), 10)
+    tx, _ = optim.make_tx(opt_cfg(lr=1e-2), 10)
     graphdef, state, shardings = state_lib.create_train_state(
         lambda rngs: TinyNet(rngs=rngs, dtype=jnp.bfloat16), tx, mesh, seed=1)
     train = step_lib.jit_train_step(

@@ -57,10 +57,13 @@ def _final_metrics(path: pathlib.Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpa_jax.data import dataset
+    from hpa_jax.train.writers import METRICS_FILE
+
     root = pathlib.Path(args.workdir)
     data, train = root / "data", root / "train"
     t0 = time.perf_counter()
-    if (data / "dataset.json").is_file():
+    if dataset.has_info(data):
         print(f"== data: {data} exists, reused")
     else:
         _step("data", ["data", "synth", "--out", str(data), "--num-images", str(args.num_images),
@@ -76,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
         # exclude.txt: the study's intensity rule plus the images whose fine-tuned neighbours
         # contradict their labels (see docs/anomalies.md for what each removes)
         _step("anomalies", ["anomalies", "--data", str(data), "--embeddings", str(embeddings),
-                            "--truth", str(data / "truth.csv"), "--out", str(root / "anomalies"),
+                            "--truth", str(data / dataset.TRUTH_CSV),
+                            "--out", str(root / "anomalies"),
                             "--exclude-by", "intensity,label_knn_fine-tuned"])
     tuned = json.loads((train / "eval_metrics.json").read_text())
-    final = _final_metrics(train / "metrics.jsonl")
+    final = _final_metrics(train / METRICS_FILE)
     print(f"\nhpa-jax demo finished in {time.perf_counter() - t0:.0f} s")
     split = tuned.get("split")
     if final:
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  validation ({split}, per-class thresholds tuned on it, so optimistic): "
           f"micro F1 {tuned['micro_f1']:.3f}, macro F1 {tuned['macro_f1']:.3f}")
     print(f"  report:    {train / 'eval_report.txt'}")
-    print(f"  plots:     {train}/*.png   metrics: {train / 'metrics.jsonl'}")
+    print(f"  plots:     {train}/*.png   metrics: {train / METRICS_FILE}")
     if not args.skip_anomalies:
         print(f"  anomalies: {root / 'anomalies'} (anomalies.csv, exclude.txt, figures)")
         exclude = root / "anomalies" / "exclude.txt"

@@ -1,19 +1,14 @@
 """`hpa-jax embed (--workdir RUN | --weights CONVERTED) --data DIR --out embeddings.npz`.
 
-Writes the features before the head (`model.features`, pooled) of every image of a split:
-`ids` str[N], `labels` float32[N, K] (recorded, multi-hot), `features` float32[N, D], plus
-`meta_*` strings (name, source, split, model). Batches are sharded over all devices (the
-trainer's mesh) and the file is written atomically. `embed_dataset(...)` is the library form.
+Writes the features before the head (`model.features`, pooled) of every image of a split;
+the library form, and the file's contents, are `hpa_jax.train.embeddings.embed_dataset`.
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 from hpa_jax.train import distributed
-
-CHANNELS_FOR = {1: "green", 3: "rgb", 4: "rgby"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,160 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     distributed.add_arguments(parser)
 
 
-def _from_workdir(workdir, step):
-    """(graphdef, state, mesh, config dict of image_size/channels/batch, description)."""
-    from hpa_jax.train import evaluate as eval_lib
-    from hpa_jax.train import state as state_lib
-
-    restored = eval_lib.restore_run(workdir, step=step)
-    cfg = restored.config
-    graphdef = state_lib.model_graphdef(state_lib.model_factory(cfg, restored.num_classes))
-    train_state = restored.state
-    # evaluation reads the EMA parameters when the run keeps them
-    params = train_state.ema if train_state.ema is not None else train_state.params
-    settings = {
-        "image_size": cfg.data.image_size,
-        "channels": cfg.data.channels,
-        "batch_size": int(cfg.batch_size),
-    }
-    where = f"run {workdir} step {restored.step} ({cfg.model.name})"
-    return graphdef, (params, train_state.rest), restored.mesh, settings, where
-
-
-def _from_weights(weights, num_classes: int, data_dir):
-    """(graphdef, state, mesh, settings, description) for converted ImageNet weights."""
-    from flax import nnx
-
-    from hpa_jax import config as config_lib
-    from hpa_jax.data.pipeline import read_dataset_info
-    from hpa_jax.errors import UserError
-    from hpa_jax.models import keras_weights
-    from hpa_jax.models.registry import create_model
-    from hpa_jax.train import mesh as mesh_lib
-
-    pure, meta = keras_weights.load_converted(weights)
-    in_channels = int(meta["in_channels"])
-    if in_channels not in CHANNELS_FOR:
-        raise UserError(f"{weights}: {in_channels} input channels; expected 1, 3 or 4")
-    model_cfg = config_lib.default_config().model
-    model_cfg.name = f"efficientnet_{meta['variant']}"
-    model = create_model(
-        model_cfg, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(0)
-    )
-    keras_weights.apply_converted(model, pure, meta, where=str(weights))
-    graphdef, state = nnx.split(model)
-    info = read_dataset_info(data_dir)
-    settings = {
-        "image_size": int(info["height"]),
-        "channels": CHANNELS_FOR[in_channels],
-        "batch_size": 32,
-    }
-    return graphdef, state, mesh_lib.make_mesh(), settings, f"weights {weights} ({meta['variant']})"
-
-
-def _gather_rows(local):
-    """Every process's rows (process order); identity for one process."""
-    import jax
-    import numpy as np
-
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
-
-    return np.concatenate(list(multihost_utils.process_allgather(local)))
-
-
-def embed_dataset(
-    data_dir,
-    out,
-    *,
-    workdir=None,
-    weights=None,
-    split: str = "all",
-    step: int | None = None,
-    batch_size: int | None = None,
-    image_size: int | None = None,
-    channels: str | None = None,
-    name: str | None = None,
-    log=print,
-) -> dict:
-    """Embed every image of `split` with a trained run (`workdir`) or converted weights and
-    write `out` (.npz, see the module docstring). Returns {"path", "images", "dim", "source"}.
-    """
-    import jax
-    import numpy as np
-    from tqdm import tqdm
-
-    from hpa_jax.analysis.embed import make_embed_fn
-    from hpa_jax.analysis.report import save_embeddings
-    from hpa_jax.data import pipeline
-    from hpa_jax.errors import UserError
-    from hpa_jax.train import evaluate as eval_lib
-    from hpa_jax.train import mesh as mesh_lib
-
-    if (workdir is None) == (weights is None):
-        raise UserError("embed: give exactly one of --workdir or --weights")
-    num_classes = int(pipeline.read_dataset_info(data_dir).get("num_classes", 19))
-    if workdir is not None:
-        graphdef, state, mesh, settings, source = _from_workdir(workdir, step)
-    else:
-        graphdef, state, mesh, settings, source = _from_weights(weights, num_classes, data_dir)
-    size = image_size or settings["image_size"]
-    global_batch = -(-(batch_size or settings["batch_size"]) // mesh.size) * mesh.size
-    iterator = pipeline.make_eval_iterator(
-        data_dir,
-        batch_size=global_batch // jax.process_count(),
-        image_size=size,
-        channels=channels or settings["channels"],
-        split=split,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    embed_fn = make_embed_fn(graphdef, mesh=mesh)
-    feats, labels, masks, ids = [], [], [], []
-    total = getattr(iterator, "num_batches", None)
-    for batch in tqdm(iterator, total=total, desc="embed", unit="batch", disable=None):
-        images = mesh_lib.to_global({"image": batch["image"]}, mesh)["image"]
-        feats.append(eval_lib.local_rows(embed_fn(state, images)))
-        labels.append(np.asarray(batch["labels"], np.float32))
-        masks.append(np.asarray(batch["mask"], bool))
-        ids.extend(str(i) for i in batch["id"])
-    if not feats:
-        raise UserError(f"{data_dir}: split {split!r} has no images to embed")
-    keep = _gather_rows(np.concatenate(masks))
-    features = _gather_rows(np.concatenate(feats))[keep]
-    labels = _gather_rows(np.concatenate(labels))[keep]
-    ids = _gather_ids(ids)[keep]
-    out = pathlib.Path(out)
-    if jax.process_index() == 0:
-        save_embeddings(
-            out,
-            ids,
-            labels,
-            features,
-            name=name or out.stem,
-            source=source,
-            split=split,
-            data=str(data_dir),
-        )
-        log(f"wrote {out}: {len(ids)} images x {features.shape[1]} features from {source}")
-    return {"path": str(out), "images": len(ids), "dim": int(features.shape[1]), "source": source}
-
-
-def _gather_ids(ids):
-    import jax
-    import numpy as np
-
-    if jax.process_count() == 1:
-        return np.asarray(ids)
-    from hpa_jax.train import evaluate as eval_lib
-
-    rows = _gather_rows(eval_lib._encode_ids(ids))
-    return np.asarray(eval_lib._decode_ids(rows))
-
-
 def run(args: argparse.Namespace) -> int:
     distributed.from_args(args)
+
+    from hpa_jax.train.embeddings import embed_dataset
+
     embed_dataset(
         args.data,
         args.out,

@@ -49,14 +49,16 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from hpa_jax.data.dataset import read_exclude
     from hpa_jax.errors import UserError
     from hpa_jax.fileio import write_text
     from hpa_jax.train import evaluate as eval_lib
     from hpa_jax.train import metrics as metrics_lib
     from hpa_jax.train import thresholds as thr_lib
-    from hpa_jax.train.loop import check_data_dir, read_exclude
+    from hpa_jax.train.inputs import check_data_dir
+    from hpa_jax.train.restore import restore_run
 
-    restored = eval_lib.restore_run(args.workdir, step=args.step)
+    restored = restore_run(args.workdir, step=args.step)
     cfg = restored.config
     data_dir = check_data_dir(args.data or cfg.data.dir)
     split = args.split or cfg.data.split_eval

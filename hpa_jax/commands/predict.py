@@ -43,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.train import evaluate as eval_lib
     from hpa_jax.train import metrics as metrics_lib
     from hpa_jax.train import thresholds as thr_lib
-    from hpa_jax.train.loop import check_data_dir
+    from hpa_jax.train.inputs import check_data_dir
+    from hpa_jax.train.restore import restore_run
 
     data_dir = check_data_dir(args.data)
-    restored = eval_lib.restore_run(args.workdir, step=args.step)
+    restored = restore_run(args.workdir, step=args.step)
     if (pathlib.Path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
         thresholds = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
     else:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_lib.load_config(args.config, getattr(args, "config_overrides", ()) or ())
     if args.dry_run:
-        from hpa_jax.bench.train import dry_run
+        from hpa_jax.train.dry_run import dry_run
 
         report = dry_run(config, args.workdir)
         if distributed.is_main_process():

@@ -16,11 +16,14 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hpa_jax.errors import UserError
+from hpa_jax.models import keras_weights
+from hpa_jax.train.state import merge_model, split_model
 
 SUBDIR = "checkpoints"
 ITEMS = ("state", "meta", "data")
@@ -228,15 +231,11 @@ def initialize_from(state, shardings, graphdef, tx, source: str):
     Returns the new state: backbone replaced, head kept when it does not fit, optimizer state
     re-initialised for the new parameters, EMA (if kept) starting at them.
     """
-    import jax.numpy as jnp
-
-    from hpa_jax.train.state import merge_model, split_model
 
     path = pathlib.Path(source)
     if not path.exists():
         raise UserError(f"config.init_from={source!r}: no such file or folder")
     if _is_converted_weights(path):
-        from hpa_jax.models import keras_weights
 
         pure, meta = keras_weights.load_converted(path)
         model = merge_model(graphdef, state.params, state.rest)

@@ -1,6 +1,7 @@
 """The trainer: `train_and_evaluate(config, workdir) -> dict` of final validation metrics.
 
-    prepare      check the data, the classes, the mesh and the workdir (writes nothing)
+    prepare      check the data, the classes, the mesh and the workdir (writes nothing;
+                 `prepare.py`)
     start        write the resolved config and class weights; create or restore the state
     train        jitted steps over the Grain iterator, logging (sum, count) metrics
     evaluate     every eval interval; checkpoint with the validation metric (best kept)
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 import time
 
 import jax
@@ -26,19 +26,17 @@ import numpy as np
 from tqdm import tqdm
 
 from hpa_jax import config as config_lib
-from hpa_jax import labels as labels_lib
-from hpa_jax.errors import UserError
 from hpa_jax.fileio import write_text
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
+from hpa_jax.train import inputs, optim, plots, writers
 from hpa_jax.train import losses as losses_lib
 from hpa_jax.train import mesh as mesh_lib
-from hpa_jax.train import optim
 from hpa_jax.train import state as state_lib
 from hpa_jax.train import step as step_lib
-
-CLASS_WEIGHTS_FILE = "class_weights.json"
-METRICS_FILE = "metrics.jsonl"
+from hpa_jax.train import thresholds as thr_lib
+from hpa_jax.train.prepare import Setup, prepare
+from hpa_jax.train.restore import CLASS_WEIGHTS_FILE, make_checkpointer
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,146 +48,6 @@ class TrainingDiverged(RuntimeError):
             f"non-finite training values at step {step}: {what}; stopped. The checkpoints "
             "saved before it are kept (lower the learning rate or set optimizer.clip_norm)"
         )
-
-
-@dataclasses.dataclass
-class Setup:
-    """Everything derived from the config and the dataset before any file is written."""
-
-    config: ml_collections.ConfigDict
-    workdir: pathlib.Path
-    data_dir: pathlib.Path
-    table: labels_lib.LabelTable
-    exclude: tuple[str, ...]
-    mesh: jax.sharding.Mesh
-    per_process_batch: int
-    counts: np.ndarray
-    num_train: int
-    steps_per_epoch: int
-    total_steps: int
-    eval_every: int
-    warmup_steps: int
-    decay_every: int | None
-    resolved: dict  # the config as saved in the workdir (plus num_classes, resolved mesh)
-
-    @property
-    def num_classes(self) -> int:
-        return self.table.num_classes
-
-
-# ------------------------------------------------------------------------------------------
-# prepare: checks only
-
-
-def check_data_dir(path) -> pathlib.Path:
-    """A dataset folder that exists and is not empty (UserError naming it otherwise)."""
-    if not str(path):
-        raise UserError("config.data.dir is empty: give the dataset folder")
-    data_dir = pathlib.Path(path)
-    if not data_dir.is_dir():
-        raise UserError(f"config.data.dir={str(path)!r}: no such folder")
-    if not any(data_dir.iterdir()):
-        raise UserError(f"config.data.dir={str(path)!r}: the folder is empty")
-    return data_dir
-
-
-def read_exclude(path: str, what: str = "config.data.exclude") -> tuple[str, ...]:
-    """IDs listed one per line in the file `path` ("" = none; # starts a comment); `what` names
-    the setting in errors."""
-    if not path:
-        return ()
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise UserError(f"{what}={path!r}: no such file")
-    ids = []
-    for line in file.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            ids.append(line.split(",")[0].strip())
-    return tuple(ids)
-
-
-def check_classes(data_dir: pathlib.Path, table: labels_lib.LabelTable) -> None:
-    from hpa_jax.data import pipeline
-
-    info = pipeline.read_dataset_info(data_dir)
-    found = info.get("num_classes")
-    if found is not None and int(found) != table.num_classes:
-        raise UserError(
-            f"{data_dir / 'dataset.json'}: the dataset has {found} classes but "
-            f"config.data.label_table={table.name!r} has {table.num_classes}"
-        )
-
-
-def resolved_config(config, num_classes: int, mesh) -> dict:
-    """The config as written to the workdir: plain dict, mesh sizes resolved, num_classes."""
-    plain = config_lib.to_dict(config)
-    plain["mesh"] = {**plain.get("mesh", {}), **mesh_lib.mesh_shape(mesh)}
-    plain["num_classes"] = num_classes
-    return plain
-
-
-def check_workdir(workdir: pathlib.Path, resolved: dict) -> None:
-    """Refuse a workdir whose saved run differs in model, classes, data layout or mesh."""
-    if not (workdir / "config.json").is_file():
-        if (workdir / ckpt_lib.SUBDIR).is_dir() and any((workdir / ckpt_lib.SUBDIR).iterdir()):
-            raise UserError(f"{workdir} holds checkpoints but no config.json; use a new workdir")
-        return
-    old = config_lib.read_config(workdir)
-    differ = config_lib.compatible(old, resolved)
-    if differ:
-        old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(resolved)
-        detail = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in differ)
-        raise UserError(
-            f"{workdir} holds a run with an incompatible config ({detail}); use a new workdir "
-            "or the same settings to resume"
-        )
-
-
-def prepare(config, workdir) -> Setup:
-    """Validate the config, data and workdir; derive step counts. Writes nothing."""
-    from hpa_jax.data import pipeline
-
-    workdir = pathlib.Path(workdir)
-    data_dir = check_data_dir(config.data.dir)
-    table = labels_lib.get_table(config.data.label_table)
-    check_classes(data_dir, table)
-    exclude = read_exclude(config.data.exclude)
-    train_augment(config)  # refuse a bad crop before any work
-    mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
-    batch = int(config.batch_size)
-    mesh_lib.check_batch_divisible(batch, mesh)
-    if batch % jax.process_count():
-        raise UserError(f"config.batch_size={batch} must divide over {jax.process_count()} hosts")
-    per_process = batch // jax.process_count()
-    stats = pipeline.label_stats(
-        data_dir, split=config.data.split_train, exclude=exclude, batch_size=per_process,
-        process_count=jax.process_count(), num_classes=table.num_classes,
-    )
-    if stats.steps_per_epoch < 1:
-        raise UserError(
-            f"{data_dir}: split {config.data.split_train!r} has {stats.num_records} records, "
-            f"fewer than one global batch of {batch}"
-        )
-
-    def steps(prefix, default):
-        return config_lib.steps(config, prefix, steps_per_epoch=stats.steps_per_epoch,
-                                global_batch=batch, default=default)
-
-    total = steps("total", None)
-    if total < 1:
-        raise UserError("the run has no steps: set total_steps/total_epochs/total_examples > 0")
-    resolved = resolved_config(config, table.num_classes, mesh)
-    check_workdir(workdir, resolved)
-    return Setup(
-        config=config, workdir=workdir, data_dir=data_dir, table=table, exclude=exclude,
-        mesh=mesh, per_process_batch=per_process, counts=stats.counts,
-        num_train=stats.num_records, steps_per_epoch=stats.steps_per_epoch, total_steps=total,
-        eval_every=max(steps("eval_every", total), 1),
-        warmup_steps=steps("optimizer.warmup", 0),
-        decay_every=steps("optimizer.decay_every", 0) or None,
-        resolved=resolved,
-    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -213,19 +71,6 @@ class Run:
     schedule: object
 
 
-def make_tx(config, setup_or_total, *, warmup_steps=0, decay_every=None):
-    """The optax optimizer and its learning-rate schedule for `total` train steps."""
-    total = setup_or_total
-    tx = optim.make_optimizer(config.optimizer, total, warmup_steps=warmup_steps,
-                              decay_every_steps=decay_every)
-    accumulate = int(config.optimizer.grad_accum_steps)
-    schedule = optim.make_schedule(
-        config.optimizer, max(total // accumulate, 1), warmup=warmup_steps // accumulate,
-        decay_every=None if decay_every is None else max(decay_every // accumulate, 1),
-    )
-    return tx, schedule
-
-
 def class_weights(setup: Setup) -> np.ndarray:
     return losses_lib.class_weights_from_config(setup.config.loss, setup.counts, setup.num_train)
 
@@ -233,21 +78,13 @@ def class_weights(setup: Setup) -> np.ndarray:
 def write_class_weights(setup: Setup, weights: np.ndarray) -> None:
     doc = {
         "scheme": setup.config.loss.class_weights,
-        "min_weight": float(setup.config.loss.get("min_weight", 0.0)),
+        "min_weight": float(setup.config.loss.min_weight),
         "classes": list(setup.table.classes),
         "weights": [float(w) for w in weights],
         "counts": [int(c) for c in setup.counts],
         "num_examples": setup.num_train,
     }
     write_text(setup.workdir / CLASS_WEIGHTS_FILE, json.dumps(doc, indent=2) + "\n")
-
-
-def make_checkpointer(config, workdir, *, read_only=False) -> ckpt_lib.Checkpointer:
-    metric = config.get("best_metric") or None
-    return ckpt_lib.Checkpointer(
-        workdir, every=int(config.checkpoint_every_steps), keep=int(config.keep_checkpoints),
-        best_metric=metric, best_mode="min" if metric == "loss" else "max", read_only=read_only,
-    )
 
 
 @dataclasses.dataclass
@@ -293,8 +130,9 @@ def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
     activation = config.model.activation
     loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
     prob_fn = losses_lib.make_prob_fn(activation)
-    tx, schedule = make_tx(config, setup.total_steps, warmup_steps=setup.warmup_steps,
-                           decay_every=setup.decay_every)
+    tx, schedule = optim.make_tx(config.optimizer, setup.total_steps,
+                                 warmup_steps=setup.warmup_steps,
+                                 decay_every_steps=setup.decay_every)
     ema = optim.ema_decay(config.optimizer)
     make_model = state_lib.model_factory(config, setup.num_classes)
     graphdef, init, shardings = state_lib.state_initializer(
@@ -393,16 +231,11 @@ def _check_finite(step: int, metrics: dict) -> dict:
 
 def run_validation(run: Run, threshold) -> tuple[dict, eval_lib.Predictions]:
     """Validation metrics (loss, micro/macro/per-class P/R/F1, mAP) at `threshold`."""
-    from hpa_jax.data import pipeline
-
     setup = run.setup
-    cfg = setup.config
-    iterator = pipeline.make_eval_iterator(
-        setup.data_dir, batch_size=setup.per_process_batch, image_size=cfg.data.image_size,
-        channels=cfg.data.channels, split=cfg.data.split_eval,
-        worker_count=int(cfg.data.worker_count), process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=setup.num_classes,
-    )
+    iterator = inputs.eval_iterator(setup.config, setup.data_dir,
+                                    batch_size=setup.per_process_batch,
+                                    split=setup.config.data.split_eval,
+                                    num_classes=setup.num_classes)  # fmt: skip
     preds = eval_lib.predict_split(run.eval_step, run.state, iterator, setup.mesh,
                                    setup.num_classes)
     return eval_lib.evaluate_predictions(preds, threshold), preds
@@ -415,71 +248,6 @@ def _eval_log(metrics: dict) -> dict:
     return out
 
 
-def _all_data_states(iterator) -> dict:
-    """{"processes": [iterator state of process 0, 1, ...]}: orbax writes JSON items from
-    process 0 only, so every process's input position is gathered into it."""
-    mine = json.dumps(iterator.get_state(), sort_keys=True)
-    if jax.process_count() == 1:
-        return {"processes": [json.loads(mine)]}
-    from jax.experimental import multihost_utils
-
-    raw = np.frombuffer(mine.encode(), np.uint8)
-    length = int(np.max(multihost_utils.process_allgather(np.asarray([raw.size]))))
-    padded = np.zeros(length, np.uint8)
-    padded[: raw.size] = raw
-    rows = multihost_utils.process_allgather(padded)
-    return {"processes": [json.loads(bytes(r).rstrip(b"\0").decode()) for r in rows]}
-
-
-def _my_data_state(saved: dict) -> dict:
-    states = saved.get("processes") if isinstance(saved, dict) else None
-    if not states or len(states) != jax.process_count():
-        raise UserError(
-            f"the checkpoint's input state is for {len(states or [])} processes, this run has "
-            f"{jax.process_count()}; resume with the same number of processes"
-        )
-    return states[jax.process_index()]
-
-
-def train_crop(config) -> int:
-    """`data.train_crop` checked against `data.image_size`: the side of the training windows,
-    or 0 for whole images."""
-    crop = int(config.data.get("train_crop", 0) or 0)
-    size = int(config.data.image_size)
-    if crop and not 0 < crop <= size:
-        raise UserError(f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
-                        "or 0 for whole images")
-    return crop
-
-
-def train_augment(config):
-    """The training augmentation of a config: True/False, or an AugmentConfig with the random
-    crop of `data.train_crop` (on top of the usual augmentation, or alone when that is off)."""
-    from hpa_jax.data import augment as augment_lib
-
-    crop = train_crop(config)
-    if not crop:
-        return bool(config.data.augment)
-    if config.data.augment:
-        return augment_lib.AugmentConfig(crop=(crop, crop))
-    return augment_lib.AugmentConfig(flips=False, rotations=False, brightness=0.0,
-                                     contrast=0.0, crop=(crop, crop))
-
-
-def make_train_iterator(setup: Setup):
-    from hpa_jax.data import pipeline
-
-    cfg = setup.config
-    return pipeline.make_train_iterator(
-        setup.data_dir, batch_size=setup.per_process_batch, image_size=cfg.data.image_size,
-        channels=cfg.data.channels, seed=int(cfg.seed), split=cfg.data.split_train,
-        exclude=setup.exclude, augment=train_augment(cfg),
-        worker_count=int(cfg.data.worker_count), process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=setup.num_classes,
-        cache=bool(cfg.data.cache),
-    )
-
-
 def train(run: Run, writer, stop_at: int | None = None):
     """The step loop; returns (step, validation metrics, Predictions) of its last evaluation,
     or None if none ran.
@@ -487,9 +255,10 @@ def train(run: Run, writer, stop_at: int | None = None):
     `stop_at`: leave after this step (with a checkpoint), as a preempted job would.
     """
     setup, cfg = run.setup, run.setup.config
-    iterator = make_train_iterator(setup)
+    iterator = inputs.train_iterator(cfg, setup.data_dir, batch_size=setup.per_process_batch,
+                                     num_classes=setup.num_classes, exclude=setup.exclude)
     if run.data_state:
-        iterator.set_state(_my_data_state(run.data_state))
+        iterator.set_state(inputs.my_data_state(run.data_state))
     log_every = max(int(cfg.log_every_steps), 1)
     window = _StepMetrics()
     last_eval = None
@@ -533,7 +302,7 @@ def train(run: Run, writer, stop_at: int | None = None):
                 best = None if eval_metrics is None else {
                     k: v for k, v in eval_metrics.items() if np.ndim(v) == 0
                     and not isinstance(v, dict)}
-                run.checkpointer.save(step, run.state, run.rng, _all_data_states(iterator),
+                run.checkpointer.save(step, run.state, run.rng, inputs.all_data_states(iterator),
                                       metrics=best, force=due_eval or step == last_step)
             bar.update(1)
         if pending is not None:
@@ -553,9 +322,6 @@ def finish(run: Run, writer, last_eval=None) -> dict:
 
     last_eval: (step, metrics, Predictions) from `train`, reused if it is of the final state.
     """
-    from hpa_jax.train import plots
-    from hpa_jax.train import thresholds as thr_lib
-
     setup, cfg = run.setup, run.setup.config
     final_step = int(jax.device_get(run.state.step))
     if last_eval is not None and last_eval[0] == final_step:
@@ -591,8 +357,6 @@ def train_and_evaluate(config, workdir, *, stop_at: int | None = None) -> dict:
     `stop_at`: stop after that step with a checkpoint and return {"step": stop_at} (no final
     evaluation), as if the job had been preempted; running again resumes.
     """
-    from hpa_jax.train import writers
-
     setup = prepare(config, workdir)
     run = start(setup)
     writer = writers.MetricsWriter(setup.workdir, enabled=jax.process_index() == 0)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from hpa_jax.data.example import channel_names
+from hpa_jax.models.registry import create_model
 from hpa_jax.train import mesh as mesh_lib
 
 
@@ -105,8 +107,6 @@ def as_abstract(state_shardings: TrainState, abstract_state: TrainState) -> Trai
 
 def model_factory(config, num_classes: int):
     """`make_model(rngs)` for `config.model` with K = num_classes and the config's channels."""
-    from hpa_jax.data.example import channel_names
-    from hpa_jax.models.registry import create_model
 
     in_channels = len(channel_names(config.data.channels))
 

@@ -1,0 +1,209 @@
+"""Config modules (`configs/<name>.py[:arg]`), their argument strings, and `--config.a.b=v`
+overrides parsed by the type of the field they replace."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+import re
+from collections.abc import Iterable
+
+import ml_collections
+from ml_collections import config_dict
+
+from hpa_jax.config.schema import DURATION_UNITS, ConfigError
+
+# The experiment configs: the repository's top-level `configs/`, installed with the package as
+# `hpa_jax.configs` (pyproject maps one onto the other), so an installed hpa-jax finds them too.
+_PACKAGED_CONFIGS = pathlib.Path(importlib.util.find_spec("hpa_jax.configs").origin).parent
+
+
+# ----------------------------------------------------------------------------------------------
+# Config argument strings: "variant=b7,res=600,runlocal"
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parse a config's argument string against typed defaults.
+
+    `parse_arg("variant=b7,runlocal", variant="b0", res=224, runlocal=False)` →
+    ConfigDict(variant="b7", res=224, runlocal=True). A bare name sets a bool to True. Unknown
+    names and values of the wrong type raise ConfigError naming them.
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        if name not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise ConfigError(f"unknown config argument {name!r} in {arg!r} (known: {known})")
+        if not eq:
+            if not isinstance(defaults[name], bool):
+                raise ConfigError(f"config argument {name!r} needs a value ({name}=...)")
+            out[name] = True
+            continue
+        out[name] = _parse_value(f"argument {name!r}", text.strip(), type(defaults[name]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def _resolve_path(name: str) -> pathlib.Path:
+    path = pathlib.Path(name)
+    if path.is_file():
+        return path
+    # a name under configs/ ("configs/demo.py", "demo.py", "demo"), from any working directory
+    inner = name.removeprefix("configs/")
+    for candidate in (_PACKAGED_CONFIGS / inner, _PACKAGED_CONFIGS / f"{inner}.py"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file {name!r} not found (nor under {_PACKAGED_CONFIGS})")
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """`"configs/efficientnet.py:variant=b7,res=600"` → the module's `get_config(arg)`, overridden.
+
+    `spec` is a path to a `.py` file or a name under the repository's `configs/` folder
+    (`"demo"`, `"demo.py:runlocal"`). The result is locked: no key can be added by mistake.
+    """
+    name, _, arg = spec.partition(":")
+    path = _resolve_path(name)
+    module_spec = importlib.util.spec_from_file_location(f"_hpa_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"config file {path}: {err}") from err
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config(arg)")
+    cfg = module.get_config(arg or None)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path}: get_config returned {type(cfg).__name__}")
+    cfg.lock()
+    return apply_overrides(cfg, overrides)
+
+
+_OVERRIDE = re.compile(r"^(?:--)?(?:config\.)?([A-Za-z_][\w.]*)=(.*)$", re.S)
+
+
+def apply_overrides(
+    cfg: ml_collections.ConfigDict, argv: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """Apply `--config.a.b=value` strings to `cfg` in place and return it.
+
+    Values are parsed by the type of the field they replace (bool accepts true/false/1/0/yes/no;
+    tuples accept `a,b` or `(a, b)`); `None` unsets an optional (placeholder) field. Setting one
+    duration of a family (`total_epochs`) unsets its siblings (`total_steps`, `total_examples`)
+    unless the same argv sets them too. Unknown keys and wrong types raise ConfigError.
+    """
+    parsed = []
+    for item in argv:
+        match = _OVERRIDE.match(item)
+        if not match:
+            raise ConfigError(f"override {item!r} is not of the form --config.key=value")
+        parsed.append(match.groups())
+    explicit = {key for key, _ in parsed}
+    for key, text in parsed:
+        parent, leaf = _lookup(cfg, key)
+        optional = parent[leaf] is None or isinstance(
+            parent._fields[leaf], config_dict.FieldReference
+        )
+        value = _parse_value(
+            f"--config.{key}", text, parent.get_type(leaf), parent[leaf], optional=optional
+        )
+        with parent.unlocked():
+            parent[leaf] = value
+        _clear_sibling_durations(parent, key, leaf, explicit)
+    return cfg
+
+
+def _lookup(cfg: ml_collections.ConfigDict, key: str):
+    """'a.b.c' → (the ConfigDict holding c, 'c'); ConfigError naming the key if absent."""
+    node = cfg
+    *path, leaf = key.split(".")
+    for i, part in enumerate(path):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ConfigError(
+                f"unknown config key {key!r} ({'.'.join(path[: i + 1])!r} is no group)"
+            )
+        node = node[part]
+    if leaf not in node:
+        near = ", ".join(sorted(node.keys()))
+        raise ConfigError(f"unknown config key {key!r}; keys here: {near}")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(f"config key {key!r} is a group; override its keys one by one")
+    return node, leaf
+
+
+def _clear_sibling_durations(parent, key: str, leaf: str, explicit: set[str]) -> None:
+    match = re.fullmatch(rf"(.+)_({'|'.join(DURATION_UNITS)})", leaf)
+    if not match or parent[leaf] is None:
+        return
+    stem, prefix = match.group(1), key[: len(key) - len(leaf)]
+    for unit in DURATION_UNITS:
+        sibling = f"{stem}_{unit}"
+        if sibling != leaf and sibling in parent and f"{prefix}{sibling}" not in explicit:
+            parent[sibling] = None
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_value(where: str, text: str, field_type, current=None, *, optional=False):
+    """Parse override text as `field_type`; ConfigError naming `where` if it does not fit.
+
+    `None`/`null` unsets an optional field; for a required str field it is just text.
+    """
+    text = text.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
+    try:
+        if field_type is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if field_type is int:
+            return int(text)
+        if field_type is float:
+            return float(text)
+        if field_type is str:
+            return _unquote(text)
+        if field_type in (tuple, list):
+            return field_type(_parse_sequence(text, current))
+        if field_type is type(None):
+            return _literal_or_text(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"{where}={text!r} is not a valid {field_type.__name__}") from None
+    raise ConfigError(f"{where} has type {field_type.__name__}, which overrides cannot set")
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _literal_or_text(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _parse_sequence(text: str, current) -> list:
+    if text[:1] in "([":
+        value = ast.literal_eval(text)
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(text)
+        return list(value)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    example = current[0] if current else None
+    if example is None or isinstance(example, str):
+        return [_unquote(t) for t in items]
+    return [_parse_value("element", t, type(example)) for t in items]
