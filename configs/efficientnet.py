@@ -12,7 +12,7 @@ Variants: `variant=b0..b7`, `res=<pixels>`, `channels=green|rgb|rgby`, `lr=<floa
 `activation=sigmoid|tanh|relu`. `:runlocal` shrinks it (tiny model, 32 px, 4 steps, batch 8).
 """
 
-from hpa_jax.config import default_config, parse_arg
+from hpa_jax.config import ConfigError, default_config, parse_arg, runlocal
 
 # Keras's native resolution of each variant.
 NATIVE_RES = {
@@ -32,8 +32,6 @@ def get_config(arg=None):
         arg, variant="b7", res=0, channels="rgby", lr=1e-3, activation="sigmoid", runlocal=False
     )
     if arg.variant not in NATIVE_RES:
-        from hpa_jax.config import ConfigError
-
         raise ConfigError(f"variant={arg.variant!r}: choose one of {', '.join(NATIVE_RES)}")
     config = default_config()
 
@@ -60,14 +58,5 @@ def get_config(arg=None):
     config.log_every_steps = 50
 
     if arg.runlocal:
-        config.data.image_size = 32
-        config.model.name = "efficientnet_tiny"
-        config.model.dtype = "float32"
-        config.batch_size = 8
-        config.total_epochs = None
-        config.total_steps = 4
-        config.eval_every_epochs = None
-        config.eval_every_steps = 2
-        config.checkpoint_every_steps = 2
-        config.log_every_steps = 1
+        runlocal(config)
     return config
