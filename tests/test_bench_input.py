@@ -1,26 +1,41 @@
 """The input benchmark's library function on a tiny dataset (numbers are not asserted on)."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from hpa_jax.bench import input as bench_input
-from hpa_jax.data import pipeline
+from hpa_jax.bench import tfdata
+from hpa_jax.data import catalog, dataset, pipeline
+
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
 
-def test_noise_dataset_is_a_readable_dataset_folder(tmp_path):
-    root = tmp_path / "noise"
-    bench_input._write_noise_dataset(root, num_images=4, size=32, shards=2, seed=0)
-    catalog = pipeline.record_catalog(root)
-    assert catalog.ids == ("bench00000", "bench00002", "bench00001", "bench00003")
+def test_benchmark_dataset_is_a_reused_readable_dataset_folder(tmp_path):
+    root = tmp_path / "bench"
+    assert bench_input.write_benchmark_dataset(root, num_images=4, size=32, shards=2) == root
+    info = dataset.read_info(root)
+    assert info["num_records"] == 4 and info["height"] == info["width"] == 32
+    assert len(catalog.record_catalog(root).ids) == 4
     b = next(iter(pipeline.make_eval_iterator(
-        root, batch_size=4, image_size=16, channels="rgby", split="train",
+        root, batch_size=4, image_size=16, channels="rgby", split="all",
         process_index=0, process_count=1, num_threads=1,
     )))  # fmt: skip
     assert b["image"].shape == (4, 16, 16, 4)
     # smooth, cell-like content: neighbouring pixels correlate (PNG cost depends on it)
     x = b["image"][..., 2].astype(float)
     assert np.corrcoef(x[:, :, :-1].ravel(), x[:, :, 1:].ravel())[0, 1] > 0.5
+    # the same request reuses the folder; another size rewrites it
+    stamp = os.stat(root / dataset.DATASET_JSON).st_mtime_ns
+    bench_input.write_benchmark_dataset(root, num_images=4, size=32, shards=2)
+    assert os.stat(root / dataset.DATASET_JSON).st_mtime_ns == stamp
+    bench_input.write_benchmark_dataset(root, num_images=4, size=48, shards=2)
+    assert dataset.read_info(root)["height"] == 48
 
 
 def test_run_input_benchmark_reports_all_parts(tmp_path):
@@ -32,7 +47,33 @@ def test_run_input_benchmark_reports_all_parts(tmp_path):
     assert result["dataset"]["num_records"] == 4 and result["dataset"]["height"] == 512
     for part in ("grain", "pillow_single_core"):
         assert result[part]["images_per_s"] > 0 and len(result[part]["runs"]) == 2
-    # TensorFlow is not installed here: the tf.data side says why it was skipped
-    assert "skipped" in result["tfdata"] or result["tfdata"]["images_per_s"] > 0
-    assert result["targets"]["vs_two_cores"] > 0
+    if HAVE_TF:
+        assert len(result["tfdata"]["runs"]) == 2
+        assert result["targets"]["vs_tfdata"] == pytest.approx(
+            result["grain"]["images_per_s"] / result["tfdata"]["images_per_s"])
+    else:  # the tf.data side says why it was skipped, and no ratio to it is made up
+        assert result["tfdata"] == {
+            "skipped": "tensorflow is not importable and no tf_python was given"}
+        assert "vs_tfdata" not in result["targets"]
+    assert result["targets"]["vs_two_cores"] == pytest.approx(
+        result["grain"]["images_per_s"] / (2 * result["pillow_single_core"]["images_per_s"]))
     assert json.loads(out.read_text())["settings"]["batch_size"] == 4
+
+
+def test_tfdata_script_needs_only_the_standard_library_and_tensorflow(tmp_path):
+    """bench/tfdata.py, run as `tf_python`'s script in an isolated Python without site-packages
+    (so without hpa_jax, numpy or grain), gets as far as importing TensorFlow."""
+    args = json.dumps({"paths": [str(tmp_path / "none.tfrecord")], "num_batches": 1})
+    proc = subprocess.run([sys.executable, "-I", "-S", tfdata.__file__, "--tfdata", args],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ModuleNotFoundError: No module named 'tensorflow'")
+
+
+@pytest.mark.skipif(HAVE_TF, reason="tf.data runs in-process where TensorFlow is importable")
+def test_tfdata_subprocess_failure_is_reported_as_skipped(tmp_path):
+    result = bench_input.tfdata_rate([str(tmp_path / "none.tfrecord")], tf_python=sys.executable,
+                                     num_batches=1, repeats=1)  # fmt: skip
+    assert result["skipped"].startswith(f"{sys.executable} failed (exit 1): ")
+    assert "No module named 'tensorflow'" in result["skipped"]

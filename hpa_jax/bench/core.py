@@ -11,6 +11,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Dense peak FLOP/s per chip (bfloat16, float32), from the vendors' data sheets. TPU rates are per
@@ -42,8 +44,6 @@ def device_peak_flops(device, dtype: str = "float32") -> float | None:
 
 def measured_matmul_flops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
     """A measured FLOP/s figure for this machine: median of jitted n×n matmuls (2n³ FLOPs)."""
-    import jax
-    import jax.numpy as jnp
 
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
@@ -101,13 +101,3 @@ def device_memory_mb(device) -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled function, from XLA's cost analysis (None if absent)."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else {}
-    flops = (cost or {}).get("flops")
-    return None if flops is None or flops <= 0 else float(flops)

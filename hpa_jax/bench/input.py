@@ -6,10 +6,9 @@ warm-up. The single-core loop (parse, decode, resize, stack, one image after ano
 process) is the reference for how well the pipeline uses the machine's cores; tf.data (parse,
 `tf.io.decode_png`, `tf.image.resize`, `num_parallel_calls=AUTOTUNE`) is the baseline to beat.
 
-TensorFlow is not a dependency: the tf.data side runs in this process when TensorFlow is
-importable, else in a subprocess of `tf_python` (a Python with TensorFlow, e.g. a separate venv
-made with `pip install tensorflow-cpu`), which runs this very file as a script. Hence this module
-imports only the standard library at its top.
+TensorFlow is not a dependency: the tf.data side (`bench/tfdata.py`, standard library only) runs
+in this process when TensorFlow is importable, else as a script in a subprocess of `tf_python`
+(a Python with TensorFlow, e.g. a separate venv made with `pip install tensorflow-cpu`).
 """
 
 from __future__ import annotations
@@ -18,10 +17,19 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
-import sys
 import time
+
+import grain
+import numpy
+import PIL
+
+from hpa_jax import fileio
+from hpa_jax.bench import tfdata
+from hpa_jax.data import dataset, decode, pipeline
+from hpa_jax.data.example import channel_names, parse_example
+from hpa_jax.data.synthetic import synthesize
+from hpa_jax.data.tfrecord import iter_records
 
 DEFAULT_NUM_IMAGES = 128
 RECORD_SIZE = 512
@@ -41,112 +49,20 @@ def write_benchmark_dataset(
 ) -> pathlib.Path:
     """A dataset folder of `num_images` size×size four-channel records (reused if present).
 
-    Cell-like images from `hpa_jax.data.synthetic` when it is available, else smooth noise with
-    blobs: PNG decode cost depends on how compressible the content is, so it must look real.
+    Cell-like synthetic images (`hpa_jax.data.synthetic`), not noise: PNG decode cost depends on
+    how compressible the content is, so it must look real.
     """
     out_dir = pathlib.Path(out_dir)
-    info_path = out_dir / "dataset.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
+    if dataset.has_info(out_dir):
+        info = dataset.read_info(out_dir)
         if info.get("num_records") == num_images and info.get("height") == size:
             return out_dir
-    try:
-        from hpa_jax.data.synthetic import synthesize
-    except ImportError:
-        _write_noise_dataset(out_dir, num_images=num_images, size=size, shards=shards, seed=seed)
-    else:
-        synthesize(out_dir, num_images=num_images, size=size, seed=seed, shards=shards,
-                   workers=workers, val_fraction=0.2)  # fmt: skip
+    synthesize(out_dir, num_images=num_images, size=size, seed=seed, shards=shards,
+               workers=workers, val_fraction=0.2)  # fmt: skip
     return out_dir
 
 
-def _noise_channels(rng, size: int) -> dict:
-    """Four uint8[size, size] planes: blurred noise plus bright blobs ("nuclei") on dark."""
-    import numpy as np
-    from scipy import ndimage
-
-    out = {}
-    centres = rng.uniform(0, size, (8, 2))
-    yy, xx = np.mgrid[0:size, 0:size]
-    blobs = sum(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 20) ** 2))
-                for cy, cx in centres)  # fmt: skip
-    for k, name in enumerate(("red", "green", "blue", "yellow")):
-        texture = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3 + k)
-        plane = 0.6 * blobs * (1 + 4 * texture) + 0.02 * rng.standard_normal((size, size))
-        out[name] = np.clip(plane * 200 + 10, 0, 255).astype(np.uint8)
-    return out
-
-
-def _write_noise_dataset(out_dir: pathlib.Path, *, num_images, size, shards, seed) -> None:
-    import numpy as np
-
-    from hpa_jax import fileio
-    from hpa_jax.data.example import encode_example
-    from hpa_jax.data.tfrecord import TFRecordWriter
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"train-{k:05d}-of-{shards:05d}.tfrecord" for k in range(shards)]
-    ids = [f"bench{i:05d}" for i in range(num_images)]
-    for k, name in enumerate(names):
-        with TFRecordWriter(out_dir / name) as writer:
-            for i in range(k, num_images, shards):
-                rng = np.random.default_rng([seed, i])
-                writer.write(encode_example(ids[i], _noise_channels(rng, size), [i % 19]))
-    fileio.write_text(out_dir / "split.csv", "ID,split\n" + "".join(f"{i},train\n" for i in ids))
-    info = {"label_table": "hpa2021", "num_classes": 19, "num_records": num_images,
-            "height": size, "width": size, "shards": names, "source": "bench-noise"}  # fmt: skip
-    fileio.write_text(out_dir / "dataset.json", json.dumps(info, indent=1))
-
-
-# ---------------------------------------------------------------------------------- timing
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one live process, from /proc (0.0 where unreadable)."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process (all threads) and its live child processes.
-
-    On a shared machine wall-clock rates depend on everyone else's load; images per CPU second
-    do not, so the benchmark reports both.
-    """
-    import multiprocessing
-
-    return time.process_time() + sum(
-        _proc_cpu_seconds(child.pid) for child in multiprocessing.active_children()
-    )
-
-
-def _windows(next_batch, *, batch_size: int, num_batches: int, repeats: int, warmup: int):
-    """Images/s and images per CPU-second of `repeats` windows of `num_batches` calls each."""
-    for _ in range(warmup):
-        next_batch()
-    rates, cpu_rates = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), cpu_seconds()
-        for _ in range(num_batches):
-            next_batch()
-        images = num_batches * batch_size
-        rates.append(images / (time.perf_counter() - start))
-        cpu_rates.append(images / max(cpu_seconds() - cpu_start, 1e-9))
-    return _summary(rates, cpu_rates)
-
-
-def _summary(rates: list[float], cpu_rates: list[float]) -> dict:
-    wall, cpu = statistics.median(rates), statistics.median(cpu_rates)
-    return {
-        "images_per_s": wall,
-        "runs": [round(r, 1) for r in rates],
-        "images_per_cpu_s": cpu,
-        "cores_used": round(wall / cpu, 2),  # CPU-seconds per second: the share it got
-        "load_average": round(os.getloadavg()[0], 2),
-    }
+# ---------------------------------------------------------------------------------- rates
 
 
 def pillow_single_core_rate(
@@ -163,11 +79,7 @@ def pillow_single_core_rate(
     own per-channel decode (`Image.reduce` for integer factors), so the comparison with the
     pipeline measures how well it spreads the same work over the cores.
     """
-    from hpa_jax.data import pipeline
-    from hpa_jax.data.example import channel_names, parse_example
-    from hpa_jax.data.tfrecord import iter_records
-
-    paths = pipeline.shard_paths(data_dir)
+    paths = dataset.shard_paths(data_dir)
     records = []
     for path in paths:
         for data in iter_records(path):
@@ -181,7 +93,7 @@ def pillow_single_core_rate(
     def decode_all():
         for data in records:
             parsed = parse_example(data)
-            pipeline.decode_channels(parsed.pngs, names, size)
+            decode.decode_channels(parsed.pngs, names, size)
 
     decode_all()  # warm-up: page cache, imports
     rates, cpu_rates = [], []
@@ -190,7 +102,7 @@ def pillow_single_core_rate(
         decode_all()
         rates.append(len(records) / (time.perf_counter() - start))
         cpu_rates.append(len(records) / max(time.process_time() - cpu_start, 1e-9))
-    return {**_summary(rates, cpu_rates), "num_images": len(records)}
+    return {**tfdata.rate_summary(rates, cpu_rates), "num_images": len(records)}
 
 
 def grain_rate(
@@ -207,16 +119,15 @@ def grain_rate(
     warmup: int = 2,
 ) -> dict:
     """Images/s of `make_train_iterator` (shuffled, sharded, decoded, resized, batched)."""
-    from hpa_jax.data import pipeline
-
     it = pipeline.make_train_iterator(
         data_dir, batch_size=batch_size, image_size=image_size, channels=channels, seed=0,
         split="all", augment=augment, worker_count=worker_count, num_threads=num_threads,
         process_index=0, process_count=1,
     )  # fmt: skip
     try:
-        result = _windows(lambda: next(it), batch_size=batch_size, num_batches=num_batches,
-                          repeats=repeats, warmup=warmup)  # fmt: skip
+        result = tfdata.time_windows(lambda: next(it), batch_size=batch_size,
+                                     num_batches=num_batches, repeats=repeats,
+                                     warmup=warmup)  # fmt: skip
     finally:
         it.close()
     return {**result, "worker_count": worker_count, "num_threads": num_threads,
@@ -224,42 +135,6 @@ def grain_rate(
 
 
 # ---------------------------------------------------------------------------------- tf.data
-
-
-def tfdata_rate_in_process(
-    paths: list[str],
-    *,
-    image_size: int = 256,
-    batch_size: int = 32,
-    channels: tuple[str, ...] = ("red", "green", "blue", "yellow"),
-    num_batches: int = 10,
-    repeats: int = 3,
-    warmup: int = 2,
-) -> dict:
-    """Images/s of the usual tf.data pipeline over the same shards (needs TensorFlow)."""
-    import tensorflow as tf
-
-    spec = {c: tf.io.FixedLenFeature([], tf.string) for c in channels}
-    spec["ID"] = tf.io.FixedLenFeature([], tf.string)
-    spec["labels"] = tf.io.VarLenFeature(tf.int64)
-
-    def load(record):
-        ex = tf.io.parse_single_example(record, spec)
-        planes = [
-            tf.image.resize(tf.io.decode_png(ex[c], channels=1), [image_size, image_size])
-            for c in channels
-        ]
-        image = tf.cast(tf.round(tf.concat(planes, axis=-1)), tf.uint8)
-        return {"image": image, "labels": tf.sparse.to_dense(ex["labels"]), "id": ex["ID"]}
-
-    autotune = tf.data.AUTOTUNE
-    ds = tf.data.TFRecordDataset(paths, num_parallel_reads=autotune).repeat()
-    ds = ds.map(load, num_parallel_calls=autotune)
-    ds = ds.padded_batch(batch_size).prefetch(autotune)
-    it = ds.as_numpy_iterator()
-    result = _windows(lambda: next(it), batch_size=batch_size, num_batches=num_batches,
-                      repeats=repeats, warmup=warmup)  # fmt: skip
-    return {**result, "tensorflow": tf.__version__}
 
 
 def tfdata_rate(paths: list[str], *, tf_python: str | None = None, **kw) -> dict:
@@ -273,7 +148,7 @@ def tfdata_rate(paths: list[str], *, tf_python: str | None = None, **kw) -> dict
         if not tf_python:
             return {"skipped": "tensorflow is not importable and no tf_python was given"}
         return _tfdata_subprocess(paths, tf_python, kw)
-    return tfdata_rate_in_process(paths, **kw)
+    return tfdata.tfdata_rate_in_process(paths, **kw)
 
 
 def _tfdata_subprocess(paths: list[str], tf_python: str, kw: dict) -> dict:
@@ -281,7 +156,7 @@ def _tfdata_subprocess(paths: list[str], tf_python: str, kw: dict) -> dict:
                                           for k, v in kw.items()}})  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [tf_python, str(pathlib.Path(__file__).resolve()), "--tfdata", args],
+        [tf_python, str(pathlib.Path(tfdata.__file__).resolve()), "--tfdata", args],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     lines = proc.stdout.strip().splitlines()
@@ -296,10 +171,6 @@ def _tfdata_subprocess(paths: list[str], tf_python: str, kw: dict) -> dict:
 
 def machine_info() -> dict:
     """What the numbers were measured on."""
-    import grain
-    import numpy
-    import PIL
-
     return {
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
@@ -347,9 +218,6 @@ def run_input_benchmark(
     `grain`, `pillow_single_core`, `tfdata`, plus `targets` (ratios to tf.data and to 2 × the
     single-core rate) and `machine`.
     """
-    from hpa_jax.data import pipeline
-    from hpa_jax.data.example import channel_names
-
     data_dir = write_benchmark_dataset(data_dir, num_images=num_images)
     workers = (os.cpu_count() or 1) if worker_count is None else worker_count
     common = dict(image_size=image_size, batch_size=batch_size, num_batches=num_batches,
@@ -366,21 +234,19 @@ def run_input_benchmark(
                             num_threads=num_threads, augment=augment, **common),  # fmt: skip
     }
     if compare_tfdata:
-        paths = [str(p) for p in pipeline.shard_paths(data_dir)]
+        paths = [str(p) for p in dataset.shard_paths(data_dir)]
         tf_python = tf_python or os.environ.get("HPA_JAX_TF_PYTHON")
         result["tfdata"] = tfdata_rate(paths, tf_python=tf_python,
                                        channels=channel_names(channels), **common)  # fmt: skip
     result["targets"] = _targets(result)
     if out is not None:
-        from hpa_jax.fileio import write_text
-
-        write_text(out, json.dumps(result, indent=1))
+        fileio.write_text(out, json.dumps(result, indent=1))
     return result
 
 
 def _dataset_summary(data_dir) -> dict:
-    info = json.loads((pathlib.Path(data_dir) / "dataset.json").read_text())
-    size = sum(p.stat().st_size for p in pathlib.Path(data_dir).glob("*.tfrecord"))
+    info = dataset.read_info(data_dir)
+    size = sum(p.stat().st_size for p in dataset.shard_paths(data_dir, info))
     n = info.get("num_records") or 1
     return {"num_records": info.get("num_records"), "height": info.get("height"),
             "width": info.get("width"), "source": info.get("source"),
@@ -393,28 +259,15 @@ def _targets(result: dict) -> dict:
     `cpu_efficiency_*` compare images per CPU-second (what a busy shared machine cannot skew):
     1.0 means the pipeline spends no CPU beyond the plain single-core loop.
     """
-    grain, single = result["grain"], result["pillow_single_core"]
+    ours, single = result["grain"], result["pillow_single_core"]
     out = {
-        "vs_two_cores": grain["images_per_s"] / (2 * single["images_per_s"]),
-        "two_core_target_met": grain["images_per_s"] >= 1.6 * single["images_per_s"],
-        "cpu_efficiency_vs_single_core": grain["images_per_cpu_s"] / single["images_per_cpu_s"],
+        "vs_two_cores": ours["images_per_s"] / (2 * single["images_per_s"]),
+        "two_core_target_met": ours["images_per_s"] >= 1.6 * single["images_per_s"],
+        "cpu_efficiency_vs_single_core": ours["images_per_cpu_s"] / single["images_per_cpu_s"],
     }
-    tfdata = result.get("tfdata") or {}
-    if "images_per_s" in tfdata:
-        out["vs_tfdata"] = grain["images_per_s"] / tfdata["images_per_s"]
-        out["tfdata_target_met"] = grain["images_per_s"] >= tfdata["images_per_s"]
-        out["cpu_efficiency_vs_tfdata"] = grain["images_per_cpu_s"] / tfdata["images_per_cpu_s"]
+    baseline = result.get("tfdata") or {}
+    if "images_per_s" in baseline:
+        out["vs_tfdata"] = ours["images_per_s"] / baseline["images_per_s"]
+        out["tfdata_target_met"] = ours["images_per_s"] >= baseline["images_per_s"]
+        out["cpu_efficiency_vs_tfdata"] = ours["images_per_cpu_s"] / baseline["images_per_cpu_s"]
     return out
-
-
-def _tfdata_main(argv: list[str]) -> int:
-    """`python input.py --tfdata JSON`: run tf.data only, print its result as one JSON line."""
-    kw = json.loads(argv[1])
-    paths = kw.pop("paths")
-    kw["channels"] = tuple(kw.get("channels", ("red", "green", "blue", "yellow")))
-    print(json.dumps(tfdata_rate_in_process(paths, **kw)))
-    return 0
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--tfdata":
-    sys.exit(_tfdata_main(sys.argv[1:]))

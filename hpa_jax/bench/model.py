@@ -23,6 +23,7 @@ Run: `python -m hpa_jax.bench.model --out runs/bench/model.json` (or via `hpa-ja
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -30,9 +31,22 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+import hpa_jax  # noqa: F401  (Keras's JAX backend before keras is imported)
 from hpa_jax.bench import core
+from hpa_jax.fileio import write_text
+from hpa_jax.models import layers
+from hpa_jax.models.efficientnet import EfficientNet
+from hpa_jax.train import losses
+from hpa_jax.train import mesh as mesh_lib
+from hpa_jax.train import state as state_lib
+from hpa_jax.train import step as step_lib
+from hpa_jax.train.dry_run import compiled_flops
 
 
 def run_model_benchmark(*, variant: str = "b0", image_size: int = 224, batch_size: int = 32,
@@ -46,7 +60,6 @@ def run_model_benchmark(*, variant: str = "b0", image_size: int = 224, batch_siz
     tf_python: a Python executable with tensorflow and keras for the Keras-on-TF figure, or None.
     log: called with one line of progress per measurement.
     """
-    import jax
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 3)).astype(np.uint8)
@@ -82,7 +95,6 @@ def run_model_benchmark(*, variant: str = "b0", image_size: int = 224, batch_siz
 
 def machine_info() -> dict:
     """Where the numbers come from: CPU, cores, memory, versions, JAX backend."""
-    import jax
     import keras
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
@@ -145,7 +157,6 @@ def _entry(timing: tuple, batch: int, *, compile_s: float = 0.0, **extra) -> dic
 
 
 def _make_model_fn(variant, num_classes, depthwise, dtype):
-    from hpa_jax.models.efficientnet import EfficientNet
 
     def make_model(rngs):
         return EfficientNet(variant, num_classes=num_classes, in_channels=3, dtype=dtype,
@@ -156,14 +167,6 @@ def _make_model_fn(variant, num_classes, depthwise, dtype):
 
 def _hpa_jax_train(variant, images, labels, steps, warmup, depthwise, dtype, seed):
     """hpa-jax's own train step (train/state.py + train/step.py) on a one-axis mesh."""
-    import jax
-    import optax
-
-    from hpa_jax.models import layers
-    from hpa_jax.train import losses
-    from hpa_jax.train import mesh as mesh_lib
-    from hpa_jax.train import state as state_lib
-    from hpa_jax.train import step as step_lib
 
     num_classes = labels.shape[1]
     make_model = _make_model_fn(variant, num_classes, depthwise, dtype)
@@ -189,15 +192,12 @@ def _hpa_jax_train(variant, images, labels, steps, warmup, depthwise, dtype, see
 
     timing = _timed(one_step, steps, warmup)
     params = sum(x.size for x in jax.tree.leaves(holder["state"].params))
-    info = {"parameters": int(params), "flops_per_step": core.compiled_flops(compiled)}
+    info = {"parameters": int(params), "flops_per_step": compiled_flops(compiled)}
     entry = _entry(timing, len(images), compile_s=compile_s, state_init_s=init_s)
     return entry, layers.resolve_depthwise(depthwise), info
 
 
 def _hpa_jax_features(variant, images, steps, warmup, depthwise, dtype, seed):
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     make_model = _make_model_fn(variant, 19, depthwise, dtype)
     model = make_model(nnx.Rngs(seed))
@@ -293,9 +293,7 @@ def _speedups(results: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
-    from hpa_jax.fileio import write_text
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="b0")
@@ -322,6 +320,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import hpa_jax  # noqa: F401  (Keras's JAX backend before keras is imported)
 
     sys.exit(main())

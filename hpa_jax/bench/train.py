@@ -12,18 +12,22 @@ import pathlib
 import tempfile
 import time
 
+import jax
 import numpy as np
 
+from hpa_jax import labels as labels_lib
+from hpa_jax.analysis import embed as embed_lib
 from hpa_jax.bench import core
+from hpa_jax.data.example import CHANNEL_MODES
+from hpa_jax.train import inputs, loop
+from hpa_jax.train import mesh as mesh_lib
+from hpa_jax.train import step as step_lib
+from hpa_jax.train.dry_run import compiled_flops
+from hpa_jax.train.prepare import Setup
 
 
 def _setup(config, *, batch: int, resolution: int | None, steps: int):
     """A trainer Setup for synthetic batches: no dataset needed, label counts uniform."""
-    import jax
-
-    from hpa_jax import labels as labels_lib
-    from hpa_jax.train import loop
-    from hpa_jax.train import mesh as mesh_lib
 
     config = config.copy_and_resolve_references()
     config.unlock()
@@ -33,7 +37,7 @@ def _setup(config, *, batch: int, resolution: int | None, steps: int):
     table = labels_lib.get_table(config.data.label_table)
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     mesh_lib.check_batch_divisible(batch, mesh)
-    return loop.Setup(
+    return Setup(
         config=config, workdir=pathlib.Path(tempfile.gettempdir()), data_dir=pathlib.Path("."),
         table=table, exclude=(), mesh=mesh, per_process_batch=batch // jax.process_count(),
         counts=np.ones(table.num_classes, np.int64), num_train=batch * steps,
@@ -45,13 +49,10 @@ def _setup(config, *, batch: int, resolution: int | None, steps: int):
 def _synthetic_batch(setup, seed: int = 0, *, train: bool = False) -> dict:
     """A global batch of random images and labels, sharded over the mesh (of the training
     crop's size for `train` when the config crops)."""
-    from hpa_jax.data.example import CHANNEL_MODES
-    from hpa_jax.train import loop
-    from hpa_jax.train import mesh as mesh_lib
 
     cfg = setup.config
     rng = np.random.default_rng(seed)
-    size = (train and loop.train_crop(cfg)) or int(cfg.data.image_size)
+    size = (train and inputs.train_crop(cfg)) or int(cfg.data.image_size)
     channels = len(CHANNEL_MODES[cfg.data.channels])
     b = setup.per_process_batch
     local = {
@@ -65,10 +66,6 @@ def _synthetic_batch(setup, seed: int = 0, *, train: bool = False) -> dict:
 def measure(config, *, mode: str = "train", batch: int, resolution: int | None = None,
             steps: int = 5, warmup: int = 2) -> dict:
     """One benchmark point: compile time, step time median/p90, images/s, FLOPs, memory."""
-    import jax
-
-    from hpa_jax.train import loop
-    from hpa_jax.train import step as step_lib
 
     setup = _setup(config, batch=batch, resolution=resolution, steps=steps + warmup)
     weights = np.ones(setup.num_classes, np.float32)
@@ -99,7 +96,7 @@ def measure(config, *, mode: str = "train", batch: int, resolution: int | None =
 
     times, first = core.timed(call, steps=steps, warmup=warmup)
     devices = setup.mesh.devices.size
-    flops = core.compiled_flops(executable)
+    flops = compiled_flops(executable)
     stats = core.step_stats(times, batch, devices)
     dtype = str(setup.config.model.dtype)
     device = jax.devices()[0]
@@ -134,11 +131,6 @@ def measure_embed(config, *, batch: int, resolution: int | None = None, images: 
     (after one untimed pass to compile); the ratio embed / inference is taken per round and its
     median reported (≥ 1: embed keeps up with inference).
     """
-    import jax
-
-    from hpa_jax.analysis import embed as embed_lib
-    from hpa_jax.train import loop
-    from hpa_jax.train import step as step_lib
 
     if images < batch or repeats < 1:
         raise ValueError(f"need images >= batch ({images} < {batch}?) and repeats >= 1")
@@ -182,42 +174,3 @@ def measure_embed(config, *, batch: int, resolution: int | None = None, images: 
         "inference_images_per_s_median": float(np.median(inference_rates)),
         "ratio_per_round": ratios, "ratio_median": float(np.median(ratios)),
     }
-
-
-def dry_run(config, workdir) -> dict:
-    """Everything a run needs, short of training: checks the data and the workdir, builds the
-    mesh, the model and the input pipeline (one batch is read), compiles the train step for the
-    configured global batch and reports its FLOPs and XLA's memory estimate. Writes nothing."""
-    import jax
-
-    from hpa_jax.train import loop
-    from hpa_jax.train import step as step_lib
-
-    setup = loop.prepare(config, workdir)
-    compiled = loop.compile_run(setup, loop.class_weights(setup))
-    abstract_state = jax.eval_shape(compiled.init)
-    iterator = loop.make_train_iterator(setup)
-    first = next(iterator)
-    batch = {k: jax.ShapeDtypeStruct((int(config.batch_size),) + first[k].shape[1:],
-                                     first[k].dtype) for k in step_lib.TRAIN_KEYS}
-    rng = jax.ShapeDtypeStruct((2,), np.uint32)
-    t0 = time.perf_counter()
-    executable = compiled.train_step.lower(abstract_state, batch, rng).compile()
-    compile_s = time.perf_counter() - t0
-    memory = executable.memory_analysis()
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
-    report = {
-        "mesh": dict(setup.mesh.shape), "devices": setup.mesh.devices.size,
-        "processes": jax.process_count(), "global_batch": int(config.batch_size),
-        "per_process_batch": setup.per_process_batch, "image": list(first["image"].shape[1:]),
-        "train_records": setup.num_train, "steps_per_epoch": setup.steps_per_epoch,
-        "total_steps": setup.total_steps, "parameters": params,
-        "compile_s": round(compile_s, 2), "flops_per_step": core.compiled_flops(executable),
-    }
-    if memory is not None:
-        for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                     "generated_code_size_in_bytes"):
-            value = getattr(memory, name, None)
-            if value is not None:
-                report[name.replace("_in_bytes", "_mb")] = round(value / 2**20, 1)
-    return report
