@@ -16,15 +16,19 @@ The grid's argument (`configs/grids/lr.py:runlocal`) goes to `sweep` and to the 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
+import io
 import itertools
 import json
 import pathlib
 from typing import Any
 
+from hpa_jax.config import apply_overrides, load_config
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import write_text
+from hpa_jax.fileio import atomic_path, write_text
+from hpa_jax.train.loop import train_and_evaluate
 
 DONE_FILE = "final_metrics.json"  # written when a point's training has finished
 POINT_FILE = "grid_point.json"  # the point's overrides, written before it starts
@@ -135,8 +139,6 @@ def run_grid(grid: Grid, root: str | pathlib.Path, extra: list[str] = (), log=pr
     A point whose `final_metrics.json` exists is skipped; an interrupted point resumes from its
     checkpoint (the trainer resumes on a workdir that has one). `extra` overrides apply to all.
     """
-    from hpa_jax.config import apply_overrides, load_config
-    from hpa_jax.train.loop import train_and_evaluate
 
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -186,8 +188,6 @@ def collect(root: str | pathlib.Path) -> list[dict]:
 
 def report(root: str | pathlib.Path, metric: str = "macro_f1") -> dict[str, pathlib.Path]:
     """Write results.csv, results.md and results.png into `root`; return their paths."""
-    import csv
-    import io
 
     root = pathlib.Path(root)
     runs = collect(root)
@@ -220,7 +220,6 @@ def _plot(runs: list[dict], keys: list[str], metric: str, path: pathlib.Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpa_jax.fileio import atomic_path
 
     keys = keys or ["run"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)

@@ -89,11 +89,6 @@ def state_shardings(mesh: Mesh, abstract_tree):
     return jax.tree.map(one, abstract_tree)
 
 
-def global_batch_size(per_process_batch: int) -> int:
-    """Examples per step over all processes."""
-    return per_process_batch * jax.process_count()
-
-
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
     """The global batch must split evenly over the devices (raise UserError naming the key)."""
     if global_batch % mesh.size:
