@@ -51,18 +51,22 @@ def test_tsne_lowers_perplexity_for_few_points_and_refuses_too_few():
         projection.tsne(points[:2])
 
 
-def test_umap_runs_only_when_installed():
+def test_umap_keeps_clusters_apart():
+    """umap-learn is in the test extra, so this path always runs here."""
     points, cluster = _clusters()
-    if projection.umap_available():
-        coords = projection.project(points, "umap", n_neighbors=5)
-        assert _same_cluster_neighbour_fraction(coords, cluster) == 1.0
-        assert "umap" in projection.available_methods()
-    else:
-        assert projection.available_methods() == ("pca", "tsne")
-        with pytest.raises(UserError, match=r"hpa-jax\[umap\]"):
-            projection.project(points, "umap")
+    coords = projection.project(points, "umap", n_neighbors=5)
+    assert coords.shape == (len(points), 2) and coords.dtype == np.float32
+    assert _same_cluster_neighbour_fraction(coords, cluster) == 1.0
+    assert "umap" in projection.available_methods()
     with pytest.raises(UserError, match="unknown projection"):
         projection.project(points, "mds")
+
+
+def test_without_umap_learn_the_map_is_refused_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(projection, "umap_available", lambda: False)
+    assert projection.available_methods() == ("pca", "tsne")
+    with pytest.raises(UserError, match=r"hpa-jax\[umap\]"):
+        projection.project(_clusters()[0], "umap")
 
 
 def test_prepare_features_standardises_and_reduces():

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 import hpa_jax  # noqa: F401
 from hpa_jax import cli
 from hpa_jax.analysis import intensity
-from hpa_jax.analysis.report import load_embeddings, save_embeddings
+from hpa_jax.analysis.files import load_embeddings, save_embeddings
 from hpa_jax.data.pipeline import make_eval_iterator
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
@@ -55,7 +55,7 @@ def _write_inputs(dataset, folder):
 
 def test_scan_with_sift_workers_gives_the_serial_descriptors_in_order(dataset):
     from hpa_jax.analysis import sift
-    from hpa_jax.analysis.report import scan_dataset
+    from hpa_jax.analysis.scan import scan_dataset
 
     serial = scan_dataset(dataset["data"], batch_size=16, sift_workers=1)
     parallel = scan_dataset(dataset["data"], batch_size=16, sift_workers=2)
@@ -114,18 +114,19 @@ def test_bad_inputs_name_the_mismatch_and_leave_no_partial_output(dataset, tmp_p
     common = ["--data", str(dataset["data"]), "--out", str(out), "--image-size", str(SIZE),
               "--no-sift", "--projection", "pca", "--threads", "1"]  # fmt: skip
 
-    from hpa_jax.analysis.report import run_anomaly_report
+    from hpa_jax.analysis.report import ReportOptions, run_anomaly_report
 
+    quick = dict(image_size=SIZE, with_sift=False, projections=("pca",))
     with pytest.raises(UserError, match=r"1 dataset IDs missing .*1 IDs not in the dataset \(e"):
-        run_anomaly_report(dataset["data"], out, embeddings=[bad], image_size=SIZE,
-                           with_sift=False, projections=("pca",), log=lambda *_: None)
+        run_anomaly_report(dataset["data"], out, ReportOptions(embeddings=[bad], **quick),
+                           log=lambda *_: None)
     truth = tmp_path / "truth.csv"
     truth.write_text("ID,anomaly,kind\nghost-7,1,dark\n")
     assert cli.main(["anomalies", *common, "--truth", str(truth)]) == 2
     assert cli.main(["anomalies", *common, "--exclude-by", "nonsense"]) == 2
     with pytest.raises(UserError, match="ghost-7"):
-        run_anomaly_report(dataset["data"], out, truth=truth, image_size=SIZE, with_sift=False,
-                           projections=("pca",), log=lambda *_: None)
+        run_anomaly_report(dataset["data"], out, ReportOptions(truth=truth, **quick),
+                           log=lambda *_: None)
     # The previous report is untouched and nothing half-written sits beside it.
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "report", "truth.csv"]

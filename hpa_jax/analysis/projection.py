@@ -67,11 +67,13 @@ def umap(features, *, dim: int = 2, n_neighbors: int = 15, seed: int = 0) -> np.
     """UMAP map (needs umap-learn). features: float[N, D] → float32[N, dim]."""
     if not umap_available():
         raise UserError("UMAP needs umap-learn: pip install 'hpa-jax[umap]'")
-    import umap as umap_learn
+    import umap as umap_learn  # optional, and slow to import (numba)
 
     features = check_features(features)
     n_neighbors = max(2, min(n_neighbors, len(features) - 1))
-    model = umap_learn.UMAP(n_components=dim, n_neighbors=n_neighbors, random_state=seed)
+    # a seeded UMAP runs on one thread anyway; saying so keeps umap-learn from warning about it
+    model = umap_learn.UMAP(n_components=dim, n_neighbors=n_neighbors, random_state=seed,
+                            n_jobs=1)
     return np.asarray(model.fit_transform(features), dtype=np.float32)
 
 

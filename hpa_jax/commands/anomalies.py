@@ -84,11 +84,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpa_jax.analysis.report import run_anomaly_report
+    from hpa_jax.analysis.report import ReportOptions, run_anomaly_report
 
-    run_anomaly_report(
-        args.data,
-        args.out,
+    options = ReportOptions(
         embeddings=args.embeddings,
         predictions=args.predictions,
         truth=args.truth,
@@ -104,4 +102,5 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
+    run_anomaly_report(args.data, args.out, options)
     return 0

@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         _step("anomalies", ["anomalies", "--data", str(data), "--embeddings", str(embeddings),
                             "--truth", str(data / dataset.TRUTH_CSV),
                             "--out", str(root / "anomalies"),
-                            "--exclude-by", "intensity,label_knn_fine-tuned"])
+                            "--exclude-by", "intensity,label_knn_fine-tuned",
+                            # the same maps whether or not umap-learn is installed
+                            "--projection", "tsne"])
     tuned = json.loads((train / "eval_metrics.json").read_text())
     final = _final_metrics(train / METRICS_FILE)
     print(f"\nhpa-jax demo finished in {time.perf_counter() - t0:.0f} s")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax.analysis.embed import make_embed_fn
-from hpa_jax.analysis.report import save_embeddings
+from hpa_jax.analysis.files import save_embeddings
 from hpa_jax.data import dataset, pipeline
 from hpa_jax.errors import UserError
 from hpa_jax.models import keras_weights
