@@ -138,14 +138,14 @@ def test_embed_command_with_converted_weights(dataset, tmp_path):
     from flax import nnx
 
     from hpa_jax import config as config_lib
-    from hpa_jax.models import keras_weights
+    from hpa_jax.models import converted
     from hpa_jax.models.registry import create_model
 
     model_cfg = config_lib.default_config().model
     model_cfg.name = "efficientnet_tiny"
     model = create_model(model_cfg, num_classes=19, in_channels=4, rngs=nnx.Rngs(1))
     weights = tmp_path / "weights"
-    keras_weights.save_converted(nnx.state(model), weights, {"variant": "tiny", "in_channels": 4})
+    converted.save_converted(nnx.state(model), weights, {"variant": "tiny", "in_channels": 4})
     out = tmp_path / "imagenet.npz"
     argv = ["embed", "--weights", str(weights), "--data", str(dataset["data"]), "--out",
             str(out), "--batch-size", "16"]  # fmt: skip

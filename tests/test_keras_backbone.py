@@ -18,6 +18,7 @@ from flax import nnx
 import hpa_jax  # noqa: F401  (selects Keras's JAX backend before keras is imported)
 from hpa_jax.errors import UserError
 from hpa_jax.models import keras_backbone as kb
+from hpa_jax.models import keras_build, keras_init
 
 SIZE = 32
 # The tests check behaviour, not speed: skipping XLA's backend optimisations halves compile time
@@ -45,15 +46,15 @@ FAMILIES = {
 def test_preprocess_matches_keras_for_rgb(name):
     x = _images(0, 3)
     expected = getattr(keras.applications, FAMILIES[name]).preprocess_input(x.copy())
-    got = kb.preprocess(jnp.asarray(x), kb.preprocess_mode(name))
+    got = keras_build.preprocess(jnp.asarray(x), keras_build.preprocess_mode(name))
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["ResNet152", "DenseNet121", "ResNet152V2"])
 def test_preprocess_extra_channel_uses_mean_constants(name):
     x = _images(1, 4)
-    mode = kb.preprocess_mode(name)
-    got = np.asarray(kb.preprocess(jnp.asarray(x), mode))
+    mode = keras_build.preprocess_mode(name)
+    got = np.asarray(keras_build.preprocess(jnp.asarray(x), mode))
     rgb = getattr(keras.applications, FAMILIES[name]).preprocess_input(x[..., :3].copy())
     np.testing.assert_allclose(got[..., :3], rgb, rtol=1e-5, atol=1e-4)
     y = x[..., 3]
@@ -85,8 +86,8 @@ def test_unknown_application_lists_valid_names():
 def test_named_backbones_have_keras_weight_counts(name, size, backbone_weights, dim):
     model = nnx.eval_shape(lambda: kb.KerasBackbone(
         name, num_classes=19, in_channels=3, input_size=size, rngs=nnx.Rngs(0)))
-    state = nnx.state(model).filter(lambda path, _: path[0] != "head")
-    weights = state.filter(nnx.Param, nnx.BatchStat)
+    state = nnx.filter_state(nnx.state(model), lambda path, _: path[0] != "head")
+    weights = nnx.filter_state(state, nnx.Param, nnx.BatchStat)
     seeds = [s for s, p in zip(model.non_trainable, model.non_trainable_paths, strict=True)
              if p.endswith("seed_generator_state")]
     count = sum(x.size for x in jax.tree.leaves(weights)) - sum(s.size for s in seeds)
@@ -101,12 +102,12 @@ def test_named_backbones_have_keras_weight_counts(name, size, backbone_weights, 
 
 
 def test_initial_values_deterministic_traced_and_like_keras():
-    model = kb.build_keras_model("EfficientNetB0", in_channels=4, input_size=SIZE)
+    model = keras_build.build_keras_model("EfficientNetB0", in_channels=4, input_size=SIZE)
     key = jax.random.key(3)
-    eager = kb.initial_values(model, key)
-    traced = jax.jit(lambda k: kb.initial_values(model, k))(key)  # host callback path
-    again = kb.initial_values(model, jax.random.key(3))
-    other = kb.initial_values(model, jax.random.key(4))
+    eager = keras_init.initial_values(model, key)
+    traced = jax.jit(lambda k: keras_init.initial_values(model, k))(key)  # host callback path
+    again = keras_init.initial_values(model, jax.random.key(3))
+    other = keras_init.initial_values(model, jax.random.key(4))
     paths = [v.path for v in model.variables]
     for a, b, c in zip(eager, traced, again, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -131,8 +132,8 @@ def test_initial_values_deterministic_traced_and_like_keras():
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """EfficientNetB0 (3 channels, 32 px) weights with non-trivial Normalization constants."""
-    donor = kb.build_keras_model("EfficientNetB0", in_channels=3, input_size=SIZE)
-    values = kb._host_initial_values(donor, np.array([7, 9], np.uint32))
+    donor = keras_build.build_keras_model("EfficientNetB0", in_channels=3, input_size=SIZE)
+    values = keras_init._host_initial_values(donor, np.array([7, 9], np.uint32))
     for var, value in zip(donor.variables, values, strict=True):
         var._initialize(value)
     norm = donor.get_layer("normalization")
@@ -171,7 +172,7 @@ def test_weights_file_into_four_channels(weights_file):
     got = model.trainable[model.variable_paths.index("stem_conv/kernel")]
     assert got.shape == (3, 3, 4, 32)
     values = kb.load_weight_values("EfficientNetB0", path, in_channels=4, input_size=SIZE)
-    target = kb.build_keras_model("EfficientNetB0", in_channels=4, input_size=SIZE)
+    target = keras_build.build_keras_model("EfficientNetB0", in_channels=4, input_size=SIZE)
     by_path = {v.path: x for v, x in zip(target.variables, values, strict=True)}
     stem = by_path["stem_conv/kernel"]
     np.testing.assert_array_equal(stem[:, :, :3], kernel)

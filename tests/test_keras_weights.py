@@ -2,6 +2,7 @@
 
 import functools
 import json
+import pathlib
 import shutil
 
 import h5py
@@ -15,6 +16,7 @@ from keras.src.legacy.saving import legacy_h5_format
 import hpa_jax  # noqa: F401  (selects Keras's JAX backend before keras is imported)
 from hpa_jax import cli
 from hpa_jax.errors import UserError
+from hpa_jax.models import converted
 from hpa_jax.models import keras_weights as kw
 from hpa_jax.models.efficientnet import EfficientNet, backbone_state
 
@@ -207,25 +209,25 @@ def test_save_load_converted_and_cli(tmp):
                      "--out", out]) == 0
     meta = json.loads(open(f"{out}/meta.json").read())
     assert (meta["variant"], meta["in_channels"]) == ("b0", 3)
-    state, meta = kw.load_converted(out)
+    state, meta = converted.load_converted(out)
     assert "head" not in state
     model = EfficientNet("b0", num_classes=7, rngs=nnx.Rngs(5))
     head_before = np.asarray(model.head.dense.kernel[...])
-    kw.apply_converted(model, state, meta)
+    converted.apply_converted(model, state, meta)
     np.testing.assert_array_equal(model.head.dense.kernel[...], head_before)  # head kept
     np.testing.assert_allclose(_our_features(model, images), want, atol=1e-4, rtol=0)
     # the same folder written from a state by the library function round-trips exactly
-    again = kw.save_converted(backbone_state(model), f"{tmp}/again", meta)
-    state2, _ = kw.load_converted(again)
+    again = converted.save_converted(backbone_state(model), f"{tmp}/again", meta)
+    state2, _ = converted.load_converted(again)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state2), strict=True):
         np.testing.assert_array_equal(a, b)
     # another variant or channel count is refused before anything changes
     tiny = EfficientNet("tiny", num_classes=2, rngs=nnx.Rngs(0))
     with pytest.raises(UserError, match="EfficientNet-b0 with 3 channels"):
-        kw.apply_converted(tiny, state, meta)
+        converted.apply_converted(tiny, state, meta)
     # CLI: a wrong variant exits 2 and writes nothing
     assert cli.main(["convert-weights", "--keras", files["weights.h5"], "--variant", "b1",
                      "--out", f"{tmp}/bad"]) == 2
-    assert not (kw.pathlib.Path(tmp) / "bad").exists()
+    assert not (pathlib.Path(tmp) / "bad").exists()
     with pytest.raises(UserError, match="not a converted-weights folder"):
-        kw.load_converted(tmp)
+        converted.load_converted(tmp)

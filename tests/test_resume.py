@@ -221,13 +221,13 @@ def test_init_from_converted_weights(tmp_path):
     import optax
     from flax import nnx
 
-    from hpa_jax.models import keras_weights
+    from hpa_jax.models import converted
     from hpa_jax.models.efficientnet import EfficientNet, backbone_state
     from hpa_jax.train import mesh as mesh_lib
     from hpa_jax.train import state as state_lib
 
     source = EfficientNet("tiny", num_classes=3, in_channels=4, rngs=nnx.Rngs(5))
-    keras_weights.save_converted(backbone_state(source), tmp_path / "converted",
+    converted.save_converted(backbone_state(source), tmp_path / "converted",
                                  {"variant": "tiny", "in_channels": 4})
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     tx = optax.adam(1e-3)

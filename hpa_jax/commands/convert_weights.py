@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hpa_jax.models import keras_weights
+    from hpa_jax.models import converted, keras_weights
     from hpa_jax.models.efficientnet import backbone_state
 
     rescale = {"auto": None, "on": True, "off": False}[args.imagenet_rescaling]
@@ -38,6 +38,6 @@ def run(args) -> int:
     )
     meta = {"variant": args.variant, "in_channels": args.channels, "source": str(args.keras),
             "imagenet_rescaling": bool(float(model.input_scale[...].min()) != 1.0)}
-    out = keras_weights.save_converted(backbone_state(model), args.out, meta)
+    out = converted.save_converted(backbone_state(model), args.out, meta)
     print(f"wrote EfficientNet-{args.variant} ({args.channels} channels) backbone to {out}")
     return 0

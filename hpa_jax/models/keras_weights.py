@@ -24,40 +24,28 @@ Four channels from three: with `in_channels=4` and 3-channel weights, the yellow
 mean of the red, green and blue kernels, and the yellow `input_mean`, `input_variance` and
 `input_scale` are the means of the RGB ones (`expand_stem`).
 
-Converted folder (written by `save_converted`, read by `load_converted`, used by
-`hpa-jax convert-weights` and training's `config.init_from`):
-
-    OUT/state/      orbax checkpoint (StandardCheckpointer) of the backbone's nnx state as a pure
-                    nested dict of float32 arrays (no `head`): parameters, BatchNorm statistics,
-                    `input_mean`/`input_variance`/`input_scale`
-    OUT/meta.json   {"format": "hpa-jax-efficientnet-backbone", "version": 1, "variant": "b0",
-                     "in_channels": 3, "source": ..., ...}
-
-The folder is written under a temporary name and renamed when complete.
+The result is saved as a converted-weights folder by `converted.py`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import re
 import tempfile
-import warnings
 
+import h5py
+import keras
 import numpy as np
+from flax import nnx
 
-from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path
+from hpa_jax.models.converted import WeightsError, as_float32, assign_pure_state
+from hpa_jax.models.efficientnet import VARIANTS, EfficientNet, block_args, round_filters
+from hpa_jax.models.keras_build import deferred_build
 
-META_FORMAT = "hpa-jax-efficientnet-backbone"
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)  # Keras's constants for its extra ImageNet rescale
 _IMAGENET_FILE = re.compile(r"^efficientnetb[0-7](_notop)?\.h5$")
-
-
-class WeightsError(UserError, ValueError):
-    """A weights file or checkpoint that does not fit the requested model."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,8 +54,6 @@ class WeightsError(UserError, ValueError):
 
 def variant_signature(variant: str) -> tuple[int, int, int]:
     """(stem filters, number of MBConv blocks, top filters) of an EfficientNet variant."""
-    from hpa_jax.models.efficientnet import VARIANTS, block_args, round_filters
-
     spec = VARIANTS[variant]
     return (round_filters(spec.stem_filters, spec), len(block_args(spec, 0.0)),
             round_filters(spec.top_filters, spec))
@@ -111,8 +97,6 @@ def inspect_h5(path: str | os.PathLike) -> tuple[str, dict]:
     Keras 3 `.weights.h5` files hold `layers/<name>/vars/<i>` datasets; legacy files carry a
     `layer_names` attribute at their root or in `model_weights/`.
     """
-    import h5py
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
@@ -173,20 +157,9 @@ def keras_skeleton(variant: str, channels: int):
     XLA compilation per weight shape, about 20 s for B0 on two cores. Cached per variant and
     channel count: loading a file overwrites every weight anyway.
     """
-    import keras
-    from keras.src.backend.common import global_state
-
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    with keras.StatelessScope(initialize_variables=False), warnings.catch_warnings():
-        # Keras warns that its ImageNet models expect 3 channels; 4 is on purpose here.
-        warnings.filterwarnings("ignore", message=".*input channels", category=UserWarning)
-        model = builder(include_top=False, weights=None, input_shape=(None, None, channels))
-    # Keras would run the deferred initialisers at its next StatelessScope exit: take ours off
-    # its pending list and give them placeholders instead.
-    ours = {id(v) for v in model.variables}
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    global_state.set_global_attribute("uninitialized_variables",
-                                      [v for v in pending if id(v) not in ours])
+    model = deferred_build(builder, include_top=False, weights=None,
+                           input_shape=(None, None, channels))
     for var in model.variables:
         var._initialize(np.zeros(var.shape, var.dtype))
     return model
@@ -211,8 +184,6 @@ def _load_file_into_keras(path: pathlib.Path, kind: str, variant: str, channels:
 
 def _keras_layers(model) -> dict:
     """{layer name: [numpy weights]} of a Keras EfficientNet, plus 'normalization'/'rescales'."""
-    import keras
-
     out, rescales, seen_norm = {}, [], False
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization):
@@ -223,7 +194,9 @@ def _keras_layers(model) -> dict:
         elif isinstance(layer, keras.layers.Rescaling) and seen_norm:
             rescales.append(np.asarray(layer.scale, np.float32))
         elif layer.weights:
-            out[layer.name] = [np.asarray(w) for w in layer.get_weights()]
+            # the variables' arrays: Layer.get_weights() goes through Variable.numpy(), which
+            # makes numpy warn about Keras's __array__ once per weight
+            out[layer.name] = [np.asarray(w.value) for w in layer.weights]
     out["rescales"] = rescales
     return out
 
@@ -246,8 +219,6 @@ def _pointwise(weights) -> dict:
 
 def keras_to_pure_state(klayers: dict, variant: str, input_scale) -> dict:
     """Keras layer weights → our backbone as a pure nested dict (same tree as `nnx.state`)."""
-    from hpa_jax.models.efficientnet import VARIANTS, block_args
-
     mean, variance = klayers["normalization"][:2]
     state = {
         "input_mean": mean.reshape(-1),
@@ -274,13 +245,7 @@ def keras_to_pure_state(klayers: dict, variant: str, input_scale) -> dict:
             block["expand_conv"] = _pointwise(klayers[f"{n}expand_conv"])
             block["expand_bn"] = _bn(klayers[f"{n}expand_bn"])
         state["blocks"][i] = block
-    return _as_float32(state)
-
-
-def _as_float32(tree):
-    if isinstance(tree, dict):
-        return {k: _as_float32(v) for k, v in tree.items()}
-    return np.ascontiguousarray(tree, dtype=np.float32)
+    return as_float32(state)
 
 
 def expand_stem(state: dict) -> dict:
@@ -298,60 +263,12 @@ def expand_stem(state: dict) -> dict:
     return out
 
 
-def assign_pure_state(model, pure: dict, *, where: str) -> None:
-    """Copy a pure nested dict into `model`'s matching variables, checking every shape first.
-
-    Entries of `model` missing from `pure` (e.g. the head) are left as they are. A key or shape
-    that does not fit raises WeightsError before anything is changed.
-    """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    state = nnx.state(model)
-    flat_model = _flatten(nnx.to_pure_dict(state))
-    flat_new = _flatten(pure)
-    for path, value in flat_new.items():
-        if path not in flat_model:
-            raise WeightsError(f"{where}: {'/'.join(map(str, path))} is not a variable of "
-                               f"EfficientNet-{model.variant}")
-        want = tuple(flat_model[path].shape)
-        if tuple(np.shape(value)) != want:
-            raise WeightsError(f"{where}: {'/'.join(map(str, path))} has shape "
-                               f"{tuple(np.shape(value))}, expected {want}")
-    new = {path: jnp.asarray(value, flat_model[path].dtype) for path, value in flat_new.items()}
-    nnx.replace_by_pure_dict(state, _unflatten(new))
-    nnx.update(model, state)
-
-
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return out
-
-
-def _flatten(tree, prefix=()):
-    out = {}
-    for key, value in tree.items():
-        key = int(key) if isinstance(key, str) and key.isdigit() else key
-        if isinstance(value, dict):
-            out.update(_flatten(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
 
 def _resolve_source(source, variant: str, in_channels: int):
     """source → (built Keras model, description, extra-rescale present?)."""
-    import keras
-
     if isinstance(source, keras.Model):
         shapes = [tuple(w.shape) for w in source.weights]
         found = _describe_shapes(shapes)
@@ -376,8 +293,6 @@ def _resolve_source(source, variant: str, in_channels: int):
 def keras_backbone_state(source, variant: str, *, in_channels: int = 3,
                          imagenet_rescaling: bool | None = None) -> dict:
     """Read `source` (see module docstring) into our backbone state as a pure nested dict."""
-    from hpa_jax.models.efficientnet import VARIANTS
-
     if variant not in VARIANTS or not VARIANTS[variant].keras:
         raise WeightsError(f"variant {variant!r}: Keras weights exist for b0..b7 only")
     if in_channels not in (3, 4):
@@ -422,10 +337,6 @@ def load_keras_weights(source, variant: str, *, in_channels: int = 3, num_classe
     Returns the NNX model. Raises WeightsError (a UserError) naming the source on a wrong
     format, variant or channel count; nothing partially loaded is returned.
     """
-    from flax import nnx
-
-    from hpa_jax.models.efficientnet import EfficientNet
-
     pure = keras_backbone_state(source, variant, in_channels=in_channels,
                                 imagenet_rescaling=imagenet_rescaling)
     model = EfficientNet(variant, num_classes=num_classes, in_channels=in_channels,
@@ -434,83 +345,3 @@ def load_keras_weights(source, variant: str, *, in_channels: int = 3, num_classe
     return model
 
 
-def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> pathlib.Path:
-    """Write a backbone state (nnx.State or pure dict) and `meta` as OUT/state + OUT/meta.json.
-
-    `meta` must name "variant" and "in_channels". The folder appears atomically; an existing
-    one is replaced.
-    """
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    for key in ("variant", "in_channels"):
-        if key not in meta:
-            raise ValueError(f"save_converted: meta needs {key!r}")
-    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    pure = _stringify_keys(_as_float32(_drop_head(pure)))
-    out_dir = pathlib.Path(out_dir).resolve()
-    meta = {"format": META_FORMAT, "version": 1, **meta}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "state", pure)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return out_dir
-
-
-def load_converted(out_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """Read a `save_converted` folder → (pure nested dict of numpy arrays, meta dict)."""
-    import orbax.checkpoint as ocp
-
-    out_dir = pathlib.Path(out_dir).resolve()
-    meta_path = out_dir / "meta.json"
-    if not meta_path.is_file() or not (out_dir / "state").is_dir():
-        raise WeightsError(f"{out_dir}: not a converted-weights folder (needs meta.json and "
-                           "state/, as `hpa-jax convert-weights` writes)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{meta_path}: not valid JSON: {err}") from None
-    if meta.get("format") != META_FORMAT:
-        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected "
-                           f"{META_FORMAT!r}")
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        pure = checkpointer.restore(out_dir / "state")
-    finally:
-        checkpointer.close()
-    return _to_numpy(pure), meta
-
-
-def apply_converted(model, state: dict, meta: dict, *, where: str = "converted weights"):
-    """Fill `model`'s backbone from `load_converted`'s output, checking variant and channels.
-
-    The head (absent from the state) keeps its fresh initialisation. Returns `model`.
-    """
-    if meta.get("variant") != model.variant or int(meta.get("in_channels", -1)) != \
-            model.in_channels:
-        raise WeightsError(
-            f"{where}: holds EfficientNet-{meta.get('variant')} with "
-            f"{meta.get('in_channels')} channels, but the model is EfficientNet-{model.variant} "
-            f"with {model.in_channels} channels"
-        )
-    assign_pure_state(model, _drop_head(state), where=where)
-    return model
-
-
-def _drop_head(tree: dict) -> dict:
-    return {k: v for k, v in tree.items() if k != "head"}
-
-
-def _stringify_keys(tree):
-    if isinstance(tree, dict):
-        return {str(k): _stringify_keys(v) for k, v in tree.items()}
-    return tree
-
-
-def _to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)

@@ -30,7 +30,9 @@ from collections.abc import Mapping
 from flax import nnx
 
 from hpa_jax.errors import UserError
-from hpa_jax.models.efficientnet import VARIANTS
+from hpa_jax.models.efficientnet import VARIANTS, EfficientNet
+from hpa_jax.models.keras_backbone import KerasBackbone
+from hpa_jax.models.keras_build import application, application_names
 
 EFFICIENTNET_VARIANTS = tuple(VARIANTS)
 KERAS_PREFIX = "keras:"
@@ -41,8 +43,6 @@ DEFAULT_IMAGE_SIZE = 224
 
 def list_models() -> list[str]:
     """Every valid `model.name`: our EfficientNets, then `keras:<Application>` names."""
-    from hpa_jax.models.keras_backbone import application_names
-
     ours = [f"efficientnet_{v}" for v in EFFICIENTNET_VARIANTS]
     return ours + [KERAS_PREFIX + name for name in application_names()]
 
@@ -83,8 +83,6 @@ def _unknown(name: str) -> UserError:
 
 
 def _efficientnet(name: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rngs):
-    from hpa_jax.models.efficientnet import EfficientNet
-
     variant = name[len("efficientnet_"):]
     if variant not in EFFICIENTNET_VARIANTS:
         raise _unknown(name)
@@ -102,8 +100,6 @@ def _efficientnet(name: str, cfg: dict, num_classes: int, in_channels: int, rngs
 
 def _keras(app: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rngs,
            image_size: int | None):
-    from hpa_jax.models.keras_backbone import KerasBackbone, application
-
     application(app)  # UserError listing valid names if unknown
     kwargs = dict(cfg.get("keras_kwargs") or {})
     if "drop_connect_rate" in cfg and app.startswith("EfficientNetB"):  # others have none

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hpa_jax.errors import UserError
-from hpa_jax.models import keras_weights
+from hpa_jax.models import converted
 from hpa_jax.train.state import merge_model, split_model
 
 SUBDIR = "checkpoints"
@@ -237,9 +237,9 @@ def initialize_from(state, shardings, graphdef, tx, source: str):
         raise UserError(f"config.init_from={source!r}: no such file or folder")
     if _is_converted_weights(path):
 
-        pure, meta = keras_weights.load_converted(path)
+        pure, meta = converted.load_converted(path)
         model = merge_model(graphdef, state.params, state.rest)
-        keras_weights.apply_converted(model, pure, meta, where=str(path))
+        converted.apply_converted(model, pure, meta, where=str(path))
         _, params, rest = split_model(model)
         state = state.replace(params=params, rest=rest)
     else:

@@ -21,7 +21,7 @@ from hpa_jax.analysis.embed import make_embed_fn
 from hpa_jax.analysis.files import save_embeddings
 from hpa_jax.data import dataset, pipeline
 from hpa_jax.errors import UserError
-from hpa_jax.models import keras_weights
+from hpa_jax.models import converted
 from hpa_jax.models.registry import create_model
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import state as state_lib
@@ -51,7 +51,7 @@ def _from_workdir(workdir, step):
 
 def _from_weights(weights, num_classes: int, data_dir):
     """(graphdef, state, mesh, settings, description) for converted ImageNet weights."""
-    pure, meta = keras_weights.load_converted(weights)
+    pure, meta = converted.load_converted(weights)
     in_channels = int(meta["in_channels"])
     if in_channels not in CHANNELS_FOR:
         raise UserError(f"{weights}: {in_channels} input channels; expected 1, 3 or 4")
@@ -60,7 +60,7 @@ def _from_weights(weights, num_classes: int, data_dir):
     model = create_model(
         model_cfg, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(0)
     )
-    keras_weights.apply_converted(model, pure, meta, where=str(weights))
+    converted.apply_converted(model, pure, meta, where=str(weights))
     graphdef, state = nnx.split(model)
     info = dataset.read_info(data_dir)
     settings = {
