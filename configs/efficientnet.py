@@ -1,4 +1,4 @@
-"""The reference study: EfficientNet (B7 at 600 px), GAP -> dense sigmoid, Adam 1e-3, BCE with
+"""The study's recipe: EfficientNet (B7 at 600 px), GAP -> dense sigmoid, Adam 1e-3, BCE with
 class weights 1 - n_c/N, 20 epochs, on HPA 2021 images (rgb or rgby).
 
 Run (on a TPU pod or GPU; the data folder from `hpa-jax data convert`):

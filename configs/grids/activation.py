@@ -1,4 +1,4 @@
-"""Output activation, as in the reference study: sigmoid, tanh, relu (logits → probabilities
+"""Output activation, as in the study: sigmoid, tanh, relu (logits → probabilities
 through hpa_jax.models.heads.probabilities; the loss is BCE on those probabilities).
 
     hpa-jax grid run configs/grids/activation.py --root runs/grid-activation

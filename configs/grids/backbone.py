@@ -1,4 +1,4 @@
-"""Backbones, as in the reference study: EfficientNet vs Keras ResNet152, ResNet152V2,
+"""Backbones, as in the study: EfficientNet vs Keras ResNet152, ResNet152V2,
 InceptionResNetV2 (keras.applications on the JAX backend inside the same train step).
 
     hpa-jax grid run configs/grids/backbone.py --root runs/grid-backbone

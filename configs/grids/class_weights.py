@@ -1,4 +1,4 @@
-"""Class weighting: none vs the reference study's 1 − n_c/N (plus inverse, sqrt-balanced and
+"""Class weighting: none vs the study's 1 − n_c/N (plus inverse, sqrt-balanced and
 effective number).
 
     hpa-jax grid run configs/grids/class_weights.py --root runs/grid-class-weights

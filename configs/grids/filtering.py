@@ -1,4 +1,4 @@
-"""Data filtering, as in the reference study's table: train on all images vs without the images
+"""Data filtering, as in the study's table: train on all images vs without the images
 `hpa-jax anomalies` flagged (its exclude.txt).
 
     hpa-jax grid run configs/grids/filtering.py:exclude=runs/demo/anomalies/exclude.txt \

@@ -1,4 +1,4 @@
-"""Learning rate, as in the reference study's comparison: {1e-1, 1e-2, 1e-3, 1e-4}.
+"""Learning rate, as in the study's comparison: {1e-1, 1e-2, 1e-3, 1e-4}.
 
     hpa-jax grid run configs/grids/learning_rate.py --root runs/grid-lr
     hpa-jax grid report runs/grid-lr

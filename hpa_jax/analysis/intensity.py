@@ -161,7 +161,7 @@ def class_z_scores(stats, labels: np.ndarray, *, robust: bool = False) -> np.nda
 def intensity_outliers(
     stats, labels: np.ndarray, k: float = 3.0, *, robust: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The reference study's rule: an image whose mean intensity lies more than k σ from the mean
+    """The study's rule: an image whose mean intensity lies more than k σ from the mean
     of its class is an outlier. Multi-label images are tested against every class they carry.
 
     stats: the dict from `intensity_statistics` (its "mean" is used) or mean intensities

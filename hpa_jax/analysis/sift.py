@@ -1,4 +1,4 @@
-"""SIFT bag-of-visual-words: the reference study's classical baseline embedding.
+"""SIFT bag-of-visual-words: the study's classical baseline embedding.
 
 SIFT keypoints (scikit-image) are found per image; their 128-d descriptors from all images are
 clustered by k-means into a vocabulary of visual words, and each image becomes the normalised

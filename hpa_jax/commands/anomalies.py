@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exclude-by",
         default="intensity",
         help="comma-separated detectors whose flags go to exclude.txt "
-        "(default: intensity, the reference study's 3σ rule)",
+        "(default: intensity, the study's 3σ rule)",
     )
     parser.add_argument(
         "--projection",

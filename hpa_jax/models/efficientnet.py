@@ -184,7 +184,7 @@ class MBConv(nnx.Module):
 
 
 class GapDense(nnx.Module):
-    """The reference study's head: global average pool → dropout → dense. `[B,H,W,D] → [B,K]`."""
+    """The study's head: global average pool → dropout → dense. `[B,H,W,D] → [B,K]`."""
 
     def __init__(self, features: int, num_classes: int, dropout_rate: float, *, dtype,
                  init: layers.InitBank):

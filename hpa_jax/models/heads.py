@@ -2,7 +2,7 @@
 
 Every model returns logits (before its output activation) and names the activation in
 `model.output_activation`; losses, metrics and prediction turn logits into probabilities here, so
-the reference study's comparison of output activations is one config switch
+the study's comparison of output activations is one config switch
 (`model.activation`):
 
     sigmoid  p = 1 / (1 + exp(-x))

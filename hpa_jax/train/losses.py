@@ -65,7 +65,7 @@ def class_weights(scheme: str, counts, num_examples: int, *, beta: float = 0.999
 
     counts: int[K] positives per class in the training split; num_examples: N.
       none              1
-      reference         1 - n_c/N                        (the reference study)
+      reference         1 - n_c/N                        (the study)
       inverse           N / (C n_c)
       sqrt_balanced     sqrt((N - n_c) / n_c)    (square root of the negative:positive ratio;
                                                   >= 1 for a class in at most half the images)
