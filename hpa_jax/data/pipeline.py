@@ -88,10 +88,15 @@ def _threaded(ds, worker_count: int, num_threads: int | None):
     return it_ds
 
 
-def _fingerprint(**fields) -> dict:
-    """A JSON-able summary of what a saved state is only valid for."""
-    fields["records"] = hashlib.sha256(fields.pop("records").tobytes()).hexdigest()[:16]
-    return fields
+def _fingerprint(kind: str, records: np.ndarray, batch_size: int, process_index: int,
+                 process_count: int, *, seed: int | None = None, crop=None) -> dict:
+    """A JSON-able summary of what a saved state is only valid for (train: with the seed; the
+    crop only when cropping, so states saved before crops existed stay valid)."""
+    fields = {"kind": kind} | ({} if seed is None else {"seed": int(seed)})
+    fields |= {"batch_size": int(batch_size), "process_index": process_index,
+               "process_count": process_count}  # fmt: skip
+    fields |= {} if crop is None else {"crop": list(crop)}
+    return fields | {"records": hashlib.sha256(records.tobytes()).hexdigest()[:16]}
 
 
 class PipelineIterator(grain.DatasetIterator):
@@ -224,24 +229,11 @@ def make_train_iterator(
     ds = ds[p::n_proc][:per_process].repeat()
     ds = ds.map_with_index(_EpochAndRecord(per_process, records))
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
-    crop = {"crop": list(augment.crop)} if augment and augment.crop else {}
-    fingerprint = _fingerprint(
-        kind="train",
-        records=records,
-        seed=int(seed),
-        batch_size=int(batch_size),
-        process_index=p,
-        process_count=n_proc,
-        **crop,  # only when cropping: states saved before crops existed stay valid
-    )
-    return PipelineIterator(
-        ds,
-        fingerprint,
-        worker_count=worker_count,
-        num_threads=num_threads,
-        num_records=per_process,
-        steps_per_epoch=per_process // batch_size,
-    )
+    crop = augment.crop if augment and augment.crop else None
+    fingerprint = _fingerprint("train", records, batch_size, p, n_proc, seed=seed, crop=crop)
+    return PipelineIterator(ds, fingerprint, worker_count=worker_count, num_threads=num_threads,
+                            num_records=per_process,
+                            steps_per_epoch=per_process // batch_size)  # fmt: skip
 
 
 def make_eval_iterator(
@@ -276,18 +268,6 @@ def make_eval_iterator(
     load = _loader(chosen, channels, image_size, seed=0, augment=None, with_mask=True)
     ds = grain.MapDataset.source(padded).map(_eval_item)
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
-    fingerprint = _fingerprint(
-        kind="eval",
-        records=records,
-        batch_size=int(batch_size),
-        process_index=p,
-        process_count=n_proc,
-    )
-    return PipelineIterator(
-        ds,
-        fingerprint,
-        worker_count=worker_count,
-        num_threads=num_threads,
-        num_records=len(mine),
-        num_batches=num_batches,
-    )
+    fingerprint = _fingerprint("eval", records, batch_size, p, n_proc)
+    return PipelineIterator(ds, fingerprint, worker_count=worker_count, num_threads=num_threads,
+                            num_records=len(mine), num_batches=num_batches)

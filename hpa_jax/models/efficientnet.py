@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpa_jax.models import layers
+from hpa_jax.models import heads, layers
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 HEADS = ("gap_dense", "gap_gmp_bn_dropout_dense")
@@ -217,7 +217,7 @@ class GapGmpBnDropoutDense(nnx.Module):
         return self.dense(x).astype(jnp.float32)
 
 
-class EfficientNet(nnx.Module):
+class EfficientNet(heads.PooledClassifier, nnx.Module):
     """Keras-exact EfficientNet backbone plus a classification head.
 
     Args:
@@ -302,22 +302,6 @@ class EfficientNet(nnx.Module):
             x = block(x, train=train, rng=key)
         x = self.top_bn(self.top_conv(x), use_running_average=not train)
         return jax.nn.silu(x).astype(self.dtype)
-
-    def features(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
-        """images float[B, H, W, C] in 0..255 → float32[B, D] globally average-pooled features."""
-        fmap = self.feature_map(images, train=train, rng=_fold(rng, 0))
-        return jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))
-
-    def __call__(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
-        """images float[B, H, W, C] in 0..255 → logits float32[B, K] (before the activation)."""
-        fmap = self.feature_map(images, train=train, rng=_fold(rng, 0))
-        return self.head(fmap, train=train, rng=_fold(rng, 1))
-
-
-def _fold(rng, i):
-    return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def _check_args(variant, num_classes, in_channels, head, activation, dtype) -> Variant:

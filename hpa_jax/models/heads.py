@@ -97,3 +97,25 @@ class ClassifierHead(nnx.Module):
             x = self.bn(x, use_running_average=not train)
         x = dropout(x, self.dropout_rate, rng if train else None)
         return self.dense(x).astype(jnp.float32)
+
+
+class PooledClassifier:
+    """`features` and `__call__` of a model that has `feature_map(images, train=, rng=)` and a
+    `head` (our EfficientNet, the Keras backbones): one place for how they pool and classify."""
+
+    def features(self, images: jax.Array, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, C] in 0..255 → float32[B, D] globally average-pooled features."""
+        fmap = self.feature_map(images, train=train, rng=fold_rng(rng, 0))
+        return jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))
+
+    def __call__(self, images: jax.Array, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, C] in 0..255 → logits float32[B, K] (before the activation)."""
+        fmap = self.feature_map(images, train=train, rng=fold_rng(rng, 0))
+        return self.head(fmap, train=train, rng=fold_rng(rng, 1))
+
+
+def fold_rng(rng: jax.Array | None, i: int) -> jax.Array | None:
+    """`rng` folded with `i` (None stays None: no randomness asked for)."""
+    return None if rng is None else jax.random.fold_in(rng, i)

@@ -118,7 +118,7 @@ def _same_but(a: tuple, b: tuple, axis: int) -> bool:
 # The NNX module
 
 
-class KerasBackbone(nnx.Module):
+class KerasBackbone(heads.PooledClassifier, nnx.Module):
     """A `keras.applications` backbone plus our classification head, as an NNX module.
 
     Args:
@@ -214,22 +214,6 @@ class KerasBackbone(nnx.Module):
             if id(var) in seed_ids:
                 out[i] = key_bits(jax.random.fold_in(rng, i)).astype(out[i].dtype)
         return out
-
-    def features(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
-        """images [B, H, W, C] in 0..255 → float32[B, D] globally average-pooled features."""
-        fmap = self.feature_map(images, train=train, rng=_fold(rng, 0))
-        return jnp.mean(fmap, axis=(1, 2))
-
-    def __call__(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
-        """images [B, H, W, C] in 0..255 → logits float32[B, K] (before the activation)."""
-        fmap = self.feature_map(images, train=train, rng=_fold(rng, 0))
-        return self.head(fmap, train=train, rng=_fold(rng, 1))
-
-
-def _fold(rng, i):
-    return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def _check_args(name, num_classes, in_channels, input_size, head, activation) -> None:
