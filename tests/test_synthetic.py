@@ -233,3 +233,64 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     argv = ["data", "synth", "--out", str(tmp_path), "--num-images", "0"]
     assert main(argv) == 2
     assert "num_images" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ per-cell truth
+
+
+def _cells_csv(folder) -> dict[str, dict[int, tuple[int, ...]]]:
+    out: dict = {}
+    for row in csv.DictReader(open(folder / "cells.csv")):
+        out.setdefault(row["ID"], {})[int(row["cell"])] = HPA_2021.parse(row["labels"])
+    return out
+
+
+def test_per_cell_truth_files_agree_with_the_images(tmp_path):
+    from hpa_jax.data import dataset
+
+    syn.synthesize(tmp_path, num_images=40, size=48, seed=11, anomaly_rate=0.1, shards=2,
+                   heterogeneous=0.5)  # fmt: skip
+    cells = _cells_csv(tmp_path)
+    truth = {r["ID"]: HPA_2021.parse(r["true_label"])
+             for r in csv.DictReader(open(tmp_path / "truth.csv"))}  # fmt: skip
+    assert sorted(cells) == sorted(truth)
+    varied = 0
+    for image_id, labels in truth.items():
+        inst = dataset.read_mask(dataset.mask_path(tmp_path, image_id))
+        nuc = dataset.read_mask(dataset.mask_path(tmp_path, image_id, dataset.NUCLEI_DIR))
+        assert inst.shape == nuc.shape == (48, 48)
+        # cells.csv lists exactly the cells of the mask, numbered 1..n
+        assert sorted(cells[image_id]) == sorted(set(np.unique(inst)) - {0})
+        # a nucleus lies inside its own cell
+        assert np.all(inst[nuc > 0] == nuc[nuc > 0])
+        assert set(np.unique(nuc)) - {0} <= set(np.unique(inst))
+        # the image's true labels are the union over its cells (Negative only when none show)
+        shown = {c for ls in cells[image_id].values() for c in ls} - {syn.NEGATIVE}
+        assert shown == set(labels) - {syn.NEGATIVE}
+        if syn.MITOTIC_SPINDLE in labels:
+            assert sum(syn.MITOTIC_SPINDLE in ls for ls in cells[image_id].values()) == 1
+        cell_sets = {ls for ls in cells[image_id].values()}
+        varied += len(cell_sets) > 1
+    assert varied >= 8  # heterogeneous images (and mitotic cells) give cells of different labels
+
+
+def test_uniform_images_keep_their_bytes_and_heterogeneity_changes_only_green(tmp_path):
+    plans = syn.plan_dataset(30, seed=2)
+    changed = 0
+    for plan in plans:
+        uniform = syn.render_fov(plan, 2, 48, heterogeneous=0.0)
+        mixed = syn.render_fov(plan, 2, 48, heterogeneous=1.0)
+        for name in ("red", "blue", "yellow"):
+            np.testing.assert_array_equal(uniform.channels[name], mixed.channels[name])
+        np.testing.assert_array_equal(uniform.cells, mixed.cells)
+        if not np.array_equal(uniform.channels["green"], mixed.channels["green"]):
+            changed += 1
+            # a cell that shows nothing is darker in green than in the uniform image
+            negative = [k for k, ls in mixed.cell_labels.items() if ls == (syn.NEGATIVE,)
+                        and uniform.cell_labels[k] != (syn.NEGATIVE,)]  # fmt: skip
+            for k in negative:
+                region = mixed.cells == k
+                assert mixed.channels["green"][region].mean() <= \
+                    uniform.channels["green"][region].mean()
+    labelled = sum(set(p.true_labels) != {syn.NEGATIVE} for p in plans)
+    assert changed >= labelled // 2

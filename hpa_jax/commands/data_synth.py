@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-fraction", type=float, default=0.2, help="validation share of split.csv (0.2)"
     )
+    parser.add_argument(
+        "--heterogeneous", type=float, default=None,
+        help="share of labelled images whose classes vary from cell to cell: each class shown "
+        "by a random subset of the cells, some cells showing nothing (default: the "
+        "generator's HETEROGENEOUS_FRACTION, 0.3; 0 = every cell shows every class it can); "
+        "the per-cell truth is in cells.csv",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         shards=args.shards,
         workers=args.workers,
         val_fraction=args.val_fraction,
+        **({} if args.heterogeneous is None else {"heterogeneous": args.heterogeneous}),
     )
     n = summary["num_images"]
     print(f"synthesized {n} images of {summary['size']} px (seed {summary['seed']})")

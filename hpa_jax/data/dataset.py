@@ -7,6 +7,11 @@
                                         width, channels, shards, source, split, ...
     DIR/records.json                    cache of record → (ID, labels), see `catalog.py`
     DIR/truth.csv                       synthetic only: the planted anomalies
+    DIR/cells/<ID>.png                  synthetic only: uint16 cell instances (0 = background,
+                                        k = cell k), at the stored image size
+    DIR/nuclei/<ID>.png                 synthetic only: uint16 nuclei, numbered as their cells
+    DIR/cells.csv                       synthetic only: ID,cell,labels (2021 `0|5`; 18 for a
+                                        cell that shows none of its image's classes)
     DIR/skipped.csv                     Kaggle conversions only: rows left out, and why
 
 `data synth`, `data convert`, `data split` and the benchmarks write these files through this
@@ -23,7 +28,10 @@ import pathlib
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from hpa_jax import fileio
+from hpa_jax.data.example import SchemaError, decode_png, encode_png
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2018, HPA_2021, LabelTable, get_table
 
@@ -33,6 +41,8 @@ SPLIT_CSV = "split.csv"
 RECORDS_JSON = "records.json"
 TRUTH_CSV = "truth.csv"
 SKIPPED_CSV = "skipped.csv"
+CELLS_DIR, NUCLEI_DIR = "cells", "nuclei"
+CELLS_CSV = "cells.csv"
 
 SHARD_PREFIX = "train"
 SHARD_RE = re.compile(r"^train-\d{5}-of-\d{5}\.tfrecord$")
@@ -221,3 +231,37 @@ def read_exclude(path: str | os.PathLike, what: str = "config.data.exclude") -> 
         if line:
             ids.append(line.split(",")[0].strip())
     return tuple(ids)
+
+
+# ------------------------------------------------------------------------------ cell masks
+
+
+def mask_path(data_dir: str | os.PathLike, image_id: str, kind: str = CELLS_DIR) -> pathlib.Path:
+    """`DIR/cells/<ID>.png` (kind "cells") or `DIR/nuclei/<ID>.png` (kind "nuclei")."""
+    if kind not in (CELLS_DIR, NUCLEI_DIR):
+        raise ValueError(f"kind must be {CELLS_DIR!r} or {NUCLEI_DIR!r}, got {kind!r}")
+    return pathlib.Path(data_dir) / kind / f"{image_id}.png"
+
+
+def write_mask(path: str | os.PathLike, instances: np.ndarray) -> None:
+    """An instance image (0 = background, k = cell k, at most 65535 cells) as a 16-bit PNG,
+    written atomically."""
+    instances = np.asarray(instances)
+    if instances.ndim != 2 or instances.dtype.kind not in "iu" or instances.min(initial=0) < 0 \
+            or instances.max(initial=0) > 65535:
+        raise ValueError(f"an instance image is int[H, W] in 0..65535, got {instances.dtype}"
+                         f"{list(instances.shape)}")  # fmt: skip
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_bytes(path, encode_png(instances.astype(np.uint16)))
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """An instance image written by `write_mask` → int32[H, W]; UserError naming the file."""
+    path = pathlib.Path(path)
+    try:
+        return decode_png(path.read_bytes(), what=str(path)).astype(np.int32)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such mask file") from None
+    except SchemaError as err:
+        raise UserError(str(err)) from None

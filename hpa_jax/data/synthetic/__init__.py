@@ -30,12 +30,13 @@ from hpa_jax.data.synthetic.plan import (
     image_id,
     plan_dataset,
 )
-from hpa_jax.data.synthetic.render import render_image
+from hpa_jax.data.synthetic.render import FieldOfView, render_fov, render_image
 from hpa_jax.data.synthetic.stains import Stains, green_pattern, render_stains
 from hpa_jax.data.synthetic.write import synthesize, truth_rows
 
 __all__ = [
     "ANOMALY_KINDS", "CHANNELS", "MITOTIC_SPINDLE", "NEGATIVE", "Cells", "ImagePlan", "Stains",
-    "green_pattern", "image_id", "make_cells", "plan_dataset", "render_image", "render_stains",
+    "FieldOfView", "green_pattern", "image_id", "make_cells", "plan_dataset", "render_fov",
+    "render_image", "render_stains",
     "synthesize", "truth_rows",
 ]  # fmt: skip

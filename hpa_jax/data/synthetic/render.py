@@ -1,28 +1,110 @@
-"""One field of view: plan → {channel: uint8[S, S]}, a pure function of (seed, plan.index)."""
+"""One field of view: plan → its four stains and its cells, a pure function of (seed, index).
+
+Single-cell variability, as in real HPA images: in a heterogeneous image (a share
+`HETEROGENEOUS_FRACTION` of the labelled ones) each class is shown by a random non-empty subset
+of the cells, and any cell may show nothing (`NEGATIVE_CELL_RATE`). These draws come from their
+own random stream `default_rng([seed, index, 1])`, so a uniform image is the same, byte for
+byte, as before cells had labels. A cell's true classes are the image's classes whose pattern
+has signal in it (the mitotic spindle only in the mitotic cell, most patterns not in it);
+a cell that shows none of them is Negative (18).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from hpa_jax.data.example import CHANNELS
 from hpa_jax.data.synthetic.cells import make_cells
-from hpa_jax.data.synthetic.plan import MITOTIC_DECOY_RATE, MITOTIC_SPINDLE, ImagePlan
-from hpa_jax.data.synthetic.stains import green_pattern, render_stains
+from hpa_jax.data.synthetic.plan import (
+    MITOTIC_DECOY_RATE,
+    MITOTIC_SPINDLE,
+    NEGATIVE,
+    ImagePlan,
+)
+from hpa_jax.data.synthetic.stains import _mitotic_frame, green_pattern, render_stains
+
+HETEROGENEOUS_FRACTION = 0.3  # labelled images whose classes vary from cell to cell
+NEGATIVE_CELL_RATE = 0.15  # in those, the chance that a cell shows none of the classes
+SIGNAL_FLOOR = 0.1  # a cell shows a class if its pattern reaches this share of the best cell's
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldOfView:
+    """One rendered image: `channels` {name: uint8[S, S]}; `cells` and `nuclei` uint16[S, S]
+    instance images (0 = background, k = cell k; a nucleus carries its cell's number);
+    `cell_labels` {k: classes the cell shows, (18,) for none}."""
+
+    channels: dict[str, np.ndarray]
+    cells: np.ndarray
+    nuclei: np.ndarray
+    cell_labels: dict[int, tuple[int, ...]]
+
 
 # ------------------------------------------------------------------------------ one image
 
 
 def render_image(plan: ImagePlan, seed: int, size: int) -> dict[str, np.ndarray]:
-    """Render one field of view: {channel: uint8[S, S]} for CHANNELS, a pure function of its
-    arguments (the random stream is `default_rng([seed, plan.index])`)."""
+    """The four stains of one field of view: {channel: uint8[S, S]} (see `render_fov`)."""
+    return render_fov(plan, seed, size).channels
+
+
+def _cell_signal(pattern: np.ndarray, cells) -> np.ndarray:
+    """float64[n]: a pattern's mean over each cell's pixels."""
+    inside = cells.d_cell < 1.0
+    owner = cells.owner[inside]
+    area = np.bincount(owner, minlength=cells.n)
+    return np.bincount(owner, weights=pattern[inside], minlength=cells.n) / np.maximum(area, 1)
+
+
+class _Expression:
+    """Which cells show each class: every capable cell in a uniform image; in a heterogeneous
+    one a random non-empty subset of the capable cells, some cells showing nothing. Draws from
+    its own stream, so uniform images keep their bytes."""
+
+    def __init__(self, plan: ImagePlan, seed: int, n: int, heterogeneous: float,
+                 negative_cells: float):  # fmt: skip
+        self.rng = np.random.default_rng([seed, plan.index, 1])
+        self.varies = bool(set(plan.true_labels) - {NEGATIVE}) and (
+            self.rng.random() < heterogeneous)
+        self.silent = self.rng.random(n) < negative_cells if self.varies else np.zeros(n, bool)
+
+    def cells_showing(self, capable: np.ndarray) -> np.ndarray:
+        """bool[n] of the cells that show a class that `capable` cells could show."""
+        if not self.varies:
+            return capable
+        showing = capable & ~self.silent & (self.rng.random(len(capable))
+                                            < self.rng.uniform(0.3, 0.9))  # fmt: skip
+        if not showing.any() and capable.any():
+            pool = np.flatnonzero(capable & ~self.silent)
+            pool = pool if len(pool) else np.flatnonzero(capable)
+            showing[self.rng.choice(pool)] = True
+        return showing
+
+
+def render_fov(plan: ImagePlan, seed: int, size: int, *,
+               heterogeneous: float = HETEROGENEOUS_FRACTION,
+               negative_cells: float = NEGATIVE_CELL_RATE) -> FieldOfView:  # fmt: skip
+    """Render one field of view, a pure function of its arguments (the image's random stream is
+    `default_rng([seed, plan.index])`, the cells' expression draws `[seed, plan.index, 1]`)."""
     rng = np.random.default_rng([seed, plan.index])
     labels = plan.true_labels
     mitotic = MITOTIC_SPINDLE in labels or rng.random() < MITOTIC_DECOY_RATE
     cells = make_cells(rng, size, mitotic)
     stains = render_stains(rng, cells, size)
+    expression = _Expression(plan, seed, cells.n, heterogeneous, negative_cells)
     green = np.zeros((size, size), np.float32)
+    shown = {}
     for cls in labels:
-        green += green_pattern(cls, rng, cells, stains, size)
+        pattern = green_pattern(cls, rng, cells, stains, size)
+        if cls != NEGATIVE:
+            signal = _cell_signal(pattern, cells)
+            capable = (signal > 0) & (signal >= SIGNAL_FLOOR * signal.max())
+            shown[cls] = expression.cells_showing(capable)
+            if expression.varies:
+                pattern = pattern * shown[cls].astype(np.float32)[cells.owner]
+        green += pattern
     expression = rng.uniform(0.65, 1.0, cells.n)[cells.owner]  # cells express unevenly
     channels = {
         "red": stains.red,
@@ -37,7 +119,27 @@ def render_image(plan: ImagePlan, seed: int, size: int) -> dict[str, np.ndarray]
         noise = rng.standard_normal((size, size), np.float32) * np.float32(0.012)
         noisy = channels[name] * np.float32(gain) + (noise + np.float32(0.02))
         out[name] = noisy
-    return {name: _to_uint8(img) for name, img in _apply_fault(rng, plan, out).items()}
+    channels = {name: _to_uint8(img) for name, img in _apply_fault(rng, plan, out).items()}
+    return FieldOfView(channels, *_instances(cells, size), _cell_labels(shown, cells.n))
+
+
+def _instances(cells, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint16[S, S] cell and nucleus instance images from the geometry (cell k → k + 1)."""
+    number = (cells.owner + 1).astype(np.uint16)
+    inside = cells.d_cell < 1.0
+    nucleus = inside & (cells.d_nuc < 1.0)
+    if cells.mitotic >= 0:  # the condensed chromosome plate is the mitotic cell's nucleus
+        along, across, _, r = _mitotic_frame(cells, size)
+        plate = np.exp(-((along / (0.12 * r)) ** 2) - (across / (0.55 * r)) ** 6) > 0.5
+        nucleus |= inside & (cells.owner == cells.mitotic) & plate
+    return np.where(inside, number, 0).astype(np.uint16), np.where(nucleus, number, 0).astype(
+        np.uint16)
+
+
+def _cell_labels(shown: dict[int, np.ndarray], n: int) -> dict[int, tuple[int, ...]]:
+    """{cell number: the classes it shows, or (18,) for none}."""
+    return {k + 1: tuple(c for c in sorted(shown) if shown[c][k]) or (NEGATIVE,)
+            for k in range(n)}  # fmt: skip
 
 
 def _apply_fault(rng, plan: ImagePlan, channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,20 +9,36 @@ from hpa_jax.data import dataset
 from hpa_jax.data import writer as writer_lib
 from hpa_jax.data.example import encode_example
 from hpa_jax.data.synthetic.plan import ANOMALY_KINDS, ImagePlan, plan_dataset
-from hpa_jax.data.synthetic.render import render_image
+from hpa_jax.data.synthetic.render import HETEROGENEOUS_FRACTION, render_fov
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2021
 
 
 def _render_shard(task: tuple) -> dict:
-    """Worker task: render one shard's images and write them as a TFRecord file (atomically)."""
-    path, plans, seed, size = task
+    """Worker task: render one shard's images, write them as a TFRecord file (atomically) and
+    each image's cell and nucleus masks; return the shard's cells.csv rows."""
+    path, plans, seed, size, heterogeneous = task
+    rows = []
     with TFRecordWriter(path) as writer:
         for plan in plans:
-            channels = render_image(plan, seed, size)
-            writer.write(encode_example(plan.image_id, channels, plan.recorded_labels))
-    return {"path": str(path), "count": len(plans)}
+            fov = render_fov(plan, seed, size, heterogeneous=heterogeneous)
+            writer.write(encode_example(plan.image_id, fov.channels, plan.recorded_labels))
+            data_dir = path.parent
+            dataset.write_mask(dataset.mask_path(data_dir, plan.image_id), fov.cells)
+            dataset.write_mask(dataset.mask_path(data_dir, plan.image_id, dataset.NUCLEI_DIR),
+                               fov.nuclei)  # fmt: skip
+            rows += [(plan.image_id, k, HPA_2021.format(labels))
+                     for k, labels in fov.cell_labels.items()]  # fmt: skip
+    return {"path": str(path), "count": len(plans), "cells": rows}
+
+
+def _remove_stale_masks(out_dir: pathlib.Path, ids: set[str]) -> None:
+    """Masks of images a previous, larger run wrote must not outlive it."""
+    for kind in (dataset.CELLS_DIR, dataset.NUCLEI_DIR):
+        for path in (out_dir / kind).glob("*.png"):
+            if path.stem not in ids:
+                path.unlink(missing_ok=True)
 
 
 def truth_rows(plans: list[ImagePlan]) -> list[tuple]:
@@ -44,21 +60,25 @@ def synthesize(
     shards: int = 4,
     workers: int = 1,
     val_fraction: float = 0.2,
+    heterogeneous: float = HETEROGENEOUS_FRACTION,
 ) -> dict:
     """Render a synthetic dataset folder; return a summary dict.
 
     Writes `shards` TFRecord files `train-0000k-of-0000K.tfrecord` (uint8 PNG channels of
     `size` x `size` px), train.csv (recorded labels), split.csv (stratified, `val_fraction`),
-    truth.csv (planted anomalies) and dataset.json. The bytes depend only on num_images, size,
-    seed, anomaly_rate and shards, not on `workers`.
+    truth.csv (planted anomalies), the per-cell truth (cells/<ID>.png, nuclei/<ID>.png,
+    cells.csv; a share `heterogeneous` of the labelled images vary from cell to cell) and
+    dataset.json. The bytes depend only on the arguments other than `workers`.
 
     Summary keys: out_dir, num_images, size, seed, shards (names), class_counts ({name: n} of
     recorded labels), anomalies ({kind: n}), files ({what: path}).
     """
-    if num_images < 1 or size < 16 or shards < 1 or not 0 <= anomaly_rate <= 1:
+    if num_images < 1 or size < 16 or shards < 1 or not 0 <= anomaly_rate <= 1 \
+            or not 0 <= heterogeneous <= 1:
         raise UserError(
-            f"synth: need num_images >= 1, size >= 16, shards >= 1 and 0 <= anomaly rate <= 1; "
-            f"got {num_images}, {size}, {shards}, {anomaly_rate}"
+            f"synth: need num_images >= 1, size >= 16, shards >= 1, 0 <= anomaly rate <= 1 and "
+            f"0 <= heterogeneous <= 1; got {num_images}, {size}, {shards}, {anomaly_rate}, "
+            f"{heterogeneous}"
         )
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,12 +86,17 @@ def synthesize(
     plans = plan_dataset(num_images, seed, anomaly_rate)
     names = [dataset.shard_name(k, shards) for k in range(shards)]
     writer_lib.remove_stale_shards(out_dir, names)
+    _remove_stale_masks(out_dir, {p.image_id for p in plans})
     tasks = [
-        (out_dir / name, [plans[i] for i in rows], seed, size)
+        (out_dir / name, [plans[i] for i in rows], seed, size, heterogeneous)
         for name, rows in zip(names, writer_lib.shard_ranges(num_images, shards), strict=True)
     ]
-    for _ in writer_lib.run_tasks(_render_shard, tasks, workers=workers, desc="synth"):
-        pass
+    cells = {}
+    for done in writer_lib.run_tasks(_render_shard, tasks, workers=workers, desc="synth"):
+        cells[done["path"]] = done["cells"]
+    cell_rows = [row for task in tasks for row in cells[str(task[0])]]  # shard order
+    fileio.write_text(out_dir / dataset.CELLS_CSV,
+                      dataset.csv_text(("ID", "cell", "labels"), cell_rows))  # fmt: skip
     header = ("ID", "anomaly", "kind", "true_label", "recorded_label")
     fileio.write_text(out_dir / dataset.TRUTH_CSV, dataset.csv_text(header, truth_rows(plans)))
     anomalies = {kind: sum(p.anomaly == kind for p in plans) for kind in ANOMALY_KINDS}
@@ -88,7 +113,8 @@ def synthesize(
         val_fraction=val_fraction,
         seed=seed,
         extra={"seed": seed, "anomaly_rate": anomaly_rate, "anomalies": anomalies,
-               "generator": "hpa_jax.data.synthetic", "bit_depth": 8},
+               "generator": "hpa_jax.data.synthetic", "bit_depth": 8,
+               "heterogeneous": heterogeneous, "num_cells": len(cell_rows)},
     )  # fmt: skip
     return {
         "out_dir": str(out_dir),
@@ -103,6 +129,7 @@ def synthesize(
             "labels": str(out_dir / dataset.LABELS_CSV),
             "split": str(out_dir / dataset.SPLIT_CSV),
             "truth": str(out_dir / dataset.TRUTH_CSV),
+            "cells": str(out_dir / dataset.CELLS_CSV),
             "info": str(out_dir / dataset.DATASET_JSON),
         },
     }
