@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("anomalies",), "anomalies", "find anomalous images; write anomalies.csv, exclude.txt, plots"),
     (("bench",), "bench", "throughput benchmarks (train, eval, input)"),
     (("grid",), "grid", "hyperparameter grids: list, run, report"),
+    (("cells", "show"), "cells_show", "pictures: cells outlined by class, contact sheets"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
 ]
 

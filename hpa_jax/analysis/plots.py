@@ -14,7 +14,7 @@ _RGBY_TO_RGB = np.array(
 )
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -51,7 +51,7 @@ def intensity_distributions(
     means, labels = np.asarray(means, np.float64), np.asarray(labels) > 0
     n_classes, n_channels = labels.shape[1], means.shape[1]
     flags = np.zeros(len(means), bool) if flags is None else np.asarray(flags, bool)
-    fig = _figure(max(6.0, 0.45 * n_classes + 2), 2.2 * n_channels)
+    fig = figure(max(6.0, 0.45 * n_classes + 2), 2.2 * n_channels)
     axes = fig.subplots(n_channels, 1, sharex=True, squeeze=False)[:, 0]
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(means))
     rows, cols = np.nonzero(labels)  # one point per (image, class it carries)
@@ -74,7 +74,7 @@ def intensity_distributions(
     return fig
 
 
-def _mosaic(tiles: np.ndarray, gap: int = 2) -> np.ndarray:
+def mosaic(tiles: np.ndarray, gap: int = 2) -> np.ndarray:
     """float[n, h, w, 3] → one row float[h, n·(w + gap) − gap, 3] with white gaps."""
     n, h, w, _ = tiles.shape
     row = np.ones((h, n * (w + gap) - gap, 3), np.float32)
@@ -100,12 +100,12 @@ def thumbnails(
     rgb = to_rgb(images, channel_names)
     names = list(scores)
     cols = min(per_detector, len(images))
-    fig = _figure(1.25 * cols + 1.8, 1.5 * len(names) + 0.3)
+    fig = figure(1.25 * cols + 1.8, 1.5 * len(names) + 0.3)
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     width = rgb.shape[2] + 2
     for ax, name in zip(axes, names, strict=True):
         top = np.argsort(-np.asarray(scores[name]), kind="stable")[:cols]
-        ax.imshow(_mosaic(rgb[top]), interpolation="nearest")
+        ax.imshow(mosaic(rgb[top]), interpolation="nearest")
         ax.set_xticks(
             [i * width + width / 2 - 1 for i in range(len(top))],
             [f"{ids[i]}\n{scores[name][i]:.3g}" for i in top],
@@ -151,7 +151,7 @@ def projection_map(coords, labels, *, class_names, flags=None, title: str = ""):
 
     coords: float[N, 2]; labels: multi-hot [N, K]; flags: bool[N] or None.
     """
-    fig = _figure(7.5, 5.5)
+    fig = figure(7.5, 5.5)
     ax = fig.subplots()
     _scatter_map(ax, np.asarray(coords), labels, flags, class_names, title)
     ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -163,7 +163,7 @@ def side_by_side(maps: dict[str, np.ndarray], labels, *, class_names, flags=None
 
     maps: embedding name → coords float[N, 2] (same images, same order).
     """
-    fig = _figure(4.2 * len(maps) + 1.8, 4.4)
+    fig = figure(4.2 * len(maps) + 1.8, 4.4)
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for ax, (name, coords) in zip(axes, maps.items(), strict=True):
         _scatter_map(ax, np.asarray(coords), labels, flags, class_names, name)

@@ -265,3 +265,22 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"{path}: no such mask file") from None
     except SchemaError as err:
         raise UserError(str(err)) from None
+
+
+def read_cells_csv(path: str | os.PathLike) -> dict[str, dict[int, tuple[int, ...]]]:
+    """A cells.csv (`ID,cell,labels`, 2021 label strings) → {ID: {cell: classes}}."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    out: dict[str, dict[int, tuple[int, ...]]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"ID", "cell", "labels"} <= set(reader.fieldnames):
+            raise UserError(f"{path}: header must name ID,cell,labels; got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                cell = int(row["cell"])
+                out.setdefault(row["ID"], {})[cell] = HPA_2021.parse(row["labels"] or "")
+            except (ValueError, UserError) as err:
+                raise UserError(f"{path}:{line}: {err}") from None
+    return out

@@ -1,0 +1,42 @@
+"""Cell pictures: outlines in the class colour, crops, and the `hpa-jax cells show` files."""
+
+import numpy as np
+
+from hpa_jax.cells import show
+from hpa_jax.cli import main
+from hpa_jax.data.synthetic import synthesize
+
+
+def test_outlines_take_the_colour_of_the_cell_class():
+    inst = np.zeros((20, 20), np.int32)
+    inst[2:10, 2:10] = 1
+    inst[12:18, 12:18] = 2
+    rgb = np.zeros((20, 20, 3), np.float32)
+    out = show.outlined(rgb, inst, {1: (3, 0), 2: (18,)})
+    np.testing.assert_allclose(out[2, 5], show.class_colour(3))  # edge of cell 1
+    np.testing.assert_allclose(out[12, 14], show.NEGATIVE_COLOUR)  # edge of cell 2
+    assert np.all(out[5, 5] == 0) and np.all(out[0, 0] == 0)  # inside and background untouched
+
+
+def test_cell_crop_centres_the_cell_and_dims_the_rest():
+    inst = np.zeros((30, 30), np.int32)
+    inst[0:10, 0:6] = 4  # at the image corner: the crop reaches past the edge
+    rgb = np.ones((30, 30, 3), np.float32)
+    crop = show.cell_crop(rgb, inst, 4, 20)
+    assert crop.shape == (20, 20, 3)
+    assert crop.max() == 1.0  # the cell at full brightness
+    assert crop[:, 0].max() == 0.0  # beyond the image's left edge: black
+    assert np.isclose(crop[10, 18, 0], 1 / 3)  # image pixel outside the cell: dimmed
+
+
+def test_cells_show_writes_overlays_and_contact_sheets(tmp_path):
+    synthesize(tmp_path / "data", num_images=6, size=48, seed=4, shards=1, anomaly_rate=0.0)
+    assert main(["cells", "show", "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "pics"), "--images", "2", "--per-class", "3"]) == 0
+    names = sorted(p.name for p in (tmp_path / "pics").iterdir())
+    assert [n for n in names if n.startswith("overlay_")] == [
+        "overlay_synth-000000.png", "overlay_synth-000001.png"]
+    classes = {int(n[6:8]) for n in names if n.startswith("class_")}
+    cells_csv = (tmp_path / "data" / "cells.csv").read_text().splitlines()[1:]
+    shown = {int(c) for row in cells_csv for c in row.split(",")[2].split("|")}
+    assert classes == shown
