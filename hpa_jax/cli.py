@@ -31,6 +31,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench",), "bench", "throughput benchmarks (train, eval, input)"),
     (("grid",), "grid", "hyperparameter grids: list, run, report"),
     (("cells", "show"), "cells_show", "pictures: cells outlined by class, contact sheets"),
+    (("submission", "check"), "submission", "check an HPA 2021 submission CSV against a dataset"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
 ]
 

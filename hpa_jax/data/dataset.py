@@ -128,15 +128,28 @@ def num_classes(data_dir: str | os.PathLike, info: dict, wanted: int | None = No
 # ------------------------------------------------------------------------------ train.csv
 
 
+# the HPA 2021 submission (and the test folder's sample_submission.csv): one row per image
+SUBMISSION_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
+
+
+def is_submission_header(header: Sequence[str]) -> bool:
+    """Whether a CSV header is the 2021 submission's (`SUBMISSION_COLUMNS`)."""
+    return tuple(h.strip() for h in header) == SUBMISSION_COLUMNS
+
+
 def detect_table(header: Sequence[str], path) -> LabelTable:
-    """`ID,Label` → the 2021 table; `Id,Target` → the 2018 table."""
+    """`ID,Label` → the 2021 table; `Id,Target` → the 2018 table; the submission header of a
+    2021 test folder's sample_submission.csv → the 2021 table (images unlabelled)."""
     cols = [h.strip() for h in header]
+    if is_submission_header(cols):
+        return HPA_2021
     for table in (HPA_2021, HPA_2018):
         if cols[:2] == [table.id_column, table.label_column]:
             return table
     raise UserError(
         f"{path}: cannot tell the label table from header {cols!r}; expected 'ID,Label' "
-        "(hpa2021) or 'Id,Target' (hpa2018), or pass --labels"
+        "(hpa2021), 'Id,Target' (hpa2018) or 'ID,ImageWidth,ImageHeight,PredictionString' "
+        "(an unlabelled hpa2021 test folder), or pass --labels"
     )
 
 
@@ -144,7 +157,9 @@ def read_labels_csv(path: str | os.PathLike, labels: str = "auto"):
     """Read a labels CSV → (table, [(line, ID, label string)]), raw: labels are parsed later.
 
     `labels` is "auto" (from the header) or a table name; with a table name the first two
-    columns are taken whatever the header says.
+    columns are taken whatever the header says. A 2021 test folder's sample_submission.csv
+    (`ID,ImageWidth,ImageHeight,PredictionString`) lists its images unlabelled: every label
+    string is "" (the rest of its columns is ignored).
     """
     path = pathlib.Path(path)
     try:
@@ -155,9 +170,13 @@ def read_labels_csv(path: str | os.PathLike, labels: str = "auto"):
     if not rows:
         raise UserError(f"{path}: empty CSV (no header)")
     table = detect_table(rows[0], path) if labels == "auto" else get_table(labels)
+    unlabelled = is_submission_header(rows[0])
     out = []
     for line, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
+            continue
+        if unlabelled:
+            out.append((line, row[0].strip(), ""))
             continue
         if len(row) < 2:
             raise UserError(f"{path}:{line}: expected ID and labels, got {row!r}")
