@@ -16,7 +16,7 @@ from keras.src.legacy.saving import legacy_h5_format
 import hpa_jax  # noqa: F401  (selects Keras's JAX backend before keras is imported)
 from hpa_jax import cli
 from hpa_jax.errors import UserError
-from hpa_jax.models import converted
+from hpa_jax.models import converted, keras_build
 from hpa_jax.models import keras_weights as kw
 from hpa_jax.models.efficientnet import EfficientNet, backbone_state
 
@@ -31,28 +31,21 @@ def _random_keras_model(variant, seed):
     mix-up of mean and variance). Keras's own initialisers are skipped (deferred in a
     StatelessScope) because running them eagerly compiles once per weight shape (~20 s/model).
     """
-    from keras.src.backend.common import global_state
-
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    with keras.StatelessScope(initialize_variables=False):
-        model = builder(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
-                        pooling="avg")
-    ids = {id(v) for v in model.variables}
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    global_state.set_global_attribute("uninitialized_variables",
-                                      [v for v in pending if id(v) not in ids])
+    model = keras_build.deferred_build(builder, include_top=False, weights=None,
+                                       input_shape=(SIZE, SIZE, 3), pooling="avg")
     rng = np.random.default_rng(seed)
     done = set()
     for layer in model.layers:
         values = _random_values(layer, rng)
         for var, value in zip(layer.weights, values, strict=True):
-            var._initialize(np.asarray(value, var.dtype).reshape(var.shape))
+            var.assign(np.asarray(value, var.dtype).reshape(var.shape))
             done.add(id(var))
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()  # Keras derives its broadcast mean/variance here
     for var in model.variables:  # dropout seed states
         if id(var) not in done:
-            var._initialize(np.zeros(var.shape, var.dtype))
+            var.assign(np.zeros(var.shape, var.dtype))
     return model
 
 

@@ -51,6 +51,7 @@ from hpa_jax.models.keras_build import (
     KerasModel,
     application,
     build_keras_model,
+    fill_with_zeros,
     normalization_from,
     preprocess,
     preprocess_mode,
@@ -71,8 +72,7 @@ def load_weight_values(name: str, path: str | os.PathLike, *, in_channels: int, 
     if not os.path.isfile(path):
         raise UserError(f"model.weights={path!r}: no such file")
     donor = build_keras_model(name, input_size=input_size, in_channels=3, **kwargs)
-    for var in donor.variables:  # placeholders that load_weights overwrites
-        var._initialize(np.zeros(var.shape, var.dtype))
+    fill_with_zeros(donor)  # placeholders that load_weights overwrites
     try:
         with jax.ensure_compile_time_eval():  # concrete values even under nnx.eval_shape/jit
             donor.load_weights(path)

@@ -2,10 +2,12 @@
 preprocessing, and the Keras functional model built without initialising its variables (the
 values live in the NNX module, `keras_backbone.KerasBackbone`).
 
-Two reads of Keras internals are deliberate, for reproducible builds: the per-process layer-name
-counter (`global_state`'s "object_name_uids", reset so every build has the same variable paths
-and weight files saved from one build load into another) and the list of variables awaiting
-deferred initialisation (ours are dropped from it: we supply their values ourselves).
+Two uses of Keras's global state (`keras.src.backend.common.global_state`, which has no public
+counterpart) are deliberate: the per-process layer-name counter ("object_name_uids", reset so
+every build has the same variable paths and weight files saved from one build load into
+another) and the list of variables awaiting deferred initialisation (ours are dropped from it:
+we supply their values ourselves; left there, Keras would run their initialisers at the exit of
+every later StatelessScope, i.e. in every `stateless_call`). Everything else here is public API.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-
-
 
 
 def application_names() -> list[str]:
@@ -168,6 +168,15 @@ def deferred_build(constructor, **kwargs):
     return model
 
 
+def fill_with_zeros(model) -> None:
+    """Give every (deferred, uninitialised) variable of `model` zeros, as placeholders for
+    `model.load_weights` to overwrite (variables the file does not hold, e.g. dropout seed
+    states, stay zero). Concrete even when called while tracing (`nnx.eval_shape`/`jax.jit`)."""
+    with jax.ensure_compile_time_eval():
+        for var in model.variables:
+            var.assign(np.zeros(var.shape, var.dtype))
+
+
 def build_keras_model(name: str, *, in_channels: int, input_size: int, dtype: str = "float32",
                       **kwargs):
     """`keras.applications.<name>(include_top=False, weights=None)` for [size, size, C] input.
@@ -199,11 +208,11 @@ def normalization_from(model, non_trainable: list):
     """
     index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
     saved = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _all_layers(model):
         adapted = getattr(layer, "adapt_mean", None) is not None
         if isinstance(layer, keras.layers.Normalization) and adapted:
             saved.append((layer, layer.mean, layer.variance))
-            shape = layer._broadcast_shape
+            shape = jnp.shape(layer.mean)  # the broadcast shape Keras built it with
             layer.mean = jnp.reshape(non_trainable[index[id(layer.adapt_mean)]], shape)
             layer.variance = jnp.reshape(non_trainable[index[id(layer.adapt_variance)]], shape)
     try:
@@ -211,6 +220,14 @@ def normalization_from(model, non_trainable: list):
     finally:
         for layer, mean, variance in saved:
             layer.mean, layer.variance = mean, variance
+
+
+def _all_layers(model):
+    """Every layer of `model`, nested models' layers included (depth first)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 KERAS_DROP_CONNECT = 0.2  # keras.applications EfficientNet's fixed drop_connect_rate

@@ -1,14 +1,19 @@
 """Initial values of a Keras model's variables, drawn on the host from one JAX key.
 
-Keras's initialisers run as eager XLA computations, one compile per weight shape (about 30 s
-for the ~300 variables of EfficientNetB0 on 2 cores), and draw from Keras's own seed state.
-So the formulas are evaluated here with numpy instead, from a generator seeded by the key's
-bits and the variable's position: fast, the same on every host and backend, and usable under
-`jax.jit`/`nnx.eval_shape` through a host callback. The formulas are Keras's public ones
+Why not call Keras's initialisers: they run as eager XLA computations, one compile per weight
+shape (about 30 s for the ~300 variables of EfficientNetB0 on 2 cores), and draw from Keras's
+own stateful seed state, so the values would depend on what ran before in the process and could
+not come from an `nnx.Rngs` key under `jax.jit`/`nnx.eval_shape`. So the formulas are evaluated
+here with numpy instead, from a generator seeded by the key's bits and the variable's position:
+fast, the same on every host and backend, and usable under `jax.jit`/`nnx.eval_shape` through a
+host callback. The formulas read only the public attributes of `keras.initializers` classes
 (VarianceScaling and its Glorot/He/LeCun subclasses, RandomNormal/Uniform, TruncatedNormal,
-constants; `keras.initializers`); an initialiser not mirrored here runs Keras's own, seeded from
-the same generator. Reading a variable's initialiser (`Variable._initializer`) and a layer's
-seed generators is the one use of Keras attributes without a public accessor.
+constants); an initialiser not mirrored here runs Keras's own, seeded from the same generator.
+
+One private read remains: which initialiser a variable was created with. Keras keeps it on the
+variable until first initialised (`Variable._initializer`) and has no public accessor for it;
+`_initializer_of` is the only place that reads it. Dropout seed-generator states are found by
+their public variable name.
 """
 
 from __future__ import annotations
@@ -42,12 +47,19 @@ def fans(shape: tuple, input_axes=None, output_axes=None) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
+# The name `keras.random.SeedGenerator` gives its state variable (uint32[2], non-trainable).
+SEED_STATE_NAME = "seed_generator_state"
+
+
 def seed_state_ids(model) -> set[int]:
-    ids = set()
-    for layer in model._flatten_layers(include_self=True):
-        for generator in getattr(layer, "_seed_generators", ()):
-            ids.add(id(generator.state))
-    return ids
+    """ids of the model's seed-generator state variables (dropout, drop-connect)."""
+    return {id(v) for v in model.non_trainable_variables if v.name == SEED_STATE_NAME}
+
+
+def _initializer_of(var):
+    """The initialiser a deferred Keras variable will be initialised with (no public accessor:
+    see the module docstring)."""
+    return var._initializer
 
 
 def _sample(init, shape: tuple, rng: np.random.Generator) -> np.ndarray | None:
@@ -102,9 +114,9 @@ def _host_initial_values(model, key_data: np.ndarray) -> list[np.ndarray]:
         if id(var) in seed_states:
             value = rng.integers(0, 2**32, shape, dtype=np.uint64)
         else:
-            value = _sample(var._initializer, shape, rng)
+            value = _sample(_initializer_of(var), shape, rng)
         if value is None:  # an initialiser we do not mirror: run Keras's own, seeded from rng
-            init = copy.copy(var._initializer)
+            init = copy.copy(_initializer_of(var))
             if hasattr(init, "seed"):
                 init.seed = int(rng.integers(1, 2**31 - 1))
             value = np.asarray(init(shape, dtype=var.dtype))

@@ -42,7 +42,7 @@ from flax import nnx
 
 from hpa_jax.models.converted import WeightsError, as_float32, assign_pure_state
 from hpa_jax.models.efficientnet import VARIANTS, EfficientNet, block_args, round_filters
-from hpa_jax.models.keras_build import deferred_build
+from hpa_jax.models.keras_build import deferred_build, fill_with_zeros
 
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)  # Keras's constants for its extra ImageNet rescale
 _IMAGENET_FILE = re.compile(r"^efficientnetb[0-7](_notop)?\.h5$")
@@ -160,8 +160,7 @@ def keras_skeleton(variant: str, channels: int):
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
     model = deferred_build(builder, include_top=False, weights=None,
                            input_shape=(None, None, channels))
-    for var in model.variables:
-        var._initialize(np.zeros(var.shape, var.dtype))
+    fill_with_zeros(model)
     return model
 
 
