@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("anomalies",), "anomalies", "find anomalous images; write anomalies.csv, exclude.txt, plots"),
     (("bench",), "bench", "throughput benchmarks (train, eval, input)"),
     (("grid",), "grid", "hyperparameter grids: list, run, report"),
+    (("segment",), "segment", "segment cells and nuclei of every image (classical, no weights)"),
     (("cells", "show"), "cells_show", "pictures: cells outlined by class, contact sheets"),
     (("submission", "check"), "submission", "check an HPA 2021 submission CSV against a dataset"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
