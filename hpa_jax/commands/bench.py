@@ -1,4 +1,4 @@
-"""`hpa-jax bench train|eval|embed|input|model`: throughput, measured the same way every time.
+"""`hpa-jax bench train|eval|embed|input|segment|model`: throughput, measured the same way.
 
 train/eval: warm-up, then timed steps of the trainer's own jitted step with the device
 synchronised; one JSON line per (batch, resolution) point with images/s (total, per device),
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 CONFIG_OVERRIDES = True  # bench train/eval take --config.KEY=VALUE like `hpa-jax train`
@@ -59,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tf-python", default=None,
                    help="a Python with TensorFlow for the tf.data side (else in-process if found)")
     p.add_argument("--out", default=None, help="write the JSON result here")
+    p = sub.add_parser("segment", help="cell segmentation: s/image at 2048 px 16-bit on one "
+                       "core vs full resolution, images/s on several cores")
+    p.add_argument("--size", type=int, default=2048, help="image side for the one-core figure")
+    p.add_argument("--images", type=int, default=3, help="images for the one-core figure")
+    p.add_argument("--repeats", type=int, default=3, help="passes over them (median reported)")
+    p.add_argument("--batch-images", type=int, default=24, help="512 px images, multi-core")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes for the multi-core figure (default: min(2, CPUs))")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the full-resolution reference (slow: tens of seconds)")
+    p.add_argument("--out", default=None, help="append the JSON line to this file")
     p = sub.add_parser("model", help="EfficientNet step: hpa-jax vs Keras 3 on JAX")
     p.add_argument("--variant", default="b0")
     p.add_argument("--res", type=int, default=224)
@@ -113,6 +125,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config_overrides:
         raise UserError(f"--config overrides apply to bench train/eval/embed only: "
                         f"{' '.join(args.config_overrides)}")
+    if args.bench_command == "segment":
+        from hpa_jax.bench.segment import segment_benchmark
+
+        _emit(segment_benchmark(size=args.size, images=args.images, repeats=args.repeats,
+                                batch_images=args.batch_images, workers=args.workers,
+                                reference=not args.no_reference), args.out)
+        return 0
     if args.bench_command == "input":
         from hpa_jax.bench.input import run_input_benchmark
 
