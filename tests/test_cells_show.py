@@ -40,3 +40,22 @@ def test_cells_show_writes_overlays_and_contact_sheets(tmp_path):
     cells_csv = (tmp_path / "data" / "cells.csv").read_text().splitlines()[1:]
     shown = {int(c) for row in cells_csv for c in row.split(",")[2].split("|")}
     assert classes == shown
+
+
+def test_masks_from_elsewhere_are_checked_and_name_the_id(tmp_path):
+    import pytest
+
+    from hpa_jax.cells.masks import load_instances
+    from hpa_jax.errors import UserError
+
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:5, 2:5] = 3
+    np.savez(tmp_path / "a.npz", masks=inst)
+    np.testing.assert_array_equal(load_instances(tmp_path, "a", (8, 8)), inst)
+    with pytest.raises(UserError, match=r"ID 'a' are \(8, 8\), the image is \(8, 9\)"):
+        load_instances(tmp_path, "a", (8, 9))
+    np.savez(tmp_path / "b.npz", inst.astype(np.float32))
+    with pytest.raises(UserError, match="ID 'b' are float32"):
+        load_instances(tmp_path, "b", (8, 8))
+    with pytest.raises(UserError, match="no mask for ID 'c'"):
+        load_instances(tmp_path, "c", (8, 8))

@@ -14,6 +14,7 @@ from matplotlib.patches import Patch
 from skimage.segmentation import find_boundaries
 
 from hpa_jax.analysis.plots import figure, mosaic, to_rgb
+from hpa_jax.cells.masks import load_instances
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import CHANNELS, decode_example
@@ -122,10 +123,10 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
         full = len(written) >= images and all(len(v) >= per_class for v in crops.values())
         if full:
             break
-        mask_file = (pathlib.Path(masks) / f"{image_id}.png" if masks
-                     else dataset.mask_path(data_dir, image_id))  # fmt: skip
-        instances = dataset.read_mask(mask_file)
-        rgb = composite(decode_example(source[index])["image"], CHANNELS)
+        stains = decode_example(source[index])["image"]
+        instances = load_instances(masks or data_dir / dataset.CELLS_DIR, image_id,
+                                   stains.shape[:2])  # fmt: skip
+        rgb = composite(stains, CHANNELS)
         cells = labels.get(image_id, {})
         if len(written) < images:
             fig = overlay_figure(rgb, instances, cells, table.classes, title=image_id)

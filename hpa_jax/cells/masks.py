@@ -1,0 +1,39 @@
+"""Cell masks computed elsewhere (`--masks DIR`): the HPA-Cell-Segmentation U-Nets or Cellpose
+run on a GPU machine, saved as `<ID>.png` (16-bit instance image) or `<ID>.npz` (an integer
+instance array, the first in the file or the one named "masks"), checked before use."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from hpa_jax.data import dataset
+from hpa_jax.errors import UserError
+
+
+def load_instances(masks_dir: str | os.PathLike, image_id: str,
+                   shape: tuple[int, int]) -> np.ndarray:  # fmt: skip
+    """The instance image of `image_id` from `masks_dir` → int32[H, W]; UserError naming the ID
+    when it is missing, not an integer image, or not the image's size `shape`."""
+    folder = pathlib.Path(masks_dir)
+    png, npz = folder / f"{image_id}.png", folder / f"{image_id}.npz"
+    if png.is_file():
+        instances = dataset.read_mask(png)
+    elif npz.is_file():
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                key = "masks" if "masks" in data.files else data.files[0]
+                instances = data[key]
+        except (OSError, ValueError, IndexError) as err:
+            raise UserError(f"{npz}: masks of ID {image_id!r} cannot be read ({err})") from None
+    else:
+        raise UserError(f"{folder}: no mask for ID {image_id!r} ({png.name} or {npz.name})")
+    if instances.dtype.kind not in "iu":
+        raise UserError(f"{folder}: masks of ID {image_id!r} are {instances.dtype}, not an "
+                        "integer instance image")  # fmt: skip
+    if tuple(instances.shape) != tuple(shape):
+        raise UserError(f"{folder}: masks of ID {image_id!r} are {tuple(instances.shape)}, "
+                        f"the image is {tuple(shape)}")  # fmt: skip
+    return instances.astype(np.int32)
