@@ -59,3 +59,29 @@ def test_masks_from_elsewhere_are_checked_and_name_the_id(tmp_path):
         load_instances(tmp_path, "b", (8, 8))
     with pytest.raises(UserError, match="no mask for ID 'c'"):
         load_instances(tmp_path, "c", (8, 8))
+
+
+def test_masks_for_unknown_ids_are_reported_by_id(tmp_path):
+    import pytest
+
+    from hpa_jax.cells.show import write_cell_pictures
+    from hpa_jax.data import dataset
+
+    synthesize(tmp_path / "data", num_images=2, size=32, seed=4, shards=1, anomaly_rate=0.0)
+    masks = tmp_path / "masks"
+    for image_id in ("synth-000000", "synth-000001"):
+        inst = dataset.read_mask(dataset.mask_path(tmp_path / "data", image_id))
+        dataset.write_mask(masks / f"{image_id}.png", inst)
+    dataset.write_mask(masks / "stranger.png", np.zeros((32, 32), np.int32))
+    with pytest.warns(UserWarning, match=r"masks for 1 IDs not in .*stranger"):
+        write_cell_pictures(tmp_path / "data", tmp_path / "pics", masks=masks, images=1,
+                            per_class=1)
+
+
+def test_classes_follow_the_matching_true_cell():
+    truth = np.zeros((10, 20), np.int32)
+    truth[:, :10], truth[:, 10:] = 1, 2
+    pred = np.zeros_like(truth)
+    pred[:, 10:], pred[:, :9] = 7, 5  # renumbered, cell 5 a little smaller
+    pred[0, 0] = 0
+    assert show.transfer_classes(truth, pred, {1: (3,), 2: (0, 16)}) == {5: (3,), 7: (0, 16)}

@@ -37,3 +37,11 @@ def load_instances(masks_dir: str | os.PathLike, image_id: str,
         raise UserError(f"{folder}: masks of ID {image_id!r} are {tuple(instances.shape)}, "
                         f"the image is {tuple(shape)}")  # fmt: skip
     return instances.astype(np.int32)
+
+
+def unknown_mask_ids(masks_dir: str | os.PathLike, ids) -> list[str]:
+    """IDs that have a mask file in `masks_dir` but are not among `ids` (sorted)."""
+    known = set(ids)
+    found = {p.stem for p in pathlib.Path(masks_dir).glob("*.png")}
+    found |= {p.stem for p in pathlib.Path(masks_dir).glob("*.npz")}
+    return sorted(found - known)

@@ -6,6 +6,7 @@ pyplot state); `hpa-jax cells show` reads the files and saves them.
 from __future__ import annotations
 
 import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,7 +15,8 @@ from matplotlib.patches import Patch
 from skimage.segmentation import find_boundaries
 
 from hpa_jax.analysis.plots import figure, mosaic, to_rgb
-from hpa_jax.cells.masks import load_instances
+from hpa_jax.cells.masks import load_instances, unknown_mask_ids
+from hpa_jax.cells.metric import iou_table, match_cells
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import CHANNELS, decode_example
@@ -72,6 +74,15 @@ def overlay_figure(rgb: np.ndarray, instances: np.ndarray,
     return fig
 
 
+def transfer_classes(truth: np.ndarray, instances: np.ndarray,
+                     classes: Mapping[int, Sequence[int]]) -> dict[int, tuple[int, ...]]:
+    """Classes of the true cells moved onto the cells of `instances` they match (IoU ≥ 0.5,
+    one to one)."""
+    true_ids, pred_ids, iou = iou_table(truth, instances)
+    return {int(pred_ids[c]): tuple(classes.get(int(true_ids[r]), ()))
+            for r, c, _ in match_cells(iou, 0.5)}  # fmt: skip
+
+
 def cell_crop(rgb: np.ndarray, instances: np.ndarray, cell: int, size: int) -> np.ndarray:
     """A square float32[size, size, 3] crop centred on one cell (nearest-pixel resampled; black
     beyond the image's edge), pixels outside the cell dimmed to a third."""
@@ -110,12 +121,19 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
     contact sheets of up to `per_class` cells per class; returns the files written.
 
     masks: a folder of `<ID>.png` instance images (default: the dataset's own `cells/`);
-    labels_csv: `ID,cell,labels` (default: the dataset's cells.csv).
+    labels_csv: `ID,cell,labels` of those masks' cells (default: the dataset's cells.csv; with
+      other `masks`, each of their cells takes the classes of the true cell it overlaps with
+      IoU ≥ 0.5, and a cell matching none is drawn white, without classes).
     """
     data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
     labels = dataset.read_cells_csv(labels_csv or data_dir / dataset.CELLS_CSV)
     table = get_table(dataset.read_info(data_dir).get("label_table", "hpa2021"))
     catalog = record_catalog(data_dir)
+    if masks:
+        unknown = unknown_mask_ids(masks, catalog.ids)
+        if unknown:
+            warnings.warn(f"{masks}: masks for {len(unknown)} IDs not in {data_dir} "
+                          f"(e.g. {', '.join(unknown[:5])}); they are not used", stacklevel=2)
     source = catalog.open_source()
     out_dir.mkdir(parents=True, exist_ok=True)
     written, crops = [], {c: [] for c in range(table.num_classes)}
@@ -128,6 +146,9 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
                                    stains.shape[:2])  # fmt: skip
         rgb = composite(stains, CHANNELS)
         cells = labels.get(image_id, {})
+        if masks and labels_csv is None:  # other masks, the dataset's truth: match by IoU
+            truth = dataset.read_mask(dataset.mask_path(data_dir, image_id))
+            cells = transfer_classes(truth, instances, cells)
         if len(written) < images:
             fig = overlay_figure(rgb, instances, cells, table.classes, title=image_id)
             written.append(_save(fig, out_dir / f"overlay_{image_id}.png"))
