@@ -71,9 +71,14 @@ def test_tfdata_script_needs_only_the_standard_library_and_tensorflow(tmp_path):
         "ModuleNotFoundError: No module named 'tensorflow'")
 
 
-@pytest.mark.skipif(HAVE_TF, reason="tf.data runs in-process where TensorFlow is importable")
-def test_tfdata_subprocess_failure_is_reported_as_skipped(tmp_path):
-    result = bench_input.tfdata_rate([str(tmp_path / "none.tfrecord")], tf_python=sys.executable,
+def test_tfdata_subprocess_failure_is_reported_as_skipped(tmp_path, monkeypatch):
+    # this process "has no TensorFlow", and the tf_python given has none either (no
+    # site-packages), whatever is installed here
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    python = tmp_path / "python-without-site"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    python.chmod(0o755)
+    result = bench_input.tfdata_rate([str(tmp_path / "none.tfrecord")], tf_python=str(python),
                                      num_batches=1, repeats=1)  # fmt: skip
-    assert result["skipped"].startswith(f"{sys.executable} failed (exit 1): ")
+    assert result["skipped"].startswith(f"{python} failed (exit 1): ")
     assert "No module named 'tensorflow'" in result["skipped"]
