@@ -16,7 +16,7 @@ Instance images are int[H, W]: 0 = background, k > 0 = cell k.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,7 +49,11 @@ class SegmentationQuality:
     num_true: int
     num_pred: int
     matched: int
-    mean_iou: float
+    iou_sum: float  # of the matched pairs, so that totals over images stay exact
+
+    @property
+    def mean_iou(self) -> float:
+        return self.iou_sum / self.matched if self.matched else float("nan")
 
     @property
     def recall(self) -> float:
@@ -76,18 +80,29 @@ def match_cells(iou: np.ndarray, threshold: float) -> list[tuple[int, int, float
     return pairs
 
 
+def image_quality(truth: np.ndarray, pred: np.ndarray,
+                  thresholds: Sequence[float]) -> list[SegmentationQuality]:  # fmt: skip
+    """One image's quality at each threshold, from one IoU table."""
+    true_ids, pred_ids, iou = iou_table(truth, pred)
+    out = []
+    for t in thresholds:
+        ious = [m[2] for m in match_cells(iou, t)]
+        out.append(SegmentationQuality(t, len(true_ids), len(pred_ids), len(ious), sum(ious)))
+    return out
+
+
+def combine(parts: Iterable[SegmentationQuality], threshold: float) -> SegmentationQuality:
+    """Qualities of several images at one threshold → their totals."""
+    parts = list(parts)
+    return SegmentationQuality(threshold, sum(q.num_true for q in parts),
+                               sum(q.num_pred for q in parts), sum(q.matched for q in parts),
+                               sum(q.iou_sum for q in parts))  # fmt: skip
+
+
 def segmentation_quality(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
                          threshold: float) -> SegmentationQuality:  # fmt: skip
     """Instance recall/precision at `threshold` over (true, predicted) instance images."""
-    num_true = num_pred = 0
-    ious: list[float] = []
-    for truth, pred in pairs:
-        true_ids, pred_ids, iou = iou_table(truth, pred)
-        num_true += len(true_ids)
-        num_pred += len(pred_ids)
-        ious += [m[2] for m in match_cells(iou, threshold)]
-    return SegmentationQuality(threshold, num_true, num_pred, len(ious),
-                               float(np.mean(ious)) if ious else float("nan"))  # fmt: skip
+    return combine([image_quality(t, p, [threshold])[0] for t, p in pairs], threshold)
 
 
 @dataclasses.dataclass(frozen=True)

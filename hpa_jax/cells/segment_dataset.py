@@ -18,13 +18,12 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
 
 from hpa_jax import fileio
-from hpa_jax.cells.metric import SegmentationQuality, segmentation_quality
+from hpa_jax.cells.metric import SegmentationQuality, combine, image_quality
 from hpa_jax.cells.segment import segment_cells
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
@@ -118,11 +117,10 @@ def _segment_one(task: _Task) -> dict:
     result = {"id": task.image_id, "skipped": skipped, "rows": cell_rows(task.image_id, cells)}
     if task.truth:
         predicted = {dataset.CELLS_DIR: cells, dataset.NUCLEI_DIR: nuclei}
-        result["quality"] = {
-            kind: [segmentation_quality([(_truth(task, kind, cells.shape), predicted[kind])], t)
-                   for t in THRESHOLDS]
+        result["quality"] = {  # one IoU table per kind, matched at every threshold
+            kind: image_quality(_truth(task, kind, cells.shape), predicted[kind], THRESHOLDS)
             for kind in KINDS
-        }  # fmt: skip
+        }
     return result
 
 
@@ -167,16 +165,6 @@ def cell_rows(image_id: str, cells: np.ndarray) -> list[tuple]:
             rows.append((image_id, k, box[0].start, box[1].start, box[0].stop, box[1].stop,
                          int(areas[k])))  # fmt: skip
     return rows
-
-
-def combine(parts: Iterable[SegmentationQuality], threshold: float) -> SegmentationQuality:
-    """Per-image qualities at one threshold → the totals (mean IoU weighted by matches)."""
-    parts = list(parts)
-    matched = sum(q.matched for q in parts)
-    iou_sum = sum(q.mean_iou * q.matched for q in parts if q.matched)
-    return SegmentationQuality(threshold, sum(q.num_true for q in parts),
-                               sum(q.num_pred for q in parts), matched,
-                               iou_sum / matched if matched else float("nan"))  # fmt: skip
 
 
 def _finite(x: float) -> float | None:
