@@ -10,6 +10,7 @@ from flax import nnx
 
 from hpa_jax import config as config_lib
 from hpa_jax.errors import UserError
+from hpa_jax.models import views
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import optim
 from hpa_jax.train import state as state_lib
@@ -253,9 +254,9 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(one_device):
 
 def test_tta_views_are_the_symmetries_of_the_square():
     x = jnp.arange(2 * 3 * 3 * 1, dtype=jnp.float32).reshape(2, 3, 3, 1)
-    assert len(step_lib.tta_views(x, "none")) == 1
-    flips = [np.asarray(v) for v in step_lib.tta_views(x, "flips")]
-    d4 = [np.asarray(v) for v in step_lib.tta_views(x, "d4")]
+    assert len(views.tta_views(x, "none")) == 1
+    flips = [np.asarray(v) for v in views.tta_views(x, "flips")]
+    d4 = [np.asarray(v) for v in views.tta_views(x, "d4")]
     # the eight rotations and mirror images, each once, built independently with numpy
     xn = np.asarray(x)
     want = [np.rot90(m, k, axes=(1, 2)) for m in (xn, xn[:, :, ::-1]) for k in range(4)]
@@ -263,9 +264,9 @@ def test_tta_views_are_the_symmetries_of_the_square():
     assert sorted(map(key, d4)) == sorted(map(key, want))
     assert len(set(map(key, flips))) == 4 and set(map(key, flips)) <= set(map(key, d4))
     with pytest.raises(UserError, match="tta='spin'"):
-        step_lib.tta_views(x, "spin")
+        views.tta_views(x, "spin")
     with pytest.raises(UserError, match="square"):
-        step_lib.tta_views(jnp.zeros((1, 3, 4, 1)), "d4")
+        views.tta_views(jnp.zeros((1, 3, 4, 1)), "d4")
 
 
 def test_eval_step_with_tta_averages_the_views(one_device):

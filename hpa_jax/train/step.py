@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hpa_jax.errors import UserError
+from hpa_jax.models.views import check_tta, tta_views
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train.state import TrainState, merge_model, split_model
 
@@ -102,29 +102,6 @@ def _update_ema(ema, params, opt_state, decay: float):
     return mixed
 
 
-TTA_MODES = ("none", "flips", "d4")
-
-
-def _check_tta(mode: str) -> None:
-    if mode not in TTA_MODES:
-        raise UserError(f"tta={mode!r}: choose one of {', '.join(TTA_MODES)}")
-
-
-def tta_views(images: jax.Array, mode: str) -> list[jax.Array]:
-    """The test-time views of a batch `[B, H, W, C]`: "none" (as is), "flips" (as is, flipped
-    left-right, up-down, both) or "d4" (those four and the same of the transposed image: all
-    eight symmetries of the square, the views the training augmentation draws from)."""
-    _check_tta(mode)
-    if mode == "none":
-        return [images]
-    flips = lambda x: [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]  # noqa: E731
-    if mode == "flips":
-        return flips(images)
-    if images.shape[1] != images.shape[2]:
-        raise UserError(f"tta='d4' needs square images, got {images.shape[1:3]}")
-    return flips(images) + flips(jnp.swapaxes(images, 1, 2))
-
-
 def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool = False,
                    tta: str = "none"):
     """The pure eval step `(state, batch) -> {"loss": (sum, count), "probs": float32[B, K]}`.
@@ -134,7 +111,7 @@ def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool 
     the probabilities are the mean over the views of `tta_views` and the loss the mean of the
     views' losses.
     """
-    _check_tta(tta)  # here, not only at trace time
+    check_tta(tta)  # here, not only at trace time
 
     def step(state: TrainState, batch: dict):
         params = state.ema if (use_ema and state.ema is not None) else state.params
