@@ -12,15 +12,16 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp"):
     """Yield a temporary path next to `path`; rename it to `path` if the block succeeds.
 
     Usage: `with atomic_path(out) as tmp: np.save(tmp, x)`. Works for files and directories
-    (the caller creates what it likes at `tmp`). On error the temporary is removed.
+    (the caller creates what it likes at `tmp`). On error the temporary is removed. `suffix`
+    ends the temporary's name, for writers that insist on one (Keras: ".keras").
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp = pathlib.Path(tmp)

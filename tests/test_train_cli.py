@@ -120,3 +120,67 @@ def test_bad_input_exits_2_and_leaves_workdir(workdir, data_dir, tmp_path, capsy
     assert cli.main(["predict", "--workdir", str(workdir), "--data", str(tmp_path),
                      "--out", str(tmp_path / "p.csv")]) == 2  # empty data folder
     assert files(workdir) == before
+
+
+def _validation_pixels(data_dir, config_path):
+    """The validation images exactly as predict feeds them (run's size and channels), by ID."""
+    from hpa_jax import config as config_lib
+    from hpa_jax.data import pipeline
+
+    config = config_lib.read_config(config_path)
+    it = pipeline.make_eval_iterator(data_dir, batch_size=8, image_size=config.data.image_size,
+                                     channels=config.data.channels, split="validation",
+                                     process_index=0, process_count=1)  # fmt: skip
+    images = {}
+    for batch in it:
+        for image_id, image, keep in zip(batch["id"], batch["image"], batch["mask"], strict=True):
+            if keep:
+                images[str(image_id)] = image
+    return images
+
+
+def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, tmp_path, capsys):
+    import keras
+
+    out_csv = tmp_path / "val.csv"
+    assert cli.main(["predict", "--workdir", str(workdir), "--data", str(data_dir),
+                     "--out", str(out_csv), "--split", "validation"]) == 0
+    want = np.load(out_csv.with_suffix(".npz"))
+    model_file = tmp_path / "model.keras"
+    before = files(workdir)
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(model_file)]) == 0
+    assert "wrote" in capsys.readouterr().out and files(workdir) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.keras")]
+
+    model = keras.saving.load_model(model_file)
+    assert model.input_shape == (None, 32, 32, 4) and model.output_shape == (None, 19)
+    pixels = _validation_pixels(data_dir, workdir)
+    images = np.stack([pixels[i] for i in want["ids"]]).astype(np.float32)  # 0..255 floats
+    got = model.predict(images, batch_size=5, verbose=0)
+    assert got.shape == want["probs"].shape
+    assert np.abs(got - want["probs"]).max() <= 1e-4  # with the run's TTA ("flips")
+
+    # model.fit continues training from the exported weights
+    labels = np.stack([HPA_2021.multi_hot(HPA_2021.parse(r["Label"]))
+                       for r in csv.DictReader((data_dir / "train.csv").open())
+                       if r["ID"] in pixels])[:len(images)]
+    order = {r["ID"]: k for k, r in enumerate(
+        r for r in csv.DictReader((data_dir / "train.csv").open()) if r["ID"] in pixels)}
+    labels = labels[[order[i] for i in want["ids"]]].astype(np.float32)
+    weights = [np.asarray(v) for v in model.weights]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(a, np.asarray(v)) for a, v in zip(weights, model.weights,
+                                                                     strict=True)]
+    names = [v.path for v in model.weights]
+    assert changed[names.index("classifier/head.dense.kernel")]
+    assert any(c for c, n in zip(changed, names, strict=True) if n.endswith(".bn.mean"))
+    assert not np.allclose(model.predict(images, verbose=0), got)
+
+
+def test_export_refuses_bad_out_and_missing_run(workdir, tmp_path):
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "m.h5")]) == 2
+    assert cli.main(["export", "--workdir", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "m.keras")]) == 2
+    assert list(tmp_path.iterdir()) == []
