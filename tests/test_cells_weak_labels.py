@@ -1,0 +1,59 @@
+"""Weak-label scores and cleaning (`hpa_jax.cells.weak_labels`), on hand-built cases."""
+
+import numpy as np
+import pytest
+
+from hpa_jax.cells import weak_labels as wl
+from hpa_jax.errors import UserError
+
+NEG = 18
+
+
+def test_folds_keep_every_image_in_one_fold_and_balance():
+    parents = ["a", "a", "b", "c", "c", "c", "d"]
+    folds = wl.fold_of(parents, 2)
+    for p in set(parents):
+        assert len({f for f, q in zip(folds, parents, strict=True) if q == p}) == 1
+    assert sorted({p: f for p, f in zip(parents, folds, strict=True)}.values()) == [0, 0, 1, 1]
+    with pytest.raises(UserError, match="2 folds"):
+        wl.fold_of(["a", "a"], 2)
+
+
+def test_neighbour_support_skips_the_cells_own_image():
+    # cells 0, 1 (image a) sit together; cells 2, 3 (image b) far away; cell 4 (image c) near a
+    features = np.array([[0.0, 0], [0.1, 0], [10, 0], [10.1, 0], [0.2, 0]], np.float32)
+    oof = np.zeros((5, 3), np.float32)
+    oof[:, 0] = [0.9, 0.8, 0.1, 0.2, 0.3]
+    support = wl.neighbour_support(features, oof, ["a", "a", "b", "b", "c"], k=1)
+    # cell 0's nearest other-image cell is 4 (not its sibling 1)
+    assert support[0, 0] == pytest.approx(0.3)
+    assert support[4, 0] == pytest.approx(0.8)  # nearest of 0 (0.2 away) and 1 (0.1 away): 1
+    assert support[2, 0] == pytest.approx(0.3)  # b's nearest other image: c (at 0.2 → 9.8)
+
+
+def test_green_signal_is_relative_to_typical_expressing_cells():
+    values = np.array([100.0, 110, 90, 105, 2, 1])
+    g = wl.green_signal(values)
+    assert g[0] == pytest.approx(100 / np.median([100, 110, 90, 105]))
+    assert g[-1] < 0.05
+
+
+def test_clean_labels_drops_unsupported_and_silent_and_relabels_negative():
+    ids = ["x", "y", "z", "n"]
+    weak = [(0, 3), (0, 3), (3,), (NEG,)]
+    oof = np.zeros((4, 19), np.float32)
+    knn = np.zeros((4, 19), np.float32)
+    oof[0, [0, 3]] = knn[0, [0, 3]] = 0.9           # x: both supported
+    oof[1, 0], knn[1, 0], oof[1, 3], knn[1, 3] = 0.9, 0.8, 0.1, 0.3   # y: class 3 unsupported
+    oof[2, 3] = knn[2, 3] = 0.9                     # z: supported but no green signal
+    green = np.array([1.0, 1.0, 0.05, 0.02], np.float32)
+    out = wl.clean_labels(ids, weak, oof, knn, green, negative=NEG)
+    assert out.labels == {"x": (0, 3), "y": (0,), "z": (NEG,), "n": (NEG,)}
+    assert out.dropped == {("y", 3), ("z", 3)}
+    assert out.relabelled == {"z"}
+    report = wl.noise_report(dict(zip(ids, weak, strict=True)), out.labels,
+                             {"x": (0,), "y": (0,), "z": (NEG,), "n": (NEG,)})
+    # before: 6 pairs, wrong (x,3) (y,3) (z,3); after: x(0,3) y(0) z(18) n(18), wrong (x,3)
+    assert (report.pairs_before, report.wrong_before) == (6, 3)
+    assert (report.pairs_after, report.wrong_after) == (5, 1)
+    assert report.precision == 1.0 and report.recall == pytest.approx(2 / 3)
