@@ -12,6 +12,7 @@ import pytest
 from hpa_jax.bench import input as bench_input
 from hpa_jax.bench import tfdata
 from hpa_jax.data import catalog, dataset, pipeline
+from hpa_jax.data import tfds as tfds_lib
 
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -45,8 +46,18 @@ def test_run_input_benchmark_reports_all_parts(tmp_path):
         num_batches=2, repeats=2, num_images=4, compare_tfdata=True, tf_python=None, out=out,
     )  # fmt: skip
     assert result["dataset"]["num_records"] == 4 and result["dataset"]["height"] == 512
-    for part in ("grain", "pillow_single_core"):
+    for part in ("grain", "tfds_arrayrecord", "pillow_single_core"):
         assert result[part]["images_per_s"] > 0 and len(result[part]["runs"]) == 2
+        assert result[part]["images_per_cpu_s"] > 0
+    # the ArrayRecord row reads a TFDS copy of the same records, beside them
+    copy = result["tfds_arrayrecord"]["tfds"]
+    assert copy["name"] == "hpa_protein_atlas/synthetic/num_images=4,image_size=512,seed=0"
+    assert copy["data_dir"] == str(tmp_path / "ds" / "tfds")
+    splits = dataset.split_ids(tmp_path / "ds")  # TFDS: train, then validation
+    assert catalog.select(tfds_lib.TfdsDataset(**copy), split="all").catalog.ids == (
+        splits["train"] + splits["validation"])
+    assert result["targets"]["vs_tfds_arrayrecord"] == pytest.approx(
+        result["grain"]["images_per_s"] / result["tfds_arrayrecord"]["images_per_s"])
     if HAVE_TF:
         assert len(result["tfdata"]["runs"]) == 2
         assert result["targets"]["vs_tfdata"] == pytest.approx(
@@ -58,6 +69,17 @@ def test_run_input_benchmark_reports_all_parts(tmp_path):
     assert result["targets"]["vs_two_cores"] == pytest.approx(
         result["grain"]["images_per_s"] / (2 * result["pillow_single_core"]["images_per_s"]))
     assert json.loads(out.read_text())["settings"]["batch_size"] == 4
+
+
+def test_tfds_copy_only_of_the_benchmark_synthetic_data(tmp_path):
+    root = bench_input.write_benchmark_dataset(tmp_path / "b", num_images=4, size=32, shards=1)
+    copy = bench_input.write_tfds_copy(root)
+    assert copy == tfds_lib.TfdsDataset(
+        "hpa_protein_atlas/synthetic/num_images=4,image_size=32,seed=0", str(root / "tfds"))
+    info = dataset.read_info(root)
+    dataset.write_info(root, {**info, "source": "kaggle"})
+    assert bench_input.write_tfds_copy(root) == (
+        f"{root} is not the benchmark's synthetic data (source differ)")
 
 
 def test_tfdata_script_needs_only_the_standard_library_and_tensorflow(tmp_path):

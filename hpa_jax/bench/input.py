@@ -1,10 +1,15 @@
 """Input pipeline benchmark: Grain pipeline vs a single-core Pillow loop vs tf.data.
 
-All three read the same 512×512 four-channel records, decode the chosen PNGs, resize them to
-`image_size` and batch them; each reports images/s as the median of several timed windows after a
-warm-up. The single-core loop (parse, decode, resize, stack, one image after another in this
-process) is the reference for how well the pipeline uses the machine's cores; tf.data (parse,
-`tf.io.decode_png`, `tf.image.resize`, `num_parallel_calls=AUTOTUNE`) is the baseline to beat.
+All read the same 512×512 four-channel records, decode the chosen PNGs, resize them to
+`image_size` and batch them; each reports images/s (and images per CPU-second) as the median of
+several timed windows after a warm-up. The single-core loop (parse, decode, resize, stack, one
+image after another in this process) is the reference for how well the pipeline uses the
+machine's cores; tf.data (parse, `tf.io.decode_png`, `tf.image.resize`,
+`num_parallel_calls=AUTOTUNE`) is the baseline to beat. The Grain pipeline runs twice: over our
+TFRecord source (`grain`) and over a TFDS ArrayRecord copy of the same records read with
+`tfds.data_source` (`tfds_arrayrecord`: the `hpa_protein_atlas` synthetic config of the same
+arguments, byte-identical PNGs, built once in `DIR/tfds`), so the two storage formats are
+compared with everything else equal.
 
 TensorFlow is not a dependency: the tf.data side (`bench/tfdata.py`, standard library only) runs
 in this process when TensorFlow is importable, else as a script in a subprocess of `tf_python`
@@ -27,8 +32,10 @@ import PIL
 from hpa_jax import fileio
 from hpa_jax.bench import tfdata
 from hpa_jax.data import dataset, decode, pipeline
+from hpa_jax.data import tfds as tfds_lib
 from hpa_jax.data.example import channel_names, parse_example
 from hpa_jax.data.synthetic import synthesize
+from hpa_jax.data.synthetic.render import HETEROGENEOUS_FRACTION
 from hpa_jax.data.tfrecord import iter_records
 
 DEFAULT_NUM_IMAGES = 128
@@ -60,6 +67,23 @@ def write_benchmark_dataset(
     synthesize(out_dir, num_images=num_images, size=size, seed=seed, shards=shards,
                workers=workers, val_fraction=0.2)  # fmt: skip
     return out_dir
+
+
+def write_tfds_copy(data_dir: str | os.PathLike) -> tfds_lib.TfdsDataset | str:
+    """The benchmark folder's records as a TFDS ArrayRecord dataset in `DIR/tfds` (built once),
+    or why there is none: only a folder `write_benchmark_dataset` made (synthetic, its
+    defaults) has a TFDS config that renders the same images."""
+    info = dataset.read_info(data_dir)
+    expected = {"source": "synthetic", "anomaly_rate": 0.05,
+                "heterogeneous": HETEROGENEOUS_FRACTION, "width": info.get("height")}
+    differ = sorted(k for k, v in expected.items() if info.get(k) != v)
+    if differ:
+        return f"{data_dir} is not the benchmark's synthetic data ({', '.join(differ)} differ)"
+    name = (f"{tfds_lib.NAME}/synthetic/num_images={info['num_records']},"
+            f"image_size={info['height']},seed={info.get('seed', 0)}")
+    ds = tfds_lib.TfdsDataset(name, str(pathlib.Path(data_dir) / "tfds"))
+    tfds_lib.build(ds.name, data_dir=ds.data_dir)
+    return ds
 
 
 # ---------------------------------------------------------------------------------- rates
@@ -106,7 +130,7 @@ def pillow_single_core_rate(
 
 
 def grain_rate(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | tfds_lib.TfdsDataset,
     *,
     image_size: int = 256,
     batch_size: int = 32,
@@ -118,7 +142,8 @@ def grain_rate(
     augment: bool = False,
     warmup: int = 2,
 ) -> dict:
-    """Images/s of `make_train_iterator` (shuffled, sharded, decoded, resized, batched)."""
+    """Images/s of `make_train_iterator` (shuffled, sharded, decoded, resized, batched) over a
+    dataset folder's TFRecords or a TFDS dataset's ArrayRecords."""
     it = pipeline.make_train_iterator(
         data_dir, batch_size=batch_size, image_size=image_size, channels=channels, seed=0,
         split="all", augment=augment, worker_count=worker_count, num_threads=num_threads,
@@ -202,21 +227,23 @@ def run_input_benchmark(
     num_batches: int = 10,
     channels: str = "rgby",
     compare_tfdata: bool = True,
+    compare_tfds: bool = True,
     repeats: int = 3,
     num_images: int = DEFAULT_NUM_IMAGES,
     tf_python: str | None = None,
     augment: bool = False,
     out: str | os.PathLike | None = None,
 ) -> dict:
-    """Measure the Grain pipeline, the single-core Pillow loop and (optionally) tf.data.
+    """Measure the Grain pipeline (over TFRecords, and over the TFDS ArrayRecord copy unless
+    `compare_tfds` is False), the single-core Pillow loop and (optionally) tf.data.
 
     `data_dir` holds the records; if it has no dataset.json, `num_images` 512×512 records are
     written there first. `worker_count` defaults to the machine's core count. `tf_python` (or the
     HPA_JAX_TF_PYTHON environment variable) names a Python with TensorFlow for the tf.data side.
     `augment=True` adds the training augmentation to the Grain side (the others have none).
     Returns (and writes atomically to `out`, as JSON, if given) a dict with images/s medians:
-    `grain`, `pillow_single_core`, `tfdata`, plus `targets` (ratios to tf.data and to 2 × the
-    single-core rate) and `machine`.
+    `grain`, `tfds_arrayrecord`, `pillow_single_core`, `tfdata`, plus `targets` (ratios to
+    tf.data, to the ArrayRecord source and to 2 × the single-core rate) and `machine`.
     """
     data_dir = write_benchmark_dataset(data_dir, num_images=num_images)
     workers = (os.cpu_count() or 1) if worker_count is None else worker_count
@@ -233,6 +260,12 @@ def run_input_benchmark(
         "grain": grain_rate(data_dir, channels=channels, worker_count=workers,
                             num_threads=num_threads, augment=augment, **common),  # fmt: skip
     }
+    if compare_tfds:
+        copy = write_tfds_copy(data_dir)
+        result["tfds_arrayrecord"] = {"skipped": copy} if isinstance(copy, str) else {
+            **grain_rate(copy, channels=channels, worker_count=workers, num_threads=num_threads,
+                         augment=augment, **common),
+            "tfds": {"name": copy.name, "data_dir": copy.data_dir}}  # fmt: skip
     if compare_tfdata:
         paths = [str(p) for p in dataset.shard_paths(data_dir)]
         tf_python = tf_python or os.environ.get("HPA_JAX_TF_PYTHON")
@@ -265,6 +298,11 @@ def _targets(result: dict) -> dict:
         "two_core_target_met": ours["images_per_s"] >= 1.6 * single["images_per_s"],
         "cpu_efficiency_vs_single_core": ours["images_per_cpu_s"] / single["images_per_cpu_s"],
     }
+    arrayrecord = result.get("tfds_arrayrecord") or {}
+    if "images_per_s" in arrayrecord:
+        out["vs_tfds_arrayrecord"] = ours["images_per_s"] / arrayrecord["images_per_s"]
+        out["cpu_efficiency_vs_tfds_arrayrecord"] = (ours["images_per_cpu_s"]
+                                                     / arrayrecord["images_per_cpu_s"])
     baseline = result.get("tfdata") or {}
     if "images_per_s" in baseline:
         out["vs_tfdata"] = ours["images_per_s"] / baseline["images_per_s"]

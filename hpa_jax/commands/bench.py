@@ -5,7 +5,8 @@ synchronised; one JSON line per (batch, resolution) point with images/s (total, 
 step time median and p90, compile time, peak host memory, device memory where reported, model
 FLOPs per image from XLA's cost analysis and utilisation against the device's peak.
 embed: `analysis.embed` on host images vs the eval step on device batches, alternating rounds.
-input: the Grain pipeline vs a single-core Pillow loop (and tf.data where TensorFlow is found).
+input: the Grain pipeline over TFRecords and over a TFDS ArrayRecord copy vs a single-core
+Pillow loop (and tf.data where TensorFlow is found).
 model: EfficientNet train step and features, hpa-jax vs Keras 3 on the JAX backend.
 """
 
@@ -57,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=int, default=10, help="batches per timed window")
     p.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
     p.add_argument("--no-tfdata", action="store_true", help="skip the tf.data comparison")
+    p.add_argument("--no-tfds", action="store_true",
+                   help="skip the TFDS ArrayRecord copy (tfds.data_source) of the records")
     p.add_argument("--tf-python", default=None,
                    help="a Python with TensorFlow for the tf.data side (else in-process if found)")
     p.add_argument("--out", default=None, help="write the JSON result here")
@@ -138,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_input_benchmark(
             args.data, image_size=args.res, batch_size=args.batch, worker_count=args.workers,
             num_batches=args.batches, channels=args.channels, repeats=args.repeats,
-            compare_tfdata=not args.no_tfdata, tf_python=args.tf_python, out=args.out)
+            compare_tfdata=not args.no_tfdata, compare_tfds=not args.no_tfds,
+            tf_python=args.tf_python, out=args.out)
         print(json.dumps(result, indent=1))
         return 0
     from hpa_jax.bench.model import run_model_benchmark

@@ -49,11 +49,14 @@ def default_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
     cfg.data = _group(
+        source="folder",  # folder (data.dir) | tfds (data.tfds_name, read by tfds.data_source)
         dir="runs/demo/data",  # dataset folder (shards, split.csv, dataset.json)
+        tfds_name="",  # data.source=tfds: e.g. hpa_protein_atlas/synthetic (hpa_jax.data.tfds)
+        tfds_data_dir="",  # data.source=tfds: TFDS data_dir; "" = TFDS's (~/tensorflow_datasets)
         label_table="hpa2021",  # hpa2021 (19 classes) | hpa2018 (28)
         channels="rgby",  # green | rgb | rgby
         image_size=128,  # pixels, square; images are resized to it
-        split_train="train",  # split.csv names
+        split_train="train",  # split.csv names (data.source=tfds: TFDS split names)
         split_eval="validation",
         exclude="",  # text file of image IDs to leave out of training (exclude.txt); "" = none
         worker_count=0,  # Grain worker processes; 0 = in the main process

@@ -4,6 +4,12 @@ The catalog is read once by parsing the Examples (no image decode) and cached in
 folder's `records.json`, rebuilt when the shards' names, sizes or mtimes change.
 `select(...)` is the one selection step every iterator and the label statistics share: split
 and exclusions applied by ID, labels checked against the class count.
+
+Where a dataset folder goes, a `TfdsDataset` (a built TFDS dataset such as
+`hpa_protein_atlas/synthetic`) may go too: its catalog (`TfdsCatalog`) comes from the
+dataset's metadata and its records from `tfds.data_source`. Either catalog hands the pipeline a
+record source (`open_source()`: a random-access sequence of serialized Examples) and the
+parser of its records (`parse`), so everything after the selection is the same code.
 """
 
 from __future__ import annotations
@@ -21,18 +27,20 @@ from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data.example import parse_example
 from hpa_jax.data.record_source import TFRecordSource
+from hpa_jax.data.tfds_source import (
+    TfdsDataset,
+    open_tfds_source,
+    parse_tfds_record,
+    tfds_info,
+    tfds_split_catalog,
+)
 from hpa_jax.errors import UserError
 
 _SIDECAR_VERSION = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordCatalog:
-    """Who is where: record i of the concatenated shards has ID `ids[i]` and `labels[i]`."""
-
-    paths: tuple[pathlib.Path, ...]
-    ids: tuple[str, ...]
-    labels: tuple[tuple[int, ...], ...]
+class _Catalog:
+    """What both catalogs share: `ids`, `labels` and `where` (for messages) per record."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,10 +51,25 @@ class RecordCatalog:
         bad = [c for c in labels if not 0 <= c < num_classes]
         if bad:
             raise UserError(
-                f"record {index} (ID {self.ids[index]!r}) in {self.paths[0].parent}: "
+                f"record {index} (ID {self.ids[index]!r}) in {self.where}: "
                 f"labels {bad} out of range for {num_classes} classes"
             )
         return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordCatalog(_Catalog):
+    """Who is where: record i of the concatenated shards has ID `ids[i]` and `labels[i]`."""
+
+    paths: tuple[pathlib.Path, ...]
+    ids: tuple[str, ...]
+    labels: tuple[tuple[int, ...], ...]
+
+    parse = staticmethod(parse_example)  # the records' parser
+
+    @property
+    def where(self) -> str:
+        return str(self.paths[0].parent)
 
     def open_source(self) -> TFRecordSource:
         """Random access to the records' bytes, checked against the catalog's length."""
@@ -56,6 +79,31 @@ class RecordCatalog:
                 f"{self.paths[0].parent}: shards hold {len(source)} records but the catalog "
                 f"{dataset.RECORDS_JSON} lists {len(self)}; delete it to rebuild"
             )
+        return source
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsCatalog(_Catalog):
+    """The records of TFDS split(s) (`split`: a TFDS split expression such as `train` or
+    `train+validation`), in `tfds.data_source` order."""
+
+    dataset: TfdsDataset
+    split: str
+    ids: tuple[str, ...]
+    labels: tuple[tuple[int, ...], ...]
+
+    parse = staticmethod(parse_tfds_record)
+
+    @property
+    def where(self) -> str:
+        return f"{self.dataset} split {self.split!r}"
+
+    def open_source(self):
+        """`tfds.data_source` of the split (serialized Examples), checked against the catalog."""
+        source = open_tfds_source(self.dataset, self.split)
+        if len(source) != len(self):
+            raise UserError(f"{self.where}: holds {len(source)} records but its catalog lists "
+                            f"{len(self)}; rebuild the dataset")  # fmt: skip
         return source
 
 
@@ -146,19 +194,27 @@ def select_records(
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """The records of one split of a dataset folder, their labels checked.
+    """The records of one split of a dataset folder (or TFDS dataset), their labels checked.
 
     records: int64[N] record indices (ascending); num_classes: K from dataset.json.
     """
 
-    data_dir: pathlib.Path
-    catalog: RecordCatalog
+    data_dir: pathlib.Path | TfdsDataset
+    catalog: RecordCatalog | TfdsCatalog
     records: np.ndarray
     num_classes: int
 
 
+def dataset_info(data: str | os.PathLike | TfdsDataset) -> dict:
+    """A dataset folder's dataset.json, or the same keys (label_table, num_classes, classes,
+    num_records, ...) of a TFDS dataset."""
+    if isinstance(data, TfdsDataset):
+        return tfds_info(data)
+    return dataset.read_info(data)
+
+
 def select(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | TfdsDataset,
     *,
     split: str,
     exclude: Iterable[str] = (),
@@ -166,7 +222,10 @@ def select(
 ) -> Selection:
     """The shared first step of the iterators and `label_stats`: read dataset.json, the
     catalog and the split; fail here, naming the record, on a label out of range (rather than
-    later inside a worker)."""
+    later inside a worker). `data_dir` may be a `TfdsDataset`: `split` then names TFDS splits
+    ("all": every split, one after another)."""
+    if isinstance(data_dir, TfdsDataset):
+        return _select_tfds(data_dir, split, exclude, num_classes)
     data_dir = pathlib.Path(data_dir)
     info = dataset.read_info(data_dir)
     k = dataset.num_classes(data_dir, info, num_classes)
@@ -175,6 +234,24 @@ def select(
     for i in records:
         catalog.checked_labels(int(i), k)
     return Selection(data_dir=data_dir, catalog=catalog, records=records, num_classes=k)
+
+
+def _select_tfds(ds: TfdsDataset, split: str, exclude: Iterable[str],
+                 num_classes: int | None) -> Selection:  # fmt: skip
+    k = int(tfds_info(ds)["num_classes"])
+    if num_classes is not None and int(num_classes) != k:
+        raise UserError(f"{ds}: dataset has {k} classes but the model expects "
+                        f"num_classes={num_classes}")  # fmt: skip
+    expression, ids, labels = tfds_split_catalog(ds, split)
+    catalog = TfdsCatalog(ds, expression, tuple(ids), tuple(labels))
+    excluded = {exclude} if isinstance(exclude, str) else {str(x) for x in exclude}
+    records = np.asarray([i for i, x in enumerate(ids) if x not in excluded], np.int64)
+    if not len(records):
+        raise UserError(f"{catalog.where} is empty after excluding {len(excluded)} IDs "
+                        f"({len(ids)} records)")  # fmt: skip
+    for i in records:
+        catalog.checked_labels(int(i), k)
+    return Selection(data_dir=ds, catalog=catalog, records=records, num_classes=k)
 
 
 def steps_per_epoch(num_records: int, batch_size: int, process_count: int = 1) -> int:
@@ -206,7 +283,7 @@ class LabelStats:
 
 
 def label_stats(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | TfdsDataset,
     *,
     split: str = "train",
     exclude: Iterable[str] = (),

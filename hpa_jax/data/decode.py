@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from hpa_jax.data import augment as augment_lib
-from hpa_jax.data.example import SchemaError, parse_example, to_uint8
+from hpa_jax.data.example import ParsedExample, SchemaError, parse_example, to_uint8
 from hpa_jax.data.record_source import TFRecordSource
 
 
@@ -91,10 +91,12 @@ class LoadRecord:
 
     (epoch, record_index) → {"image": uint8[H, W, C], "labels": float32[K], "id": str}, or the
     padding row for record_index -1 (eval), with "mask" when `with_mask`. With a `cache`, each
-    record is parsed and decoded once; augmentation still runs on every call.
+    record is parsed and decoded once; augmentation still runs on every call. `source` serves
+    serialized records by index (our TFRecords, or a TFDS data source's raw Examples) and
+    `parse` (a module-level function, so the transform pickles) turns one into a ParsedExample.
     """
 
-    source: TFRecordSource
+    source: TFRecordSource | Sequence[bytes]
     where: str  # the dataset folder, for error messages
     names: tuple[str, ...]
     size: tuple[int, int]
@@ -103,9 +105,10 @@ class LoadRecord:
     augment: augment_lib.AugmentConfig | None
     with_mask: bool = False
     cache: DecodedCache | None = None
+    parse: Callable[[bytes], ParsedExample] = parse_example
 
     def _decode(self, record_index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        parsed = parse_example(self.source[record_index])
+        parsed = self.parse(self.source[record_index])
         where = f"record {record_index} (ID {parsed.id!r}) in {self.where}"
         missing = [n for n in self.names if n not in parsed.pngs]
         bad = [c for c in parsed.labels if not 0 <= c < self.num_classes]

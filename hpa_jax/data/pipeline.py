@@ -21,6 +21,12 @@ zero rows whose `mask` is False.
 
 Both start from the same selection (`catalog.select`: split and exclusions by ID, labels
 checked) and the same per-record transform (`decode.LoadRecord`).
+
+Where `data_dir` is given, a `tfds_source.TfdsDataset` may be given instead (`split` then
+names TFDS splits, "all" every split): its records come from `tfds.data_source` (ArrayRecord)
+and go through the same steps, so the same images give the same batches, IDs and labels. Only
+the record indices differ (a TFDS split counts from 0), and with them the augmentation draws,
+which are seeded by the record's index: with `augment=False` the batches are equal.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from hpa_jax.data import augment as augment_lib
 from hpa_jax.data import catalog as catalog_lib
 from hpa_jax.data.decode import DecodedCache, LoadRecord
 from hpa_jax.data.example import channel_names
+from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
 
 
@@ -180,12 +187,13 @@ def _loader(chosen: catalog_lib.Selection, channels, image_size, **options) -> L
         names=channel_names(channels),
         size=_image_size(image_size),
         num_classes=chosen.num_classes,
+        parse=chosen.catalog.parse,
         **options,
     )
 
 
 def make_train_iterator(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | TfdsDataset,
     *,
     batch_size: int,
     image_size: int | tuple[int, int],
@@ -237,7 +245,7 @@ def make_train_iterator(
 
 
 def make_eval_iterator(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | TfdsDataset,
     *,
     batch_size: int,
     image_size: int | tuple[int, int],

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 import jax
 
 from hpa_jax.data import augment as augment_lib
-from hpa_jax.data import dataset, pipeline
+from hpa_jax.data import catalog, dataset, pipeline
+from hpa_jax.data.tfds import TfdsDataset  # and registers hpa_protein_atlas with TFDS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
 from hpa_jax.train.gather import gather_strings
@@ -33,12 +34,29 @@ def check_data_dir(path) -> pathlib.Path:
     return data_dir
 
 
-def check_classes(data_dir: pathlib.Path, table: LabelTable) -> None:
+def input_data(config) -> pathlib.Path | TfdsDataset:
+    """What a config reads: its dataset folder (`data.source="folder"`: `data.dir`, checked by
+    `check_data_dir`) or a TFDS dataset (`data.source="tfds"`: `data.tfds_name` in
+    `data.tfds_data_dir`), which the iterators take alike."""
+    source = str(config.data.get("source", "folder"))
+    if source == "folder":
+        return check_data_dir(config.data.dir)
+    if source != "tfds":
+        raise UserError(f"config.data.source={source!r}: choose folder or tfds")
+    name = str(config.data.get("tfds_name", ""))
+    if not name:
+        raise UserError("config.data.source=tfds needs config.data.tfds_name, e.g. "
+                        "hpa_protein_atlas/synthetic")
+    return TfdsDataset(name, str(config.data.get("tfds_data_dir", "")) or None)
+
+
+def check_classes(data_dir: pathlib.Path | TfdsDataset, table: LabelTable) -> None:
     """The dataset's class count agrees with `config.data.label_table`."""
-    found = dataset.read_info(data_dir).get("num_classes")
+    found = catalog.dataset_info(data_dir).get("num_classes")
+    where = data_dir if isinstance(data_dir, TfdsDataset) else data_dir / dataset.DATASET_JSON
     if found is not None and int(found) != table.num_classes:
         raise UserError(
-            f"{data_dir / dataset.DATASET_JSON}: the dataset has {found} classes but "
+            f"{where}: the dataset has {found} classes but "
             f"config.data.label_table={table.name!r} has {table.num_classes}"
         )
 
@@ -79,8 +97,8 @@ def train_iterator(config, data_dir, *, batch_size: int, num_classes: int,
     )  # fmt: skip
 
 
-def eval_iterator(config, data_dir: str | os.PathLike, *, batch_size: int, split: str,
-                  num_classes: int | None = None, exclude: Iterable[str] = (),
+def eval_iterator(config, data_dir: str | os.PathLike | TfdsDataset, *, batch_size: int,
+                  split: str, num_classes: int | None = None, exclude: Iterable[str] = (),
                   image_size: int | None = None, channels: str | None = None):  # fmt: skip
     """One pass over this process's share of `split`, at the config's size and channels
     unless given (batch_size: per process)."""

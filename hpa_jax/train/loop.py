@@ -110,7 +110,8 @@ def _compile_key(setup: Setup, weights: np.ndarray) -> str:
     for name in ("data.dir", "data.exclude", "data.worker_count", "data.cache", "data.augment",
                  "data.split_train", "data.split_eval", "init_from", "log_every_steps",
                  "checkpoint_every_steps", "keep_checkpoints", "best_metric",
-                 "eval_every_steps", "eval_every_epochs"):
+                 "eval_every_steps", "eval_every_epochs", "data.source", "data.tfds_name",
+                 "data.tfds_data_dir"):
         plain.pop(name, None)
     parts = {
         "config": plain, "total": setup.total_steps,

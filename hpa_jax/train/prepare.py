@@ -18,6 +18,7 @@ import numpy as np
 from hpa_jax import config as config_lib
 from hpa_jax import labels as labels_lib
 from hpa_jax.data import catalog, dataset
+from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import inputs
@@ -30,7 +31,7 @@ class Setup:
 
     config: ml_collections.ConfigDict
     workdir: pathlib.Path
-    data_dir: pathlib.Path
+    data_dir: pathlib.Path | TfdsDataset  # what the iterators read (inputs.input_data)
     table: labels_lib.LabelTable
     exclude: tuple[str, ...]
     mesh: jax.sharding.Mesh
@@ -81,7 +82,7 @@ def check_workdir(workdir: pathlib.Path, resolved: dict) -> None:
 def prepare(config, workdir) -> Setup:
     """Validate the config, data and workdir; derive step counts. Writes nothing."""
     workdir = pathlib.Path(workdir)
-    data_dir = inputs.check_data_dir(config.data.dir)
+    data_dir = inputs.input_data(config)
     table = labels_lib.get_table(config.data.label_table)
     inputs.check_classes(data_dir, table)
     exclude = dataset.read_exclude(config.data.exclude)
