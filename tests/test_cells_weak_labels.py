@@ -57,3 +57,21 @@ def test_clean_labels_drops_unsupported_and_silent_and_relabels_negative():
     assert (report.pairs_before, report.wrong_before) == (6, 3)
     assert (report.pairs_after, report.wrong_after) == (5, 1)
     assert report.precision == 1.0 and report.recall == pytest.approx(2 / 3)
+
+
+def test_combine_modes_and_negative_weighting():
+    from hpa_jax.cells.combine import combine_probs
+
+    cell = np.array([[0.8, 0.2, 0.1], [0.4, 0.6, 0.5]], np.float32)
+    image = np.array([[0.5, 0.9, 0.0], [0.5, 0.9, 0.0]], np.float32)
+    np.testing.assert_allclose(combine_probs(cell, image, "cell"), cell)
+    np.testing.assert_allclose(combine_probs(None, image, "image"), image)
+    np.testing.assert_allclose(combine_probs(cell, image, "product"), cell * image)
+    np.testing.assert_allclose(combine_probs(cell, image, "mean"), (cell + image) / 2)
+    weighted = combine_probs(cell, image, "cell", negative=2)
+    np.testing.assert_allclose(weighted[:, :2], cell[:, :2] * (1 - cell[:, 2:]), rtol=1e-6)
+    np.testing.assert_allclose(weighted[:, 2], cell[:, 2])
+    with pytest.raises(UserError, match="image run"):
+        combine_probs(cell, None, "mean")
+    with pytest.raises(UserError, match="choose one of"):
+        combine_probs(cell, image, "max")
