@@ -14,6 +14,17 @@
                                         cell that shows none of its image's classes)
     DIR/skipped.csv                     Kaggle conversions only: rows left out, and why
 
+A cell dataset (`hpa-jax cells extract`: one record per cell, `source: "cells"`) has the files
+above (train.csv: the cells' weak labels, split.csv: each cell in its parent image's split) and:
+
+    DIR/cell_index.csv                  ID,parent_id,cell,y0,x0,y1,x1,area (box in parent px,
+                                        ends exclusive)
+    DIR/masks/<ID>.png                  the parent images' cell instances the crops came from
+    DIR/skipped.csv                     ID,cell,reason: images without cells, cells too small,
+                                        missing or malformed masks
+    DIR/cell_truth.csv                  synthetic parents only: ID,parent_id,cell,true_cell,iou,
+                                        weak_labels,true_labels,wrong_labels
+
 `data synth`, `data convert`, `data split` and the benchmarks write these files through this
 module; the pipeline, the trainer and the reports read them through it (and `catalog.py`).
 """
@@ -43,6 +54,12 @@ TRUTH_CSV = "truth.csv"
 SKIPPED_CSV = "skipped.csv"
 CELLS_DIR, NUCLEI_DIR = "cells", "nuclei"
 CELLS_CSV = "cells.csv"
+# a cell dataset (hpa_jax.cells.extract)
+CELL_INDEX_CSV, CELL_TRUTH_CSV, MASKS_DIR = "cell_index.csv", "cell_truth.csv", "masks"
+CELL_INDEX_COLUMNS = ("ID", "parent_id", "cell", "y0", "x0", "y1", "x1", "area")
+CELL_TRUTH_COLUMNS = ("ID", "parent_id", "cell", "true_cell", "iou", "weak_labels",
+                      "true_labels", "wrong_labels")  # fmt: skip
+CELL_SKIPPED_COLUMNS = ("ID", "cell", "reason")
 
 SHARD_PREFIX = "train"
 SHARD_RE = re.compile(r"^train-\d{5}-of-\d{5}\.tfrecord$")

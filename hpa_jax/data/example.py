@@ -6,6 +6,8 @@
 | `red`, `green`, `blue`, `yellow` | bytes       | one single-channel PNG each, 8- or 16-bit    |
 | `height`, `width`                | int64       | pixel size of the stored channels            |
 | `labels`                         | int64 list  | class indices (may be empty or absent)       |
+| any other key (optional)         | int64 or    | `extra` features, e.g. a cell record's       |
+|                                  | bytes list  | parent ID, cell number and box               |
 
 Messages are built and parsed with the protobuf classes that tensorflow-datasets ships
 (`tensorflow_datasets.proto.tf_example_generated_pb2`: the same field numbers as TensorFlow's
@@ -122,12 +124,16 @@ def encode_example(
     labels: Iterable[int] = (),
     *,
     compress_level: int = PNG_COMPRESS_LEVEL,
+    extra: Mapping[str, int | str | bytes | Sequence[int] | Sequence[bytes]] | None = None,
 ) -> bytes:
     """One field of view → a serialized tf.train.Example (deterministic bytes).
 
     `channels` maps each of red, green, blue, yellow to a uint8|uint16[H, W] array (encoded as a
     PNG here) or to PNG bytes (stored as given, after checking their header). All four must have
     the same H, W. `labels` are class indices (≥ 0), stored sorted without duplicates.
+    `extra` adds features under keys of their own (not the schema's): an int or a sequence of
+    ints → an int64 list; bytes, a str (UTF-8) or a sequence of them → a bytes list. Without
+    `extra` the bytes are those of a plain record.
     """
     try:
         name = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
@@ -136,11 +142,11 @@ def encode_example(
     if not name:
         raise SchemaError("record has an empty ID")
     missing = [c for c in CHANNELS if c not in channels]
-    extra = [c for c in channels if c not in CHANNELS]
-    if missing or extra:
+    unknown = [c for c in channels if c not in CHANNELS]
+    if missing or unknown:
         raise SchemaError(
             f"record {name!r}: channels must be exactly {list(CHANNELS)}; "
-            f"missing {missing}, unknown {extra}"
+            f"missing {missing}, unknown {unknown}"
         )
     pngs, size = {}, None
     for channel in CHANNELS:
@@ -154,7 +160,7 @@ def encode_example(
             )
         size = size or hw
         pngs[channel] = png
-    return _serialize(name, pngs, size, _check_labels(name, labels))
+    return _serialize(name, pngs, size, _check_labels(name, labels), _check_extra(name, extra))
 
 
 def _channel_png(value, what: str, compress_level: int) -> tuple[bytes, tuple[int, int]]:
@@ -178,7 +184,29 @@ def _check_labels(name: str, labels: Iterable[int]) -> list[int]:
     return sorted(out)
 
 
-def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int]) -> bytes:
+SCHEMA_KEYS = frozenset(("ID", "height", "width", "labels", *CHANNELS))
+
+
+def _check_extra(name: str, extra) -> dict[str, tuple[str, list]]:
+    """`extra` → {key: ("int64_list" | "bytes_list", values)}; SchemaError naming the key."""
+    out = {}
+    for key, value in (extra or {}).items():
+        if not isinstance(key, str) or not key or key in SCHEMA_KEYS:
+            raise SchemaError(f"record {name!r}: extra key {key!r} is empty or a schema key")
+        one = isinstance(value, int | np.integer | str | bytes) or not isinstance(value, Iterable)
+        values = [value] if one else list(value)
+        if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+            out[key] = ("int64_list", [int(v) for v in values])
+        elif all(isinstance(v, str | bytes) for v in values):
+            out[key] = ("bytes_list", [v.encode() if isinstance(v, str) else v for v in values])
+        else:
+            raise SchemaError(f"record {name!r}: extra key {key!r} must hold ints or bytes, "
+                              f"got {value!r:.60}")  # fmt: skip
+    return out
+
+
+def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int],
+               extra: Mapping[str, tuple[str, list]] | None = None) -> bytes:  # fmt: skip
     example = _pb().Example()
     feature = example.features.feature
     feature["ID"].bytes_list.value.append(name.encode())
@@ -189,6 +217,9 @@ def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int]
     # SetInParent: an empty list is still an Int64List (as tf.train.Int64List(value=[]) is)
     feature["labels"].int64_list.SetInParent()
     feature["labels"].int64_list.value.extend(labels)
+    for key, (kind, values) in (extra or {}).items():
+        getattr(feature[key], kind).SetInParent()
+        getattr(feature[key], kind).value.extend(values)
     # deterministic=True sorts the map by key, so equal records give equal bytes.
     return example.SerializeToString(deterministic=True)
 
@@ -198,13 +229,15 @@ def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int]
 
 @dataclasses.dataclass(frozen=True)
 class ParsedExample:
-    """A record with its PNGs still encoded: `pngs` maps channel name → PNG bytes."""
+    """A record with its PNGs still encoded: `pngs` maps channel name → PNG bytes; `extra`
+    maps every key outside the schema → its values (a tuple of ints, bytes or floats)."""
 
     id: str
     labels: tuple[int, ...]
     height: int
     width: int
     pngs: dict[str, bytes]
+    extra: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 def parse_example(data: bytes) -> ParsedExample:
@@ -238,7 +271,10 @@ def parse_example(data: bytes) -> ParsedExample:
             if len(values) != 1:
                 raise SchemaError(f"{what}: key {channel!r} must hold one PNG, has {len(values)}")
             pngs[channel] = values[0]
-    return ParsedExample(name, labels, height, width, pngs)
+    extra = {key: tuple(_values(feature, key, feature[key].WhichOneof("kind") or "", what,
+                                optional=True))
+             for key in sorted(set(feature) - SCHEMA_KEYS)}  # fmt: skip
+    return ParsedExample(name, labels, height, width, pngs, extra)
 
 
 def _values(feature, key: str, kind: str, what: str, *, optional: bool = False):
