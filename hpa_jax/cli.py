@@ -33,6 +33,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("grid",), "grid", "hyperparameter grids: list, run, report"),
     (("segment",), "segment", "segment cells and nuclei of every image (classical, no weights)"),
     (("cells", "show"), "cells_show", "pictures: cells outlined by class, contact sheets"),
+    (("cells", "extract"), "cells_extract", "a dataset of one record per cell (weak labels)"),
+    (("cells", "denoise"), "cells_denoise", "drop wrong weak labels of cells; train again"),
+    (("predict-cells",), "predict_cells", "score every cell; write the HPA 2021 submission"),
     (("submission", "check"), "submission", "check an HPA 2021 submission CSV against a dataset"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
 ]

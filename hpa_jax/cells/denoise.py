@@ -1,0 +1,213 @@
+"""Denoise a cell dataset's weak labels and train again (behind `hpa-jax cells denoise`).
+
+    ROOT/plain/                 the cell model on the weak labels (the plain crop classifier)
+    ROOT/round1/fold{f}/        trained without fold f's images → out-of-fold probabilities
+    ROOT/round1/embeddings.npz  the previous model's features of the training cells
+    ROOT/round1/data/           the cell dataset with the cleaned training labels
+    ROOT/round1/model/          trained on it (the next round starts from here)
+    ...
+    ROOT/denoise.json           per round: what was dropped, and against per-cell truth (when
+                                the cell dataset has it) the precision and recall of the labels
+                                dropped and the share of wrong labels before and after
+
+Only the training split is cleaned; validation cells keep their weak labels. Every training is
+`train_and_evaluate` of the same config with `data.dir` (and `data.exclude`) set, so each
+folder is an ordinary run that `predict-cells`, `eval` and `embed` accept; a re-run resumes
+finished runs and rebuilds nothing that exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import numpy as np
+from tqdm import tqdm
+
+from hpa_jax import config as config_lib
+from hpa_jax import fileio
+from hpa_jax.analysis.files import load_embeddings
+from hpa_jax.cells import extract as extract_lib
+from hpa_jax.cells import weak_labels
+from hpa_jax.data import dataset
+from hpa_jax.data.catalog import record_catalog
+from hpa_jax.data.example import decode_png, encode_example, parse_example
+from hpa_jax.data.tfrecord import TFRecordWriter
+from hpa_jax.errors import UserError
+from hpa_jax.labels import get_table
+from hpa_jax.train.embeddings import embed_dataset
+from hpa_jax.train.evaluate import predict_dataset
+from hpa_jax.train.loop import train_and_evaluate
+from hpa_jax.train.restore import restore_run
+
+DENOISE_JSON = "denoise.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseOptions:
+    """rounds: clean-and-retrain rounds; folds: for the out-of-fold probabilities; k: neighbours;
+    threshold: the support a weak label needs; no_signal: the relative green below which a cell
+    carries no localisation."""
+
+    rounds: int = 1
+    folds: int = 2
+    k: int = 10
+    threshold: float = 0.5
+    no_signal: float = 0.25
+
+
+def _train(config_spec: str, overrides, workdir: pathlib.Path, data_dir, exclude=None) -> dict:
+    extra = [f"--config.data.dir={data_dir}"]
+    extra += [f"--config.data.exclude={exclude}"] if exclude else []
+    config = config_lib.load_config(config_spec, [*overrides, *extra])
+    return train_and_evaluate(config, workdir)
+
+
+def train_cells(data_dir) -> tuple[list[str], list[tuple[int, ...]], list[str]]:
+    """The training split's cells: (IDs, weak labels, parent IDs), in record order."""
+    data_dir = pathlib.Path(data_dir)
+    catalog = record_catalog(data_dir)
+    train = set(dataset.split_ids(data_dir).get(dataset.TRAIN, ()))
+    with open(data_dir / dataset.CELL_INDEX_CSV, newline="") as f:
+        parent = {row["ID"]: row["parent_id"] for row in csv.DictReader(f)}
+    keep = [i for i, cell in enumerate(catalog.ids) if cell in train]
+    if not keep:
+        raise UserError(f"{data_dir}: no cell in the training split")
+    ids = [catalog.ids[i] for i in keep]
+    return ids, [catalog.labels[i] for i in keep], [parent[c] for c in ids]
+
+
+def green_inside(data_dir) -> dict[str, float]:
+    """{cell ID: mean green (0..1) inside the cell's mask} of every record of a cell dataset."""
+    catalog = record_catalog(data_dir)
+    source = catalog.open_source()
+    out = {}
+    for i in tqdm(range(len(catalog)), desc="green signal", unit="cell", disable=None):
+        parsed = parse_example(source[i])
+        mask = extract_lib.parse_cell(parsed)["mask"]
+        green = decode_png(parsed.pngs["green"], what=f"record {parsed.id!r} green")
+        scale = 65535.0 if green.dtype == np.uint16 else 255.0
+        out[parsed.id] = float(green[mask].mean() / scale) if mask.any() else 0.0
+    return out
+
+
+def out_of_fold(config_spec, overrides, round_dir: pathlib.Path, data_dir, ids, parents,
+                folds: int) -> np.ndarray:  # fmt: skip
+    """float32[N, K]: each training cell's probabilities from the model trained without its
+    image's fold."""
+    fold = weak_labels.fold_of(parents, folds)
+    rows = {}
+    for f in range(folds):
+        held = [c for c, g in zip(ids, fold, strict=True) if g == f]
+        exclude = round_dir / f"fold{f}.exclude.txt"
+        if not exclude.is_file():
+            fileio.write_text(exclude, "\n".join(held) + "\n")
+        workdir = round_dir / f"fold{f}"
+        _train(config_spec, overrides, workdir, data_dir, exclude)
+        others = [c for c, g in zip(ids, fold, strict=True) if g != f]
+        preds = predict_dataset(restore_run(workdir), data_dir, split=dataset.TRAIN,
+                                exclude=others)  # fmt: skip
+        rows.update(zip(preds.ids, preds.probs, strict=True))
+    return np.stack([rows[c] for c in ids]).astype(np.float32)
+
+
+def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]]) -> None:
+    """A copy of the cell dataset `src` at `dst` with the labels of the cells in `labels`
+    replaced (records, train.csv); its split, index and truth files copied as they are."""
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    info = dataset.read_info(src)
+    table = get_table(info.get("label_table", "hpa2021"))
+    catalog = record_catalog(src, info)
+    source = catalog.open_source()
+    with fileio.atomic_path(dst) as tmp:
+        tmp.mkdir(parents=True)
+        new_ids, new_labels, writer, shard = [], [], None, None
+        for k in range(len(source)):  # shards in order, each one's records contiguous
+            path = pathlib.Path(source.locate(k)[0])
+            if path != shard:
+                if writer is not None:
+                    writer.close()
+                writer, shard = TFRecordWriter(tmp / path.name), path
+            parsed = parse_example(source[k])
+            cell_labels = tuple(labels.get(parsed.id, parsed.labels))
+            writer.write(encode_example(parsed.id, parsed.pngs, cell_labels, extra=parsed.extra))
+            new_ids.append(parsed.id)
+            new_labels.append(cell_labels)
+        if writer is not None:
+            writer.close()
+        dataset.write_labels_csv(tmp / dataset.LABELS_CSV, table, new_ids, new_labels)
+        for name in (dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV, dataset.CELL_TRUTH_CSV):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        dataset.write_info(tmp, info | {"denoised_from": str(src.resolve())})
+
+
+def read_truth(data_dir) -> dict[str, tuple[int, ...]] | None:
+    """{cell ID: true classes} of the matched cells of a cell dataset (None without truth)."""
+    path = pathlib.Path(data_dir) / dataset.CELL_TRUTH_CSV
+    if not path.is_file():
+        return None
+    table = get_table("hpa2021")
+    with open(path, newline="") as f:
+        return {row["ID"]: table.parse(row["true_labels"]) for row in csv.DictReader(f)
+                if row["true_cell"]}  # fmt: skip
+
+
+def denoise(cells_dir, root, *, config: str, overrides=(),
+            options: DenoiseOptions = DenoiseOptions(), log=print) -> dict:  # fmt: skip
+    """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
+    cleaning and retraining (see the module docstring). Returns the denoise.json dict."""
+    cells_dir, root = pathlib.Path(cells_dir), pathlib.Path(root)
+    if dataset.read_info(cells_dir).get("source") != extract_lib.SOURCE:
+        raise UserError(f"--data {cells_dir}: not a cell dataset (from `hpa-jax cells extract`)")
+    if options.rounds < 1:
+        raise UserError(f"--rounds {options.rounds}: at least 1")
+    negative = get_table(dataset.read_info(cells_dir).get("label_table", "hpa2021")).exclusive
+    if negative is None:
+        raise UserError(f"{cells_dir}: denoising relabels cells Negative; the label table has none")
+    truth = read_truth(cells_dir)
+    report = {"cells": str(cells_dir), "config": config, "options": dataclasses.asdict(options),
+              "rounds": []}  # fmt: skip
+    log("== plain: the cell model on the weak labels")
+    report["plain"] = _train(config, overrides, root / "plain", cells_dir)
+    previous, data = root / "plain", cells_dir
+    green = green_inside(cells_dir)
+    for r in range(1, options.rounds + 1):
+        round_dir = root / f"round{r}"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        ids, weak, parents = train_cells(data)
+        log(f"== round {r}: out-of-fold probabilities ({options.folds} folds)")
+        oof = out_of_fold(config, overrides, round_dir, data, ids, parents, options.folds)
+        embeddings = round_dir / "embeddings.npz"
+        if not embeddings.is_file():
+            embed_dataset(data, embeddings, workdir=previous, split=dataset.TRAIN, log=log)
+        emb = load_embeddings(embeddings)
+        row = {str(i): k for k, i in enumerate(emb.ids)}
+        features = emb.features[[row[c] for c in ids]]
+        knn = weak_labels.neighbour_support(features, oof, parents, k=options.k)
+        signal = weak_labels.green_signal([green[c] for c in ids])
+        cleaned = weak_labels.clean_labels(ids, weak, oof, knn, signal, negative=negative,
+                                           threshold=options.threshold,
+                                           no_signal=options.no_signal)  # fmt: skip
+        cleaned_dir = round_dir / "data"
+        if not dataset.has_info(cleaned_dir):
+            write_relabelled(data, cleaned_dir, cleaned.labels)
+        entry = {"round": r, "cells": len(ids), "dropped": len(cleaned.dropped),
+                 "relabelled_negative": len(cleaned.relabelled)}  # fmt: skip
+        if truth is not None:
+            noise = weak_labels.noise_report(dict(zip(ids, weak, strict=True)), cleaned.labels,
+                                             truth)  # fmt: skip
+            entry["truth"] = noise.as_dict()
+            log(f"   dropped {noise.dropped} labels, precision {noise.precision:.3f}, recall "
+                f"{noise.recall:.3f}; wrong labels {noise.wrong_share_before:.3f} → "
+                f"{noise.wrong_share_after:.3f}")
+        log(f"== round {r}: the cell model on the cleaned labels")
+        entry["model"] = _train(config, overrides, round_dir / "model", cleaned_dir)
+        report["rounds"].append(entry)
+        previous, data = round_dir / "model", cleaned_dir
+    report["final"] = str(previous)
+    fileio.write_text(root / DENOISE_JSON, json.dumps(report, indent=2, default=float))
+    return report

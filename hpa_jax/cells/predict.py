@@ -1,0 +1,189 @@
+"""Score every cell of a dataset's images; write the HPA 2021 submission (`hpa-jax predict-cells`).
+
+    DIR (images) ──cells extract──► OUT.cells/ (crops + masks/)   the crops exactly as the cell
+                                                                  run's training data was cut
+    cell run     ──predict──► p_cell[cell, K]
+    image run    ──predict──► p_image[image, K] → each cell gets its image's row
+    combine (cells/combine.py) → confidences → OUT (ID,ImageWidth,ImageHeight,PredictionString)
+                                             + OUT.npz (per-cell probabilities)
+
+Every image of DIR gets a row; an image without cells (or whose mask is missing: named in
+`errors`) gets an empty PredictionString. With per-cell truth (a synthetic DIR), every
+combination is scored with the 2021 metric (mAP at IoU 0.6) into OUT.scores.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import numpy as np
+
+from hpa_jax import fileio
+from hpa_jax.cells import extract as extract_lib
+from hpa_jax.cells.combine import COMBINE_MODES, combine_probs
+from hpa_jax.cells.metric import ImageCells, cell_map
+from hpa_jax.cells.submission import submission_rows, write_submission
+from hpa_jax.data import dataset
+from hpa_jax.data.catalog import record_catalog
+from hpa_jax.errors import UserError
+from hpa_jax.train.evaluate import predict_dataset
+from hpa_jax.train.restore import Restored, restore_run
+
+# measured on synthetic data (docs/cells.md): the best combination and whether the Negative
+# probability should down-weight the other classes
+DEFAULT_COMBINE = "product"
+DEFAULT_NEGATIVE_WEIGHT = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CellPredictionSummary:
+    """What `predict_cells` wrote and found. scores: {"<mode>[+negative]": mAP@0.6} with truth."""
+
+    submission: pathlib.Path
+    probabilities: pathlib.Path
+    crops: pathlib.Path
+    num_images: int
+    num_cells: int
+    combine: str
+    errors: tuple[str, ...]
+    scores: dict[str, float] | None
+    scores_json: pathlib.Path | None
+
+
+def crop_settings(cell_run: Restored) -> dict:
+    """How the cell run's training crops were cut (size, margin, background), from the
+    dataset.json of its `config.data.dir`."""
+    data_dir = pathlib.Path(cell_run.config.data.dir)
+    info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
+    if info.get("source") != extract_lib.SOURCE:
+        raise UserError(f"--workdir {cell_run.workdir}: its config.data.dir={str(data_dir)!r} is "
+                        "not a cell dataset (from `hpa-jax cells extract`); give a cell run")
+    return {"size": int(info["size"]), "margin": float(info["margin"]),
+            "zero_background": bool(info["zero_background"]), "min_area": info.get("min_area")}
+
+
+def _check_same_classes(cell_run: Restored, image_run: Restored) -> None:
+    if cell_run.table.name != image_run.table.name:
+        raise UserError(
+            f"config.data.label_table: the cell run {cell_run.workdir} uses "
+            f"{cell_run.table.name!r}, the image run {image_run.workdir} "
+            f"{image_run.table.name!r}; both must use one class table")
+
+
+def _rows_by_parent(image_probs, image_ids, parents) -> np.ndarray:
+    index = {image_id: k for k, image_id in enumerate(image_ids)}
+    return np.stack([image_probs[index[p]] for p in parents]) if parents else np.zeros(
+        (0, image_probs.shape[1]), np.float32)
+
+
+def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None,
+                  combine: str | None = None, negative_weight: bool | None = None,
+                  workers: int = 1) -> CellPredictionSummary:  # fmt: skip
+    """Segment (or take `masks`), crop and score every cell of `data_dir`'s images; write the
+    2021 submission `out` (.csv) and `out.npz`; see the module docstring."""
+    out = pathlib.Path(out)
+    if out.suffix != ".csv":
+        raise UserError(f"--out {out}: the submission is a .csv file")
+    combine = combine or (DEFAULT_COMBINE if image_workdir else "cell")
+    if combine not in COMBINE_MODES:
+        raise UserError(f"--combine {combine!r}: choose one of {', '.join(COMBINE_MODES)}")
+    if combine != "cell" and image_workdir is None:
+        raise UserError(f"--combine {combine}: needs --image-workdir (an image-level run)")
+    negative_weight = DEFAULT_NEGATIVE_WEIGHT if negative_weight is None else negative_weight
+    data_dir = pathlib.Path(data_dir)
+    cell_run = restore_run(cell_workdir)
+    image_run = None if image_workdir is None else restore_run(image_workdir)
+    if image_run is not None:
+        _check_same_classes(cell_run, image_run)
+    settings = crop_settings(cell_run)
+
+    crops = out.with_name(out.stem + ".cells")
+    extracted = extract_lib.extract_cells(data_dir, crops, masks=masks, workers=workers,
+                                          **settings)  # fmt: skip
+    cell_preds = predict_dataset(cell_run, crops, split="all")
+    with open(crops / dataset.CELL_INDEX_CSV, newline="") as f:
+        index = {row["ID"]: row for row in csv.DictReader(f)}
+    parents = [index[i]["parent_id"] for i in cell_preds.ids]
+    numbers = np.asarray([int(index[i]["cell"]) for i in cell_preds.ids], np.int64)
+    image_probs = None
+    if image_run is not None:
+        image_preds = predict_dataset(image_run, data_dir, split="all")
+        image_probs = _rows_by_parent(image_preds.probs, image_preds.ids, parents)
+    negative = cell_run.table.exclusive
+    if negative_weight and negative is None:
+        raise UserError(f"--negative-weight: the label table {cell_run.table.name!r} has no "
+                        "Negative class")
+    combined = combine_probs(cell_preds.probs, image_probs, combine,
+                             negative=negative if negative_weight else None)  # fmt: skip
+
+    image_ids = record_catalog(data_dir).ids
+    instances = {i: _instances(crops, i) for i in image_ids}
+    scores = _scores_by_image(parents, numbers, combined)
+    rows = submission_rows((i, ImageCells(instances[i], scores.get(i, {}))) for i in image_ids)
+    write_submission(out, rows)
+    npz = out.with_suffix(".npz")
+    with fileio.atomic_path(npz, suffix=".npz") as tmp:
+        np.savez(tmp, ids=np.asarray(cell_preds.ids), parent_ids=np.asarray(parents),
+                 cells=numbers, probs=combined, cell_probs=cell_preds.probs,
+                 image_probs=np.zeros((0,)) if image_probs is None else image_probs,
+                 classes=np.asarray(cell_run.table.classes), combine=combine,
+                 negative_weight=negative_weight)  # fmt: skip
+    report = report_path = None
+    if (data_dir / dataset.CELLS_DIR).is_dir() and (data_dir / dataset.CELLS_CSV).is_file():
+        report = score_combinations(data_dir, instances, parents, numbers, cell_preds.probs,
+                                    image_probs, negative=negative)  # fmt: skip
+        report = {"combine": combine, "negative_weight": negative_weight,
+                  "cell_map": report}  # fmt: skip
+        report_path = out.with_suffix(".scores.json")
+        fileio.write_text(report_path, json.dumps(report, indent=2))
+    return CellPredictionSummary(out, npz, crops, len(image_ids), len(cell_preds.ids), combine,
+                                 extracted.errors, report, report_path)  # fmt: skip
+
+
+def _instances(crops: pathlib.Path, image_id: str) -> np.ndarray:
+    path = crops / dataset.MASKS_DIR / f"{image_id}.png"
+    if path.is_file():
+        return dataset.read_mask(path)
+    return np.zeros((1, 1), np.uint16)  # no mask (named in the errors): an empty row
+
+
+def _scores_by_image(parents, numbers, probs) -> dict[str, dict[int, dict[int, float]]]:
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for parent, cell, row in zip(parents, numbers, probs, strict=True):
+        out.setdefault(parent, {})[int(cell)] = {c: float(p) for c, p in enumerate(row)}
+    return out
+
+
+def true_cells(data_dir: str | pathlib.Path, image_ids) -> dict[str, ImageCells]:
+    """The synthetic per-cell truth of `image_ids` (DIR/cells/<ID>.png, DIR/cells.csv)."""
+    data_dir = pathlib.Path(data_dir)
+    labels = dataset.read_cells_csv(data_dir / dataset.CELLS_CSV)
+    return {i: ImageCells(dataset.read_mask(data_dir / dataset.CELLS_DIR / f"{i}.png"),
+                          labels.get(i, {})) for i in image_ids}  # fmt: skip
+
+
+def score_combinations(data_dir, instances, parents, numbers, cell_probs, image_probs, *,
+                       negative: int | None) -> dict[str, float]:  # fmt: skip
+    """mAP@0.6 of every combination (and each with Negative down-weighting) on the images that
+    have per-cell truth."""
+    truth = true_cells(data_dir, list(instances))
+    modes = [m for m in COMBINE_MODES if image_probs is not None or m == "cell"]
+    results = {}
+    for mode in modes:
+        for weighted in (False, True) if negative is not None else (False,):
+            probs = combine_probs(cell_probs, image_probs, mode,
+                                  negative=negative if weighted else None)  # fmt: skip
+            scores = _scores_by_image(parents, numbers, probs)
+            pred = {i: ImageCells(instances[i], scores.get(i, {})) for i in truth}
+            name = mode + ("+negative" if weighted else "")
+            results[name] = cell_map(truth, pred, num_classes=probs.shape[1])
+    return results
+
+
+def remove_crops(summary: CellPredictionSummary) -> None:
+    """Delete the crops folder `predict_cells` made (the masks in it are in the submission)."""
+    shutil.rmtree(summary.crops, ignore_errors=True)
