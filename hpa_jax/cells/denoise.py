@@ -157,9 +157,11 @@ def read_truth(data_dir) -> dict[str, tuple[int, ...]] | None:
 
 
 def denoise(cells_dir, root, *, config: str, overrides=(),
-            options: DenoiseOptions = DenoiseOptions(), log=print) -> dict:  # fmt: skip
+            options: DenoiseOptions = DenoiseOptions(), final_workdir=None,
+            log=print) -> dict:  # fmt: skip
     """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
-    cleaning and retraining (see the module docstring). Returns the denoise.json dict."""
+    cleaning and retraining (see the module docstring); the last round's model trains into
+    `final_workdir` when given. Returns the denoise.json dict."""
     cells_dir, root = pathlib.Path(cells_dir), pathlib.Path(root)
     if dataset.read_info(cells_dir).get("source") != extract_lib.SOURCE:
         raise UserError(f"--data {cells_dir}: not a cell dataset (from `hpa-jax cells extract`)")
@@ -205,9 +207,12 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
                 f"{noise.recall:.3f}; wrong labels {noise.wrong_share_before:.3f} → "
                 f"{noise.wrong_share_after:.3f}")
         log(f"== round {r}: the cell model on the cleaned labels")
-        entry["model"] = _train(config, overrides, round_dir / "model", cleaned_dir)
+        model = round_dir / "model"
+        if final_workdir is not None and r == options.rounds:
+            model = pathlib.Path(final_workdir)
+        entry["model"] = _train(config, overrides, model, cleaned_dir)
         report["rounds"].append(entry)
-        previous, data = round_dir / "model", cleaned_dir
+        previous, data = model, cleaned_dir
     report["final"] = str(previous)
     fileio.write_text(root / DENOISE_JSON, json.dumps(report, indent=2, default=float))
     return report

@@ -6,6 +6,7 @@
     image run    ──predict──► p_image[image, K] → each cell gets its image's row
     combine (cells/combine.py) → confidences → OUT (ID,ImageWidth,ImageHeight,PredictionString)
                                              + OUT.npz (per-cell probabilities)
+                                             + OUT.cells.csv (ID,cell,labels: decided classes)
 
 Every image of DIR gets a row; an image without cells (or whose mask is missing: named in
 `errors`) gets an empty PredictionString. With per-cell truth (a synthetic DIR), every
@@ -26,7 +27,7 @@ from hpa_jax import fileio
 from hpa_jax.cells import extract as extract_lib
 from hpa_jax.cells.combine import COMBINE_MODES, combine_probs
 from hpa_jax.cells.metric import ImageCells, cell_map
-from hpa_jax.cells.submission import submission_rows, write_submission
+from hpa_jax.cells.submission import image_sizes, submission_rows, write_submission
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.errors import UserError
@@ -37,11 +38,13 @@ from hpa_jax.train.restore import Restored, restore_run
 # probability should down-weight the other classes
 DEFAULT_COMBINE = "product"
 DEFAULT_NEGATIVE_WEIGHT = False
+PREDICTED_CELLS_SUFFIX = ".cells.csv"  # ID,cell,labels: each cell's decided classes (pictures)
 
 
 @dataclasses.dataclass(frozen=True)
 class CellPredictionSummary:
-    """What `predict_cells` wrote and found. scores: {"<mode>[+negative]": mAP@0.6} with truth."""
+    """What `predict_cells` wrote and found. scores (with per-cell truth): {"combine",
+    "negative_weight", "cell_map": {"<mode>[+negative]": mAP@0.6}}."""
 
     submission: pathlib.Path
     probabilities: pathlib.Path
@@ -49,7 +52,8 @@ class CellPredictionSummary:
     num_images: int
     num_cells: int
     combine: str
-    errors: tuple[str, ...]
+    errors: tuple[str, ...]  # images not predicted (mask missing or unreadable): "ID: why"
+    without_cells: tuple[str, ...]  # images in which no cell was found (empty rows)
     scores: dict[str, float] | None
     scores_json: pathlib.Path | None
 
@@ -120,8 +124,9 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     combined = combine_probs(cell_preds.probs, image_probs, combine,
                              negative=negative if negative_weight else None)  # fmt: skip
 
+    sizes = image_sizes(data_dir)
     image_ids = record_catalog(data_dir).ids
-    instances = {i: _instances(crops, i) for i in image_ids}
+    instances = {i: _instances(crops, i, sizes[i]) for i in image_ids}
     scores = _scores_by_image(parents, numbers, combined)
     rows = submission_rows((i, ImageCells(instances[i], scores.get(i, {}))) for i in image_ids)
     write_submission(out, rows)
@@ -132,6 +137,8 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
                  image_probs=np.zeros((0,)) if image_probs is None else image_probs,
                  classes=np.asarray(cell_run.table.classes), combine=combine,
                  negative_weight=negative_weight)  # fmt: skip
+    fileio.write_text(out.with_suffix(PREDICTED_CELLS_SUFFIX), dataset.csv_text(
+        ("ID", "cell", "labels"), predicted_classes(parents, numbers, combined, cell_run.table)))
     report = report_path = None
     if (data_dir / dataset.CELLS_DIR).is_dir() and (data_dir / dataset.CELLS_CSV).is_file():
         report = score_combinations(data_dir, instances, parents, numbers, cell_preds.probs,
@@ -140,15 +147,18 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
                   "cell_map": report}  # fmt: skip
         report_path = out.with_suffix(".scores.json")
         fileio.write_text(report_path, json.dumps(report, indent=2))
+    unread = tuple(f"{image_id}: {reason}" for image_id, cell, reason in extracted.skipped
+                   if not cell and reason != "no cells")  # fmt: skip
+    empty = tuple(i for i, cell, reason in extracted.skipped if not cell and reason == "no cells")
     return CellPredictionSummary(out, npz, crops, len(image_ids), len(cell_preds.ids), combine,
-                                 extracted.errors, report, report_path)  # fmt: skip
+                                 unread, empty, report, report_path)  # fmt: skip
 
 
-def _instances(crops: pathlib.Path, image_id: str) -> np.ndarray:
+def _instances(crops: pathlib.Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
     path = crops / dataset.MASKS_DIR / f"{image_id}.png"
     if path.is_file():
         return dataset.read_mask(path)
-    return np.zeros((1, 1), np.uint16)  # no mask (named in the errors): an empty row
+    return np.zeros(size, np.uint16)  # no mask (named in the errors): no cells, an empty row
 
 
 def _scores_by_image(parents, numbers, probs) -> dict[str, dict[int, dict[int, float]]]:
@@ -156,6 +166,16 @@ def _scores_by_image(parents, numbers, probs) -> dict[str, dict[int, dict[int, f
     for parent, cell, row in zip(parents, numbers, probs, strict=True):
         out.setdefault(parent, {})[int(cell)] = {c: float(p) for c, p in enumerate(row)}
     return out
+
+
+def predicted_classes(parents, numbers, probs, table, threshold: float = 0.5) -> list[tuple]:
+    """(ID, cell, label string) rows: the classes with confidence ≥ `threshold`, else the most
+    confident one (what `cells show --labels` draws)."""
+    rows = []
+    for parent, cell, row in zip(parents, numbers, probs, strict=True):
+        classes = np.flatnonzero(row >= threshold).tolist() or [int(np.argmax(row))]
+        rows.append((parent, int(cell), table.format(classes)))
+    return rows
 
 
 def true_cells(data_dir: str | pathlib.Path, image_ids) -> dict[str, ImageCells]:

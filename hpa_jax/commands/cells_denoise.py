@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a cell dataset (hpa-jax cells extract)")
     parser.add_argument("--root", required=True, help="folder for the runs and the report")
     parser.add_argument("--config", default="configs/cells.py", help="cell training config")
+    parser.add_argument("--final-workdir", default=None,
+                        help="train the last round's model here (default: ROOT/roundN/model)")
     parser.add_argument("--rounds", type=int, default=1, help="clean-and-retrain rounds")
     parser.add_argument("--folds", type=int, default=2, help="folds (by image) for out-of-fold")
     parser.add_argument("--k", type=int, default=10, help="neighbours of other images")
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     options = DenoiseOptions(rounds=args.rounds, folds=args.folds, k=args.k,
                              threshold=args.threshold, no_signal=args.no_signal)
     report = denoise(args.data, args.root, config=args.config,
-                     overrides=args.config_overrides, options=options)
+                     overrides=args.config_overrides, options=options,
+                     final_workdir=args.final_workdir)
     print(f"final cell model: {report['final']}")
     return 0

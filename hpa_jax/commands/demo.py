@@ -4,6 +4,11 @@
     WORKDIR/train       hpa-jax train --config configs/demo.py   (resumes if interrupted)
     WORKDIR/train       hpa-jax eval         (eval_report.txt: per-class report)
     WORKDIR/embeddings.npz, WORKDIR/anomalies   hpa-jax embed, hpa-jax anomalies --truth
+    WORKDIR/cell_stage/{data,test}   hpa-jax data synth (256 px, cells varying within images)
+    WORKDIR/cell_stage/crops         hpa-jax cells extract (segmented, one record per cell)
+    WORKDIR/cell_stage/denoise       hpa-jax cells denoise (plain model, out-of-fold, cleaned)
+    WORKDIR/cells                    the final cell run (trained on the cleaned labels),
+                                     submission.csv on the test images, overlays/
 
 Each step is the same command a user would type (run in this process, in order), so the demo
 is also their smoke test. Re-running picks up where an interrupted demo stopped.
@@ -34,7 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of images whose classes vary from cell to cell (default 0: measured on "
         "seed 0, data synth's 0.3 lowers the image-level macro F1 from 0.910 to 0.865)")
     parser.add_argument("--skip-anomalies", action="store_true",
-                        help="stop after evaluation (no embeddings or anomaly report)")
+                        help="no embeddings or anomaly report")
+    parser.add_argument("--skip-cells", action="store_true",
+                        help="no cell stage (segment, weakly supervised cell model, submission)")
+    parser.add_argument("--cell-images", type=int, default=400,
+                        help="synthetic 256 px images the cell model learns from")
+    parser.add_argument("--cell-test-images", type=int, default=200,
+                        help="synthetic 256 px images the submission is scored on")
+    parser.add_argument("--cell-config", default="configs/cells.py", help="cell model config")
+    parser.add_argument("--image-run", default=None, metavar="DIR",
+                        help="only the cell stage, with this trained image run (e.g. an earlier "
+                             "demo's WORKDIR/train) as the image model")
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -67,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     root = pathlib.Path(args.workdir)
     data, train = root / "data", root / "train"
     t0 = time.perf_counter()
+    if args.image_run:
+        _print_ladder(args, root, _cell_stage(args, root, pathlib.Path(args.image_run)))
+        print(f"hpa-jax demo (cell stage) finished in {time.perf_counter() - t0:.0f} s")
+        return 0
     if dataset.has_info(data):
         print(f"== data: {data} exists, reused")
     else:
@@ -89,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                             "--exclude-by", "intensity,label_knn_fine-tuned",
                             # the same maps whether or not umap-learn is installed
                             "--projection", "tsne"])
+    if not args.skip_cells:
+        ladder = _cell_stage(args, root, train)
     tuned = json.loads((train / "eval_metrics.json").read_text())
     final = _final_metrics(train / METRICS_FILE)
     print(f"\nhpa-jax demo finished in {time.perf_counter() - t0:.0f} s")
@@ -105,5 +126,53 @@ def run(args: argparse.Namespace) -> int:
         exclude = root / "anomalies" / "exclude.txt"
         print(f"  cleaned:   hpa-jax train --config {args.config} --workdir "
               f"{root / 'train_cleaned'} --config.data.dir={data} --config.data.exclude={exclude}")
+    if not args.skip_cells:
+        _print_ladder(args, root, ladder)
     sys.stdout.flush()
     return 0
+
+
+def _print_ladder(args, root: pathlib.Path, ladder: dict[str, float]) -> None:
+    print(f"  cells:     {root / 'cells'} (the cell run), submission.csv, overlays/; cell "
+          f"mAP@0.6 on {args.cell_test_images} unseen images:")
+    for name, value in ladder.items():
+        print(f"             {value:.3f}  {name}")
+
+
+def _cell_stage(args, root: pathlib.Path, image_run: pathlib.Path) -> dict[str, float]:
+    """Segment → extract → train → denoise → predict → score; the ladder of cell mAP@0.6."""
+    from hpa_jax.data import dataset
+
+    stage, cells = root / "cell_stage", root / "cells"
+    for name, count, seed in (("data", args.cell_images, args.seed + 100),
+                              ("test", args.cell_test_images, args.seed + 101)):
+        if dataset.has_info(stage / name):
+            print(f"== cell {name}: {stage / name} exists, reused")
+            continue
+        _step(f"cell {name}", ["data", "synth", "--out", str(stage / name), "--num-images",
+                               str(count), "--size", "256", "--seed", str(seed),
+                               "--workers", str(args.workers)])
+    _step("cell crops", ["cells", "extract", "--data", str(stage / "data"), "--out",
+                         str(stage / "crops"), "--size", "48", "--workers", str(args.workers)])
+    _step("cell denoise", ["cells", "denoise", "--data", str(stage / "crops"), "--root",
+                           str(stage / "denoise"), "--config", args.cell_config,
+                           "--final-workdir", str(cells)])
+    submissions = {"plain": stage / "plain.csv", "final": cells / "submission.csv"}
+    _step("cells (plain model)", ["predict-cells", "--workdir", str(stage / "denoise" / "plain"),
+                                  "--image-workdir", str(image_run), "--data",
+                                  str(stage / "test"), "--out", str(submissions["plain"])])
+    _step("cells (denoised)", ["predict-cells", "--workdir", str(cells), "--image-workdir",
+                               str(image_run), "--data", str(stage / "test"), "--out",
+                               str(submissions["final"])])
+    _step("cell overlays", ["cells", "show", "--data", str(stage / "test"), "--masks",
+                            str(cells / "submission.cells" / dataset.MASKS_DIR), "--labels",
+                            str(cells / "submission.cells.csv"), "--out",
+                            str(cells / "overlays")])
+    scores = {k: json.loads(v.with_suffix(".scores.json").read_text())
+              for k, v in submissions.items()}  # fmt: skip
+    plain, final = scores["plain"]["cell_map"], scores["final"]["cell_map"]
+    mode = scores["final"]["combine"]
+    return {"baseline: every cell gets its image's probabilities": plain["image"],
+            "cell model alone (weak labels)": plain["cell"],
+            f"cell model x image ({mode})": plain[mode],
+            f"cell model after denoising x image ({mode}): final": final[mode]}

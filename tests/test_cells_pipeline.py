@@ -1,0 +1,131 @@
+"""The weakly supervised cell pipeline end to end at test size: `cells denoise` (plain model,
+out-of-fold models, cleaned dataset, retrained model) and `predict-cells` (segment, crop, score,
+combine with an image run, the 2021 submission), through the CLI.
+
+References: the submission checker (the 2021 format), the synthetic per-cell truth (what the
+noise report must count), the image run's own `predict` output (what `--combine image` must give
+every cell), and the cleaned labels written into the retrained model's dataset.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hpa_jax.cells import weak_labels
+from hpa_jax.cells.denoise import read_truth, train_cells
+from hpa_jax.cells.submission import check_submission, read_submission
+from hpa_jax.cli import main
+from hpa_jax.data import dataset
+from hpa_jax.data.synthetic import synthesize
+from hpa_jax.labels import HPA_2021
+
+# one compiled train step for all four cell trainings: class weights are part of the step
+CELL_RUN = ["--config", "configs/cells.py:runlocal", "--config.loss.class_weights=none"]
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cells")
+    synthesize(root / "data", num_images=24, size=128, seed=5, heterogeneous=1.0, shards=1)
+    synthesize(root / "test", num_images=6, size=128, seed=6, heterogeneous=1.0, shards=1)
+    assert main(["cells", "extract", "--data", str(root / "data"), "--out", str(root / "crops"),
+                 "--size", "32"]) == 0
+    assert main(["train", "--config", "configs/demo.py:runlocal", "--workdir",
+                 str(root / "image"), f"--config.data.dir={root / 'data'}"]) == 0
+    assert main(["cells", "denoise", "--data", str(root / "crops"), "--root", str(root / "den"),
+                 "--k", "3", *CELL_RUN]) == 0
+    return root
+
+
+def test_denoise_writes_runs_cleaned_data_and_an_honest_report(stage):
+    report = json.loads((stage / "den" / "denoise.json").read_text())
+    assert report["final"] == str(stage / "den" / "round1" / "model")
+    for run in ("plain", "round1/fold0", "round1/fold1", "round1/model"):
+        assert (stage / "den" / run / "config.json").is_file(), run
+    # the folds leave out whole images: a fold's exclude list holds every cell of its images
+    ids, weak, parents = train_cells(stage / "crops")
+    held = set((stage / "den" / "round1" / "fold0.exclude.txt").read_text().split())
+    fold = weak_labels.fold_of(parents, 2)
+    assert held == {c for c, f in zip(ids, fold, strict=True) if f == 0}
+    # the cleaned dataset holds the cleaned labels of the training cells, weak ones elsewhere
+    before = {r["ID"]: HPA_2021.parse(r["Label"]) for r in _csv(stage / "crops" / "train.csv")}
+    after = {r["ID"]: HPA_2021.parse(r["Label"])
+             for r in _csv(stage / "den" / "round1" / "data" / "train.csv")}
+    assert before.keys() == after.keys()
+    split = dataset.read_split(stage / "crops" / dataset.SPLIT_CSV)
+    assert all(before[i] == after[i] for i in before if split[i] == "validation")
+    dropped = {(i, c) for i in ids for c in before[i] if c not in after[i]}
+    entry = report["rounds"][0]
+    assert entry["dropped"] == len(dropped) and entry["cells"] == len(ids)
+    # the report counts against the per-cell truth exactly
+    truth = read_truth(stage / "crops")
+    wrong = {(i, c) for i in ids if i in truth for c in before[i] if c not in truth[i]}
+    assert entry["truth"]["wrong_before"] == len(wrong) > 0
+    assert entry["truth"]["dropped_wrong"] == len(dropped & wrong)
+
+
+def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(stage, capsys):
+    out = stage / "sub.csv"
+    model = stage / "den" / "round1" / "model"
+    assert main(["predict-cells", "--workdir", str(model), "--image-workdir",
+                 str(stage / "image"), "--data", str(stage / "test"), "--out", str(out)]) == 0
+    assert "cell mAP@0.6" in capsys.readouterr().out
+    assert check_submission(out, stage / "test") == []
+    rows = read_submission(out)
+    assert len(rows) == 6
+    probs = np.load(out.with_suffix(".npz"))
+    assert probs["probs"].shape == (len(probs["ids"]), 19)
+    np.testing.assert_allclose(probs["probs"], probs["cell_probs"] * probs["image_probs"],
+                               rtol=1e-6)  # the default: product
+    scores = json.loads(out.with_suffix(".scores.json").read_text())["cell_map"]
+    assert {"cell", "image", "product", "mean", "product+negative"} <= set(scores)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+    # --combine image: every cell gets its image's probabilities, those `hpa-jax predict` writes
+    base = stage / "base.csv"
+    assert main(["predict-cells", "--workdir", str(model), "--image-workdir",
+                 str(stage / "image"), "--data", str(stage / "test"), "--out", str(base),
+                 "--combine", "image"]) == 0
+    assert main(["predict", "--workdir", str(stage / "image"), "--data", str(stage / "test"),
+                 "--out", str(stage / "image.csv")]) == 0
+    image = np.load(stage / "image.npz")
+    by_image = dict(zip(image["ids"], image["probs"], strict=True))
+    cells = np.load(base.with_suffix(".npz"))
+    for parent, row in zip(cells["parent_ids"], cells["probs"], strict=True):
+        np.testing.assert_allclose(row, by_image[parent], rtol=1e-6)
+    assert json.loads(base.with_suffix(".scores.json").read_text())["cell_map"]["image"] == \
+        pytest.approx(scores["image"])
+
+
+def test_predict_cells_bad_input(stage, tmp_path, capsys):
+    model = str(stage / "den" / "round1" / "model")
+    test = str(stage / "test")
+    # a combination that needs the image run, without it
+    assert main(["predict-cells", "--workdir", model, "--data", test, "--out",
+                 str(tmp_path / "a.csv"), "--combine", "product"]) == 2
+    # an image run is not a cell run
+    assert main(["predict-cells", "--workdir", str(stage / "image"), "--data", test,
+                 "--out", str(tmp_path / "b.csv")]) == 2
+    assert "not a cell dataset" in capsys.readouterr().err
+    # masks missing for one image: named; the other images are still predicted
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    ids = [r["ID"] for r in _csv(stage / "test" / "train.csv")]
+    for image_id in ids[1:]:
+        (masks / f"{image_id}.png").write_bytes(
+            (stage / "test" / dataset.CELLS_DIR / f"{image_id}.png").read_bytes())
+    out = tmp_path / "c.csv"
+    code = main(["predict-cells", "--workdir", model, "--data", test, "--out", str(out),
+                 "--masks", str(masks)])
+    captured = capsys.readouterr()
+    assert ids[0] in captured.out + captured.err
+    assert code == 1
+    rows = read_submission(out)
+    assert rows[ids[0]][2] == [] and all(rows[i][2] for i in ids[1:])
