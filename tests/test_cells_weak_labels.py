@@ -39,24 +39,27 @@ def test_green_signal_is_relative_to_typical_expressing_cells():
 
 
 def test_clean_labels_drops_unsupported_and_silent_and_relabels_negative():
-    ids = ["x", "y", "z", "n"]
-    weak = [(0, 3), (0, 3), (3,), (NEG,)]
-    oof = np.zeros((4, 19), np.float32)
-    knn = np.zeros((4, 19), np.float32)
-    oof[0, [0, 3]] = knn[0, [0, 3]] = 0.9           # x: both supported
-    oof[1, 0], knn[1, 0], oof[1, 3], knn[1, 3] = 0.9, 0.8, 0.1, 0.3   # y: class 3 unsupported
-    oof[2, 3] = knn[2, 3] = 0.9                     # z: supported but no green signal
-    green = np.array([1.0, 1.0, 0.05, 0.02], np.float32)
-    out = wl.clean_labels(ids, weak, oof, knn, green, negative=NEG)
-    assert out.labels == {"x": (0, 3), "y": (0,), "z": (NEG,), "n": (NEG,)}
-    assert out.dropped == {("y", 3), ("z", 3)}
+    # image A: cells x, y, z inherit (0, 3); image B: cell n is Negative; image C: w has (3,)
+    ids = ["x", "y", "z", "n", "w"]
+    parents = ["A", "A", "A", "B", "C"]
+    weak = [(0, 3), (0, 3), (0, 3), (NEG,), (3,)]
+    oof = np.zeros((5, 19), np.float32)
+    knn = np.zeros((5, 19), np.float32)
+    oof[:3, 0] = knn[:3, 0] = 0.9                   # class 0: every cell of A shows it
+    oof[:3, 3] = knn[:3, 3] = [0.8, 0.2, 0.8]       # class 3: y has a quarter of x's support
+    oof[4, 3] = knn[4, 3] = 0.1                     # w: low support, but the best of its image
+    green = np.array([1.0, 1.0, 0.05, 0.02, 1.0], np.float32)  # z shows no protein
+    out = wl.clean_labels(ids, weak, parents, oof, knn, green, negative=NEG)
+    assert out.labels == {"x": (0, 3), "y": (0,), "z": (NEG,), "n": (NEG,), "w": (3,)}
+    assert out.dropped == {("y", 3), ("z", 0), ("z", 3)}
     assert out.relabelled == {"z"}
+    np.testing.assert_allclose(wl.relative_to_image(oof, parents)[:3, 3], [1.0, 0.25, 1.0])
     report = wl.noise_report(dict(zip(ids, weak, strict=True)), out.labels,
-                             {"x": (0,), "y": (0,), "z": (NEG,), "n": (NEG,)})
-    # before: 6 pairs, wrong (x,3) (y,3) (z,3); after: x(0,3) y(0) z(18) n(18), wrong (x,3)
-    assert (report.pairs_before, report.wrong_before) == (6, 3)
-    assert (report.pairs_after, report.wrong_after) == (5, 1)
-    assert report.precision == 1.0 and report.recall == pytest.approx(2 / 3)
+                             {"x": (0,), "y": (0,), "z": (NEG,), "n": (NEG,), "w": (3,)})
+    # before: 8 pairs, wrong (x,3) (y,3) (z,0) (z,3); after: x(0,3) y(0) z(18) n(18) w(3)
+    assert (report.pairs_before, report.wrong_before) == (8, 4)
+    assert (report.pairs_after, report.wrong_after) == (6, 1)
+    assert report.precision == 1.0 and report.recall == pytest.approx(3 / 4)
 
 
 def test_combine_modes_and_negative_weighting():

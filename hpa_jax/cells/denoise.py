@@ -3,6 +3,7 @@
     ROOT/plain/                 the cell model on the weak labels (the plain crop classifier)
     ROOT/round1/fold{f}/        trained without fold f's images → out-of-fold probabilities
     ROOT/round1/embeddings.npz  the previous model's features of the training cells
+    ROOT/round1/scores.npz      ids, parents, weak (multi-hot), oof, knn, green of those cells
     ROOT/round1/data/           the cell dataset with the cleaned training labels
     ROOT/round1/model/          trained on it (the next round starts from here)
     ...
@@ -49,13 +50,13 @@ DENOISE_JSON = "denoise.json"
 @dataclasses.dataclass(frozen=True)
 class DenoiseOptions:
     """rounds: clean-and-retrain rounds; folds: for the out-of-fold probabilities; k: neighbours;
-    threshold: the support a weak label needs; no_signal: the relative green below which a cell
-    carries no localisation."""
+    threshold: the support a weak label needs, relative to its image's best cell; no_signal: the
+    relative green below which a cell carries no localisation."""
 
     rounds: int = 1
     folds: int = 2
     k: int = 10
-    threshold: float = 0.5
+    threshold: float = 0.3
     no_signal: float = 0.25
 
 
@@ -191,9 +192,16 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
         features = emb.features[[row[c] for c in ids]]
         knn = weak_labels.neighbour_support(features, oof, parents, k=options.k)
         signal = weak_labels.green_signal([green[c] for c in ids])
-        cleaned = weak_labels.clean_labels(ids, weak, oof, knn, signal, negative=negative,
+        cleaned = weak_labels.clean_labels(ids, weak, parents, oof, knn, signal,
+                                           negative=negative,
                                            threshold=options.threshold,
                                            no_signal=options.no_signal)  # fmt: skip
+        scores = round_dir / "scores.npz"
+        if not scores.is_file():
+            with fileio.atomic_path(scores, suffix=".npz") as tmp:
+                np.savez(tmp, ids=np.asarray(ids), parents=np.asarray(parents), oof=oof,
+                         knn=knn, green=signal,
+                         weak=np.stack([np.isin(np.arange(oof.shape[1]), w) for w in weak]))
         cleaned_dir = round_dir / "data"
         if not dataset.has_info(cleaned_dir):
             write_relabelled(data, cleaned_dir, cleaned.labels)

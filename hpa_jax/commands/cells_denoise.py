@@ -7,11 +7,11 @@ drop them, and train the cell model again.
 Trains ROOT/plain on the weak labels; then each round scores every (training cell, inherited
 class) by the out-of-fold probability (models trained without the cell's image), the agreement
 of its nearest cells of other images in the plain model's embedding space, and the cell's green
-signal; drops the labels the three do not support (a cell left with none, or with no green,
-becomes Negative), writes ROOT/roundN/data and trains ROOT/roundN/model on it. ROOT/denoise.json
-reports each round (against the per-cell truth of synthetic data: precision and recall of the
-dropped labels, the share of wrong labels before and after). --config.KEY=VALUE overrides go to
-every training.
+signal; drops the labels the three do not support relative to the image's best cell (a cell
+left with none, or with no green, becomes Negative), writes ROOT/roundN/data and trains
+ROOT/roundN/model on it. ROOT/denoise.json reports each round (against the per-cell truth of
+synthetic data: precision and recall of the dropped labels, the share of wrong labels before
+and after). --config.KEY=VALUE overrides go to every training.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="clean-and-retrain rounds")
     parser.add_argument("--folds", type=int, default=2, help="folds (by image) for out-of-fold")
     parser.add_argument("--k", type=int, default=10, help="neighbours of other images")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="mean of out-of-fold and neighbour probability a label needs")
+    parser.add_argument("--threshold", type=float, default=0.3,
+                        help="support (mean of out-of-fold and neighbour probability) a label "
+                             "needs, as a share of the best support among its image's cells")
     parser.add_argument("--no-signal", type=float, default=0.25,
                         help="relative green signal below which a cell shows no localisation")
 

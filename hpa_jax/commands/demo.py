@@ -9,6 +9,7 @@
     WORKDIR/cell_stage/denoise       hpa-jax cells denoise (plain model, out-of-fold, cleaned)
     WORKDIR/cells                    the final cell run (trained on the cleaned labels),
                                      submission.csv on the test images, overlays/
+    (the cell stage with --cells, or alone with --image-run DIR)
 
 Each step is the same command a user would type (run in this process, in order), so the demo
 is also their smoke test. Re-running picks up where an interrupted demo stopped.
@@ -40,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seed 0, data synth's 0.3 lowers the image-level macro F1 from 0.910 to 0.865)")
     parser.add_argument("--skip-anomalies", action="store_true",
                         help="no embeddings or anomaly report")
-    parser.add_argument("--skip-cells", action="store_true",
-                        help="no cell stage (segment, weakly supervised cell model, submission)")
+    parser.add_argument("--cells", action="store_true",
+                        help="add the cell stage (segment, weakly supervised cell model, "
+                             "denoising, submission); off by default until it fits the demo's "
+                             "15-minute budget (docs/cells.md)")
     parser.add_argument("--cell-images", type=int, default=400,
                         help="synthetic 256 px images the cell model learns from")
     parser.add_argument("--cell-test-images", type=int, default=200,
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                             "--exclude-by", "intensity,label_knn_fine-tuned",
                             # the same maps whether or not umap-learn is installed
                             "--projection", "tsne"])
-    if not args.skip_cells:
+    if args.cells:
         ladder = _cell_stage(args, root, train)
     tuned = json.loads((train / "eval_metrics.json").read_text())
     final = _final_metrics(train / METRICS_FILE)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         exclude = root / "anomalies" / "exclude.txt"
         print(f"  cleaned:   hpa-jax train --config {args.config} --workdir "
               f"{root / 'train_cleaned'} --config.data.dir={data} --config.data.exclude={exclude}")
-    if not args.skip_cells:
+    if args.cells:
         _print_ladder(args, root, ladder)
     sys.stdout.flush()
     return 0
