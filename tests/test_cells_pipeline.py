@@ -82,8 +82,8 @@ def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(st
     assert len(rows) == 6
     probs = np.load(out.with_suffix(".npz"))
     assert probs["probs"].shape == (len(probs["ids"]), 19)
-    np.testing.assert_allclose(probs["probs"], probs["cell_probs"] * probs["image_probs"],
-                               rtol=1e-6)  # the default: product
+    np.testing.assert_allclose(probs["probs"], (probs["cell_probs"] + probs["image_probs"]) / 2,
+                               rtol=1e-6)  # the default: mean
     scores = json.loads(out.with_suffix(".scores.json").read_text())["cell_map"]
     assert {"cell", "image", "product", "mean", "product+negative"} <= set(scores)
     assert all(0.0 <= v <= 1.0 for v in scores.values())

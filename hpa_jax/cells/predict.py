@@ -36,7 +36,7 @@ from hpa_jax.train.restore import Restored, restore_run
 
 # measured on synthetic data (docs/cells.md): the best combination and whether the Negative
 # probability should down-weight the other classes
-DEFAULT_COMBINE = "product"
+DEFAULT_COMBINE = "mean"
 DEFAULT_NEGATIVE_WEIGHT = False
 PREDICTED_CELLS_SUFFIX = ".cells.csv"  # ID,cell,labels: each cell's decided classes (pictures)
 

@@ -2,7 +2,7 @@
 submission, every cell of every image of DIR scored.
 
     hpa-jax predict-cells --workdir runs/cells/train --image-workdir runs/demo/train \\
-        --data data/test --out submission.csv [--masks DIR] [--combine product]
+        --data data/test --out submission.csv [--masks DIR] [--combine mean]
 
 Segments the images itself unless --masks gives instance masks (<ID>.png or .npz), cuts each
 cell as the cell run's training crops were cut, scores them with the cell run, and combines
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--combine", default=None,
                         choices=("cell", "image", "product", "mean"),
                         help="how cell and image probabilities combine (default: the best "
-                             "measured, 'product', with --image-workdir; else 'cell')")
+                             "measured, 'mean', with --image-workdir; else 'cell')")
     parser.add_argument("--negative-weight", default=None, action=argparse.BooleanOptionalAction,
                         help="multiply the other classes by 1 - p(Negative)")
     parser.add_argument("--workers", type=int, default=1, help="processes cutting cells")
