@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import pathlib
-import shutil
 
 import numpy as np
 
@@ -203,7 +202,3 @@ def score_combinations(data_dir, instances, parents, numbers, cell_probs, image_
             results[name] = cell_map(truth, pred, num_classes=probs.shape[1])
     return results
 
-
-def remove_crops(summary: CellPredictionSummary) -> None:
-    """Delete the crops folder `predict_cells` made (the masks in it are in the submission)."""
-    shutil.rmtree(summary.crops, ignore_errors=True)

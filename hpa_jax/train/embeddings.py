@@ -38,8 +38,7 @@ def _from_workdir(workdir, step):
     cfg = restored.config
     graphdef = state_lib.model_graphdef(state_lib.model_factory(cfg, restored.num_classes))
     train_state = restored.state
-    # evaluation reads the EMA parameters when the run keeps them
-    params = train_state.ema if train_state.ema is not None else train_state.params
+    params = train_state.inference_params()  # the EMA parameters when the run keeps them
     settings = {
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,

@@ -36,7 +36,7 @@ def keras_model_of(restored: Restored) -> keras.Model:
     channels and image size) → the run's per-class probabilities float32[B, K]."""
     config = restored.config
     state = restored.state
-    params = state.ema if state.ema is not None else state.params
+    params = state.inference_params()
     model = keras_export.keras_classifier(
         config.model.to_dict(), num_classes=restored.num_classes,
         in_channels=len(channel_names(config.data.channels)),

@@ -37,6 +37,10 @@ class TrainState:
     opt_state: Any
     ema: Any = None
 
+    def inference_params(self):
+        """The parameters predictions use: the EMA when the run keeps one."""
+        return self.ema if self.ema is not None else self.params
+
 
 def split_model(model: nnx.Module):
     """`(graphdef, params, rest)`: Params apart from every other variable."""
