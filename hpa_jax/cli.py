@@ -63,7 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# XLA compiles each new train step for tens of seconds on a CPU (minutes for B7 on a TPU); JAX's
+# persistent compilation cache keeps the executables on disk, so a resumed run, a second run of
+# the same shapes (the cell stage's plain, fold and final models; a grid) and a second
+# `make demo` load them instead. JAX reads JAX_COMPILATION_CACHE_DIR at its first import; a value
+# the user set wins, HPA_JAX_COMPILATION_CACHE=0 turns the cache off.
+def compilation_cache_dir(environ) -> str | None:
+    """The cache folder this process should use, or None (off, or set by the user already)."""
+    if environ.get("HPA_JAX_COMPILATION_CACHE", "1") == "0" or environ.get(
+            "JAX_COMPILATION_CACHE_DIR"):
+        return None
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hpa-jax", "jax")
+
+
 def main(argv: list[str] | None = None) -> int:
+    cache = compilation_cache_dir(os.environ)
+    if cache is not None and "jax" not in sys.modules:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     module = importlib.import_module(f"hpa_jax.commands.{args._module}")

@@ -77,6 +77,31 @@ def test_huge_page_env_is_added_once_and_can_be_turned_off(monkeypatch):
     assert cli.huge_page_env({}) is None
 
 
+def test_compilation_cache_is_on_by_default_and_the_users_choice_wins():
+    assert cli.compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/hpa-jax/jax"
+    assert cli.compilation_cache_dir({"HOME": "/h"}).endswith(
+        os.path.join(".cache", "hpa-jax", "jax"))
+    assert cli.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/mine"}) is None
+    assert cli.compilation_cache_dir({"HPA_JAX_COMPILATION_CACHE": "0"}) is None
+
+
+def test_a_second_process_loads_its_executables_from_the_cache(tmp_path):
+    """`hpa-jax` turns the cache on before JAX is imported: a second process compiling the same
+    function writes no new entry (it loaded what the first one wrote)."""
+    cache = tmp_path / "hpa-jax" / "jax"
+    code = ("from hpa_jax import cli\n"
+            "try:\n    cli.main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
+            "import jax, jax.numpy as jnp\n"
+            "print(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))))\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env |= {"XDG_CACHE_HOME": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    first = sorted(p.name for p in cache.iterdir())
+    assert first, "the first process wrote no cache entry"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert sorted(p.name for p in cache.iterdir()) == first
+
+
 def test_console_entry_reruns_itself_with_the_tunable():
     code = ("import os, sys; from hpa_jax import cli; "
             "print('tunables:', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:]); "
