@@ -71,10 +71,34 @@ def test_combine_modes_and_negative_weighting():
     np.testing.assert_allclose(combine_probs(None, image, "image"), image)
     np.testing.assert_allclose(combine_probs(cell, image, "product"), cell * image)
     np.testing.assert_allclose(combine_probs(cell, image, "mean"), (cell + image) / 2)
-    weighted = combine_probs(cell, image, "cell", negative=2)
+    weighted = combine_probs(cell, image, "cell", negative=2, negative_weight=True)
     np.testing.assert_allclose(weighted[:, :2], cell[:, :2] * (1 - cell[:, 2:]), rtol=1e-6)
     np.testing.assert_allclose(weighted[:, 2], cell[:, 2])
+    # Negative is a cell's own: when the cell model takes part, its column is the cell model's
+    mean = combine_probs(cell, image, "mean", negative=2)
+    np.testing.assert_allclose(mean[:, :2], (cell[:, :2] + image[:, :2]) / 2)
+    np.testing.assert_allclose(mean[:, 2], cell[:, 2])
+    both = combine_probs(cell, image, "product", negative=2, negative_weight=True)
+    np.testing.assert_allclose(both[:, :2], cell[:, :2] * image[:, :2] * (1 - cell[:, 2:]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(combine_probs(None, image, "image", negative=2), image)
+    with pytest.raises(UserError, match="no Negative"):
+        combine_probs(cell, image, "mean", negative_weight=True)
     with pytest.raises(UserError, match="image run"):
         combine_probs(cell, None, "mean")
     with pytest.raises(UserError, match="choose one of"):
         combine_probs(cell, image, "max")
+
+
+def test_decided_classes_never_pair_negative_with_another_class():
+    from hpa_jax.cells.predict import predicted_classes
+    from hpa_jax.labels import HPA_2021
+
+    probs = np.zeros((3, 19), np.float32)
+    probs[0, [11, 18]] = [0.6, 0.9]  # Negative the most confident: it stands alone
+    probs[1, [11, 18]] = [0.9, 0.6]  # a localisation the most confident: Negative left out
+    probs[2, 4] = 0.2  # nothing reaches the threshold: the most confident class
+    rows = predicted_classes(["a", "b", "c"], [1, 2, 3], probs, HPA_2021)
+    assert rows == [("a", 1, "18"), ("b", 2, "11"), ("c", 3, "4")]
+    for _, _, text in rows:
+        HPA_2021.parse(text)  # what `cells show --labels` reads back

@@ -36,7 +36,7 @@ from hpa_jax.train.restore import Restored, restore_run
 # measured on synthetic data (docs/cells.md): the best combination and whether the Negative
 # probability should down-weight the other classes
 DEFAULT_COMBINE = "mean"
-DEFAULT_NEGATIVE_WEIGHT = False
+DEFAULT_NEGATIVE_WEIGHT = True
 PREDICTED_CELLS_SUFFIX = ".cells.csv"  # ID,cell,labels: each cell's decided classes (pictures)
 
 
@@ -96,7 +96,6 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
         raise UserError(f"--combine {combine!r}: choose one of {', '.join(COMBINE_MODES)}")
     if combine != "cell" and image_workdir is None:
         raise UserError(f"--combine {combine}: needs --image-workdir (an image-level run)")
-    negative_weight = DEFAULT_NEGATIVE_WEIGHT if negative_weight is None else negative_weight
     data_dir = pathlib.Path(data_dir)
     cell_run = restore_run(cell_workdir)
     image_run = None if image_workdir is None else restore_run(image_workdir)
@@ -120,8 +119,10 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     if negative_weight and negative is None:
         raise UserError(f"--negative-weight: the label table {cell_run.table.name!r} has no "
                         "Negative class")
-    combined = combine_probs(cell_preds.probs, image_probs, combine,
-                             negative=negative if negative_weight else None)  # fmt: skip
+    if negative_weight is None:  # the measured default, where the table has a Negative
+        negative_weight = DEFAULT_NEGATIVE_WEIGHT and negative is not None
+    combined = combine_probs(cell_preds.probs, image_probs, combine, negative=negative,
+                             negative_weight=negative_weight)  # fmt: skip
 
     sizes = image_sizes(data_dir)
     image_ids = record_catalog(data_dir).ids
@@ -169,10 +170,15 @@ def _scores_by_image(parents, numbers, probs) -> dict[str, dict[int, dict[int, f
 
 def predicted_classes(parents, numbers, probs, table, threshold: float = 0.5) -> list[tuple]:
     """(ID, cell, label string) rows: the classes with confidence ≥ `threshold`, else the most
-    confident one (what `cells show --labels` draws)."""
+    confident one (what `cells show --labels` draws). An exclusive class (Negative) stands
+    alone: it is kept only when it is the most confident class, else left out."""
     rows = []
     for parent, cell, row in zip(parents, numbers, probs, strict=True):
-        classes = np.flatnonzero(row >= threshold).tolist() or [int(np.argmax(row))]
+        best = int(np.argmax(row))
+        classes = np.flatnonzero(row >= threshold).tolist() or [best]
+        if table.exclusive is not None and table.exclusive in classes and len(classes) > 1:
+            classes = ([table.exclusive] if best == table.exclusive
+                       else [c for c in classes if c != table.exclusive])  # fmt: skip
         rows.append((parent, int(cell), table.format(classes)))
     return rows
 
@@ -194,8 +200,8 @@ def score_combinations(data_dir, instances, parents, numbers, cell_probs, image_
     results = {}
     for mode in modes:
         for weighted in (False, True) if negative is not None else (False,):
-            probs = combine_probs(cell_probs, image_probs, mode,
-                                  negative=negative if weighted else None)  # fmt: skip
+            probs = combine_probs(cell_probs, image_probs, mode, negative=negative,
+                                  negative_weight=weighted)  # fmt: skip
             scores = _scores_by_image(parents, numbers, probs)
             pred = {i: ImageCells(instances[i], scores.get(i, {})) for i in truth}
             name = mode + ("+negative" if weighted else "")

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how cell and image probabilities combine (default: the best "
                              "measured, 'mean', with --image-workdir; else 'cell')")
     parser.add_argument("--negative-weight", default=None, action=argparse.BooleanOptionalAction,
-                        help="multiply the other classes by 1 - p(Negative)")
+                        help="multiply the other classes by 1 - p(Negative), the cell "
+                             "model's (default: on where the label table has a Negative)")
     parser.add_argument("--workers", type=int, default=1, help="processes cutting cells")
 
 
