@@ -82,8 +82,13 @@ def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(st
     assert len(rows) == 6
     probs = np.load(out.with_suffix(".npz"))
     assert probs["probs"].shape == (len(probs["ids"]), 19)
-    np.testing.assert_allclose(probs["probs"], (probs["cell_probs"] + probs["image_probs"]) / 2,
-                               rtol=1e-6)  # the default: mean
+    # the default: mean, the Negative column the cell model's, the others × (1 − its Negative)
+    cell, image = probs["cell_probs"], probs["image_probs"]
+    expected = (cell + image) / 2
+    expected[:, 18] = cell[:, 18]
+    expected[:, :18] *= 1 - cell[:, 18:]
+    np.testing.assert_allclose(probs["probs"], expected, rtol=1e-5, atol=1e-7)
+    assert bool(probs["negative_weight"]) and str(probs["combine"]) == "mean"
     scores = json.loads(out.with_suffix(".scores.json").read_text())["cell_map"]
     assert {"cell", "image", "product", "mean", "product+negative"} <= set(scores)
     assert all(0.0 <= v <= 1.0 for v in scores.values())
@@ -100,8 +105,9 @@ def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(st
     cells = np.load(base.with_suffix(".npz"))
     for parent, row in zip(cells["parent_ids"], cells["probs"], strict=True):
         np.testing.assert_allclose(row, by_image[parent], rtol=1e-6)
-    assert json.loads(base.with_suffix(".scores.json").read_text())["cell_map"]["image"] == \
-        pytest.approx(scores["image"])
+    base_scores = json.loads(base.with_suffix(".scores.json").read_text())
+    assert base_scores["negative_weight"] is False  # the baseline is the image model's own
+    assert base_scores["cell_map"]["image"] == pytest.approx(scores["image"])
 
 
 def test_predict_cells_bad_input(stage, tmp_path, capsys):
@@ -129,3 +135,25 @@ def test_predict_cells_bad_input(stage, tmp_path, capsys):
     assert code == 1
     rows = read_submission(out)
     assert rows[ids[0]][2] == [] and all(rows[i][2] for i in ids[1:])
+
+
+def test_demo_cell_stage_runs_every_step_and_prints_the_ladder(stage, tmp_path, capsys):
+    """`hpa-jax demo --image-run` at test size: synth → extract → denoise → predict (plain and
+    denoised) → overlays, with the image run of the fixture."""
+    root = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(root), "--image-run", str(stage / "image"),
+                 "--cell-images", "16", "--cell-test-images", "4", "--cell-size", "128",
+                 "--cell-config", "configs/cells.py:runlocal", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline: every cell gets its image's probabilities" in out and ": final" in out
+    cells = root / "cells"
+    assert (cells / "config.json").is_file()  # a train workdir predict-cells accepts
+    assert check_submission(cells / "submission.csv", root / "cell_stage" / "test") == []
+    assert check_submission(root / "cell_stage" / "plain.csv", root / "cell_stage" / "test") == []
+    assert list((cells / "overlays").glob("*.png"))
+    final = json.loads((cells / "submission.scores.json").read_text())
+    assert final["combine"] == "mean" and final["negative_weight"] is True
+    # the denoised predictions score the very cells the plain model's did (its masks)
+    plain = np.load(root / "cell_stage" / "plain.npz")
+    denoised = np.load(cells / "submission.npz")
+    assert list(plain["ids"]) == list(denoised["ids"])

@@ -112,7 +112,8 @@ def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
     """`hpa-jax demo` at test size: data, train, eval, embed and the anomaly report."""
     root = tmp_path / "demo"
     assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
-                     "--num-images", "48", "--size", "64", "--seed", "3", "--workers", "1"]) == 0
+                     "--num-images", "48", "--size", "64", "--seed", "3", "--workers", "1",
+                     "--skip-cells"]) == 0  # the cell stage: tests/test_cells_pipeline.py
     out = capsys.readouterr().out
     assert "threshold 0.5): micro F1" in out and "tuned on it" in out
     assert (root / "train" / "eval_report.txt").is_file()
@@ -121,5 +122,5 @@ def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
         assert (root / "anomalies" / name).is_file()
     # a second run reuses the data and resumes the finished training
     assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
-                     "--skip-anomalies"]) == 0
+                     "--skip-anomalies", "--skip-cells"]) == 0
     assert "exists, reused" in capsys.readouterr().out

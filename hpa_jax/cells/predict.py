@@ -119,8 +119,10 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     if negative_weight and negative is None:
         raise UserError(f"--negative-weight: the label table {cell_run.table.name!r} has no "
                         "Negative class")
-    if negative_weight is None:  # the measured default, where the table has a Negative
-        negative_weight = DEFAULT_NEGATIVE_WEIGHT and negative is not None
+    if negative_weight is None:  # the measured default where both models take part; `image`
+        # stays the image model's own probabilities (the baseline) and `cell` the cell model's
+        negative_weight = (DEFAULT_NEGATIVE_WEIGHT and negative is not None
+                           and combine in ("product", "mean"))
     combined = combine_probs(cell_preds.probs, image_probs, combine, negative=negative,
                              negative_weight=negative_weight)  # fmt: skip
 
