@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "measured, 'mean', with --image-workdir; else 'cell')")
     parser.add_argument("--negative-weight", default=None, action=argparse.BooleanOptionalAction,
                         help="multiply the other classes by 1 - p(Negative), the cell "
-                             "model's (default: on for product and mean where the label table has a "
-                             "Negative; off for image, the baseline, and cell)")
+                             "model's (default: on for product and mean where the label table "
+                             "has a Negative; off for image, the baseline, and cell)")
     parser.add_argument("--workers", type=int, default=1, help="processes cutting cells")
 
 
