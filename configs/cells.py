@@ -21,9 +21,9 @@ from hpa_jax.config import parse_arg, runlocal
 
 
 def get_config(arg=None):
-    # 64 px crops keep a 256 px image's cells at about their own resolution: measured on seed 0
-    # (docs/cells.md), the cell model alone scores 0.831 there against 0.786 at 48 px (30
-    # epochs); 20 epochs cost what 48 px for 30 did and keep most of it combined with the image
+    # 64 px crops keep a 256 px image's cells at about their own resolution: measured on cell
+    # data seed 100 (docs/cells.md), the cell model alone scores 0.831 there against 0.786 at
+    # 48 px (30 epochs); 20 epochs cost what 48 px for 30 did and keep most of it combined
     arg = parse_arg(arg, runlocal=False, res=64, channels="rgby", epochs=20.0)
     # the demo's recipe (EfficientNet `small`, inverse-frequency class weights floored at 1,
     # Adam 1e-2 with cosine decay and a warmup epoch, clipping, d4 test-time views) on crops

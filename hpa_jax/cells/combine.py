@@ -21,6 +21,7 @@ import numpy as np
 from hpa_jax.errors import UserError
 
 COMBINE_MODES = ("cell", "image", "product", "mean")
+BOTH_MODELS = ("product", "mean")  # the modes that combine the cell and the image model
 
 
 def combine_probs(cell_probs, image_probs, mode: str, *, negative: int | None = None,
@@ -30,7 +31,7 @@ def combine_probs(cell_probs, image_probs, mode: str, *, negative: int | None = 
     index (None: the table has none); `negative_weight`: down-weight the others by it."""
     if mode not in COMBINE_MODES:
         raise UserError(f"--combine {mode!r}: choose one of {', '.join(COMBINE_MODES)}")
-    needs_cell, needs_image = mode != "image", mode != "cell"
+    needs_cell, needs_image = mode != "image", mode != "cell"  # both: BOTH_MODELS
     if (needs_cell and cell_probs is None) or (needs_image and image_probs is None):
         raise UserError(f"--combine {mode}: needs the "
                         + ("image run's" if needs_image and image_probs is None else "cell run's")

@@ -24,7 +24,7 @@ import numpy as np
 
 from hpa_jax import fileio
 from hpa_jax.cells import extract as extract_lib
-from hpa_jax.cells.combine import COMBINE_MODES, combine_probs
+from hpa_jax.cells.combine import BOTH_MODELS, COMBINE_MODES, combine_probs
 from hpa_jax.cells.metric import ImageCells, cell_map
 from hpa_jax.cells.submission import image_sizes, submission_rows, write_submission
 from hpa_jax.data import dataset
@@ -122,7 +122,7 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     if negative_weight is None:  # the measured default where both models take part; `image`
         # stays the image model's own probabilities (the baseline) and `cell` the cell model's
         negative_weight = (DEFAULT_NEGATIVE_WEIGHT and negative is not None
-                           and combine in ("product", "mean"))
+                           and combine in BOTH_MODELS)
     combined = combine_probs(cell_preds.probs, image_probs, combine, negative=negative,
                              negative_weight=negative_weight)  # fmt: skip
 
