@@ -34,6 +34,25 @@ def test_weighted_bce_matches_float64_reference():
     np.testing.assert_allclose(np.asarray(ours), _numpy_bce(logits, labels, weights), rtol=1e-5)
 
 
+def test_ignored_labels_leave_the_loss_and_its_gradient():
+    """A label of -1 (a record's `labels_ignore`) is neither positive nor negative: the loss is
+    the reference over the other pairs (still divided by K) and that logit gets no gradient."""
+    logits, labels, weights = _batch()
+    ignored = np.zeros_like(labels, bool)
+    ignored[[0, 2, 5], [1, 4, 0]] = True
+    marked = np.where(ignored, -1.0, labels).astype(np.float32)
+    x = logits.astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-x))
+    elems = -(weights * labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    want = np.where(ignored, 0.0, elems).mean(axis=-1)
+    ours = losses.per_example_loss(jnp.asarray(logits), jnp.asarray(marked), pos_weight=weights)
+    np.testing.assert_allclose(np.asarray(ours), want, rtol=1e-5)
+    grad = jax.grad(lambda z: losses.per_example_loss(z, jnp.asarray(marked),
+                                                      pos_weight=weights).sum())(
+        jnp.asarray(logits))
+    assert np.all(np.asarray(grad)[ignored] == 0.0) and np.all(np.asarray(grad)[~ignored] != 0)
+
+
 def test_pos_weight_scales_only_positive_terms():
     logits, _, weights = _batch()
     negatives = np.zeros_like(logits)

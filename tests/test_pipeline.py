@@ -200,6 +200,32 @@ def test_eval_batches_decode_resize_and_pad(tmp_path, bits):
     assert not images[10:].any()
 
 
+def test_a_records_ignored_classes_come_as_minus_one_and_are_checked(tmp_path):
+    """`labels_ignore` (written by `cells denoise --doubtful ignore` through write_relabelled):
+    those classes are -1 in the batch (the loss leaves them out), the others as before."""
+    from hpa_jax.cells.denoise import write_relabelled
+
+    src = write_dataset(tmp_path / "ds", n=8, size=16, shards=2, validation_every=1)
+    dst = tmp_path / "relabelled"
+    write_relabelled(src, dst, {"img001": (4,)}, {"img001": (1, 3), "img005": (0,)})
+    it = pipeline.make_eval_iterator(dst, batch_size=8, image_size=16, channels="rgby",
+                                     split="all", process_index=0, process_count=1)
+    labels = dict(zip(_ids(b := next(iter(it))), b["labels"], strict=True))
+    want = np.zeros(K, np.float32)
+    want[4], want[[1, 3]] = 1.0, -1.0
+    np.testing.assert_array_equal(labels["img001"], want)
+    assert labels["img005"][0] == -1.0 and set(np.flatnonzero(labels["img005"] == 1)) == (
+        set(_labels(5)) - {0})
+    for i in (0, 2, 3, 4, 6, 7):
+        assert np.flatnonzero(labels[f"img{i:03d}"]).tolist() == list(_labels(i))
+    # an ignored class out of range names the record
+    bad = tmp_path / "bad"
+    write_relabelled(src, bad, {}, {"img002": (K + 2,)})
+    with pytest.raises(UserError, match=rf"ID 'img002'.*labels \[{K + 2}\] out of range"):
+        list(pipeline.make_eval_iterator(bad, batch_size=8, image_size=16, channels="rgby",
+                                         split="all", process_index=0, process_count=1))
+
+
 def test_non_integer_resize_and_channel_selection(data_dir):
     it = pipeline.make_eval_iterator(
         data_dir, batch_size=2, image_size=(24, 40), channels="green", split="validation",

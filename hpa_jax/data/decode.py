@@ -13,7 +13,14 @@ import numpy as np
 from PIL import Image
 
 from hpa_jax.data import augment as augment_lib
-from hpa_jax.data.example import ParsedExample, SchemaError, parse_example, to_uint8
+from hpa_jax.data.example import (
+    IGNORE_KEY,
+    IGNORED,
+    ParsedExample,
+    SchemaError,
+    parse_example,
+    to_uint8,
+)
 from hpa_jax.data.record_source import TFRecordSource
 
 
@@ -111,7 +118,8 @@ class LoadRecord:
         parsed = self.parse(self.source[record_index])
         where = f"record {record_index} (ID {parsed.id!r}) in {self.where}"
         missing = [n for n in self.names if n not in parsed.pngs]
-        bad = [c for c in parsed.labels if not 0 <= c < self.num_classes]
+        ignore = [int(c) for c in parsed.extra.get(IGNORE_KEY, ())]
+        bad = [c for c in (*parsed.labels, *ignore) if not 0 <= c < self.num_classes]
         if missing or bad:
             problems = [f"missing channel(s) {missing}"] if missing else []
             problems += [f"labels {bad} out of range for {self.num_classes} classes"] if bad else []
@@ -124,6 +132,7 @@ class LoadRecord:
             raise SchemaError(f"{where}: cannot decode PNG ({err})") from None
         labels = np.zeros(self.num_classes, np.float32)
         labels[list(parsed.labels)] = 1.0
+        labels[ignore] = IGNORED  # the loss leaves these (record, class) pairs out
         return image, labels, str(parsed.id)
 
     def __call__(self, item):

@@ -6,6 +6,9 @@
 | `red`, `green`, `blue`, `yellow` | bytes       | one single-channel PNG each, 8- or 16-bit    |
 | `height`, `width`                | int64       | pixel size of the stored channels            |
 | `labels`                         | int64 list  | class indices (may be empty or absent)       |
+| `labels_ignore` (optional)       | int64 list  | classes the loss leaves out for this record  |
+|                                  |             | (neither positive nor negative: a doubtful   |
+|                                  |             | weak label, `hpa-jax cells denoise`)         |
 | any other key (optional)         | int64 or    | `extra` features, e.g. a cell record's       |
 |                                  | bytes list  | parent ID, cell number and box               |
 
@@ -35,6 +38,9 @@ CHANNEL_MODES = {
 # (Pillow 13, this 2-core machine): level 1 encodes in ~8 ms to 147 kB, Pillow's default 6 in
 # ~54 ms to 125 kB; decoding takes ~3-4 ms either way. Conversion speed wins over 15 % of disk.
 PNG_COMPRESS_LEVEL = 1
+# the optional extra key of classes the loss ignores for a record; their label value in a batch
+IGNORE_KEY = "labels_ignore"
+IGNORED = -1.0
 
 
 class SchemaError(UserError):

@@ -192,8 +192,14 @@ def per_example_loss(
     focal_gamma: float = 0.0,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
-    """Mean over classes of the elementwise loss: float32[B] from logits/labels [B, K]."""
-    targets = smooth_labels(labels.astype(jnp.float32), label_smoothing)
+    """Mean over classes of the elementwise loss: float32[B] from logits/labels [B, K].
+
+    A label below 0 (`example.IGNORED`, a record's `labels_ignore`) contributes nothing: that
+    (example, class) pair is neither a positive nor a negative. The mean still divides by K.
+    """
+    labels = labels.astype(jnp.float32)
+    known = (labels >= 0.0).astype(jnp.float32)
+    targets = smooth_labels(jnp.maximum(labels, 0.0), label_smoothing)
     if activation == "sigmoid":
         elems = sigmoid_bce(logits, targets, pos_weight=pos_weight, focal_gamma=focal_gamma)
     else:
@@ -203,7 +209,7 @@ def per_example_loss(
             pos_weight=pos_weight,
             focal_gamma=focal_gamma,
         )
-    return jnp.mean(elems, axis=-1)
+    return jnp.mean(elems * known, axis=-1)
 
 
 class LossSum(NamedTuple):

@@ -33,9 +33,10 @@ def _tree_norm(tree) -> jax.Array:
 
 
 def _counts(probs: jax.Array, labels: jax.Array, weights: jax.Array, threshold: float) -> dict:
-    """Micro true/false positive/negative counts at `threshold` (float32 scalars)."""
+    """Micro true/false positive/negative counts at `threshold` (float32 scalars); ignored
+    labels (below 0) count nowhere."""
     pred = (probs >= threshold).astype(jnp.float32)
-    w = weights[:, None]
+    w = weights[:, None] * (labels >= 0.0)
     return {
         "tp": jnp.sum(pred * labels * w),
         "fp": jnp.sum(pred * (1.0 - labels) * w),
