@@ -9,6 +9,7 @@ every cell), and the cleaned labels written into the retrained model's dataset.
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from hpa_jax.cells.denoise import read_truth, train_cells
 from hpa_jax.cells.submission import check_submission, read_submission
 from hpa_jax.cli import main
 from hpa_jax.data import dataset
+from hpa_jax.data.catalog import record_catalog
+from hpa_jax.data.example import IGNORE_KEY, parse_example
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.labels import HPA_2021
 
@@ -47,6 +50,13 @@ def stage(tmp_path_factory):
 def test_denoise_writes_runs_cleaned_data_and_an_honest_report(stage):
     report = json.loads((stage / "den" / "denoise.json").read_text())
     assert report["final"] == str(stage / "den" / "round1" / "model")
+    # synthetic crops have per-cell truth: both models are scored on the validation cells and
+    # the better one is the one to use (a tie keeps the plain model)
+    scored = report["validation_map"]
+    assert set(scored) == {"plain", "round1"} and all(0.0 < v <= 1.0 for v in scored.values())
+    best = "plain" if scored["plain"] >= scored["round1"] else "round1"
+    assert report["best_name"] == best
+    assert report["best"] == str(stage / "den" / ("plain" if best == "plain" else "round1/model"))
     for run in ("plain", "round1/fold0", "round1/fold1", "round1/model"):
         assert (stage / "den" / run / "config.json").is_file(), run
     # the folds leave out whole images: a fold's exclude list holds every cell of its images
@@ -69,6 +79,42 @@ def test_denoise_writes_runs_cleaned_data_and_an_honest_report(stage):
     wrong = {(i, c) for i in ids if i in truth for c in before[i] if c not in truth[i]}
     assert entry["truth"]["wrong_before"] == len(wrong) > 0
     assert entry["truth"]["dropped_wrong"] == len(dropped & wrong)
+
+
+def test_denoise_ignores_doubtful_labels_or_makes_them_negatives(stage, tmp_path):
+    """The default (--doubtful ignore): the dropped pairs are the records' `labels_ignore`, out
+    of the loss, and no cell becomes Negative. --doubtful negative, from the same scores, drops
+    the same pairs as negatives and makes a cell left without classes Negative."""
+    root = tmp_path / "den"
+    # the plain and out-of-fold models are those of the fixture (a re-run resumes them)
+    shutil.copytree(stage / "den" / "plain", root / "plain")
+    for name in ("fold0", "fold1"):
+        shutil.copytree(stage / "den" / "round1" / name, root / "round1" / name)
+        shutil.copy(stage / "den" / "round1" / f"{name}.exclude.txt", root / "round1")
+    shutil.copy(stage / "den" / "round1" / "embeddings.npz", root / "round1")
+    assert main(["cells", "denoise", "--data", str(stage / "crops"), "--root", str(root),
+                 "--k", "3", "--doubtful", "negative", *CELL_RUN]) == 0
+    ignoring = json.loads((stage / "den" / "denoise.json").read_text())["rounds"][0]
+    negative = json.loads((root / "denoise.json").read_text())["rounds"][0]
+    assert ignoring["dropped"] == ignoring["ignored"] == negative["dropped"] > 0
+    assert ignoring["relabelled_negative"] == 0 and negative["ignored"] == 0
+    ids, weak, _ = train_cells(stage / "crops")
+    weak = dict(zip(ids, weak, strict=True))
+    as_negatives = {r["ID"]: HPA_2021.parse(r["Label"])
+                    for r in _csv(root / "round1" / "data" / "train.csv")}
+    source = record_catalog(stage / "den" / "round1" / "data").open_source()
+    seen = relabelled = 0
+    for k in range(len(source)):
+        record = parse_example(source[k])
+        if record.id not in weak:
+            continue
+        ignored = tuple(record.extra.get(IGNORE_KEY, ()))
+        dropped = tuple(c for c in weak[record.id] if c not in as_negatives[record.id])
+        assert ignored == dropped, record.id
+        assert record.labels == tuple(c for c in weak[record.id] if c not in dropped)
+        seen += bool(ignored)
+        relabelled += as_negatives[record.id] == (18,) and weak[record.id] != (18,)
+    assert seen > 0 and relabelled == negative["relabelled_negative"]
 
 
 def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(stage, capsys):
@@ -145,15 +191,20 @@ def test_demo_cell_stage_runs_every_step_and_prints_the_ladder(stage, tmp_path, 
                  "--cell-images", "16", "--cell-test-images", "4", "--cell-size", "128",
                  "--cell-config", "configs/cells.py:runlocal", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "baseline: every cell gets its image's probabilities" in out and ": final" in out
-    cells = root / "cells"
-    assert (cells / "config.json").is_file()  # a train workdir predict-cells accepts
-    assert check_submission(cells / "submission.csv", root / "cell_stage" / "test") == []
-    assert check_submission(root / "cell_stage" / "plain.csv", root / "cell_stage" / "test") == []
+    assert "baseline: every cell gets its image's probabilities" in out
+    report = json.loads((root / "cell_stage" / "denoise" / "denoise.json").read_text())
+    chosen = "plain" if report["best_name"] == "plain" else "denoised"
+    other = {"plain": "denoised", "denoised": "plain"}[chosen]
+    assert f"final: the {chosen} cell model x image, chosen on the validation cells" in out
+    cells, stage = root / "cells", root / "cell_stage"
+    # the chosen run, copied whole: a train workdir predict-cells accepts
+    source = stage / "denoise" / ("plain" if chosen == "plain" else "round1/model")
+    assert (cells / "config.json").read_bytes() == (source / "config.json").read_bytes()
+    assert check_submission(cells / "submission.csv", stage / "test") == []
+    assert check_submission(stage / f"{other}.csv", stage / "test") == []
     assert list((cells / "overlays").glob("*.png"))
     final = json.loads((cells / "submission.scores.json").read_text())
     assert final["combine"] == "mean" and final["negative_weight"] is True
-    # the denoised predictions score the very cells the plain model's did (its masks)
-    plain = np.load(root / "cell_stage" / "plain.npz")
-    denoised = np.load(cells / "submission.npz")
-    assert list(plain["ids"]) == list(denoised["ids"])
+    # the other model scores the very cells the chosen one did (its masks)
+    assert list(np.load(stage / f"{other}.npz")["ids"]) == list(
+        np.load(cells / "submission.npz")["ids"])

@@ -60,6 +60,10 @@ def test_clean_labels_drops_unsupported_and_silent_and_relabels_negative():
     assert (report.pairs_before, report.wrong_before) == (8, 4)
     assert (report.pairs_after, report.wrong_after) == (6, 1)
     assert report.precision == 1.0 and report.recall == pytest.approx(3 / 4)
+    # ignoring instead: the dropped pairs leave the loss, nobody becomes Negative
+    kept, ignored = wl.ignore_doubtful(dict(zip(ids, weak, strict=True)), out)
+    assert kept == {"x": (0, 3), "y": (0,), "z": (), "n": (NEG,), "w": (3,)}
+    assert ignored == {"y": (3,), "z": (0, 3)}
 
 
 def test_combine_modes_and_negative_weighting():

@@ -4,14 +4,22 @@
     ROOT/round1/fold{f}/        trained without fold f's images → out-of-fold probabilities
     ROOT/round1/embeddings.npz  the previous model's features of the training cells
     ROOT/round1/scores.npz      ids, parents, weak (multi-hot), oof, knn, green of those cells
-    ROOT/round1/data/           the cell dataset with the cleaned training labels
+    ROOT/round1/data/           the cell dataset with the cleaned training labels (the doubtful
+                                ones in each record's `labels_ignore`, out of the loss, or with
+                                `doubtful="negative"` removed: negatives)
     ROOT/round1/model/          trained on it (the next round starts from here)
     ...
     ROOT/denoise.json           per round: what was dropped, and against per-cell truth (when
                                 the cell dataset has it) the precision and recall of the labels
-                                dropped and the share of wrong labels before and after
+                                dropped and the share of wrong labels before and after; each
+                                model's mAP on the validation cells' per-cell truth and the one
+                                chosen by it ("best")
 
-Only the training split is cleaned; validation cells keep their weak labels. Every training is
+Only the training split is cleaned; validation cells keep their weak labels. Where the cell
+dataset has per-cell truth (synthetic data), every model (plain, each round's) is scored on the
+validation cells against it and the best becomes "best", the one a pipeline should use: cleaning
+is a bet, and held-out cells (never test images) say whether it paid. Without truth nothing can
+tell, and "best" is the last round's model. Every training is
 `train_and_evaluate` of the same config with `data.dir` (and `data.exclude`) set, so each
 folder is an ordinary run that `predict-cells`, `eval` and `embed` accept; a re-run resumes
 finished runs and rebuilds nothing that exists.
@@ -35,29 +43,35 @@ from hpa_jax.cells import extract as extract_lib
 from hpa_jax.cells import weak_labels
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
-from hpa_jax.data.example import decode_png, encode_example, parse_example
+from hpa_jax.data.example import IGNORE_KEY, decode_png, encode_example, parse_example
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import get_table
 from hpa_jax.train.embeddings import embed_dataset
 from hpa_jax.train.evaluate import predict_dataset
 from hpa_jax.train.loop import train_and_evaluate
+from hpa_jax.train.metrics import mean_average_precision
 from hpa_jax.train.restore import restore_run
 
 DENOISE_JSON = "denoise.json"
+PLAIN = "plain"
+DOUBTFUL = ("negative", "ignore")
 
 
 @dataclasses.dataclass(frozen=True)
 class DenoiseOptions:
     """rounds: clean-and-retrain rounds; folds: for the out-of-fold probabilities; k: neighbours;
     threshold: the support a weak label needs, relative to its image's best cell; no_signal: the
-    relative green below which a cell carries no localisation."""
+    relative green below which a cell carries no localisation; doubtful: what a dropped label
+    becomes, "negative" (a cell left without classes becomes Negative) or "ignore" (out of the
+    loss, `weak_labels.ignore_doubtful`)."""
 
     rounds: int = 1
     folds: int = 2
     k: int = 10
     threshold: float = 0.3
     no_signal: float = 0.25
+    doubtful: str = "ignore"
 
 
 def _train(config_spec: str, overrides, workdir: pathlib.Path, data_dir, exclude=None) -> dict:
@@ -115,9 +129,11 @@ def out_of_fold(config_spec, overrides, round_dir: pathlib.Path, data_dir, ids, 
     return np.stack([rows[c] for c in ids]).astype(np.float32)
 
 
-def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]]) -> None:
+def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
+                     ignore: dict[str, tuple[int, ...]] | None = None) -> None:  # fmt: skip
     """A copy of the cell dataset `src` at `dst` with the labels of the cells in `labels`
-    replaced (records, train.csv); its split, index and truth files copied as they are."""
+    replaced (records, train.csv) and the classes in `ignore` set as the records' ignored
+    classes (`labels_ignore`: out of the loss); its split, index and truth files copied."""
     src, dst = pathlib.Path(src), pathlib.Path(dst)
     info = dataset.read_info(src)
     table = get_table(info.get("label_table", "hpa2021"))
@@ -134,7 +150,10 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]]) -> None:
                 writer, shard = TFRecordWriter(tmp / path.name), path
             parsed = parse_example(source[k])
             cell_labels = tuple(labels.get(parsed.id, parsed.labels))
-            writer.write(encode_example(parsed.id, parsed.pngs, cell_labels, extra=parsed.extra))
+            extra = {k: v for k, v in parsed.extra.items() if k != IGNORE_KEY}
+            if ignore and ignore.get(parsed.id):
+                extra[IGNORE_KEY] = ignore[parsed.id]
+            writer.write(encode_example(parsed.id, parsed.pngs, cell_labels, extra=extra))
             new_ids.append(parsed.id)
             new_labels.append(cell_labels)
         if writer is not None:
@@ -157,17 +176,55 @@ def read_truth(data_dir) -> dict[str, tuple[int, ...]] | None:
                 if row["true_cell"]}  # fmt: skip
 
 
+def validation_map(workdir, data_dir, truth: dict[str, tuple[int, ...]]) -> float:
+    """Macro AP (classes with a positive) of a cell run's probabilities for the validation cells
+    of `data_dir` that have per-cell truth, against that truth."""
+    preds = predict_dataset(restore_run(workdir), data_dir, split=dataset.VALIDATION)
+    keep = [k for k, cell in enumerate(preds.ids) if cell in truth]
+    if not keep:
+        raise UserError(f"{data_dir}: no validation cell has per-cell truth to choose a model by")
+    labels = np.zeros((len(keep), preds.probs.shape[1]), np.float32)
+    for row, k in enumerate(keep):
+        labels[row, list(truth[preds.ids[k]])] = 1.0
+    return mean_average_precision(preds.probs[keep], labels)
+
+
+def choose(report: dict, root: pathlib.Path, final_workdir, log=print) -> None:
+    """Set report["best"] (and copy that run to `final_workdir`): the model with the highest
+    validation mAP where the report has one per model, else the last round's."""
+    scored = report.get("validation_map")
+    runs = {PLAIN: root / PLAIN}
+    runs.update({f"round{e['round']}": pathlib.Path(e["workdir"]) for e in report["rounds"]})
+    if scored:
+        name = max(runs, key=lambda n: (scored[n], n == PLAIN))  # a tie keeps the weak labels
+        log(f"== best on the validation cells' truth: {name} (mAP " + ", ".join(
+            f"{n} {v:.3f}" for n, v in scored.items()) + ")")
+    else:
+        name = list(runs)[-1]
+        log(f"== no per-cell truth to choose by: the last round's model ({name})")
+    report["best"], report["best_name"] = str(runs[name]), name
+    if final_workdir is not None:
+        final_workdir = pathlib.Path(final_workdir)
+        if final_workdir.exists():  # a re-run: the choice is deterministic, keep the copy
+            return
+        with fileio.atomic_path(final_workdir) as tmp:
+            shutil.copytree(runs[name], tmp)
+        report["best"] = str(final_workdir)
+
+
 def denoise(cells_dir, root, *, config: str, overrides=(),
             options: DenoiseOptions = DenoiseOptions(), final_workdir=None,
             log=print) -> dict:  # fmt: skip
     """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
-    cleaning and retraining (see the module docstring); the last round's model trains into
-    `final_workdir` when given. Returns the denoise.json dict."""
+    cleaning and retraining (see the module docstring); the model chosen on the validation
+    cells is copied to `final_workdir` when given. Returns the denoise.json dict."""
     cells_dir, root = pathlib.Path(cells_dir), pathlib.Path(root)
     if dataset.read_info(cells_dir).get("source") != extract_lib.SOURCE:
         raise UserError(f"--data {cells_dir}: not a cell dataset (from `hpa-jax cells extract`)")
     if options.rounds < 1:
         raise UserError(f"--rounds {options.rounds}: at least 1")
+    if options.doubtful not in DOUBTFUL:
+        raise UserError(f"--doubtful {options.doubtful!r}: one of {', '.join(DOUBTFUL)}")
     negative = get_table(dataset.read_info(cells_dir).get("label_table", "hpa2021")).exclusive
     if negative is None:
         raise UserError(f"{cells_dir}: denoising relabels cells Negative; the label table has none")
@@ -175,8 +232,12 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
     report = {"cells": str(cells_dir), "config": config, "options": dataclasses.asdict(options),
               "rounds": []}  # fmt: skip
     log("== plain: the cell model on the weak labels")
-    report["plain"] = _train(config, overrides, root / "plain", cells_dir)
-    previous, data = root / "plain", cells_dir
+    report[PLAIN] = _train(config, overrides, root / PLAIN, cells_dir)
+    scored = {}
+    if truth is not None:
+        scored[PLAIN] = validation_map(root / PLAIN, cells_dir, truth)
+    previous, data = root / PLAIN, cells_dir
+    ignored: dict[str, tuple[int, ...]] = {}
     green = green_inside(cells_dir)
     for r in range(1, options.rounds + 1):
         round_dir = root / f"round{r}"
@@ -202,13 +263,21 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
                 np.savez(tmp, ids=np.asarray(ids), parents=np.asarray(parents), oof=oof,
                          knn=knn, green=signal,
                          weak=np.stack([np.isin(np.arange(oof.shape[1]), w) for w in weak]))
+        labels, ignore = cleaned.labels, None
+        if options.doubtful == "ignore":  # earlier rounds' ignored pairs stay ignored
+            labels, ignore = weak_labels.ignore_doubtful(dict(zip(ids, weak, strict=True)),
+                                                         cleaned)  # fmt: skip
+            ignore = {c: tuple(sorted({*ignored.get(c, ()), *ignore.get(c, ())}))
+                      for c in {*ignored, *ignore}}  # fmt: skip
+            ignored = ignore
         cleaned_dir = round_dir / "data"
         if not dataset.has_info(cleaned_dir):
-            write_relabelled(data, cleaned_dir, cleaned.labels)
+            write_relabelled(data, cleaned_dir, labels, ignore)
         entry = {"round": r, "cells": len(ids), "dropped": len(cleaned.dropped),
-                 "relabelled_negative": len(cleaned.relabelled)}  # fmt: skip
+                 "relabelled_negative": len(cleaned.relabelled) if ignore is None else 0,
+                 "ignored": sum(map(len, (ignore or {}).values()))}  # fmt: skip
         if truth is not None:
-            noise = weak_labels.noise_report(dict(zip(ids, weak, strict=True)), cleaned.labels,
+            noise = weak_labels.noise_report(dict(zip(ids, weak, strict=True)), labels,
                                              truth)  # fmt: skip
             entry["truth"] = noise.as_dict()
             log(f"   dropped {noise.dropped} labels, precision {noise.precision:.3f}, recall "
@@ -216,11 +285,14 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
                 f"{noise.wrong_share_after:.3f}")
         log(f"== round {r}: the cell model on the cleaned labels")
         model = round_dir / "model"
-        if final_workdir is not None and r == options.rounds:
-            model = pathlib.Path(final_workdir)
-        entry["model"] = _train(config, overrides, model, cleaned_dir)
+        entry["model"], entry["workdir"] = _train(config, overrides, model, cleaned_dir), str(model)
+        if truth is not None:
+            scored[f"round{r}"] = validation_map(model, cells_dir, truth)
         report["rounds"].append(entry)
         previous, data = model, cleaned_dir
     report["final"] = str(previous)
+    if scored:
+        report["validation_map"] = scored
+    choose(report, root, final_workdir, log)
     fileio.write_text(root / DENOISE_JSON, json.dumps(report, indent=2, default=float))
     return report

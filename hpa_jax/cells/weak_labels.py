@@ -16,6 +16,8 @@ taken as right, the question is which of its cells show it, so a pair is dropped
 support is below `threshold` (0.3) times the best support of that class among the cells of the
 same image, and every localisation class of a cell without green signal is dropped; a cell left
 without classes is relabelled Negative (the 2021 table's exclusive "no localisation" class).
+With `ignore_doubtful` the dropped pairs are instead left out of the loss (the record's
+`labels_ignore`): neither a positive nor a negative, and no cell is relabelled.
 An absolute cut (support < 0.5) was measured first and rejected: rare classes have low
 probabilities in every cell, so two thirds of what it dropped were right (docs/cells.md).
 """
@@ -128,6 +130,18 @@ def clean_labels(ids: Sequence[str], weak: Sequence[Sequence[int]], parent_ids: 
                 relabelled.add(cell_id)
         labels[cell_id] = tuple(sorted(kept))
     return CleanedLabels(labels, frozenset(dropped), frozenset(relabelled), support)
+
+
+def ignore_doubtful(weak: Mapping[str, Sequence[int]], cleaned: CleanedLabels
+                    ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """({cell: kept classes}, {cell: ignored classes}): the pairs `cleaned` dropped become
+    ignored pairs of the loss instead of negatives, and no cell becomes Negative."""
+    ignored: dict[str, list[int]] = {}
+    for cell, c in cleaned.dropped:
+        ignored.setdefault(cell, []).append(int(c))
+    labels = {cell: tuple(sorted(int(c) for c in classes if (cell, int(c)) not in cleaned.dropped))
+              for cell, classes in weak.items()}  # fmt: skip
+    return labels, {cell: tuple(sorted(cs)) for cell, cs in ignored.items()}
 
 
 @dataclasses.dataclass(frozen=True)

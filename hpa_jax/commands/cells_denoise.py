@@ -7,11 +7,13 @@ drop them, and train the cell model again.
 Trains ROOT/plain on the weak labels; then each round scores every (training cell, inherited
 class) by the out-of-fold probability (models trained without the cell's image), the agreement
 of its nearest cells of other images in the plain model's embedding space, and the cell's green
-signal; drops the labels the three do not support relative to the image's best cell (a cell
-left with none, or with no green, becomes Negative), writes ROOT/roundN/data and trains
-ROOT/roundN/model on it. ROOT/denoise.json reports each round (against the per-cell truth of
-synthetic data: precision and recall of the dropped labels, the share of wrong labels before
-and after). --config.KEY=VALUE overrides go to every training.
+signal; the labels the three do not support relative to the image's best cell (or in a cell
+with no green) leave the loss (--doubtful negative: become negatives, and a cell left with none
+becomes Negative); writes ROOT/roundN/data and trains ROOT/roundN/model on it.
+ROOT/denoise.json reports each round (against the per-cell truth of synthetic data:
+precision and recall of the dropped labels, the share of wrong labels before and after; with
+that truth, each model's mAP on the validation cells, and the best of them).
+--config.KEY=VALUE overrides go to every training.
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="folder for the runs and the report")
     parser.add_argument("--config", default="configs/cells.py", help="cell training config")
     parser.add_argument("--final-workdir", default=None,
-                        help="train the last round's model here (default: ROOT/roundN/model)")
+                        help="copy the chosen model here: the best on the validation cells' "
+                             "per-cell truth (synthetic data), else the last round's")
     parser.add_argument("--rounds", type=int, default=1, help="clean-and-retrain rounds")
     parser.add_argument("--folds", type=int, default=2, help="folds (by image) for out-of-fold")
     parser.add_argument("--k", type=int, default=10, help="neighbours of other images")
     parser.add_argument("--threshold", type=float, default=0.3,
                         help="support (mean of out-of-fold and neighbour probability) a label "
                              "needs, as a share of the best support among its image's cells")
+    parser.add_argument("--doubtful", choices=("ignore", "negative"), default="ignore",
+                        help="what a dropped label becomes: left out of the loss (default), or "
+                             "a negative (a cell left without classes becomes Negative)")
     parser.add_argument("--no-signal", type=float, default=0.25,
                         help="relative green signal below which a cell shows no localisation")
 
@@ -43,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.denoise import DenoiseOptions, denoise
 
     options = DenoiseOptions(rounds=args.rounds, folds=args.folds, k=args.k,
-                             threshold=args.threshold, no_signal=args.no_signal)
+                             threshold=args.threshold, no_signal=args.no_signal,
+                             doubtful=args.doubtful)
     report = denoise(args.data, args.root, config=args.config,
                      overrides=args.config_overrides, options=options,
                      final_workdir=args.final_workdir)
-    print(f"final cell model: {report['final']}")
+    print(f"cell model to use: {report['best']} ({report['best_name']})")
     return 0
