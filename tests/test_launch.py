@@ -39,15 +39,71 @@ def test_tpu_setup_installs_on_all_workers():
     assert "tpu-vm ssh pod --worker=all" in cmds[2] and "hpa-jax[tpu]" in cmds[2]
 
 
-def test_tpu_run_one_log_per_worker():
-    cmds = dry("launch/tpu/run.sh", "--name=pod", "--zone=z", "--num-workers=4", "--dry-run",
-               "--", "hpa-jax", "train", "--config", "configs/efficientnet.py:variant=b7",
-               "--workdir", "gs://bucket/run")
-    assert len(cmds) == 4
-    for w, cmd in enumerate(cmds):
-        assert f"tpu-vm ssh pod --worker={w} --zone=z" in cmd
-        assert "hpa-jax train --config configs/efficientnet.py:variant=b7" in cmd
-        assert cmd.endswith(f"> logs/pod/worker-{w}.log 2>&1 &")
+def test_tpu_run_same_command_on_all_workers():
+    # One ssh to --worker=all: no worker count, no describe call, no TPU_WORKER_HOSTNAMES (on a
+    # pod hpa-jax asks the metadata server itself).
+    (cmd,) = dry("launch/tpu/run.sh", "--name=pod", "--zone=z", "--project=proj", "--dry-run",
+                 "--", "hpa-jax", "train", "--config", "configs/efficientnet.py:variant=b7",
+                 "--workdir", "gs://bucket/run")
+    assert cmd.startswith(
+        "gcloud compute tpus tpu-vm ssh pod --worker=all --zone=z --project=proj '--command=")
+    assert ("cd hpa-jax && source .venv/bin/activate && hpa-jax train --config "
+            "configs/efficientnet.py:variant=b7 --workdir gs://bucket/run;") in cmd
+    assert "agent-worker-number" in cmd and "TPU_WORKER_HOSTNAMES" not in cmd
+    assert cmd.endswith("2>&1 | tee logs/pod/all.log")
+    (cmd,) = dry("launch/tpu/run.sh", "--name=pod", "--zone=z", "--num-workers=4",
+                 "--logdir=out", "--dry-run", "--", "true")
+    assert "--project" not in cmd and cmd.endswith("| tee out/all.log")
+    (err,) = dry("launch/tpu/run.sh", "--name=pod", "--dry-run", ok=False)
+    assert "after --" in err
+    (err,) = dry("launch/tpu/run.sh", "--name=pod", "--num-workers=x", "--dry-run", "--", "true",
+                 ok=False)
+    assert "--num-workers=x" in err
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# `gcloud compute tpus tpu-vm ssh NAME --worker=all ... --command=C`: C in bash as 2 workers.
+for arg in "$@"; do case "$arg" in --command=*) remote="${arg#--command=}" ;; esac; done
+status=0
+for w in 0 1; do (cd "$FAKE_HOME" && FAKE_WORKER=$w bash -c "$remote") || status=$?; done
+exit $status
+"""
+
+
+def run_with_fake_gcloud(tmp_path, *command: str):
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    (home / "hpa-jax" / ".venv" / "bin").mkdir(parents=True)
+    (home / "hpa-jax" / ".venv" / "bin" / "activate").write_text("export ACTIVATED=yes\n")
+    bin_dir.mkdir()
+    for name, text in [("gcloud", FAKE_GCLOUD), ("curl", '#!/bin/sh\necho "$FAKE_WORKER"\n')]:
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    logdir = tmp_path / "logs"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_HOME": str(home),
+           "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": ""}
+    proc = subprocess.run(["bash", str(ROOT / "launch/tpu/run.sh"), "--name=pod", "--zone=z",
+                           f"--logdir={logdir}", "--num-workers=2", "--", *command],
+                          capture_output=True, text=True, env=env)
+    return proc, logdir
+
+
+def test_tpu_run_splits_logs_per_worker_and_keeps_arguments(tmp_path):
+    # Arguments with spaces and quotes reach every worker intact, inside the venv; each worker's
+    # lines land in its own log, stdout and stderr alike.
+    proc, logdir = run_with_fake_gcloud(
+        tmp_path, "bash", "-c", 'echo "$ACTIVATED|$1|$2"; echo err >&2', "_", "a b", "it's")
+    assert proc.returncode == 0, proc.stderr
+    for w in (0, 1):
+        assert (logdir / f"worker-{w}.log").read_text().splitlines() == ["yes|a b|it's", "err"]
+    assert "[worker 1] yes|a b|it's" in (logdir / "all.log").read_text()
+    assert "exit status 0" in proc.stdout and "warning" not in proc.stderr
+
+
+def test_tpu_run_passes_on_a_failure(tmp_path):
+    proc, logdir = run_with_fake_gcloud(tmp_path, "bash", "-c", "echo half; exit 3")
+    assert proc.returncode == 3
+    assert (logdir / "worker-0.log").read_text() == "half\n"
+    assert "exit status 3" in proc.stdout
 
 
 def test_tpu_delete_and_copy_logs():
