@@ -1,6 +1,8 @@
 """train_and_evaluate end to end on a tiny synthetic dataset: exact resume, workdir outputs,
-refusals (incompatible workdir, corrupt checkpoint, bad data) that leave the workdir untouched,
-and a diverging run that stops naming its step and keeps its last good checkpoint."""
+refusals that leave every byte of the workdir as it was (a resume with another batch size, seed,
+exclude list, optimizer, model, mesh or channels, refused before anything is compiled or
+written and naming each key; a corrupt checkpoint; bad data), the keys a resume may change, and
+a diverging run that stops naming its step and keeps its last good checkpoint."""
 
 import csv
 import hashlib
@@ -8,17 +10,20 @@ import json
 import pathlib
 import shutil
 
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from hpa_jax import config as config_lib
+from hpa_jax.config import schema
 from hpa_jax.data import dataset
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2021
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import loop, writers
+from hpa_jax.train.prepare import IncompatibleRun
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +41,11 @@ def tiny_config(data_dir, *extra):
 
 
 def snapshot(folder: pathlib.Path) -> dict:
-    """{relative path: sha256} of every file under `folder`."""
+    """{relative path: sha256 of a file's bytes, or "dir"} of everything under `folder`."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        if p.is_file() else "dir" if p.is_dir() else "other"
+        for p in sorted(folder.rglob("*"))
     }
 
 
@@ -122,16 +128,126 @@ def test_workdir_outputs(runs, data_dir):
     assert checkpointer.best_step() == max(f1, key=lambda s: (f1[s], s))
 
 
-def test_incompatible_workdir_is_refused_untouched(runs, data_dir):
+def exclude_file(folder: pathlib.Path, data_dir: pathlib.Path, count: int) -> pathlib.Path:
+    path = folder / "exclude.txt"
+    path.write_text("# anomalies\n" + "".join(f"{i}\n" for i in
+                                                dataset.split_ids(data_dir)["train"][:count]))
+    return path
+
+
+# (overrides given the test's tmp_path and data_dir, the keys the refusal must name)
+REFUSED = {
+    "batch_size": (lambda tmp, data: ["--config.batch_size=16"], ["batch_size"]),
+    "seed": (lambda tmp, data: ["--config.seed=1"], ["seed"]),
+    "exclude": (lambda tmp, data: [f"--config.data.exclude={exclude_file(tmp, data, 5)}"],
+                ["data.exclude"]),
+    "optimizer": (lambda tmp, data: ["--config.optimizer.name=sgd"], ["optimizer.name"]),
+    "model": (lambda tmp, data: ["--config.model.name=efficientnet_small"], ["model.name"]),
+    "head": (lambda tmp, data: ["--config.model.head=gap_gmp_bn_dropout_dense"], ["model.head"]),
+    # the saved mesh is resolved: 8 devices as (8, 1) before, (4, 2) now
+    "mesh": (lambda tmp, data: ["--config.mesh.fsdp=2"], ["mesh.data", "mesh.fsdp"]),
+    "channels": (lambda tmp, data: ["--config.data.channels=green"], ["data.channels"]),
+    "several": (lambda tmp, data: ["--config.optimizer.name=sgd", "--config.seed=1",
+                                   "--config.batch_size=16"],
+                ["seed", "batch_size", "optimizer.name"]),
+}
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """A refusal comes before the trainer compiles anything."""
+    def fail(*args, **kwargs):
+        raise AssertionError("compiled before refusing")
+    monkeypatch.setattr(loop, "compile_run", fail)
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_incompatible_resume_is_refused_untouched(case, runs, data_dir, tmp_path, no_compile):
     root, _, _ = runs
-    workdir = root / "full"
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "full", workdir)
+    overrides, keys = REFUSED[case]
     before = snapshot(workdir)
-    for override, key in (("--config.model.head=gap_gmp_bn_dropout_dense", "model.head"),
-                          ("--config.mesh.fsdp=2", "mesh.fsdp"),
-                          ("--config.data.channels=green", "data.channels")):
-        with pytest.raises(UserError, match=f"incompatible config.*{key}"):
-            loop.train_and_evaluate(tiny_config(data_dir, override), workdir)
+    with pytest.raises(IncompatibleRun) as refused:
+        loop.train_and_evaluate(tiny_config(data_dir, *overrides(tmp_path, data_dir)), workdir)
+    assert refused.value.keys == keys
+    message = str(refused.value)
+    saved = json.loads((workdir / "config.json").read_text())
+    for key in keys:  # each key with its saved and its new value
+        old = config_lib.flatten(saved)[key]
+        assert f"\n  {key}: {old!r} -> " in message, (key, message)
+    assert "incompatible config" in message and "another --workdir" in message
+    assert f"delete {workdir}" in message
     assert snapshot(workdir) == before
+
+
+def test_exclude_file_edited_since_is_refused_untouched(runs, data_dir, tmp_path, no_compile):
+    """The same data.exclude path with other IDs in it: the checkpoint's input position says
+    that the training records differ."""
+    root, _, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "full", workdir)
+    exclude = exclude_file(tmp_path, data_dir, 0)
+    # as if the run had been trained with this exclude file while it listed no IDs
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["data"]["exclude"] = str(exclude)
+    (workdir / "config.json").write_text(json.dumps(saved))
+    cfg = tiny_config(data_dir, f"--config.data.exclude={exclude}")
+    assert loop.prepare(cfg, workdir).exclude == ()  # would resume
+    exclude_file(tmp_path, data_dir, 5)
+    before = snapshot(workdir)
+    with pytest.raises(IncompatibleRun, match=r"the training records \(.*data\.exclude") as refused:
+        loop.train_and_evaluate(tiny_config(data_dir, f"--config.data.exclude={exclude}"),
+                                workdir)
+    assert len(refused.value.keys) == 1
+    assert snapshot(workdir) == before
+
+
+def test_cli_refusal_exits_2_naming_the_key(runs, data_dir, tmp_path, capsys, no_compile):
+    from hpa_jax import cli
+
+    root, _, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "full", workdir)
+    before = snapshot(workdir)
+    assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir),
+                     f"--config.data.dir={data_dir}", "--config.seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert "\n  seed: 0 -> 7 (the data order)\n" in err and "another --workdir" in err
+    assert snapshot(workdir) == before
+
+
+def test_changeable_keys_resume(runs, data_dir, tmp_path):
+    """The run's length, learning rate, loss and cadences may change on resume."""
+    root, _, _ = runs
+    cfg = tiny_config(data_dir, "--config.total_steps=6", "--config.optimizer.lr=0.5",
+                      "--config.loss.focal_gamma=2.0", "--config.log_every_steps=5",
+                      "--config.eval_every_steps=3", "--config.data.worker_count=1",
+                      "--config.data.cache=false", "--config.tta=none")
+    before = snapshot(root / "full")
+    assert loop.prepare(cfg, root / "full").total_steps == 6
+    assert snapshot(root / "full") == before
+
+
+def test_every_config_key_is_compared_or_changeable_on_resume():
+    """A new config key must be placed: compared on resume, or changeable (config/schema.py)."""
+    compared, changeable = schema.COMPATIBILITY_KEYS, schema.RESUME_CHANGEABLE
+    assert len(set(compared)) == len(compared) and len(set(changeable)) == len(changeable)
+    assert not set(compared) & set(changeable)
+
+    def names(node, prefix=""):  # every key, groups included
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict):
+                yield from names(value, f"{prefix}{key}.")
+
+    every = set(names(config_lib.default_config()))
+    assert set(compared) - every == {"num_classes"} and set(changeable) <= every
+    for key in config_lib.flatten(config_lib.default_config()):
+        placed = [e for e in (*compared, *changeable) if key == e or key.startswith(f"{e}.")]
+        assert len(placed) == 1, f"{key}: place it in RESUME_KEYS or RESUME_CHANGEABLE"
+    for group in ("model.keras_kwargs",):  # free-form groups, empty by default
+        assert group in compared
 
 
 def test_corrupt_checkpoint_is_refused_untouched(runs, data_dir, tmp_path):

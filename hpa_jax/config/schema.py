@@ -1,6 +1,7 @@
 """The config schema: every key the trainer reads, with its default and meaning
-(`default_config`), the keys a resumed run must keep (`COMPATIBILITY_KEYS`), the shrunken
-`runlocal` form, and durations (`*_steps|*_epochs|*_examples`) turned into steps."""
+(`default_config`), the keys a resumed run must keep (`RESUME_KEYS`, flat: `COMPATIBILITY_KEYS`)
+and those it may change (`RESUME_CHANGEABLE`), the shrunken `runlocal` form, and durations
+(`*_steps|*_epochs|*_examples`) turned into steps."""
 
 from __future__ import annotations
 
@@ -13,22 +14,52 @@ from hpa_jax.errors import UserError
 
 DURATION_UNITS = ("steps", "epochs", "examples")
 
-# Keys that must agree between a workdir's saved config and a new one before the trainer may reuse
-# the workdir's checkpoints: they change parameter shapes, their meaning, or how they are sharded.
-# ("num_classes" is not a config key; the trainer may add it to the saved config.)
-COMPATIBILITY_KEYS = (
-    "model.name",
-    "model.head",
-    "model.activation",
-    "model.dtype",
-    "mesh.data",
-    "mesh.fsdp",
-    "data.channels",
-    "data.image_size",
-    "data.label_table",
-    "num_classes",
-)
+# Resuming. A run started again on a workdir that holds a run continues from its latest
+# checkpoint only if the keys below agree with the workdir's config.json: a change to any of them
+# would change the data order, the model or the optimizer, so the resumed run would no longer be
+# the run the checkpoint belongs to (or could not read it). The trainer compares them, and the
+# checkpoint's input position, before it writes anything (`hpa_jax.train.prepare`) and names
+# every key that differs. Grouped by what a change would alter; a group key
+# ("model.keras_kwargs") covers every key under it. ("num_classes" is not a config key; the
+# trainer adds it to the saved config.)
+RESUME_KEYS: dict[str, tuple[str, ...]] = {
+    "the model": ("model.name", "model.head", "model.activation", "model.dtype",
+                  "model.drop_connect_rate", "model.dropout_rate", "model.image_size",
+                  "model.keras_kwargs"),
+    "the device layout": ("mesh.data", "mesh.fsdp"),
+    "the model's input": ("data.channels", "data.image_size", "data.label_table", "num_classes"),
+    "the data order": ("seed", "batch_size", "data.split_train", "data.exclude", "data.augment",
+                       "data.train_crop"),
+    "the optimizer": ("optimizer.name", "optimizer.weight_decay", "optimizer.momentum",
+                      "optimizer.clip_norm", "optimizer.grad_accum_steps", "optimizer.ema_decay"),
+}  # fmt: skip
+COMPATIBILITY_KEYS = tuple(key for keys in RESUME_KEYS.values() for key in keys)
 
+# The keys a resumed run may change (every key of `default_config` is in exactly one of the two
+# lists; tests/test_resume.py checks it, so a new key must be placed).
+RESUME_CHANGEABLE = (
+    # the run's length and learning-rate schedule: a run may be extended, or continue at a lower
+    # rate after a divergence (the optimizer's state does not depend on them)
+    "total_steps", "total_epochs", "total_examples", "optimizer.lr", "optimizer.schedule",
+    "optimizer.warmup_steps", "optimizer.warmup_epochs", "optimizer.warmup_examples",
+    "optimizer.end_fraction", "optimizer.decay_every_steps", "optimizer.decay_every_epochs",
+    "optimizer.decay_factor",
+    # the loss: like the learning rate, it may change for the rest of a run (nothing in a
+    # checkpoint depends on it; class_weights.json is written again for the resumed run)
+    "loss.class_weights", "loss.beta", "loss.min_weight", "loss.focal_gamma",
+    "loss.label_smoothing",
+    # where the data lives and how it is read: the same records in the same order (the
+    # checkpoint's input position, which names the records, is compared instead)
+    "data.source", "data.dir", "data.tfds_name", "data.tfds_data_dir", "data.worker_count",
+    "data.cache",
+    # read only when a run starts at step 0: a resumed run restores its weights
+    "init_from", "model.weights",
+    # the same numbers by another implementation
+    "model.depthwise",
+    # evaluation, logging and checkpoint cadence
+    "data.split_eval", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+    "keep_checkpoints", "best_metric", "threshold", "tta", "log_every_steps",
+)  # fmt: skip
 
 
 class ConfigError(UserError, ValueError):

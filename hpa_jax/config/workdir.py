@@ -107,6 +107,35 @@ def compatible(old_cfg, new_cfg, keys: Sequence[str] = COMPATIBILITY_KEYS) -> li
 
     A key missing from one side counts as None, so a key missing from both agrees.
     """
+    return [key for key, _, _ in differences(old_cfg, new_cfg, keys)]
+
+
+def differences(old_cfg, new_cfg, keys: Sequence[str] = COMPATIBILITY_KEYS) -> list[tuple]:
+    """(key, old value, new value) for each of `keys` whose value differs, in `keys`' order.
+
+    A group key ("model.keras_kwargs") stands for the keys under it, compared as one dict; lists
+    and tuples compare alike (JSON has no tuples).
+    """
     old, new = flatten(old_cfg), flatten(new_cfg)
-    norm = lambda v: tuple(v) if isinstance(v, list) else v
-    return [k for k in keys if norm(old.get(k)) != norm(new.get(k))]
+    out = []
+    for key in keys:
+        before, after = _setting(old, key), _setting(new, key)
+        if _plain(before) != _plain(after):
+            out.append((key, before, after))
+    return out
+
+
+def _setting(flat: dict, key: str):
+    """A flattened config's value of `key`, or of the group `key` as a dict (None if absent)."""
+    if key in flat:
+        return flat[key]
+    inner = {k[len(key) + 1:]: v for k, v in flat.items() if k.startswith(f"{key}.")}
+    return inner or None
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

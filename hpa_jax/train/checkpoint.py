@@ -149,6 +149,20 @@ class Checkpointer:
         rng = np.asarray(meta["rng"], np.uint32)
         return state, rng, got["data"] or None
 
+    def restore_data(self, step: int) -> dict | None:
+        """The input iterators' states saved with checkpoint `step` (its `data` item alone: a
+        small JSON, no arrays), or None if it saved none; CheckpointError if unreadable."""
+        try:
+            got = self.manager.restore(int(step), args=ocp.args.Composite(
+                data=ocp.args.JsonRestore()))
+        except Exception as err:  # as in `restore`: every failure means "unreadable"
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)}: its input position cannot be read "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}); "
+                "delete it to start from the previous one, or use a new workdir"
+            ) from err
+        return got["data"] or None
+
     def wait(self) -> None:
         """Block until every started save is on disk."""
         self.manager.wait_until_finished()

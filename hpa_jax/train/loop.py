@@ -1,16 +1,19 @@
 """The trainer: `train_and_evaluate(config, workdir) -> dict` of final validation metrics.
 
-    prepare      check the data, the classes, the mesh and the workdir (writes nothing;
-                 `prepare.py`)
+    prepare      check the data, the classes, the mesh and the workdir: a resume that this
+                 config cannot continue is refused here (writes nothing; `prepare.py`)
     start        write the resolved config and class weights; create or restore the state
     train        jitted steps over the Grain iterator, logging (sum, count) metrics
     evaluate     every eval interval; checkpoint with the validation metric (best kept)
     finish       tune per-class thresholds on validation, plots, return metrics
 
 Re-running on a workdir that holds a checkpoint resumes from it (same data order, same random
-numbers); a workdir of an incompatible run (other model, classes or mesh) is refused before
-anything in it is touched. A non-finite loss stops the run naming the step; the checkpoints
-saved before it stay.
+numbers). A run this config cannot continue (another data order, model or optimizer:
+`config.schema.RESUME_KEYS`, and the checkpoint's input position) is refused by `prepare`, before
+anything is compiled or written: every byte of the workdir stays as it was, and the message
+names each differing key. The run's length, learning-rate schedule, loss and cadences may change
+on resume (`config.schema.RESUME_CHANGEABLE`). A non-finite loss stops the run naming the step; the
+checkpoints saved before it stay.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class TrainingDiverged(RuntimeError):
         self.step = step
         super().__init__(
             f"non-finite training values at step {step}: {what}; stopped. The checkpoints "
-            "saved before it are kept (lower the learning rate or set optimizer.clip_norm)"
+            "saved before it are kept: run again with a lower optimizer.lr to resume from "
+            "them, or set optimizer.clip_norm in a new workdir"
         )
 
 

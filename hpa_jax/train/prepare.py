@@ -3,13 +3,19 @@ workdir, and every derived number (steps per epoch, total, warmup, eval cadence)
 
 `prepare(config, workdir) -> Setup` refuses (UserError, nothing written) missing or empty data,
 a class-count mismatch, a batch that does not divide over the mesh or the hosts, a run with no
-steps, and a workdir that holds an incompatible run (`config.COMPATIBILITY_KEYS` + the mesh).
+steps, and a workdir that holds a run this config cannot continue (`IncompatibleRun`): one that
+differs in a key that changes the data order, the model or the optimizer
+(`config.schema.RESUME_KEYS`, resolved mesh included; `config.schema.RESUME_CHANGEABLE` lists
+the keys a resumed run may change), or whose latest checkpoint's input position belongs to
+another pipeline (e.g. the same `data.exclude` file with other IDs in it). Every refusal of a
+resume happens here, before the trainer compiles or writes anything, and names every difference.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable, Iterable
 
 import jax
 import ml_collections
@@ -17,6 +23,8 @@ import numpy as np
 
 from hpa_jax import config as config_lib
 from hpa_jax import labels as labels_lib
+from hpa_jax.config.schema import RESUME_KEYS
+from hpa_jax.config.workdir import differences as config_differences
 from hpa_jax.data import catalog, dataset
 from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
@@ -62,21 +70,110 @@ def resolved_config(config, num_classes: int, mesh) -> dict:
     return plain
 
 
-def check_workdir(workdir: pathlib.Path, resolved: dict) -> None:
-    """Refuse a workdir whose saved run differs in model, classes, data layout or mesh."""
+class IncompatibleRun(UserError):
+    """The workdir holds a run that this config cannot continue. `differences`: (what, saved
+    value, new value, what it changes) for each differing config key or input-position field."""
+
+    def __init__(self, workdir: pathlib.Path, differences: list[tuple[str, object, object, str]]):
+        self.workdir = workdir
+        self.differences = differences
+        self.keys = [what for what, *_ in differences]
+        lines = "".join(f"\n  {what}: {old!r} -> {new!r} ({why})"
+                        for what, old, new, why in differences)
+        super().__init__(
+            f"{workdir} holds a run with an incompatible config: it resumes only with the same "
+            f"data order, model and optimizer, and these differ (saved -> now):{lines}\n"
+            f"Nothing in {workdir} was changed. To resume it, run with its saved values "
+            f"({workdir / 'config.json'}); to start a new run, give another --workdir "
+            f"(or delete {workdir} first)."
+        )
+
+
+# The fields of a saved input position (the train iterator's fingerprint, `data/pipeline.py`):
+# field -> (what it is in config terms, the config keys whose difference already explains it)
+_INPUT_FIELDS = {
+    "kind": ("the input pipeline", ()),
+    "seed": ("seed", ("seed",)),
+    "batch_size": ("batch_size per process", ("batch_size",)),
+    "process_index": ("the process index", ()),
+    "process_count": ("the number of processes", ()),
+    "crop": ("data.train_crop", ("data.train_crop",)),
+    "records": ("the training records (data.split_train, the IDs in data.exclude, the dataset)",
+                ("data.split_train", "data.exclude")),
+}
+_DATA_ORDER = "the data order"
+
+
+def saved_input_position(workdir: pathlib.Path) -> dict | None:
+    """Every process's input position in the workdir's latest checkpoint ({"processes":
+    [iterator state, ...]}, as `inputs.all_data_states` saved it); None without one."""
+    if not (workdir / ckpt_lib.SUBDIR).is_dir():
+        return None
+    reader = ckpt_lib.Checkpointer(workdir, every=1, keep=1, read_only=True)
+    try:
+        step = reader.latest_step()
+        return None if step is None else reader.restore_data(step)
+    finally:
+        reader.close()
+
+
+def input_differences(saved: dict | None, current: dict,
+                      explained: Iterable[str] = ()) -> list[tuple[str, object, object, str]]:
+    """How this process's input pipeline (`current`: its fingerprint) differs from the one the
+    saved position was taken in; fields that a key in `explained` accounts for are left out."""
+    if not saved:
+        return []
+    states = saved.get("processes") if isinstance(saved, dict) else None
+    if not isinstance(states, list) or len(states) != jax.process_count():
+        count = len(states) if isinstance(states, list) else None
+        return [("the number of processes", count, jax.process_count(), _DATA_ORDER)]
+    state = states[jax.process_index()]
+    old = state.get("pipeline") if isinstance(state, dict) else None
+    if not isinstance(old, dict):
+        return [("the input position", state, {"pipeline": current}, _DATA_ORDER)]
+    explained = set(explained)
+    out = []
+    fields = [f for f in _INPUT_FIELDS if f in old or f in current]
+    for field in fields + sorted((set(old) | set(current)) - set(fields)):
+        what, keys = _INPUT_FIELDS.get(field, (field, ()))
+        if old.get(field) != current.get(field) and not explained & set(keys):
+            out.append((what, old.get(field), current.get(field), _DATA_ORDER))
+    return out
+
+
+def check_workdir(workdir: pathlib.Path, resolved: dict,
+                  current_input: Callable[[], dict] | None = None) -> None:
+    """Refuse (IncompatibleRun, before anything is written) a workdir whose run this config
+    cannot continue: a key of `config.schema.RESUME_KEYS` differs from its config.json, or its
+    latest checkpoint's input position was taken in another pipeline than `current_input()`
+    (this process's train-iterator fingerprint: seed, batch, the training records) would build."""
     if not (workdir / "config.json").is_file():
         if (workdir / ckpt_lib.SUBDIR).is_dir() and any((workdir / ckpt_lib.SUBDIR).iterdir()):
             raise UserError(f"{workdir} holds checkpoints but no config.json; use a new workdir")
         return
     old = config_lib.read_config(workdir)
-    differ = config_lib.compatible(old, resolved)
+    group = {key: why for why, keys in RESUME_KEYS.items() for key in keys}
+    differ = [(key, before, after, group[key])
+              for key, before, after in config_differences(old, resolved)]
+    saved = saved_input_position(workdir)
+    if saved and current_input is not None:
+        differ += input_differences(saved, current_input(), explained=[d[0] for d in differ])
     if differ:
-        old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(resolved)
-        detail = ", ".join(f"{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}" for k in differ)
-        raise UserError(
-            f"{workdir} holds a run with an incompatible config ({detail}); use a new workdir "
-            "or the same settings to resume"
-        )
+        raise IncompatibleRun(workdir, differ)
+
+
+def input_fingerprint(config, data_dir, *, batch_size: int, num_classes: int,
+                      exclude: Iterable[str]) -> dict:
+    """What this process's train iterator would record as its pipeline in a checkpoint (built
+    without worker processes or a cache, read nothing)."""
+    quiet = ml_collections.ConfigDict(config_lib.to_dict(config))
+    quiet.data.worker_count, quiet.data.cache = 0, False  # the same batches, no processes
+    iterator = inputs.train_iterator(quiet, data_dir, batch_size=batch_size,
+                                     num_classes=num_classes, exclude=exclude)
+    try:
+        return iterator.get_state()["pipeline"]
+    finally:
+        iterator.close()
 
 
 def prepare(config, workdir) -> Setup:
@@ -111,7 +208,9 @@ def prepare(config, workdir) -> Setup:
     if total < 1:
         raise UserError("the run has no steps: set total_steps/total_epochs/total_examples > 0")
     resolved = resolved_config(config, table.num_classes, mesh)
-    check_workdir(workdir, resolved)
+    check_workdir(workdir, resolved, lambda: input_fingerprint(
+        config, data_dir, batch_size=per_process, num_classes=table.num_classes,
+        exclude=exclude))
     return Setup(
         config=config, workdir=workdir, data_dir=data_dir, table=table, exclude=exclude,
         mesh=mesh, per_process_batch=per_process, counts=stats.counts,
