@@ -1,18 +1,27 @@
-"""Kaggle folder → TFRecord shards: formats, bad records, both CSV conventions, resume."""
+"""Kaggle folder → TFRecord shards: formats, bad records, both CSV conventions, resume; the
+competitions' test folders (unlabelled), the 2018 submission and launch/kaggle's submission."""
 
 import csv
+import importlib.util
 import json
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hpa_jax.cli import main
-from hpa_jax.data import kaggle
+from hpa_jax.data import dataset, kaggle, kaggle_csv
+from hpa_jax.data.catalog import select_records
 from hpa_jax.data.example import decode_example, parse_example, to_uint8
 from hpa_jax.data.tfrecord import iter_records
 from hpa_jax.errors import UserError
+from hpa_jax.labels import HPA_2018, HPA_2021
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHANNELS = ("red", "green", "blue", "yellow")
 GOOD = ("a8", "b16", "c_tif", "d_jpg")
 
@@ -248,3 +257,209 @@ def test_unknown_header_and_missing_csv(folder, tmp_path):
         kaggle.convert(root / "train", tmp_path / "odd.csv", tmp_path / "out")
     with pytest.raises(UserError, match="not found"):
         kaggle.convert(root / "train", tmp_path / "none.csv", tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------ test folders
+#
+# A competition's test folder lists its images in sample_submission.csv (2018: Id,Predicted;
+# 2021: ID,ImageWidth,ImageHeight,PredictionString): they convert unlabelled, with no split.csv;
+# `predict --submission 2018` writes Id,Predicted; launch/kaggle writes WORK/submission.csv.
+
+TEST_IDS_2018 = ("t2018-c", "t2018-a", "t2018-b", "t2018-d")  # CSV order, not sorted
+TEST_IDS_2021 = ("t2021-b", "t2021-a", "t2021-c")
+SAMPLE_MASK = "eNoLCAgIMAEABJkBdQ=="  # the placeholder in Kaggle's 2021 sample_submission.csv
+
+
+def _write_images(folder, ids, rng, side=32):
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        for c in CHANNELS:
+            _save(folder / f"{image_id}_{c}.png", rng.integers(0, 256, (side, side), np.uint8))
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def competitions(tmp_path_factory):
+    """Tiny copies of both competitions' folders: 2018 with train (16 images, Id,Target) and
+    test (Id,Predicted), 2021 with test only (its 4-column sample_submission.csv)."""
+    rng = np.random.default_rng(7)
+    root = tmp_path_factory.mktemp("competitions")
+    c2018, c2021 = root / "2018", root / "2021"
+    train_ids = [f"tr{k:02d}" for k in range(16)]
+    _write_images(c2018 / "train", train_ids, rng)
+    labels = [" ".join(map(str, sorted({k % 28, (3 * k + 5) % 28}))) for k in range(16)]
+    _write_csv(c2018 / "train.csv", ("Id", "Target"), zip(train_ids, labels, strict=True))
+    _write_images(c2018 / "test", TEST_IDS_2018, rng)
+    _write_csv(c2018 / "sample_submission.csv", ("Id", "Predicted"),
+               [(i, "0") for i in TEST_IDS_2018])  # fmt: skip
+    _write_images(c2021 / "test", TEST_IDS_2021, rng, side=24)
+    _write_csv(c2021 / "sample_submission.csv", dataset.SUBMISSION_COLUMNS,
+               [(i, 24, 24, f"0 1 {SAMPLE_MASK}") for i in TEST_IDS_2021])  # fmt: skip
+    return c2018, c2021
+
+
+def _convert_argv(folder, out, *extra):
+    return ["data", "convert", "--input", str(folder / "test"), "--csv", "sample_submission.csv",
+            "--out", str(out), "--shards", "2", "--workers", "1", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("year", ["2018", "2021"])
+def test_a_test_folder_converts_unlabelled_without_a_split(competitions, tmp_path, capsys, year):
+    folder = competitions[0] if year == "2018" else competitions[1]
+    ids, side = (TEST_IDS_2018, 32) if year == "2018" else (TEST_IDS_2021, 24)
+    out = tmp_path / "out"
+    if year == "2018":  # a training conversion there before: its split.csv must not stay
+        kaggle.convert(folder / "train", "train.csv", out, shards=2)
+        assert (out / "split.csv").is_file()
+    assert main(_convert_argv(folder, out, "--overwrite")) == 0
+    printed = capsys.readouterr().out
+    assert f"converted {len(ids)} records into 2 shards" in printed
+    assert "unlabelled" in printed and "images per class" not in printed
+    info, records = _records(out)
+    assert info["label_table"] == f"hpa{year}" and info["num_records"] == len(ids)
+    assert info["unlabelled"] is True and info["split"] is None
+    assert not (out / "split.csv").exists()
+    assert [parse_example(r).id for r in records.values()] == list(ids)  # CSV order
+    for image_id in ids:
+        parsed = parse_example(records[image_id])
+        assert parsed.labels == () and (parsed.height, parsed.width) == (side, side)
+        for c in CHANNELS:  # every channel there, byte for byte
+            assert parsed.pngs[c] == (folder / "test" / f"{image_id}_{c}.png").read_bytes()
+    table = HPA_2018 if year == "2018" else HPA_2021
+    header = f"{table.id_column},{table.label_column}"
+    assert (out / "train.csv").read_text() == header + "\n" + "".join(f"{i},\n" for i in ids)
+    with pytest.raises(UserError, match="no split file"):  # no training on test images
+        select_records(out, split="train")
+    assert len(select_records(out, split="all")) == len(ids)
+
+
+def test_a_test_folder_with_a_missing_image_fails_naming_it(competitions, tmp_path, capsys):
+    folder = tmp_path / "c2018"
+    shutil.copytree(competitions[0] / "test", folder / "test")
+    shutil.copy(competitions[0] / "sample_submission.csv", folder)
+    (folder / "test" / "t2018-b_yellow.png").unlink()
+    assert main(_convert_argv(folder, tmp_path / "out")) == 2  # fail: the default for tests
+    err = capsys.readouterr().err
+    assert "t2018-b" in err and "yellow" in err and str(folder / "test") in err
+    # an explicit skip converts the rest and lists the missing one
+    assert main(_convert_argv(folder, tmp_path / "out", "--on-error", "skip")) == 0
+    assert "t2018-b: missing channel" in capsys.readouterr().out
+    _, records = _records(tmp_path / "out")
+    assert sorted(records) == sorted(set(TEST_IDS_2018) - {"t2018-b"})
+
+
+def test_unknown_columns_name_the_file_and_the_accepted_headers(competitions, tmp_path, capsys):
+    folder = competitions[0]
+    odd = tmp_path / "odd.csv"
+    odd.write_text("Id,Prediction\nt2018-a,0\n")
+    assert main(_convert_argv(folder, tmp_path / "out")[:4] + [
+        "--csv", str(odd), "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert str(odd) in err and "'Id,Prediction'" in err
+    for accepted in ("ID,Label", "Id,Target", "Id,Predicted",
+                     "ID,ImageWidth,ImageHeight,PredictionString"):  # fmt: skip
+        assert accepted in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_submission_2018_text_thresholds_and_falls_back_to_the_top_class():
+    probs = np.full((3, 28), 0.1)
+    probs[0, [3, 0, 25]] = 0.9  # three over threshold: ascending
+    probs[1, 7], probs[1, 9] = 0.4, 0.45  # none over: the top class, 9
+    probs[2, 27] = 0.6
+    thresholds = np.full(28, 0.5)
+    thresholds[27] = 0.7  # per-class thresholds: 0.6 is under class 27's, so the top class
+    decided = probs >= thresholds
+    text = kaggle_csv.submission_2018_text(["x", "y", "z"], decided, probs)
+    assert text == "Id,Predicted\nx,0 3 25\ny,9\nz,27\n"
+    with pytest.raises(ValueError, match="28"):
+        kaggle_csv.submission_2018_text(["x"], decided[:1, :19], probs[:1, :19])
+
+
+def _run_kaggle_module():
+    path = ROOT / "launch" / "kaggle" / "run_kaggle.py"
+    spec = importlib.util.spec_from_file_location("run_kaggle", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_kaggle_2018_writes_the_submission_in_its_work_folder(competitions, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The launcher's real commands, run in this process (no interpreter start per step): convert
+    train, train a runlocal 2018 model, convert test, predict → WORK/submission.csv."""
+    run_kaggle, calls = _run_kaggle_module(), []
+
+    def in_process(cmd):
+        assert cmd[:3] == [sys.executable, "-m", "hpa_jax.cli"]
+        calls.append(cmd[3])
+        monkeypatch.chdir(run_kaggle.repo_root())
+        if main(cmd[3:]) != 0:
+            raise subprocess.CalledProcessError(2, cmd)
+
+    monkeypatch.setattr(run_kaggle, "run_step", in_process)
+    work = tmp_path / "working"
+    assert run_kaggle.main(["--competition", "2018", "--input", str(competitions[0]),
+                            "--work", str(work), "--no-install", "--shards", "2", "--size", "32",
+                            "--config", "configs/demo.py:runlocal", "--config.tta=none",
+                            "--config.total_steps=2"]) == 0  # fmt: skip
+    assert calls == ["data", "train", "data", "predict"]
+    submission = work / "submission.csv"
+    assert f"submission: {submission}" in capsys.readouterr().out
+    rows = list(csv.reader(submission.open()))
+    assert rows[0] == ["Id", "Predicted"]
+    assert [r[0] for r in rows[1:]] == list(TEST_IDS_2018)
+    saved = np.load(work / "submission.npz")
+    assert saved["probs"].shape == (4, 28) and list(saved["ids"]) == list(TEST_IDS_2018)
+    tuned = np.asarray(json.loads((work / "run" / "thresholds.json").read_text())["thresholds"])
+    np.testing.assert_allclose(saved["thresholds"], tuned)
+    for (_, predicted), p in zip(rows[1:], saved["probs"], strict=True):
+        over = np.flatnonzero(p.astype(np.float64) >= tuned)
+        want = over if len(over) else [int(np.argmax(p))]
+        assert predicted == " ".join(str(k) for k in want) and predicted
+    assert not list(work.glob(".*.tmp"))  # written atomically, nothing left over
+
+    # a 19-class (2021) test folder cannot be predicted by the 28-class run
+    argv = ["predict", "--workdir", str(work / "run"), "--submission", "2018",
+            "--data", str(work / "t2021"), "--out", str(tmp_path / "s.csv")]  # fmt: skip
+    kaggle.convert(competitions[1] / "test", "sample_submission.csv", work / "t2021", shards=1)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "19 classes" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
+
+
+def test_run_kaggle_dry_run_places_the_submission(tmp_path, capsys):
+    run_kaggle = _run_kaggle_module()
+    work = str(tmp_path / "w")
+    assert run_kaggle.main(["--dry-run", "--work", work, "--cell-workdir", "cells/run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "pip install" in lines[0] and "--config.data.label_table=hpa2021" in lines[2]
+    test_convert, predict = lines[3], lines[4]
+    assert "hpa-single-cell-image-classification/test " in test_convert
+    assert "sample_submission.csv" in test_convert and "--on-error fail" in test_convert
+    assert "--size" not in test_convert  # 2021 masks are written at the images' own size
+    assert f"predict-cells --workdir cells/run --image-workdir {work}/run" in predict
+    assert predict.endswith(f"--out {work}/submission.csv")
+    assert lines[5] == f"submission: {work}/submission.csv"
+    # 2021 without a cell run: train only, and say why there is no submission
+    assert run_kaggle.main(["--dry-run", "--work", work]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 3 and "--cell-workdir" in err
+    assert run_kaggle.main(["--dry-run", "--competition", "2018", "--no-install"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "data convert" in lines[0] and "human-protein-atlas-image-classification" in lines[0]
+    assert lines[-2].endswith("--submission 2018 --out /kaggle/working/submission.csv")
+    with pytest.raises(SystemExit):
+        run_kaggle.main(["--dry-run", "--competition", "2018", "--cell-workdir", "x"])
+    capsys.readouterr()
+    # a dataset converted before: no conversion, trained on as given; no submission asked
+    assert run_kaggle.main(["--dry-run", "--no-install", "--no-submit", "--data", "/d"]) == 0
+    out, err = capsys.readouterr()
+    (train,) = out.splitlines()
+    assert " train " in train and "--config.data.dir=/d " in train and not err

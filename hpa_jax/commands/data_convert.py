@@ -5,26 +5,47 @@ from __future__ import annotations
 import argparse
 import os
 
+DESCRIPTION = """\
+Convert a Kaggle HPA folder ({ID}_{red,green,blue,yellow}.png, .tif or .jpg) into a dataset
+folder of sharded TFRecords.
+
+The CSV's header says what the folder is:
+  ID,Label                                     2021 training images (hpa2021, labels 0|5)
+  Id,Target                                    2018 training images (hpa2018, labels 0 5)
+  ID,ImageWidth,ImageHeight,PredictionString   a 2021 test folder's sample_submission.csv
+  Id,Predicted                                 a 2018 test folder's sample_submission.csv
+A test folder's images convert unlabelled: no split.csv is written (predict the folder whole,
+the default --split all), dataset.json says "unlabelled": true, and a bad record fails the run
+unless --on-error skip (a submission must list every test image).
+
+  hpa-jax data convert --input kaggle/test --csv kaggle/sample_submission.csv --out data/test
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--input", required=True, help="folder of {ID}_{red,green,blue,yellow}.*")
     parser.add_argument(
-        "--csv", default="train.csv", help="labels CSV, as a path or inside --input (train.csv)"
-    )
+        "--csv", default="train.csv",
+        help="train.csv, or a test folder's sample_submission.csv (see above); a path, or a "
+        "name inside --input or beside it (default train.csv)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--shards", type=int, default=8, help="TFRecord files (default 8)")
     parser.add_argument("--size", type=int, default=None, help="resize channels to PX x PX")
     parser.add_argument(
         "--labels", default="auto", choices=("auto", "hpa2021", "hpa2018"),
-        help="label table; auto: ID,Label → hpa2021, Id,Target → hpa2018",
+        help="label table; auto: from the CSV's header (see above)",
     )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1),
         help="worker processes, one shard per task (default: min(4, CPUs))",
     )  # fmt: skip
     parser.add_argument(
-        "--on-error", default="skip", choices=("skip", "fail"),
-        help="a bad record: skip it (listed in skipped.csv) or fail the run (default skip)",
+        "--on-error", default=None, choices=("skip", "fail"),
+        help="a bad record: skip it (listed in skipped.csv) or fail the run naming it "
+        "(default: skip for training images, fail for a test folder)",
     )  # fmt: skip
     parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share (0.2)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -54,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     shards = len(summary["shards"])
     print(f"converted {n} records into {shards} shards in {summary['out_dir']} "
           f"({summary['resumed']} shards already complete, kept)")  # fmt: skip
-    print(f"label table {summary['label_table']}; images per class:")
-    print(format_counts(summary["class_counts"], n))
+    if summary["unlabelled"]:
+        print(f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
+              "no split.csv (predict it with --split all, the default)")
+    else:
+        print(f"label table {summary['label_table']}; images per class:")
+        print(format_counts(summary["class_counts"], n))
     skipped = summary["skipped"]
     print(f"skipped {len(skipped)} records (listed in {os.path.join(args.out, 'skipped.csv')})")
     for image_id, reason in skipped[:20]:

@@ -1,10 +1,12 @@
 """Convert a Kaggle HPA folder (`train.csv` + `{ID}_{red,green,blue,yellow}.png`) to shards.
 
 Input: a folder of per-channel images (`.png`, or `.tif`/`.tiff`/`.jpg`/`.jpeg` as in HPA's
-external data) and a CSV with `ID,Label` (2021, `|`-separated) or `Id,Target` (2018, spaces).
-Output: the dataset folder of docs/architecture.md, written as N shard tasks in worker
-processes. An unresized single-channel PNG is stored byte for byte (8- or 16-bit); anything else
-is decoded and re-encoded, and `size` resizes every channel to size x size (as 8-bit).
+external data) and a CSV with `ID,Label` (2021, `|`-separated) or `Id,Target` (2018, spaces),
+or a test folder's sample_submission.csv (`kaggle_csv.py`): its images convert unlabelled, with
+no split.csv and `"unlabelled": true` in dataset.json. Output: the dataset folder of
+docs/architecture.md, written as N shard tasks in worker processes. An unresized single-channel
+PNG is stored byte for byte (8- or 16-bit); anything else is decoded and re-encoded, and `size`
+resizes every channel to size x size (as 8-bit).
 
 Resumable: `OUT/convert.json` holds a hash of what determines the output (the CSV's bytes, the
 input folder, shard count, size, label table). Each shard is written under a temporary name and
@@ -29,6 +31,7 @@ from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data import writer as writer_lib
 from hpa_jax.data.example import CHANNELS, encode_example, png_info
+from hpa_jax.data.kaggle_csv import read_listing
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelError, LabelTable
@@ -282,27 +285,29 @@ def convert(
     size: int | None = None,
     labels: str = "auto",
     workers: int = 1,
-    on_error: str = "skip",
+    on_error: str | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict:
     """Convert a Kaggle HPA folder into a dataset folder; return a summary dict.
 
-    Summary keys: out_dir, label_table, num_records, shards (names), resumed (shards found
-    complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width.
-    Raises UserError for bad arguments, and ConvertError on the first bad record when
-    on_error="fail" (finished shards stay, so a re-run resumes).
+    Summary keys: out_dir, label_table, unlabelled, num_records, shards (names), resumed (shards
+    found complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width.
+    Raises UserError for bad arguments, and ConvertError on the first bad record when on_error
+    is "fail" (None: a test folder's default, else "skip"; finished shards stay for a re-run).
     """
     input_dir, out_dir = pathlib.Path(input_dir), pathlib.Path(out_dir)
     csv_path = _find_csv(input_dir, csv_path)
-    if on_error not in ("skip", "fail"):
+    if on_error not in (None, "skip", "fail"):
         raise UserError(f"--on-error must be skip or fail, got {on_error!r}")
     if shards < 1 or (size is not None and size < 1):
         raise UserError(f"--shards and --size must be positive, got {shards}, {size}")
     if not input_dir.is_dir():
         raise UserError(f"{input_dir}: input folder not found")
-    table, raw = dataset.read_labels_csv(csv_path, labels)
+    table, raw, unlabelled = read_listing(csv_path, labels)
+    if on_error is None:
+        on_error = "fail" if unlabelled else "skip"
     rows, bad_rows = parse_rows(table, raw, csv_path)
     if bad_rows and on_error == "fail":
         raise ConvertError("; ".join(r for _, r in bad_rows[:5]) + _more(len(bad_rows)))
@@ -327,7 +332,7 @@ def convert(
     for manifest in writer_lib.run_tasks(convert_shard, todo, workers=workers, desc="convert"):
         manifests[manifest["shard"]] = manifest
     return _finish(out_dir, table, tasks, manifests, bad_rows, len(tasks) - len(todo), size,
-                   val_fraction, seed, input_dir, csv_path)  # fmt: skip
+                   val_fraction, seed, input_dir, csv_path, unlabelled)  # fmt: skip
 
 
 def _more(count: int) -> str:
@@ -357,7 +362,7 @@ def _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest) -> lis
 
 
 def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fraction, seed,
-            input_dir, csv_path) -> dict:  # fmt: skip
+            input_dir, csv_path, unlabelled) -> dict:  # fmt: skip
     """Gather the shard manifests into train.csv, split.csv, skipped.csv and dataset.json."""
     ids, labels, sizes, skipped = [], [], set(), list(bad_rows)
     for task in tasks:
@@ -372,15 +377,19 @@ def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fract
     fileio.write_text(skipped_csv, dataset.csv_text(("ID", "reason"), skipped))
     height, width = next(iter(sizes)) if len(sizes) == 1 else (None, None)
     names = [t.path.name for t in tasks]
-    writer_lib.write_dataset_files(
+    info = writer_lib.write_dataset_files(
         out_dir, table=table, ids=ids, labels=labels, shards=names, height=height, width=width,
         source="kaggle", val_fraction=val_fraction, seed=seed,
         extra={"input_dir": str(input_dir), "csv": str(csv_path), "resized_to": size,
                "num_skipped": len(skipped)},
     )  # fmt: skip
+    if unlabelled:  # test images are in no split: predicted whole, never trained on
+        (out_dir / dataset.SPLIT_CSV).unlink(missing_ok=True)
+        dataset.write_info(out_dir, {**info, "split": None, "unlabelled": True})
     return {
         "out_dir": str(out_dir),
         "label_table": table.name,
+        "unlabelled": unlabelled,
         "num_records": len(ids),
         "shards": names,
         "resumed": resumed,
