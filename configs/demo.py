@@ -46,10 +46,11 @@ def get_config(arg=None):
     config.tta = "d4"
 
     config.batch_size = 32
-    # 64 epochs, not 80: with the cell stage the whole demo must fit 15 minutes on 2 cores (80
-    # epochs gave macro F1 0.903-0.910 in 562 s of a 17-minute demo on 2026-12-04)
-    config.total_epochs = 64.0
-    config.eval_every_epochs = 16.0
+    # 40 epochs, not 80: with the cell stage the whole demo must fit 15 minutes on 2 cores (80
+    # epochs gave macro F1 0.903-0.910 in 562 s of a 17-minute demo; 64 gave 0.889-0.901 in a
+    # 17.7-minute demo with a cold compilation cache, 2026-12-04; docs/benchmarks.md)
+    config.total_epochs = 40.0
+    config.eval_every_epochs = 20.0
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
     config.log_every_steps = 10

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-cells", action="store_true",
                         help="no cell stage (segment, weakly supervised cell model, denoising, "
                              "the 2021 submission; docs/cells.md)")
-    parser.add_argument("--cell-images", type=int, default=400,
+    parser.add_argument("--cell-images", type=int, default=300,
                         help="synthetic images the cell model learns from")
     parser.add_argument("--cell-test-images", type=int, default=200,
                         help="synthetic images the submission is scored on")
