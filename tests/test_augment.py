@@ -172,3 +172,19 @@ def test_bad_crops_are_refused():
         aug.AugmentConfig(crop=(0, 8))
     with pytest.raises(ValueError, match="larger than the image"):
         aug.augment(_image(8, 8, 2), aug.example_rng(0, 0, 0), aug.AugmentConfig(crop=(10, 10)))
+
+
+@pytest.mark.parametrize("crop", [None, (12, 12)])
+def test_uint16_images_augment_as_uint8_ones_scaled_by_257(crop):
+    """16-bit images take the numpy path with a 65536-entry table; brightness is in units of
+    65535, so x · 257 comes out as the 8-bit result · 257 within the 8-bit rounding."""
+    image8 = _image(seed=4)
+    image16 = image8.astype(np.uint16) * 257
+    config = aug.AugmentConfig(brightness=0.2, contrast=0.3, crop=crop)
+    for record in range(6):
+        out8 = aug.augment(image8, aug.example_rng(1, 0, record), config)
+        out16 = aug.augment(image16, aug.example_rng(1, 0, record), config)
+        assert out16.dtype == np.uint16 and out16.shape == out8.shape
+        assert out16.flags.c_contiguous
+        assert np.abs(out16.astype(int) - 257 * out8.astype(int)).max() <= 129
+        assert len(np.unique(out16 % 257)) > 1  # not an 8-bit result in disguise

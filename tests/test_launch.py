@@ -63,6 +63,16 @@ def test_tpu_run_same_command_on_all_workers():
 
 FAKE_GCLOUD = """#!/usr/bin/env bash
 # `gcloud compute tpus tpu-vm ssh NAME --worker=all ... --command=C`: C in bash as 2 workers.
+# `... describe NAME --format=value(state)`: the first line of $FAKE_HOME/states (taken off
+# it), READY when none is left. $FAKE_HOME/ssh-fails: that many ssh calls fail with 255 first.
+echo "$*" >> "$FAKE_HOME/calls"
+if [ "$4" = describe ]; then
+  line=$(head -n 1 "$FAKE_HOME/states" 2>/dev/null || true)
+  sed -i 1d "$FAKE_HOME/states" 2>/dev/null || true
+  echo "${line:-READY}"; exit 0
+fi
+fails=$(cat "$FAKE_HOME/ssh-fails" 2>/dev/null || echo 0)
+if [ "$fails" -gt 0 ]; then echo $((fails - 1)) > "$FAKE_HOME/ssh-fails"; exit 255; fi
 for arg in "$@"; do case "$arg" in --command=*) remote="${arg#--command=}" ;; esac; done
 status=0
 for w in 0 1; do (cd "$FAKE_HOME" && FAKE_WORKER=$w bash -c "$remote") || status=$?; done
@@ -70,7 +80,7 @@ exit $status
 """
 
 
-def run_with_fake_gcloud(tmp_path, *command: str):
+def run_with_fake_gcloud(tmp_path, *command: str, flags=(), states=(), ssh_fails=0):
     bin_dir, home = tmp_path / "bin", tmp_path / "home"
     (home / "hpa-jax" / ".venv" / "bin").mkdir(parents=True)
     (home / "hpa-jax" / ".venv" / "bin" / "activate").write_text("export ACTIVATED=yes\n")
@@ -78,11 +88,13 @@ def run_with_fake_gcloud(tmp_path, *command: str):
     for name, text in [("gcloud", FAKE_GCLOUD), ("curl", '#!/bin/sh\necho "$FAKE_WORKER"\n')]:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
+    (home / "states").write_text("".join(f"{s}\n" for s in states))
+    (home / "ssh-fails").write_text(f"{ssh_fails}\n")
     logdir = tmp_path / "logs"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_HOME": str(home),
-           "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": ""}
+           "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": "", "HPA_TPU_POLL_SECONDS": "0"}
     proc = subprocess.run(["bash", str(ROOT / "launch/tpu/run.sh"), "--name=pod", "--zone=z",
-                           f"--logdir={logdir}", "--num-workers=2", "--", *command],
+                           f"--logdir={logdir}", "--num-workers=2", *flags, "--", *command],
                           capture_output=True, text=True, env=env)
     return proc, logdir
 
@@ -104,6 +116,66 @@ def test_tpu_run_passes_on_a_failure(tmp_path):
     assert proc.returncode == 3
     assert (logdir / "worker-0.log").read_text() == "half\n"
     assert "exit status 3" in proc.stdout
+
+
+# exits 75 (as `hpa-jax train` on SIGTERM) the first N times it runs on a worker, then 0
+PREEMPTED_TWICE = ("bash", "-c", 'f=runs-$FAKE_WORKER; echo x >> $f; n=$(wc -l < $f); '
+                   'echo "run $n"; [ $n -gt $1 ] || exit 75', "_", "2")
+
+
+def calls(tmp_path) -> list[str]:
+    return (tmp_path / "home" / "calls").read_text().splitlines()
+
+
+def test_tpu_run_restarts_on_preemption_once_ready(tmp_path):
+    proc, logdir = run_with_fake_gcloud(tmp_path, *PREEMPTED_TWICE,
+                                        flags=["--restart-on-preemption=2"],
+                                        states=["PREEMPTED", "CREATING"])
+    assert proc.returncode == 0, proc.stderr
+    kinds = [c.split()[3] for c in calls(tmp_path)]
+    # ssh (75), describe PREEMPTED, CREATING, READY, ssh (75), describe READY, ssh (0)
+    assert kinds == ["ssh", "describe", "describe", "describe", "ssh", "describe", "ssh"]
+    assert "--format=value(state)" in calls(tmp_path)[1]
+    for w in (0, 1):  # every attempt's lines, in order
+        assert (logdir / f"worker-{w}.log").read_text().splitlines() == ["run 1", "run 2",
+                                                                       "run 3"]
+    assert "restart 2 of 2" in proc.stderr and "waiting for READY" in proc.stderr
+
+
+def test_tpu_run_gives_up_after_n_restarts_and_only_when_asked(tmp_path):
+    proc, _ = run_with_fake_gcloud(tmp_path, *PREEMPTED_TWICE, flags=["--restart-on-preemption=1"])
+    assert proc.returncode == 75 and "exit status 75" in proc.stdout
+    assert [c.split()[3] for c in calls(tmp_path)] == ["ssh", "describe", "ssh"]
+    (tmp_path / "home" / "calls").unlink()
+    proc, _ = run_with_fake_gcloud(tmp_path / "b", *PREEMPTED_TWICE)
+    assert proc.returncode == 75 and len(calls(tmp_path / "b")) == 1
+
+
+def test_tpu_run_restarts_a_lost_ssh_only_if_the_vm_is_down(tmp_path):
+    # ssh 255 while the VM is PREEMPTED: wait for READY, run again
+    proc, logdir = run_with_fake_gcloud(tmp_path, "echo", "ok", flags=["--restart-on-preemption"],
+                                        states=["PREEMPTED"], ssh_fails=1)
+    assert proc.returncode == 0, proc.stderr
+    assert (logdir / "worker-1.log").read_text() == "ok\n"
+    # ssh 255 while the VM is READY: the job may still run there; not restarted
+    proc, _ = run_with_fake_gcloud(tmp_path / "b", "echo", "ok",
+                                   flags=["--restart-on-preemption"], ssh_fails=1)
+    assert proc.returncode == 255 and "the TPU VM is READY" in proc.stderr
+    assert [c.split()[3] for c in calls(tmp_path / "b")] == ["ssh", "describe"]
+
+
+def test_tpu_run_restart_dry_run_and_bad_count():
+    cmds = dry("launch/tpu/run.sh", "--name=pod", "--zone=z", "--restart-on-preemption=4",
+               "--dry-run", "--", "hpa-jax", "train", "--workdir", "w")
+    assert len(cmds) == 2 and "tpu-vm ssh pod --worker=all" in cmds[0]
+    assert cmds[1] == "gcloud compute tpus tpu-vm describe pod --zone=z '--format=value(state)'"
+    proc = subprocess.run(["bash", str(ROOT / "launch/tpu/run.sh"), "--name=pod", "--zone=z",
+                           "--restart-on-preemption", "--dry-run", "--", "true"],
+                          capture_output=True, text=True, check=True)
+    assert "exit status 75" in proc.stdout and "up to 3 times" in proc.stdout
+    (err,) = dry("launch/tpu/run.sh", "--name=pod", "--restart-on-preemption=x", "--dry-run", "--",
+                 "true", ok=False)
+    assert "--restart-on-preemption=x" in err
 
 
 def test_tpu_delete_and_copy_logs():

@@ -160,13 +160,15 @@ def test_labels_out_of_range_name_the_record(tmp_path):
 # ------------------------------------------------------------------------------ decode and batches
 
 
-def _reference_image(index: int, size: int, channels, bits: int = 8) -> np.ndarray:
-    """Decode-independent reference: the source planes, box-downscaled with numpy."""
+def _reference_image(index: int, size: int, channels, bits: int = 8,
+                     to_8bit: bool = False) -> np.ndarray:  # fmt: skip
+    """Decode-independent reference: the source planes (16-bit ones first rounded to x / 257
+    when `to_8bit`), box-downscaled with numpy."""
     planes = _channels(index, 64, bits)
     out = []
     for c in channels:
         x = planes[c].astype(np.float64)
-        if bits == 16:
+        if bits == 16 and to_8bit:
             x = np.floor(x / 257 + 0.5)
         f = 64 // size
         out.append(x.reshape(size, f, size, f).mean(axis=(1, 3)))
@@ -183,7 +185,8 @@ def test_eval_batches_decode_resize_and_pad(tmp_path, bits):
     batches = list(it)
     assert len(batches) == it.num_batches == 3
     b = batches[0]
-    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8
+    # a 16-bit dataset is decoded and resized in 16 bits
+    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == f"uint{bits}"
     assert b["labels"].shape == (4, K) and b["labels"].dtype == np.float32
     assert b["mask"].dtype == np.bool_
     ids = sum((_ids(b) for b in batches), [])
@@ -198,6 +201,57 @@ def test_eval_batches_decode_resize_and_pad(tmp_path, bits):
         labels = np.concatenate([b["labels"] for b in batches])[i]
         assert np.flatnonzero(labels).tolist() == list(_labels(i))
     assert not images[10:].any()
+
+
+def _batch(root, **kw):
+    it = pipeline.make_eval_iterator(root, batch_size=4, image_size=32, channels="rgby",
+                                     split="all", process_index=0, process_count=1,
+                                     num_threads=1, **kw)  # fmt: skip
+    return next(iter(it))
+
+
+def test_16_bit_model_input_keeps_what_an_8_bit_truncation_loses(tmp_path):
+    """The train step's model input (`to_model_range`, then the model's x / 255) of a 16-bit
+    dataset is its 16-bit box mean / 65535 (within rounding), not the 8-bit truncation's;
+    `bit_depth=8` still gives the truncation, and an 8-bit dataset's batches do not change."""
+    import jax.numpy as jnp
+
+    from hpa_jax.data.example import to_model_range
+
+    rgby = ("red", "green", "blue", "yellow")
+    root = write_dataset(tmp_path / "ds16", n=4, size=64, shards=1, validation_every=1, bits=16)
+    wide, narrow = _batch(root), _batch(root, bit_depth=8)
+    assert wide["image"].dtype == np.uint16 and narrow["image"].dtype == np.uint8
+    as_step = np.asarray(to_model_range(jnp.asarray(wide["image"]), jnp.float32)) / 255
+    np.testing.assert_allclose(as_step, wide["image"] / 65535.0, rtol=1e-6, atol=0)
+    want16 = np.stack([_reference_image(i, 32, rgby, 16) for i in range(4)]) / 65535
+    want8 = np.stack([_reference_image(i, 32, rgby, 16, to_8bit=True) for i in range(4)]) / 255
+    assert np.abs(as_step - want16).max() <= 1.0 / 65535 + 1e-6  # reduce rounds the box mean
+    truncated = narrow["image"] / 255.0
+    assert np.abs(truncated - want8).max() <= 1.0 / 255 + 1e-6  # the old behaviour, kept
+    # differences below one 8-bit level survive in 16 bits and are lost in 8 bits
+    assert 0.1 / 255 < np.abs(as_step - truncated).mean() < 1.0 / 255
+    assert np.abs(as_step - want16).mean() < 0.01 / 255 < np.abs(truncated - want16).mean()
+    # an 8-bit dataset: uint8 batches, the same with bit_depth="auto" or 8, scaled as before
+    root8 = write_dataset(tmp_path / "ds8", n=4, size=64, shards=1, validation_every=1)
+    auto, forced = _batch(root8), _batch(root8, bit_depth=8)
+    assert auto["image"].dtype == np.uint8
+    np.testing.assert_array_equal(auto["image"], forced["image"])
+    np.testing.assert_array_equal(to_model_range(jnp.asarray(auto["image"]), jnp.float32),
+                                  auto["image"].astype(np.float32))  # fmt: skip
+    # forced to 16 bits, 8-bit channels scale by 257 (255 → 65535)
+    promoted = _batch(root8, bit_depth=16)["image"]
+    assert promoted.dtype == np.uint16
+    assert np.abs(promoted.astype(int) - 257 * auto["image"].astype(int)).max() <= 257
+    with pytest.raises(UserError, match="bit_depth"):
+        _batch(root8, bit_depth=12)
+
+
+def test_16_bit_training_batches_augment_and_cache_in_16_bits(tmp_path):
+    root = write_dataset(tmp_path / "ds16", n=8, size=32, shards=1, bits=16)
+    batches = [next(_train(root, image_size=16, cache=cache)) for cache in (False, True)]
+    assert batches[0]["image"].dtype == np.uint16
+    np.testing.assert_array_equal(batches[0]["image"], batches[1]["image"])
 
 
 def test_a_records_ignored_classes_come_as_minus_one_and_are_checked(tmp_path):

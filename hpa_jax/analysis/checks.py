@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpa_jax.data.example import to_uint8
 from hpa_jax.errors import UserError
 
 
 def check_images(images) -> np.ndarray:
-    """images must be uint8[N, H, W, C] with N ≥ 1."""
+    """images must be uint8[N, H, W, C] with N ≥ 1; uint16 (a 16-bit dataset's batches) is
+    rounded to 8-bit grey levels (x / 257, `example.to_uint8`): the analyses count 256 levels."""
     images = np.asarray(images)
+    if images.dtype == np.uint16:
+        images = to_uint8(images)
     if images.ndim != 4:
         raise UserError(f"images must be uint8[N, H, W, C], got shape {images.shape}")
     if images.dtype != np.uint8:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpa_jax.data.example import to_model_range
 from hpa_jax.errors import UserError
 
 
 def make_embed_fn(graphdef, *, mesh=None, batch_axes=None):
-    """A jitted `(state, images uint8|float[B, H, W, C]) -> float32[B, D]` for this graph.
+    """A jitted `(state, images uint8|uint16|float[B, H, W, C]) -> float32[B, D]` for this graph.
 
-    Images are cast to float32 in 0..255 (models normalise inside). With a mesh, the batch is
-    sharded over `batch_axes` (a name or tuple of names; default every axis of the mesh, as the
-    trainer does; B must divide by their total size) and the state is replicated.
+    Images are cast to float32 in 0..255 (uint16 scaled by 1/257; models normalise inside).
+    With a mesh, the batch is sharded over `batch_axes` (a name or tuple of names; default every
+    axis of the mesh, as the trainer does; B must divide by their total size) and the state is
+    replicated.
     """
     import jax
     import jax.numpy as jnp
@@ -30,7 +32,8 @@ def make_embed_fn(graphdef, *, mesh=None, batch_axes=None):
         model = (
             nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
         )
-        return model.features(images.astype(jnp.float32), train=False).astype(jnp.float32)
+        images = to_model_range(images, jnp.float32)  # uint16: x / 257, the uint8 scale
+        return model.features(images, train=False).astype(jnp.float32)
 
     if mesh is None:
         return jax.jit(features)

@@ -4,7 +4,8 @@ Everything here is a pure numpy function over whole arrays (no per-image Python 
 `np.bincount` builds a 256-level histogram for every (image, channel) pair, and the mean,
 percentiles, saturated/empty fractions and coarser colour histograms are all read off it.
 
-Units: intensities are 8-bit grey levels, 0..255 (the pipeline scales 16-bit PNGs by 1/257);
+Units: intensities are 8-bit grey levels, 0..255 (the scan reads 16-bit PNGs at 8 bits, x / 257,
+and `checks.check_images` rounds uint16 batches the same way);
 fractions are in 0..1 of an image's pixels; histograms are normalised to sum to 1 per channel.
 """
 

@@ -21,12 +21,15 @@ def figure(width: float, height: float):
 
 
 def to_rgb(images: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
-    """uint8[N, H, W, C] stains → float32[N, H, W, 3] in 0..1 for display.
+    """uint8|uint16[N, H, W, C] stains → float32[N, H, W, 3] in 0..1 for display (divided by
+    the dtype's max: 255 or 65535).
 
     red/green/blue map to themselves and yellow to red + green (halved); a single channel is
     shown in grey.
     """
-    images = np.asarray(images, np.float32) / 255.0
+    images = np.asarray(images)
+    top = 65535.0 if images.dtype == np.uint16 else 255.0
+    images = images.astype(np.float32) / top
     if images.shape[-1] == 1:
         return np.repeat(images, 3, axis=-1)
     order = {"red": 0, "green": 1, "blue": 2, "yellow": 3}

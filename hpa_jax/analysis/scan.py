@@ -80,6 +80,7 @@ def scan_dataset(
         split=split,
         process_index=0,
         process_count=1,
+        bit_depth=8,  # the statistics, histograms and thumbnails are in 8-bit grey levels
     )
     ids, labels, stats, thumbs, pending = [], [], [], [], []
     total = getattr(batches, "num_batches", None)

@@ -1,7 +1,9 @@
 """`hpa-jax train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]`.
 
 Trains into DIR, or resumes the run DIR holds. Exit status: 0 done, 1 the loss diverged (the
-step is named; earlier checkpoints are kept), 2 bad input (config, data, workdir, checkpoint).
+step is named; earlier checkpoints are kept), 2 bad input (config, data, workdir, checkpoint),
+75 preempted (SIGTERM: every process saved a checkpoint at the same step; run the same command
+again to resume; `launch/tpu/run.sh --restart-on-preemption` does).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from hpa_jax.train import distributed
 CONFIG_OVERRIDES = True  # the CLI passes --config.KEY=VALUE arguments as args.config_overrides
 
 
+EPILOG = (
+    "Exit status: 0 done; 1 the loss diverged (the step is named, earlier checkpoints are kept); "
+    "2 bad input (config, data, workdir, checkpoint); 75 (EX_TEMPFAIL) preempted: on SIGTERM "
+    "every process stops after the same step and saves a checkpoint there; the same command "
+    "resumes from it (launch/tpu/run.sh --restart-on-preemption reruns it)."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("--config", required=True,
                         help="config module and argument, e.g. configs/demo.py:runlocal")
     parser.add_argument("--workdir", required=True,
@@ -31,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.from_args(args)  # before anything touches a device
 
     from hpa_jax import config as config_lib
-    from hpa_jax.train import loop
+    from hpa_jax.train import loop, preemption
 
     config = config_lib.load_config(args.config, getattr(args, "config_overrides", ()) or ())
     if args.dry_run:
@@ -46,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     except loop.TrainingDiverged as err:
         print(f"hpa-jax train: {err}", file=sys.stderr)
         return 1
+    except preemption.Preempted as err:
+        print(f"hpa-jax train: {err}", file=sys.stderr)
+        return preemption.PREEMPTED_EXIT
     if distributed.is_main_process():
         print(json.dumps({k: round(v, 4) for k, v in final.items()}, indent=2))
     return 0

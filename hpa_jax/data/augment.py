@@ -1,9 +1,10 @@
 """Per-example image augmentation on the host: flips, 90° rotations, brightness and contrast.
 
-Everything here is plain NumPy on one `uint8[H, W, C]` image and one `np.random.Generator`, so it
-runs inside Grain worker processes. The generator is derived from (seed, epoch, record index) by
-`example_rng`, never from a worker's position in the stream: the same record in the same epoch gets
-the same augmentation whatever the worker count, process count or restart point.
+Everything here is plain NumPy on one `uint8|uint16[H, W, C]` image and one
+`np.random.Generator`, so it runs inside Grain worker processes. The generator is derived from
+(seed, epoch, record index) by `example_rng`, never from a worker's position in the stream: the
+same record in the same epoch gets the same augmentation whatever the worker count, process count
+or restart point.
 
 Fluorescence fields of view have no preferred orientation, so all eight symmetries of the square
 (4 rotations × optional flip) are equally valid training views.
@@ -25,7 +26,8 @@ class AugmentConfig:
     flips:      flip left-right and up-down, each with probability 1/2.
     rotations:  rotate by k × 90°, k uniform in 0..3 (non-square images: k in {0, 2}, so the shape
                 is kept).
-    brightness: add δ × 255 to every pixel, δ uniform in [-brightness, brightness].
+    brightness: add δ × M to every pixel, δ uniform in [-brightness, brightness], M = 255
+                (uint8) or 65535 (uint16): the same fraction of the range at either depth.
     contrast:   scale each channel about its own mean by a factor uniform in
                 [1 - contrast, 1 + contrast] (as tf.image.adjust_contrast does).
     crop:       (height, width): cut a window of this size at a uniform random position first
@@ -58,7 +60,7 @@ class AugmentParams:
     flip_lr: bool = False
     flip_ud: bool = False
     rot90: int = 0  # counter-clockwise quarter turns, 0..3
-    brightness: float = 0.0  # additive, in units of 255
+    brightness: float = 0.0  # additive, in units of the dtype's max (255 | 65535)
     contrast: float = 1.0  # multiplicative, about the per-channel mean
     crop_top: float = 0.0  # the crop window's position, as a fraction of the free rows
     crop_left: float = 0.0  # ... and of the free columns (0..1)
@@ -120,15 +122,17 @@ def apply_geometry(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     return image
 
 
-def photometric_table(means: np.ndarray, params: AugmentParams) -> np.ndarray:
-    """uint8[C, 256]: the photometric map of each channel, given its mean (float64[C]).
+def photometric_table(means: np.ndarray, params: AugmentParams, dtype=np.uint8) -> np.ndarray:
+    """dtype[C, M + 1]: the photometric map of each channel, given its mean (float64[C]);
+    M = the dtype's max (255 for uint8, 65535 for uint16).
 
-    table[c, x] = clip(round((x - mean_c) × contrast + mean_c + brightness × 255), 0, 255).
+    table[c, x] = clip(round((x - mean_c) × contrast + mean_c + brightness × M), 0, M).
     """
-    values = np.arange(256, dtype=np.float64)
-    offset = means * (1.0 - params.contrast) + params.brightness * 255.0
+    top = int(np.iinfo(dtype).max)
+    values = np.arange(top + 1, dtype=np.float64)
+    offset = means * (1.0 - params.contrast) + params.brightness * float(top)
     table = np.rint(values[None, :] * params.contrast + offset[:, None])
-    return np.clip(table, 0, 255).astype(np.uint8)
+    return np.clip(table, 0, top).astype(dtype)
 
 
 def _is_identity_photometric(params: AugmentParams) -> bool:
@@ -136,15 +140,15 @@ def _is_identity_photometric(params: AugmentParams) -> bool:
 
 
 def apply_photometric(image: np.ndarray, params: AugmentParams) -> np.ndarray:
-    """Contrast about each channel's mean, then brightness; `uint8[H, W, C]` in and out.
+    """Contrast about each channel's mean, then brightness; `uint8|uint16[H, W, C]` in and out.
 
-    The map is a per-channel function of the pixel value, so it is a 256-entry lookup table per
-    channel (`photometric_table`), several times cheaper than float arithmetic on every pixel.
+    The map is a per-channel function of the pixel value, so it is a lookup table per channel
+    (`photometric_table`: 256 or 65536 entries), cheaper than float arithmetic on every pixel.
     """
     if _is_identity_photometric(params):
         return image
     means = image.reshape(-1, image.shape[-1]).mean(axis=0)
-    table = photometric_table(means, params)
+    table = photometric_table(means, params, image.dtype)
     return np.stack([table[c][image[..., c]] for c in range(image.shape[-1])], axis=-1)
 
 
@@ -177,20 +181,23 @@ def _augment_pillow(image: np.ndarray, params: AugmentParams) -> np.ndarray:
 def augment(
     image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()
 ) -> np.ndarray:
-    """A randomly flipped, rotated, brightened and contrasted copy of `image: uint8[H, W, C]`.
+    """A randomly flipped, rotated, brightened and contrasted copy of `image: uint8[H, W, C]`
+    (or uint16: brightness is then in units of 65535, so both depths see the same change).
 
-    Returns a C-contiguous `uint8[H, W, C]` (the same shape, or `config.crop`'s; 90° turns only
-    for square outputs). The crop window is cut first (its channel means set the contrast).
-    Photometry commutes with the geometry (it is per pixel and the channel means do not move),
-    so it is applied next.
+    Returns a C-contiguous array of the input's dtype, `[H, W, C]` (the same shape, or
+    `config.crop`'s; 90° turns only for square outputs). The crop window is cut first (its
+    channel means set the contrast). Photometry commutes with the geometry (it is per pixel and
+    the channel means do not move), so it is applied next.
     """
-    if image.ndim != 3 or image.dtype != np.uint8:
-        raise ValueError(f"augment expects uint8[H, W, C], got {image.dtype}{list(image.shape)}")
+    if image.ndim != 3 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"augment expects uint8|uint16[H, W, C], got {image.dtype}{list(image.shape)}"
+        )
     out_height, out_width = config.crop or image.shape[:2]
     params = sample_params(rng, config, square=out_height == out_width)
     if config.crop is not None:  # first, so the rest works on the smaller window
         top, left, ch, cw = crop_box(image.shape, config.crop, params)
         image = image[top : top + ch, left : left + cw]
-    if image.shape[-1] <= 4:
+    if image.shape[-1] <= 4 and image.dtype == np.uint8:  # Pillow has no 16-bit multi-band mode
         return _augment_pillow(image, params)
     return np.ascontiguousarray(apply_geometry(apply_photometric(image, params), params))

@@ -23,24 +23,34 @@ from hpa_jax.data.example import (
 )
 from hpa_jax.data.record_source import TFRecordSource
 
+_GREY_16 = ("I;16", "I;16B", "I;16L", "I")
+BIT_DEPTHS = {8: np.uint8, 16: np.uint16}
 
-def _to_8bit(image):
-    """A Pillow grey image → mode "L"; 16-bit values scaled by 1/257 as `example.to_uint8` does."""
-    if image.mode == "L":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+
+def _to_depth(image, bits: int):
+    """A Pillow grey image → mode "L" (bits 8; 16-bit values scaled by 1/257 as
+    `example.to_uint8` does) or mode "I" (bits 16; 8-bit values × 257, so 255 → 65535)."""
+    if image.mode not in ("L", *_GREY_16):
+        raise SchemaError(f"PNG must be single-channel 8- or 16-bit grey, got mode {image.mode}")
+    if bits == 8:
+        if image.mode == "L":
+            return image
         return Image.fromarray(to_uint8(np.asarray(image).astype(np.uint16)))
-    raise SchemaError(f"PNG must be single-channel 8- or 16-bit grey, got mode {image.mode}")
+    array = np.asarray(image).astype(np.int32)
+    # Pillow's "I;16" cannot `reduce`; its 32-bit "I" resizes (and rounds) like "L"
+    return Image.fromarray(array * 257 if image.mode == "L" else array)
 
 
-def decode_resized(png: bytes, size: tuple[int, int]):
-    """One single-channel PNG → a loaded Pillow "L" image of `size = (height, width)`.
+def decode_resized(png: bytes, size: tuple[int, int], bits: int = 8):
+    """One single-channel PNG → a loaded Pillow image of `size = (height, width)`: mode "L" for
+    `bits=8`, mode "I" (values 0..65535) for `bits=16`.
 
     Integer downscales (512 → 256) use `Image.reduce` (a box filter, several × faster than a
-    general resample); other sizes use bilinear resampling with Pillow's reducing gap.
+    general resample); other sizes use bilinear resampling with Pillow's reducing gap. With
+    `bits=16` both work on the 16-bit values, so precision below 1/255 survives the resize.
     """
     height, width = size
-    im = _to_8bit(Image.open(io.BytesIO(png), formats=("PNG",)))
+    im = _to_depth(Image.open(io.BytesIO(png), formats=("PNG",)), bits)
     w, h = im.size
     if (h, w) == (height, width):
         im.load()
@@ -51,10 +61,14 @@ def decode_resized(png: bytes, size: tuple[int, int]):
 
 
 def decode_channels(
-    pngs: dict[str, bytes], names: Sequence[str], size: tuple[int, int]
+    pngs: dict[str, bytes], names: Sequence[str], size: tuple[int, int], bits: int = 8
 ) -> np.ndarray:
-    """The named channels' PNGs → `uint8[H, W, C]` at `size = (H, W)`, C = len(names)."""
-    planes = [decode_resized(pngs[name], size) for name in names]
+    """The named channels' PNGs → `uint8[H, W, C]` (bits 8) or `uint16[H, W, C]` (bits 16) at
+    `size = (H, W)`, C = len(names)."""
+    planes = [decode_resized(pngs[name], size, bits) for name in names]
+    if bits == 16:
+        stacked = np.stack([np.asarray(p) for p in planes], axis=-1)
+        return np.clip(stacked, 0, 65535).astype(np.uint16)
     if len(planes) in (3, 4):
         # Pillow interleaves in C: one copy instead of a strided numpy stack
         return np.asarray(Image.merge("RGB" if len(planes) == 3 else "RGBA", planes))
@@ -66,9 +80,9 @@ class DecodedCache:
 
     The train iterator's optional cache (`cache=True`, like tf.data's `.cache()`): the first
     epoch parses and decodes each record once, later epochs only augment. Holds N·H·W·C bytes
-    (the demo's 2000 × 80² × 4: 51 MB). Images and labels are stored read-only, so nothing
-    downstream can change what the next epoch sees (batching copies them). It pickles empty:
-    each Grain worker process fills its own.
+    (the demo's 2000 × 80² × 4: 51 MB; twice that for a 16-bit dataset's uint16). Images and
+    labels are stored read-only, so nothing downstream can change what the next epoch sees
+    (batching copies them). It pickles empty: each Grain worker process fills its own.
     """
 
     def __init__(self):
@@ -96,8 +110,10 @@ class DecodedCache:
 class LoadRecord:
     """Picklable per-record transform (runs in Grain threads and worker processes).
 
-    (epoch, record_index) → {"image": uint8[H, W, C], "labels": float32[K], "id": str}, or the
-    padding row for record_index -1 (eval), with "mask" when `with_mask`. With a `cache`, each
+    (epoch, record_index) → {"image": uint8|uint16[H, W, C], "labels": float32[K], "id": str},
+    or the padding row for record_index -1 (eval), with "mask" when `with_mask`. `bits` (8 or
+    16) is the dataset's bit depth: every record's channels are decoded to it (see `_to_depth`),
+    so all images of one pipeline share one dtype. With a `cache`, each
     record is parsed and decoded once; augmentation still runs on every call. `source` serves
     serialized records by index (our TFRecords, or a TFDS data source's raw Examples) and
     `parse` (a module-level function, so the transform pickles) turns one into a ParsedExample.
@@ -113,6 +129,7 @@ class LoadRecord:
     with_mask: bool = False
     cache: DecodedCache | None = None
     parse: Callable[[bytes], ParsedExample] = parse_example
+    bits: int = 8
 
     def _decode(self, record_index: int) -> tuple[np.ndarray, np.ndarray, str]:
         parsed = self.parse(self.source[record_index])
@@ -125,7 +142,7 @@ class LoadRecord:
             problems += [f"labels {bad} out of range for {self.num_classes} classes"] if bad else []
             raise SchemaError(f"{where}: {'; '.join(problems)}")
         try:
-            image = decode_channels(parsed.pngs, self.names, self.size)
+            image = decode_channels(parsed.pngs, self.names, self.size, self.bits)
         except SchemaError as err:
             raise SchemaError(f"{where}: {err}") from None
         except (OSError, SyntaxError, ValueError, zlib.error) as err:  # Pillow's decode errors
@@ -155,7 +172,7 @@ class LoadRecord:
 
     def _padding(self):
         return {
-            "image": np.zeros((*self.size, len(self.names)), np.uint8),
+            "image": np.zeros((*self.size, len(self.names)), BIT_DEPTHS[self.bits]),
             "labels": np.zeros(self.num_classes, np.float32),
             "id": "",
             "mask": np.bool_(False),

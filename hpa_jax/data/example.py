@@ -121,6 +121,16 @@ def to_uint8(channel: np.ndarray) -> np.ndarray:
     return ((channel.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
+def to_model_range(images, float_dtype=np.float32):
+    """uint8 images → float in 0..255 as they are; uint16 → float x / 257 (65535 → 255), so the
+    models' `x / 255` input normalisation divides by the dtype's max either way and keeps the
+    16-bit precision. NumPy or JAX arrays (`.astype` and `.dtype` only); floats pass as 0..255.
+    """
+    wide = images.dtype == np.uint16
+    images = images.astype(float_dtype)
+    return images * float_dtype(1.0 / 257.0) if wide else images
+
+
 # ----------------------------------------------------------------------------------- encode
 
 

@@ -27,24 +27,33 @@ names TFDS splits, "all" every split): its records come from `tfds.data_source` 
 and go through the same steps, so the same images give the same batches, IDs and labels. Only
 the record indices differ (a TFDS split counts from 0), and with them the augmentation draws,
 which are seeded by the record's index: with `augment=False` the batches are equal.
+
+Bit depth (`bit_depth`): "auto" (default) decodes a dataset whose first selected record's
+first channel is a 16-bit PNG as uint16 (resized and augmented in 16 bits; 8-bit channels of
+other records × 257), any other as uint8 (16-bit channels rounded to x / 257, as before);
+8 or 16 force one. The train step scales either to the model's 0..255 input range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
+import multiprocessing.util
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 
 import grain
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from hpa_jax.data import augment as augment_lib
 from hpa_jax.data import catalog as catalog_lib
 from hpa_jax.data.decode import DecodedCache, LoadRecord
-from hpa_jax.data.example import channel_names
+from hpa_jax.data.example import SchemaError, channel_names, png_info
 from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
 
@@ -116,30 +125,61 @@ class PipelineIterator(grain.DatasetIterator):
     (UserError) instead of silently yielding other batches.
 
     Attributes: `num_records` (this process's records per epoch), `steps_per_epoch` (train) or
-    `num_batches` (eval). Call `close()` to stop worker processes.
+    `num_batches` (eval). Call `close()` to stop worker processes; one never closed is closed
+    when it is garbage-collected or, at the latest, when the process exits.
+
+    With worker processes, batches arrive in shared memory (/dev/shm). None of it outlives the
+    process: a batch's segment is unlinked as it is returned (it stays mapped, and its memory
+    goes with the batch's last reference), and `close()` waits until the segments of batches
+    still in flight are unlinked too.
     """
 
     def __init__(self, batches, fingerprint: dict, *, worker_count: int, num_threads, **attrs):
+        # Not `batches.enable_shared_memory_output()`: a worker would then stack batches into
+        # shared memory ahead of sending them, and those waiting in its prefetch buffer when it
+        # stops are never unlinked (Grain 0.2.18). Grain copies a plain batch into shared
+        # memory just before sending it, and unlinks it if the send is cancelled.
         self._batches = batches
         self._fingerprint = fingerprint
         self._worker_count = worker_count
         self._num_threads = num_threads
         self._next_batch = 0
-        if worker_count > 0 and hasattr(batches, "enable_shared_memory_output"):
-            # workers stack each batch straight into shared memory: no extra copy to send it
-            batches.enable_shared_memory_output()
         super().__init__(self._open(0))
         for key, value in attrs.items():
             setattr(self, key, value)
+        if worker_count > 0:
+            # multiprocessing's exit handlers stop Grain's shared-memory deleter thread
+            # (priority 15), dropping what it has not done yet, then Grain's workers (1):
+            # close before both
+            _await_shared_memory_release_at_exit()
+            multiprocessing.util.Finalize(self, _close_if_alive, args=(weakref.ref(self),),
+                                          exitpriority=20)  # fmt: skip
 
     def _open(self, start: int):
         ds = self._batches[start:] if start else self._batches
         return iter(_threaded(ds, self._worker_count, self._num_threads))
 
     def __next__(self):
+        self._assert_not_closed()
         batch = next(self._parent)
         self._next_batch += 1
+        if self._worker_count > 0:
+            _unlink_shared_memory(batch)
         return batch
+
+    def close(self) -> None:
+        """Stop the worker processes; return once the shared memory in flight is unlinked."""
+        if self._closed:
+            return
+        super().close()
+        self._parents = ()  # free Grain's iterators now, not at interpreter teardown
+        if self._worker_count > 0:
+            _await_shared_memory_release()
+
+    def __del__(self):
+        # no waiting for Grain's deleter thread here: the garbage collector may run on it
+        if not getattr(self, "_closed", True):  # (False once __init__ got as far as Grain's)
+            grain.DatasetIterator.close(self)
 
     def get_state(self) -> dict:
         return {"pipeline": dict(self._fingerprint), "next_batch": self._next_batch}
@@ -151,10 +191,54 @@ class PipelineIterator(grain.DatasetIterator):
                 f"iterator state is for another pipeline: saved {got}, "
                 f"this one is {self._fingerprint}"
             )
+        self._assert_not_closed()
         start = int(state["next_batch"])
         old, self._parents = self._parents[0], (self._open(start),)
         old.close()
+        if self._worker_count > 0:
+            _await_shared_memory_release()
         self._next_batch = start
+
+
+def _close_if_alive(ref: weakref.ref) -> None:
+    iterator = ref()
+    if iterator is not None:
+        iterator.close()
+
+
+def _unlink_shared_memory(batch: dict) -> None:
+    """Unlink the shared memory segments a worker's batch arrived in, keeping them mapped.
+
+    Grain unlinks them only when the arrays are garbage-collected, through a thread pool that
+    stops at exit: a batch still referenced then (the last one, or one a zero-copy jax.Array
+    still uses) would be left for the resource tracker to report as leaked. An unlinked POSIX
+    segment stays valid while mapped and is freed with its last mapping.
+    """
+    for value in batch.values():
+        # `_unlink_on_del`: Grain 0.2.18 marks the arrays this process must unlink; cleared,
+        # their `__del__` only unmaps
+        if isinstance(value, SharedMemoryArray) and getattr(value, "_unlink_on_del", False):
+            value.shm.unlink()
+            value._unlink_on_del = False
+
+
+def _await_shared_memory_release() -> None:
+    """Wait until Grain's deleter thread has unlinked the shared memory of the batches that
+    closing an iterator dropped from its buffers."""
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # Grain 0.2.18: one thread
+    if pool is None:
+        return
+    try:
+        pool.apply(int)  # first in, first out: returns once every earlier request is done
+    except ValueError:  # the pool has already been stopped
+        pass
+
+
+@functools.cache
+def _await_shared_memory_release_at_exit() -> None:
+    """Once per process: at exit, before the deleter thread is stopped, let it finish (for
+    iterators garbage-collected just before)."""
+    multiprocessing.util.Finalize(None, _await_shared_memory_release, exitpriority=19)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,15 +263,35 @@ def _select(data_dir, split, exclude, num_classes, process_index, process_count)
     return p, n_proc, chosen
 
 
-def _loader(chosen: catalog_lib.Selection, channels, image_size, **options) -> LoadRecord:
+def _bit_depth(chosen: catalog_lib.Selection, source, names, bit_depth) -> int:
+    """8 or 16: `bit_depth` as given, or ("auto") the bit depth of the first selected record's
+    first channel (every process reads the same record, so all agree). A record that cannot be
+    read here counts as 8-bit; the transform reports it when it reaches it."""
+    if bit_depth != "auto":
+        if bit_depth not in (8, 16):
+            raise UserError(f"bit_depth={bit_depth!r}: give \"auto\", 8 or 16")
+        return int(bit_depth)
+    if len(chosen.records) == 0:
+        return 8
+    try:
+        png = chosen.catalog.parse(source[int(chosen.records[0])]).pngs.get(names[0])
+        return 8 if png is None else png_info(png)[2]
+    except (SchemaError, OSError, ValueError):
+        return 8
+
+
+def _loader(chosen: catalog_lib.Selection, channels, image_size, bit_depth="auto",
+            **options) -> LoadRecord:  # fmt: skip
     """The per-record transform over a selection's records."""
+    source, names = chosen.catalog.open_source(), channel_names(channels)
     return LoadRecord(
-        source=chosen.catalog.open_source(),
+        source=source,
         where=str(chosen.data_dir),
-        names=channel_names(channels),
+        names=names,
         size=_image_size(image_size),
         num_classes=chosen.num_classes,
         parse=chosen.catalog.parse,
+        bits=_bit_depth(chosen, source, names, bit_depth),
         **options,
     )
 
@@ -208,17 +312,19 @@ def make_train_iterator(
     num_classes: int | None = None,
     num_threads: int | None = None,
     cache: bool = False,
+    bit_depth: int | str = "auto",
 ):
     """Endless, shuffled, augmented batches of this process's share of a split.
 
-    Yields {"image": uint8[B, H, W, C], "labels": float32[B, K], "id": str[B]}, B = batch_size
-    (per process), (H, W) = image_size, C = number of channels. Every process must pass the
-    same `seed` (it fixes the global permutation the processes split). `augment` is True (defaults),
-    False, or an `AugmentConfig`. The returned iterator has `get_state()`/`set_state()` (JSON)
-    and `steps_per_epoch`; call `close()` when done if worker_count > 0. Worker processes are
-    spawned (not forked), so a script using them needs an `if __name__ == "__main__":` guard.
-    `cache=True` keeps every decoded record in memory (see `DecodedCache`): the same batches,
-    without parsing and decoding each record again every epoch.
+    Yields {"image": uint8|uint16[B, H, W, C] (`bit_depth`: see the module docstring),
+    "labels": float32[B, K], "id": str[B]}, B = batch_size (per process), (H, W) = image_size,
+    C = number of channels. Every process must pass the same `seed` (it fixes the global
+    permutation the processes split). `augment` is True (defaults), False, or an `AugmentConfig`.
+    The returned iterator has `get_state()`/`set_state()` (JSON) and `steps_per_epoch`; call
+    `close()` when done if worker_count > 0. Worker processes are spawned (not forked), so a script
+    using them needs an `if __name__ == "__main__":` guard. `cache=True` keeps every decoded record
+    in memory (see `DecodedCache`): the same batches, without parsing and decoding each record again
+    every epoch.
     """
     p, n_proc, chosen = _select(data_dir, split, exclude, num_classes,
                                 process_index, process_count)  # fmt: skip
@@ -231,8 +337,8 @@ def make_train_iterator(
         )
     if augment is True:
         augment = augment_lib.AugmentConfig()
-    load = _loader(chosen, channels, image_size, seed=int(seed), augment=augment or None,
-                   cache=DecodedCache() if cache else None)  # fmt: skip
+    load = _loader(chosen, channels, image_size, bit_depth, seed=int(seed),
+                   augment=augment or None, cache=DecodedCache() if cache else None)  # fmt: skip
     ds = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
     ds = ds[p::n_proc][:per_process].repeat()
     ds = ds.map_with_index(_EpochAndRecord(per_process, records))
@@ -257,12 +363,14 @@ def make_eval_iterator(
     process_count: int | None = None,
     num_classes: int | None = None,
     num_threads: int | None = None,
+    bit_depth: int | str = "auto",
 ):
     """One pass over this process's share of a split, in file order, no augmentation.
 
-    Yields {"image": uint8[B, H, W, C], "labels": float32[B, K], "id": str[B], "mask": bool[B]};
-    padding rows (zeros, id "", mask False) fill the last batches so that every process yields
-    `num_batches = ceil(ceil(N / P) / B)` batches. Has `get_state()`/`set_state()` (JSON).
+    Yields {"image": uint8|uint16[B, H, W, C], "labels": float32[B, K], "id": str[B],
+    "mask": bool[B]}; padding rows (zeros, id "", mask False) fill the last batches so that every
+    process yields `num_batches = ceil(ceil(N / P) / B)` batches. Has `get_state()`/`set_state()`
+    (JSON).
     """
     p, n_proc, chosen = _select(data_dir, split, exclude, num_classes,
                                 process_index, process_count)  # fmt: skip
@@ -273,7 +381,8 @@ def make_eval_iterator(
     num_batches = math.ceil(math.ceil(len(records) / n_proc) / batch_size)
     padded = np.full(num_batches * batch_size, -1, np.int64)
     padded[: len(mine)] = mine
-    load = _loader(chosen, channels, image_size, seed=0, augment=None, with_mask=True)
+    load = _loader(chosen, channels, image_size, bit_depth, seed=0, augment=None,
+                   with_mask=True)  # fmt: skip
     ds = grain.MapDataset.source(padded).map(_eval_item)
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
     fingerprint = _fingerprint("eval", records, batch_size, p, n_proc)

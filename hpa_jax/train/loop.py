@@ -13,7 +13,9 @@ numbers). A run this config cannot continue (another data order, model or optimi
 anything is compiled or written: every byte of the workdir stays as it was, and the message
 names each differing key. The run's length, learning-rate schedule, loss and cadences may change
 on resume (`config.schema.RESUME_CHANGEABLE`). A non-finite loss stops the run naming the step; the
-checkpoints saved before it stay.
+checkpoints saved before it stay. SIGTERM during
+training stops every process after the same step with a checkpoint and raises
+`preemption.Preempted` (`hpa-jax train` exits 75); the same command resumes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
-from hpa_jax.train import inputs, optim, plots, writers
+from hpa_jax.train import inputs, optim, plots, preemption, writers
 from hpa_jax.train import losses as losses_lib
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import state as state_lib
@@ -257,7 +259,8 @@ def train(run: Run, writer, stop_at: int | None = None):
     """The step loop; returns (step, validation metrics, Predictions) of its last evaluation,
     or None if none ran.
 
-    `stop_at`: leave after this step (with a checkpoint), as a preempted job would.
+    `stop_at`: leave after this step (with a checkpoint), as a preempted job would. SIGTERM
+    does the same at the next step that every process agrees on, then raises `Preempted`.
     """
     setup, cfg = run.setup, run.setup.config
     iterator = inputs.train_iterator(cfg, setup.data_dir, batch_size=setup.per_process_batch,
@@ -273,6 +276,7 @@ def train(run: Run, writer, stop_at: int | None = None):
     bar = tqdm(total=setup.total_steps, initial=run.start_step, desc="train", unit="step",
                disable=None if jax.process_index() == 0 else True, dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), run.start_step
+    watcher, preempted = preemption.Watcher().start(), None
     try:
         for step in range(run.start_step + 1, last_step + 1):
             batch = next(iterator)
@@ -283,6 +287,8 @@ def train(run: Run, writer, stop_at: int | None = None):
                 window.add(_check_finite(*pending))
             pending = (step, metrics)
             due_eval = step % setup.eval_every == 0 or step == setup.total_steps
+            if watcher.reached(step) and step < last_step:
+                preempted = last_step = step  # the stop_at path from here on
             due_ckpt = run.checkpointer.should_save(step) or step == last_step
             if step % log_every == 0 or due_eval or due_ckpt:
                 window.add(_check_finite(*pending))
@@ -310,11 +316,16 @@ def train(run: Run, writer, stop_at: int | None = None):
                 run.checkpointer.save(step, run.state, run.rng, inputs.all_data_states(iterator),
                                       metrics=best, force=due_eval or step == last_step)
             bar.update(1)
+            if step == last_step:
+                break
         if pending is not None:
             window.add(_check_finite(*pending))
     finally:
         bar.close()
         run.checkpointer.wait()
+        watcher.stop()
+    if preempted is not None:
+        raise preemption.Preempted(preempted)
     return last_eval
 
 
@@ -360,7 +371,8 @@ def train_and_evaluate(config, workdir, *, stop_at: int | None = None) -> dict:
     validation metrics {"loss", "micro_f1", "macro_f1", "mAP", "tuned_macro_f1", ..., "step"}.
 
     `stop_at`: stop after that step with a checkpoint and return {"step": stop_at} (no final
-    evaluation), as if the job had been preempted; running again resumes.
+    evaluation), as if the job had been preempted; running again resumes. SIGTERM stops the
+    same way at the next step all processes agree on and raises `preemption.Preempted`.
     """
     setup = prepare(config, workdir)
     run = start(setup)

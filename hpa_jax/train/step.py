@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hpa_jax.data.example import to_model_range
 from hpa_jax.models.views import check_tta, tta_views
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train.state import TrainState, merge_model, split_model
@@ -50,7 +51,8 @@ def make_train_step(
 ):
     """The pure train step `(state, batch, rng) -> (state, metrics)`.
 
-    batch: {"image": uint8[B,H,W,C], "labels": float32[B,K]} (global B).
+    batch: {"image": uint8|uint16[B,H,W,C], "labels": float32[B,K]} (global B); uint16 images
+           are scaled by 1/257 to the model's 0..255 input range (`example.to_model_range`).
     rng:   raw uint32[2] base key; the step folds in `state.step`, so a resumed run draws the
            same random numbers as an uninterrupted one.
     metrics: {"loss": (sum, count), "tp"/"fp"/"fn": (sum, count), "l2_grads": [],
@@ -59,7 +61,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
         step_rng = jax.random.fold_in(rng, state.step)
-        images = batch["image"].astype(jnp.float32)
+        images = to_model_range(batch["image"], jnp.float32)  # uint16 → the same 0..255 scale
         labels = batch["labels"].astype(jnp.float32)
 
         # `rest` goes in as an argument (not a closure) so its variables live in grad's trace
@@ -120,7 +122,7 @@ def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool 
         labels = batch["labels"].astype(jnp.float32)
         weights = batch["mask"].astype(jnp.float32)
         per_example, probs = 0.0, 0.0
-        views = tta_views(batch["image"].astype(jnp.float32), tta)
+        views = tta_views(to_model_range(batch["image"], jnp.float32), tta)
         for view in views:
             logits = model(view, train=False).astype(jnp.float32)
             per_example = per_example + loss_fn(logits, labels) / len(views)
