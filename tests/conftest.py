@@ -17,3 +17,45 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".cache" / "jax")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gcs: uses the local GCS emulator (tests/gcs_emulator.py)")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A GCS emulator on 127.0.0.1 for the whole session, its variables set in os.environ
+    (so subprocesses inherit them); yields the `Emulator` (bucket `gs://hpa-test`)."""
+    from gcs_emulator import Emulator
+
+    emulator = Emulator().start()
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    import fsspec
+
+    fsspec.config.conf.setdefault("gcs", {})["token"] = "anon"
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
+    """`gs://hpa-test/<test>`: an empty prefix of the emulator's bucket for one test, run from a
+    temporary working folder; afterwards no local folder named `gs:` may exist there."""
+    import uuid
+
+    monkeypatch.chdir(tmp_path)
+    yield f"gs://{gcs_emulator.bucket}/{uuid.uuid4().hex[:12]}"
+    assert not (tmp_path / "gs:").exists(), "a gs:// path was written to a local folder 'gs:'"
+    assert not (_ROOT / "gs:").exists(), "a gs:// path was written to a local folder 'gs:'"
