@@ -8,6 +8,8 @@ embed: `analysis.embed` on host images vs the eval step on device batches, alter
 input: the Grain pipeline over TFRecords and over a TFDS ArrayRecord copy vs a single-core
 Pillow loop (and tf.data where TensorFlow is found).
 model: EfficientNet train step and features, hpa-jax vs Keras 3 on the JAX backend.
+compile: the first train step in a fresh process with an empty persistent compilation cache
+against one that finds the cache filled (`hpa_jax.bench.compile`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--steps", type=int, default=5, help="timed steps per point")
         p.add_argument("--warmup", type=int, default=2, help="untimed steps (incl. compile)")
         p.add_argument("--out", default=None, help="append the JSON lines to this file")
+    p = sub.add_parser("compile", help="first train step cold (empty compilation cache) vs "
+                       "warm (the cache filled by the cold run), each in a fresh process")
+    p.add_argument("--config", default="configs/demo.py", help="config module[:arg]")
+    p.add_argument("--batch", type=int, default=8, help="global batch size")
+    p.add_argument("--res", type=int, default=None, help="image size (default: the config's)")
+    p.add_argument("--repeats", type=int, default=3, help="cold/warm pairs (medians reported)")
+    p.add_argument("--out", default=None, help="append the JSON line to this file")
     p = sub.add_parser("embed", help="analysis.embed images/s against the eval step's, "
                        "alternating rounds (synthetic images)")
     p.add_argument("--config", default="configs/demo.py", help="config module[:arg]")
@@ -125,8 +134,24 @@ def run(args: argparse.Namespace) -> int:
               f"{result['inference_images_per_s_median']:.0f}: ratio {result['ratio_median']:.2f} "
               f"(median of {args.repeats} rounds)", file=sys.stderr)
         return 0
+    if args.bench_command == "compile":
+        from hpa_jax import config as config_lib
+        from hpa_jax.bench import compile as bench_compile
+
+        config = config_lib.load_config(args.config, args.config_overrides)  # fail early
+        result = bench_compile.measure(args.config, list(args.config_overrides),
+                                       batch=args.batch,
+                                       res=args.res or int(config.data.image_size),
+                                       repeats=args.repeats)
+        _emit(result, args.out)
+        r = result
+        print(f"first step cold {r['cold_first_step_s_median']:.1f} s, warm "
+              f"{r['warm_first_step_s_median']:.1f} s (x{r['first_step_s_cold_over_warm']:.1f}); "
+              f"process {result['cold_process_s_median']:.1f} s vs "
+              f"{result['warm_process_s_median']:.1f} s", file=sys.stderr)
+        return 0
     if args.config_overrides:
-        raise UserError(f"--config overrides apply to bench train/eval/embed only: "
+        raise UserError(f"--config overrides apply to bench train/eval/embed/compile only: "
                         f"{' '.join(args.config_overrides)}")
     if args.bench_command == "segment":
         from hpa_jax.bench.segment import segment_benchmark
