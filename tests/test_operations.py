@@ -124,3 +124,14 @@ def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
     assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
                      "--skip-anomalies", "--skip-cells"]) == 0
     assert "exists, reused" in capsys.readouterr().out
+
+
+def test_bench_compile_warm_run_finds_every_executable_in_the_cache(capsys):
+    assert cli.main(["bench", "compile", "--config", "configs/demo.py:runlocal", "--batch", "8",
+                     "--repeats", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cold, warm = result["cache_entries"]["cold"][0], result["cache_entries"]["warm"][0]
+    assert cold > 0 and warm == cold  # the warm process compiled nothing the cold one had not
+    assert result["repeats"] == 1 and result["resolution"] == 32
+    for side in ("cold", "warm"):
+        assert result[f"{side}_first_step_s_median"] >= result[f"{side}_compile_s_median"] > 0

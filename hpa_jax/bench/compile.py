@@ -5,7 +5,8 @@ processes with JAX_COMPILATION_CACHE_DIR pointing there: the first compiles the 
 and fills the cache (cold), the second finds it there (warm), as a resumed run, a second grid
 point of the same shapes or a second `make demo` would. Reported per side: the step's compile
 seconds, the first step (compile + one execution) and the whole process (imports, state init,
-compile, one step); medians over the repeats and the cold / warm ratios.
+compile, one step); medians over the repeats and the cold / warm ratios; and the files in the
+cache after each, so that a warm run that compiled anything anew shows (its count grows).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _child(config: str, overrides: list[str], batch: int, res: int, cache: str) 
     if proc.returncode != 0:
         raise UserError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     point = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"compile_s": point["compile_s"],
+    return {"cache_entries": sum(len(files) for _, _, files in os.walk(cache)),
+            "compile_s": point["compile_s"],
             "first_step_s": point["compile_s"] + point["first_step_s"], "process_s": wall,
             "model": point["model"], "resolution": point["resolution"],
             "device_kind": point["device_kind"]}
@@ -54,6 +56,7 @@ def measure(config: str, overrides: list[str], *, batch: int, res: int,
     out = {"config": config, "overrides": overrides, "batch": batch,
            "model": runs["cold"][0]["model"], "resolution": runs["cold"][0]["resolution"],
            "device_kind": runs["cold"][0]["device_kind"], "repeats": repeats}
+    out["cache_entries"] = {s: [r["cache_entries"] for r in runs[s]] for s in runs}
     for key in ("compile_s", "first_step_s", "process_s"):
         for side in ("cold", "warm"):
             out[f"{side}_{key}"] = [r[key] for r in runs[side]]
