@@ -1,6 +1,7 @@
 """The anomaly report end to end on a tiny synthetic dataset, through the CLI."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -163,3 +164,36 @@ def test_embed_command_with_converted_weights(dataset, tmp_path):
     # A run folder without a checkpoint is refused with a message, not a traceback.
     assert cli.main(["embed", "--workdir", str(tmp_path), "--data", str(dataset["data"]),
                      "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+
+
+@pytest.mark.gcs
+def test_report_reads_and_writes_gs_paths(dataset, gcs_bucket, tmp_path):
+    """Embeddings and predictions read from gs://, the report folder written there: the same
+    files as a local run's; a second run replaces the folder whole (no file of the first
+    stays); an object where the folder should be is refused."""
+    from hpa_jax import fileio
+
+    local_emb, local_pred = _write_inputs(dataset, tmp_path)
+    emb, pred = f"{gcs_bucket}/in/random.npz", f"{gcs_bucket}/in/predictions.npz"
+    fileio.write_bytes(emb, local_emb.read_bytes())
+    fileio.write_bytes(pred, local_pred.read_bytes())
+    common = ["--data", str(dataset["data"]), "--image-size", str(SIZE), "--no-sift",
+              "--projection", "pca", "--threads", "1"]  # fmt: skip
+    local = tmp_path / "report"
+    assert cli.main(["anomalies", *common, "--out", str(local), "--embeddings", str(local_emb),
+                     "--predictions", str(local_pred)]) == 0  # fmt: skip
+    out = fileio.as_path(f"{gcs_bucket}/report")
+    fileio.write_text(out / "stale.txt", "from an earlier report")
+    assert cli.main(["anomalies", *common, "--out", str(out), "--embeddings", emb,
+                     "--predictions", pred]) == 0  # fmt: skip
+    for name in ("anomalies.csv", "exclude.txt"):
+        assert (out / name).read_bytes() == (local / name).read_bytes()
+    assert not (out / "stale.txt").exists()
+    assert {p.name for p in (out / "figures").iterdir()} == {
+        p.name for p in (local / "figures").iterdir()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["embeddings"] == ["rand"] and summary["predictions"] == pred
+    fileio.write_text(f"{gcs_bucket}/object", "not a folder")
+    assert cli.main(["anomalies", *common, "--out", f"{gcs_bucket}/object"]) == 2
+    assert fileio.as_path(f"{gcs_bucket}/object").read_text() == "not a folder"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["in", "object", "report"]

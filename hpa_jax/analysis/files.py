@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import pathlib
+import io
 from collections.abc import Sequence
 
 import numpy as np
 
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import as_path, atomic_path
 
 EMBEDDING_KEYS = ("ids", "labels", "features")
 
@@ -41,15 +41,15 @@ def save_embeddings(path, ids, labels, features, **metadata: str) -> None:
     }
     arrays.update({f"meta_{key}": np.asarray(str(value)) for key, value in metadata.items()})
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **arrays)
 
 
 def load_embeddings(path, name: str | None = None) -> Embedding:
     """Read an embeddings .npz; the name is `name`, else its stored name, else the file stem."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
             missing = [k for k in EMBEDDING_KEYS if k not in data.files]
             if missing:
                 raise UserError(f"{path}: not an embeddings file (missing {', '.join(missing)})")
@@ -94,10 +94,10 @@ def align_rows(ids: Sequence[str], other_ids: Sequence[str], *, what: str) -> np
 
 
 def _read_csv(path) -> tuple[list[str], list[dict]]:
-    path = pathlib.Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with open(path, newline="") as f:
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
@@ -116,9 +116,9 @@ def load_predictions(path, ids: Sequence[str], num_classes: int) -> np.ndarray:
     Reads a .npz with `ids` and `probs` (or `probabilities`), or a CSV with an ID column and one
     numeric column per class (the K columns named `p0..`, `prob_*`, or the last K numeric ones).
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
             key = next((k for k in ("probs", "probabilities") if k in data.files), None)
             if key is None or "ids" not in data.files:
                 raise UserError(f"{path}: predictions .npz needs arrays ids and probs")

@@ -11,7 +11,8 @@ in `detectors.py`, and writes into `out_dir`:
     summary.json            what was run, counts, the quality rows
 
 Everything is written into a temporary folder next to `out_dir` and renamed when complete, so a
-failure leaves the previous report (or nothing), never a partial one.
+failure leaves the previous report (or nothing), never a partial one. `out_dir` may be on object
+storage (`gs://...`): the folder is then written locally and uploaded (`fileio.atomic_path`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import dataclasses
 import importlib
 import json
 import os
-import pathlib
 import re
 import shutil
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from hpa_jax import fileio
 from hpa_jax.analysis import plots, projection, quality
 from hpa_jax.analysis import sift as sift_lib
 from hpa_jax.analysis.detectors import Context, Detections, check_names, run_detectors
@@ -41,7 +42,7 @@ from hpa_jax.analysis.files import (
 )
 from hpa_jax.analysis.scan import DatasetScan, scan_dataset
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import Path, atomic_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def run_anomaly_report(data_dir, out_dir, options: ReportOptions = ReportOptions
 
 
 def _run_report(data_dir, out_dir, opt: ReportOptions, log, sift_workers: int) -> dict:
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fileio.as_path(out_dir)
     loaded = [e if isinstance(e, Embedding) else load_embeddings(e) for e in opt.embeddings]
     names = [e.name for e in loaded]
     if len(set(names)) != len(names):
@@ -220,7 +221,7 @@ def _save(fig, path) -> None:
 
 
 def write_figures(
-    folder: pathlib.Path,
+    folder: Path,
     scan: DatasetScan,
     det: Detections,
     maps: dict[str, dict[str, np.ndarray]],
@@ -275,7 +276,7 @@ def write_figures(
     return written
 
 
-def _write_quality(folder: pathlib.Path, rows: list[dict]) -> None:
+def _write_quality(folder: Path, rows: list[dict]) -> None:
     with open(folder / "detector_quality.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["detector"])
         writer.writeheader()
@@ -283,13 +284,16 @@ def _write_quality(folder: pathlib.Path, rows: list[dict]) -> None:
     (folder / "detector_quality.md").write_text(quality.quality_markdown(rows))
 
 
-def _move_aside(out: pathlib.Path) -> pathlib.Path | None:
+def _move_aside(out: Path) -> Path | None:
     """Move a previous report out of the way so the new folder can be renamed into place (a
-    folder cannot be renamed over a non-empty one); returns where it went."""
+    folder cannot be renamed over a non-empty one); returns where it went. On object storage
+    `atomic_path` replaces the folder itself (there is nothing to rename)."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
+    if fileio.is_remote(out):
+        return None
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     os.replace(out, old)
     return old
