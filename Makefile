@@ -25,8 +25,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check hpa_jax tests configs
 
+# Two workers, each taking whole test files (their module fixtures train once): the suite is
+# mostly single-threaded XLA compilation, so on 2 cores this takes about 2/3 of a serial run.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .cache runs
