@@ -279,6 +279,30 @@ def test_command_exit_codes(data_dir, tmp_path, capsys):
     assert main(["submission", "check", str(good), "--data", str(tmp_path)]) == 2
 
 
+@pytest.mark.gcs
+def test_submission_written_read_and_checked_on_gs(data_dir, gcs_bucket, tmp_path, capsys):
+    """On gs:// the submission is one object with the local file's bytes, read back and checked
+    there (by the command too); a missing object is a UserError naming it."""
+    from hpa_jax import fileio
+
+    rows = _truth_rows(data_dir)
+    local, remote = tmp_path / "s.csv", f"{gcs_bucket}/sub/s.csv"
+    assert sub.write_submission(remote, rows) == sub.write_submission(local, rows) == len(rows)
+    assert fileio.as_path(remote).read_bytes() == local.read_bytes()
+    assert [p.name for p in fileio.as_path(remote).parent.iterdir()] == ["s.csv"]
+    read, expected = sub.read_submission(remote), sub.read_submission(local)
+    assert list(read) == list(expected) == [r[0] for r in rows]
+    for image_id, (width, height, triples) in read.items():
+        assert (width, height) == expected[image_id][:2]
+        for got, want in zip(triples, expected[image_id][2], strict=True):
+            assert got[:2] == want[:2] and np.array_equal(got[2], want[2])
+    assert sub.check_submission(remote, data_dir) == []
+    assert main(["submission", "check", remote, "--data", str(data_dir)]) == 0
+    assert f"{remote}: a valid submission" in capsys.readouterr().out
+    with pytest.raises(UserError, match=f"{gcs_bucket}/sub/none.csv: cannot read CSV"):
+        list(sub.iter_rows(f"{gcs_bucket}/sub/none.csv"))
+
+
 # ------------------------------------------------------------------------------ test folders
 
 

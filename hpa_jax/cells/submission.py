@@ -27,9 +27,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import os
-import pathlib
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
@@ -214,11 +214,11 @@ def parse_size(token: str, field: str) -> int:
 def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     """(line, row) of each non-blank data row, after checking the header (UserError if the
     file cannot be read or its header is not `ID,ImageWidth,ImageHeight,PredictionString`)."""
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     # a PredictionString of many cells is longer than csv's default field limit (128 KiB)
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     try:
-        with path.open(newline="") as f:
+        with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or not dataset.is_submission_header(header):
