@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import math
 import os
-import pathlib
 import shutil
 from collections.abc import Mapping
 
@@ -31,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from hpa_jax import fileio
-from hpa_jax.cells.masks import load_instances
+from hpa_jax.cells.masks import absolute, load_instances
 from hpa_jax.cells.metric import iou_table, match_cells
 from hpa_jax.cells.segment import DEFAULT_PARAMS, REFERENCE_SIDE, segment_cells
 from hpa_jax.data import dataset, example
@@ -175,7 +174,7 @@ class ExtractSummary:
     malformed masks, unreadable records; with truth: matched cells, their weak (cell, class)
     pairs and the wrong ones (those the true cell lacks)."""
 
-    out_dir: pathlib.Path
+    out_dir: fileio.Path
     num_images: int
     images_with_cells: int
     num_cells: int
@@ -209,12 +208,12 @@ def extract_cells(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                   margin: float = DEFAULT_MARGIN, workers: int = 1) -> ExtractSummary:  # fmt: skip
     """Write the cell dataset of `data_dir` to `out_dir` (see the module docstring).
     min_area: parent px (None: `default_min_area` of each image); workers: processes."""
-    data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
+    data_dir, out_dir = fileio.as_path(data_dir), fileio.as_path(out_dir)
     if size < 1 or margin < 1 or (min_area is not None and min_area < 0):
         raise UserError(f"cells extract: need size >= 1, margin >= 1 and min_area >= 0; got "
                         f"{size}, {margin}, {min_area}")  # fmt: skip
-    _check_out(data_dir, out_dir)
-    if masks is not None and not pathlib.Path(masks).is_dir():
+    check_out(data_dir, out_dir)
+    if masks is not None and not fileio.as_path(masks).is_dir():
         raise UserError(f"--masks {masks}: no such folder")
     table = get_table(dataset.read_info(data_dir).get("label_table", "hpa2021"))
     catalog = record_catalog(data_dir)
@@ -261,20 +260,21 @@ def extract_cells(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             "width": size, "channels": list(CHANNELS), "shards": shards, "source": SOURCE,
             "split": None if cell_split is None else {"by": "parent", "num_validation": sum(
                 v == dataset.VALIDATION for v in cell_split.values())},
-            "parent": str(data_dir.resolve()), "num_images": len(tasks), **options,
-            "masks": "segmented" if masks is None else str(pathlib.Path(masks).resolve()),
+            "parent": str(absolute(data_dir)), "num_images": len(tasks), **options,
+            "masks": "segmented" if masks is None else str(absolute(masks)),
             "masks_dir": dataset.MASKS_DIR, "record_keys": list(CELL_KEYS)})  # fmt: skip
         aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():  # an earlier cell dataset (checked): swapped out, then deleted
-            out_dir.rename(aside)
-    shutil.rmtree(aside, ignore_errors=True)
+        if out_dir.exists() and not fileio.is_remote(out_dir):  # an earlier cell dataset
+            out_dir.rename(aside)  # (checked): swapped out, then deleted; gs://: atomic_path
+    if not fileio.is_remote(aside):
+        shutil.rmtree(aside, ignore_errors=True)
     return ExtractSummary(out_dir, len(tasks), sum(bool(r["rows"]) for r in results), len(cells),
                           skipped, tuple(r["error"] for r in results if r["error"]), *pairs)
 
 
-def _check_out(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
+def check_out(data_dir: fileio.Path, out_dir: fileio.Path) -> None:
     """OUT may be new, empty, or an earlier cell dataset; never DIR or a folder around it."""
-    data, out = data_dir.resolve(), out_dir.resolve()
+    data, out = absolute(data_dir), absolute(out_dir)
     if data == out or out in data.parents:
         raise UserError(f"--out {out_dir} is (or holds) the dataset folder; give another folder")
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (
@@ -283,7 +283,7 @@ def _check_out(data_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
                         "folder (an earlier cell dataset there is replaced)")  # fmt: skip
 
 
-def _write_shards(out_dir: pathlib.Path, tasks: list[_Task], shards: list[str],
+def _write_shards(out_dir: fileio.Path, tasks: list[_Task], shards: list[str],
                   workers: int) -> list[dict]:  # fmt: skip
     """Run the tasks; write their records in image order, whatever order they finish in, the
     images split evenly over `shards`; return the results in image order, without records.
@@ -328,7 +328,7 @@ def _instances(task: _Task, channels: dict[str, np.ndarray]) -> np.ndarray | Non
     """The image's cells: segmented, or from `task.masks` (None: no mask there)."""
     if task.masks is None:
         return segment_cells(channels)[0]
-    folder = pathlib.Path(task.masks)
+    folder = fileio.as_path(task.masks)
     if not any((folder / f"{task.image_id}{ext}").is_file() for ext in (".png", ".npz")):
         return None
     instances = load_instances(folder, task.image_id, channels["blue"].shape)
@@ -352,7 +352,7 @@ def _extract_one(task: _Task) -> dict:
     if instances is None:
         out["skipped"].append((image_id, "", f"no mask in {task.masks}"))
         return out
-    dataset.write_mask(pathlib.Path(task.out_dir, dataset.MASKS_DIR, f"{image_id}.png"), instances)
+    dataset.write_mask(os.path.join(task.out_dir, dataset.MASKS_DIR, f"{image_id}.png"), instances)
     if options["min_area"] is None:
         options["min_area"] = default_min_area(instances.shape)
     boxes = cell_boxes(instances)
@@ -395,5 +395,5 @@ def _truth_rows(task: _Task, instances: np.ndarray, cells: list[int]):
     return rows, tuple(int(n) for n in pairs)
 
 
-def _write_csv(path: pathlib.Path, header, rows) -> None:
+def _write_csv(path: fileio.Path, header, rows) -> None:
     fileio.write_text(path, dataset.csv_text(header, rows))

@@ -17,12 +17,12 @@ import collections
 import dataclasses
 import json
 import os
-import pathlib
 
 import numpy as np
 from scipy import ndimage
 
 from hpa_jax import fileio
+from hpa_jax.cells.masks import absolute
 from hpa_jax.cells.metric import SegmentationQuality, combine, image_quality
 from hpa_jax.cells.segment import segment_cells
 from hpa_jax.data import dataset
@@ -31,6 +31,7 @@ from hpa_jax.data.example import CHANNELS, decode_png, parse_example
 from hpa_jax.data.record_source import TFRecordSource
 from hpa_jax.data.writer import run_tasks
 from hpa_jax.errors import UserError
+from hpa_jax.fileio import Path
 
 CELLS_CSV_HEADER = ("ID", "cell", "y0", "x0", "y1", "x1", "area")
 QUALITY_JSON = "quality.json"
@@ -38,9 +39,9 @@ THRESHOLDS = (0.5, 0.6, 0.75)
 KINDS = (dataset.CELLS_DIR, dataset.NUCLEI_DIR)
 
 
-def output_paths(out_dir: str | os.PathLike, image_id: str) -> tuple[pathlib.Path, pathlib.Path]:
+def output_paths(out_dir: str | os.PathLike, image_id: str) -> tuple[Path, Path]:
     """(OUT/<ID>.png, OUT/nuclei/<ID>.png)."""
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fileio.as_path(out_dir)
     return out_dir / f"{image_id}.png", out_dir / dataset.NUCLEI_DIR / f"{image_id}.png"
 
 
@@ -52,9 +53,9 @@ class SegmentSummary:
     segmented: int
     skipped: int
     num_cells: int
-    cells_csv: pathlib.Path
+    cells_csv: Path
     quality: dict[str, dict[float, SegmentationQuality]] | None
-    quality_json: pathlib.Path | None
+    quality_json: Path | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +73,8 @@ def segment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     """Segment every record of `data_dir` into `out_dir` (see the module docstring), `workers`
     processes over images; with `truth`, compare with the dataset's own masks (DIR/cells/,
     DIR/nuclei/) and write OUT/quality.json."""
-    data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
-    if out_dir.resolve() == data_dir.resolve():
+    data_dir, out_dir = fileio.as_path(data_dir), fileio.as_path(out_dir)
+    if absolute(out_dir) == absolute(data_dir):
         raise UserError(f"--out {out_dir} is the dataset folder; give a folder of its own")
     if truth and not (data_dir / dataset.CELLS_DIR).is_dir():
         raise UserError(f"{data_dir} has no {dataset.CELLS_DIR}/ folder of true cell masks "
@@ -82,7 +83,8 @@ def segment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated:
         raise UserError(f"{data_dir}: IDs occur in more than one record: {repeated[:5]}")
-    (out_dir / dataset.NUCLEI_DIR).mkdir(parents=True, exist_ok=True)
+    if not fileio.is_remote(out_dir):  # an object store has no folders to make
+        (out_dir / dataset.NUCLEI_DIR).mkdir(parents=True, exist_ok=True)
     paths = tuple(str(p) for p in catalog.paths)
     tasks = [_Task(paths, str(data_dir), str(out_dir), i, image_id, truth)
              for i, image_id in enumerate(catalog.ids)]  # fmt: skip

@@ -5,7 +5,6 @@ pyplot state); `hpa-jax cells show` reads the files and saves them.
 
 from __future__ import annotations
 
-import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -14,13 +13,14 @@ from matplotlib import colormaps
 from matplotlib.patches import Patch
 from skimage.segmentation import find_boundaries
 
+from hpa_jax import fileio
 from hpa_jax.analysis.plots import figure, mosaic, to_rgb
 from hpa_jax.cells.masks import load_instances, unknown_mask_ids
 from hpa_jax.cells.metric import iou_table, match_cells
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import CHANNELS, decode_example
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import Path, atomic_path
 from hpa_jax.labels import get_table
 
 NEGATIVE_COLOUR = (0.6, 0.6, 0.6)
@@ -116,7 +116,7 @@ def contact_sheet(crops: Sequence[np.ndarray], *, title: str, per_row: int = 8):
 
 
 def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, images: int = 6,
-                        per_class: int = 24, crop: int = 48) -> list[pathlib.Path]:  # fmt: skip
+                        per_class: int = 24, crop: int = 48) -> list[Path]:  # fmt: skip
     """`overlay_<ID>.png` for the first `images` images of a dataset and `class_<k>.png`
     contact sheets of up to `per_class` cells per class; returns the files written.
 
@@ -125,7 +125,7 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
       other `masks`, each of their cells takes the classes of the true cell it overlaps with
       IoU ≥ 0.5, and a cell matching none is drawn white, without classes).
     """
-    data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir)
+    data_dir, out_dir = fileio.as_path(data_dir), fileio.as_path(out_dir)
     labels = dataset.read_cells_csv(labels_csv or data_dir / dataset.CELLS_CSV)
     table = get_table(dataset.read_info(data_dir).get("label_table", "hpa2021"))
     catalog = record_catalog(data_dir)
@@ -135,7 +135,8 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
             warnings.warn(f"{masks}: masks for {len(unknown)} IDs not in {data_dir} "
                           f"(e.g. {', '.join(unknown[:5])}); they are not used", stacklevel=2)
     source = catalog.open_source()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not fileio.is_remote(out_dir):  # an object store has no folders to make
+        out_dir.mkdir(parents=True, exist_ok=True)
     written, crops = [], {c: [] for c in range(table.num_classes)}
     for index, image_id in enumerate(catalog.ids):
         full = len(written) >= images and all(len(v) >= per_class for v in crops.values())
@@ -165,7 +166,7 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
     return written
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return path

@@ -98,9 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _emit(record: dict, out: str | None) -> None:
     line = json.dumps(record, default=float)
     print(line, flush=True)
-    if out:
-        with open(out, "a") as f:  # one line per point: a partial sweep keeps its points
-            f.write(line + "\n")
+    if not out:
+        return
+    from hpa_jax import fileio
+
+    path = fileio.as_path(out)
+    if fileio.is_remote(path):  # an object cannot be appended to: rewrite it, one upload
+        fileio.write_text(path, (path.read_text() if path.exists() else "") + line + "\n")
+        return
+    with path.open("a") as f:  # one line per point: a partial sweep keeps its points
+        f.write(line + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
