@@ -1,6 +1,7 @@
 """Cell pictures: outlines in the class colour, crops, and the `hpa-jax cells show` files."""
 
 import numpy as np
+import pytest
 
 from hpa_jax.cells import show
 from hpa_jax.cli import main
@@ -40,6 +41,36 @@ def test_cells_show_writes_overlays_and_contact_sheets(tmp_path):
     cells_csv = (tmp_path / "data" / "cells.csv").read_text().splitlines()[1:]
     shown = {int(c) for row in cells_csv for c in row.split(",")[2].split("|")}
     assert classes == shown
+
+
+@pytest.mark.gcs
+def test_cells_show_to_gs_and_npz_masks_from_gs(tmp_path, gcs_bucket):
+    """`cells show --out gs://...` writes the local run's pictures, byte for byte, and nothing
+    else; .npz masks are read, checked and listed from a gs:// folder."""
+    from hpa_jax import fileio
+    from hpa_jax.cells.masks import load_instances, unknown_mask_ids
+    from hpa_jax.errors import UserError
+
+    synthesize(tmp_path / "data", num_images=3, size=48, seed=4, shards=1, anomaly_rate=0.0)
+    args = ["cells", "show", "--data", str(tmp_path / "data"), "--images", "1", "--per-class",
+            "2"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "pics")]) == 0
+    out = fileio.as_path(f"{gcs_bucket}/pics")
+    assert main([*args, "--out", str(out)]) == 0
+    local = sorted((tmp_path / "pics").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in local]
+    for path in local:
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:5, 2:5] = 3
+    masks = fileio.as_path(f"{gcs_bucket}/masks")
+    with fileio.atomic_path(masks / "a.npz", suffix=".npz") as tmp:
+        np.savez(tmp, masks=inst)
+    np.testing.assert_array_equal(load_instances(masks, "a", (8, 8)), inst)
+    with pytest.raises(UserError, match=f"{masks}: no mask for ID 'c'"):
+        load_instances(str(masks), "c", (8, 8))
+    assert unknown_mask_ids(str(masks), ["b"]) == ["a"]
 
 
 def test_masks_from_elsewhere_are_checked_and_name_the_id(tmp_path):

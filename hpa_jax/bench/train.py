@@ -8,13 +8,13 @@ is the step's and not the input pipeline's (`hpa-jax bench input` measures that)
 
 from __future__ import annotations
 
-import pathlib
 import tempfile
 import time
 
 import jax
 import numpy as np
 
+from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
 from hpa_jax.analysis import embed as embed_lib
 from hpa_jax.bench import core
@@ -38,7 +38,7 @@ def _setup(config, *, batch: int, resolution: int | None, steps: int):
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     mesh_lib.check_batch_divisible(batch, mesh)
     return Setup(
-        config=config, workdir=pathlib.Path(tempfile.gettempdir()), data_dir=pathlib.Path("."),
+        config=config, workdir=fileio.as_path(tempfile.gettempdir()), data_dir=fileio.as_path("."),
         table=table, exclude=(), mesh=mesh, per_process_batch=batch // jax.process_count(),
         counts=np.ones(table.num_classes, np.int64), num_train=batch * steps,
         steps_per_epoch=steps, total_steps=max(steps, 1), eval_every=max(steps, 1),
