@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -41,6 +41,7 @@ from hpa_jax import fileio
 from hpa_jax.analysis.files import load_embeddings
 from hpa_jax.cells import extract as extract_lib
 from hpa_jax.cells import weak_labels
+from hpa_jax.cells.masks import absolute
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import IGNORE_KEY, decode_png, encode_example, parse_example
@@ -74,7 +75,7 @@ class DenoiseOptions:
     doubtful: str = "ignore"
 
 
-def _train(config_spec: str, overrides, workdir: pathlib.Path, data_dir, exclude=None) -> dict:
+def _train(config_spec: str, overrides, workdir: fileio.Path, data_dir, exclude=None) -> dict:
     extra = [f"--config.data.dir={data_dir}"]
     extra += [f"--config.data.exclude={exclude}"] if exclude else []
     config = config_lib.load_config(config_spec, [*overrides, *extra])
@@ -83,10 +84,10 @@ def _train(config_spec: str, overrides, workdir: pathlib.Path, data_dir, exclude
 
 def train_cells(data_dir) -> tuple[list[str], list[tuple[int, ...]], list[str]]:
     """The training split's cells: (IDs, weak labels, parent IDs), in record order."""
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     catalog = record_catalog(data_dir)
     train = set(dataset.split_ids(data_dir).get(dataset.TRAIN, ()))
-    with open(data_dir / dataset.CELL_INDEX_CSV, newline="") as f:
+    with _open_csv(data_dir / dataset.CELL_INDEX_CSV) as f:
         parent = {row["ID"]: row["parent_id"] for row in csv.DictReader(f)}
     keep = [i for i, cell in enumerate(catalog.ids) if cell in train]
     if not keep:
@@ -109,7 +110,7 @@ def green_inside(data_dir) -> dict[str, float]:
     return out
 
 
-def out_of_fold(config_spec, overrides, round_dir: pathlib.Path, data_dir, ids, parents,
+def out_of_fold(config_spec, overrides, round_dir: fileio.Path, data_dir, ids, parents,
                 folds: int) -> np.ndarray:  # fmt: skip
     """float32[N, K]: each training cell's probabilities from the model trained without its
     image's fold."""
@@ -134,7 +135,7 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
     """A copy of the cell dataset `src` at `dst` with the labels of the cells in `labels`
     replaced (records, train.csv) and the classes in `ignore` set as the records' ignored
     classes (`labels_ignore`: out of the loss); its split, index and truth files copied."""
-    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    src, dst = fileio.as_path(src), fileio.as_path(dst)
     info = dataset.read_info(src)
     table = get_table(info.get("label_table", "hpa2021"))
     catalog = record_catalog(src, info)
@@ -143,7 +144,7 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
         tmp.mkdir(parents=True)
         new_ids, new_labels, writer, shard = [], [], None, None
         for k in range(len(source)):  # shards in order, each one's records contiguous
-            path = pathlib.Path(source.locate(k)[0])
+            path = fileio.as_path(source.locate(k)[0])
             if path != shard:
                 if writer is not None:
                     writer.close()
@@ -161,19 +162,24 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
         dataset.write_labels_csv(tmp / dataset.LABELS_CSV, table, new_ids, new_labels)
         for name in (dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV, dataset.CELL_TRUTH_CSV):
             if (src / name).is_file():
-                shutil.copyfile(src / name, tmp / name)
-        dataset.write_info(tmp, info | {"denoised_from": str(src.resolve())})
+                (tmp / name).write_bytes((src / name).read_bytes())
+        dataset.write_info(tmp, info | {"denoised_from": str(absolute(src))})
 
 
 def read_truth(data_dir) -> dict[str, tuple[int, ...]] | None:
     """{cell ID: true classes} of the matched cells of a cell dataset (None without truth)."""
-    path = pathlib.Path(data_dir) / dataset.CELL_TRUTH_CSV
+    path = fileio.as_path(data_dir) / dataset.CELL_TRUTH_CSV
     if not path.is_file():
         return None
     table = get_table("hpa2021")
-    with open(path, newline="") as f:
+    with _open_csv(path) as f:
         return {row["ID"]: table.parse(row["true_labels"]) for row in csv.DictReader(f)
                 if row["true_cell"]}  # fmt: skip
+
+
+def _open_csv(path: fileio.Path):
+    """`path` (local or remote) opened as text for `csv` (newline="", as csv wants)."""
+    return io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="")
 
 
 def validation_map(workdir, data_dir, truth: dict[str, tuple[int, ...]]) -> float:
@@ -189,12 +195,12 @@ def validation_map(workdir, data_dir, truth: dict[str, tuple[int, ...]]) -> floa
     return mean_average_precision(preds.probs[keep], labels)
 
 
-def choose(report: dict, root: pathlib.Path, final_workdir, log=print) -> None:
+def choose(report: dict, root: fileio.Path, final_workdir, log=print) -> None:
     """Set report["best"] (and copy that run to `final_workdir`): the model with the highest
     validation mAP where the report has one per model, else the last round's."""
     scored = report.get("validation_map")
     runs = {PLAIN: root / PLAIN}
-    runs.update({f"round{e['round']}": pathlib.Path(e["workdir"]) for e in report["rounds"]})
+    runs.update({f"round{e['round']}": fileio.as_path(e["workdir"]) for e in report["rounds"]})
     if scored:
         name = max(runs, key=lambda n: (scored[n], n == PLAIN))  # a tie keeps the weak labels
         log(f"== best on the validation cells' truth: {name} (mAP " + ", ".join(
@@ -204,11 +210,11 @@ def choose(report: dict, root: pathlib.Path, final_workdir, log=print) -> None:
         log(f"== no per-cell truth to choose by: the last round's model ({name})")
     report["best"], report["best_name"] = str(runs[name]), name
     if final_workdir is not None:
-        final_workdir = pathlib.Path(final_workdir)
+        final_workdir = fileio.as_path(final_workdir)
         if final_workdir.exists():  # a re-run: the choice is deterministic, keep the copy
             return
-        with fileio.atomic_path(final_workdir) as tmp:
-            shutil.copytree(runs[name], tmp)
+        with fileio.local_copy(runs[name]) as run, fileio.atomic_path(final_workdir) as tmp:
+            shutil.copytree(run, tmp)
         report["best"] = str(final_workdir)
 
 
@@ -218,7 +224,7 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
     """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
     cleaning and retraining (see the module docstring); the model chosen on the validation
     cells is copied to `final_workdir` when given. Returns the denoise.json dict."""
-    cells_dir, root = pathlib.Path(cells_dir), pathlib.Path(root)
+    cells_dir, root = fileio.as_path(cells_dir), fileio.as_path(root)
     if dataset.read_info(cells_dir).get("source") != extract_lib.SOURCE:
         raise UserError(f"--data {cells_dir}: not a cell dataset (from `hpa-jax cells extract`)")
     if options.rounds < 1:
@@ -241,7 +247,8 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
     green = green_inside(cells_dir)
     for r in range(1, options.rounds + 1):
         round_dir = root / f"round{r}"
-        round_dir.mkdir(parents=True, exist_ok=True)
+        if not fileio.is_remote(round_dir):  # an object store has no folders to make
+            round_dir.mkdir(parents=True, exist_ok=True)
         ids, weak, parents = train_cells(data)
         log(f"== round {r}: out-of-fold probabilities ({options.folds} folds)")
         oof = out_of_fold(config, overrides, round_dir, data, ids, parents, options.folds)

@@ -10,15 +10,21 @@
 
 Every image of DIR gets a row; an image without cells (or whose mask is missing: named in
 `errors`) gets an empty PredictionString. With per-cell truth (a synthetic DIR), every
-combination is scored with the 2021 metric (mAP at IoU 0.6) into OUT.scores.json.
+combination is scored with the 2021 metric (mAP at IoU 0.6) into OUT.scores.json. OUT may be
+on object storage (`gs://`): the crops are then cut and read in a local temporary folder,
+uploaded to OUT.cells/ once read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import io
 import json
-import pathlib
+import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -45,22 +51,22 @@ class CellPredictionSummary:
     """What `predict_cells` wrote and found. scores (with per-cell truth): {"combine",
     "negative_weight", "cell_map": {"<mode>[+negative]": mAP@0.6}}."""
 
-    submission: pathlib.Path
-    probabilities: pathlib.Path
-    crops: pathlib.Path
+    submission: fileio.Path
+    probabilities: fileio.Path
+    crops: fileio.Path
     num_images: int
     num_cells: int
     combine: str
     errors: tuple[str, ...]  # images not predicted (mask missing or unreadable): "ID: why"
     without_cells: tuple[str, ...]  # images in which no cell was found (empty rows)
     scores: dict[str, float] | None
-    scores_json: pathlib.Path | None
+    scores_json: fileio.Path | None
 
 
 def crop_settings(cell_run: Restored) -> dict:
     """How the cell run's training crops were cut (size, margin, background), from the
     dataset.json of its `config.data.dir`."""
-    data_dir = pathlib.Path(cell_run.config.data.dir)
+    data_dir = fileio.as_path(cell_run.config.data.dir)
     info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
     if info.get("source") != extract_lib.SOURCE:
         raise UserError(f"--workdir {cell_run.workdir}: its config.data.dir={str(data_dir)!r} is "
@@ -88,7 +94,7 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
                   workers: int = 1) -> CellPredictionSummary:  # fmt: skip
     """Segment (or take `masks`), crop and score every cell of `data_dir`'s images; write the
     2021 submission `out` (.csv) and `out.npz`; see the module docstring."""
-    out = pathlib.Path(out)
+    out = fileio.as_path(out)
     if out.suffix != ".csv":
         raise UserError(f"--out {out}: the submission is a .csv file")
     combine = combine or (DEFAULT_COMBINE if image_workdir else "cell")
@@ -96,19 +102,24 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
         raise UserError(f"--combine {combine!r}: choose one of {', '.join(COMBINE_MODES)}")
     if combine != "cell" and image_workdir is None:
         raise UserError(f"--combine {combine}: needs --image-workdir (an image-level run)")
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     cell_run = restore_run(cell_workdir)
     image_run = None if image_workdir is None else restore_run(image_workdir)
     if image_run is not None:
         _check_same_classes(cell_run, image_run)
     settings = crop_settings(cell_run)
 
+    sizes = image_sizes(data_dir)
+    image_ids = record_catalog(data_dir).ids
     crops = out.with_name(out.stem + ".cells")
-    extracted = extract_lib.extract_cells(data_dir, crops, masks=masks, workers=workers,
-                                          **settings)  # fmt: skip
-    cell_preds = predict_dataset(cell_run, crops, split="all")
-    with open(crops / dataset.CELL_INDEX_CSV, newline="") as f:
-        index = {row["ID"]: row for row in csv.DictReader(f)}
+    with _work_folder(data_dir, crops) as work:
+        extracted = extract_lib.extract_cells(data_dir, work, masks=masks, workers=workers,
+                                              **settings)  # fmt: skip
+        cell_preds = predict_dataset(cell_run, work, split="all")
+        with (work / dataset.CELL_INDEX_CSV).open("rb") as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+            index = {row["ID"]: row for row in csv.DictReader(f)}
+        instances = {i: _instances(work, i, sizes[i]) for i in image_ids}
     parents = [index[i]["parent_id"] for i in cell_preds.ids]
     numbers = np.asarray([int(index[i]["cell"]) for i in cell_preds.ids], np.int64)
     image_probs = None
@@ -126,9 +137,6 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     combined = combine_probs(cell_preds.probs, image_probs, combine, negative=negative,
                              negative_weight=negative_weight)  # fmt: skip
 
-    sizes = image_sizes(data_dir)
-    image_ids = record_catalog(data_dir).ids
-    instances = {i: _instances(crops, i, sizes[i]) for i in image_ids}
     scores = _scores_by_image(parents, numbers, combined)
     rows = submission_rows((i, ImageCells(instances[i], scores.get(i, {}))) for i in image_ids)
     write_submission(out, rows)
@@ -156,7 +164,26 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
                                  unread, empty, report, report_path)  # fmt: skip
 
 
-def _instances(crops: pathlib.Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
+@contextlib.contextmanager
+def _work_folder(data_dir, crops: fileio.Path):
+    """Where the crops are cut and read: `crops` itself on local disk; for a remote `crops` a
+    local temporary (`crops` checked as `extract_cells` checks its OUT), uploaded there after
+    the block."""
+    if not fileio.is_remote(crops):
+        yield crops
+        return
+    extract_lib.check_out(data_dir, crops)
+    folder = tempfile.mkdtemp(prefix="hpa_jax_cells.")
+    try:
+        work = fileio.as_path(folder) / crops.name
+        yield work
+        with fileio.atomic_path(crops) as tmp:
+            shutil.copytree(work, tmp)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _instances(crops: fileio.Path, image_id: str, size: tuple[int, int]) -> np.ndarray:
     path = crops / dataset.MASKS_DIR / f"{image_id}.png"
     if path.is_file():
         return dataset.read_mask(path)
@@ -185,9 +212,9 @@ def predicted_classes(parents, numbers, probs, table, threshold: float = 0.5) ->
     return rows
 
 
-def true_cells(data_dir: str | pathlib.Path, image_ids) -> dict[str, ImageCells]:
+def true_cells(data_dir: str | os.PathLike, image_ids) -> dict[str, ImageCells]:
     """The synthetic per-cell truth of `image_ids` (DIR/cells/<ID>.png, DIR/cells.csv)."""
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     labels = dataset.read_cells_csv(data_dir / dataset.CELLS_CSV)
     return {i: ImageCells(dataset.read_mask(data_dir / dataset.CELLS_DIR / f"{i}.png"),
                           labels.get(i, {})) for i in image_ids}  # fmt: skip
