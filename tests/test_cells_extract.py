@@ -305,3 +305,29 @@ def test_workers_write_the_same_bytes(data, from_truth, tmp_path):
                  dataset.CELL_TRUTH_CSV]:  # fmt: skip
         assert (out / name).read_bytes() == (one / name).read_bytes(), name
     assert Image.open(out / "masks" / f"{record_catalog(data).ids[0]}.png").mode.startswith("I")
+
+
+@pytest.mark.gcs
+def test_cells_to_gs(data, from_truth, gcs_bucket):
+    """--out on gs://, two worker processes: the records, CSVs and masks of the local run, byte
+    for byte, and no temporaries beside it; a gs:// folder that is not a cell dataset is
+    refused and left as it was."""
+    from hpa_jax import fileio
+
+    out = fileio.as_path(f"{gcs_bucket}/cells")
+    summary = extract.extract_cells(data, out, masks=data / "cells", size=SIZE, workers=2)
+    local = from_truth[1]
+    assert str(summary.out_dir) == str(out) and summary.num_cells == from_truth[0].num_cells
+    info = json.loads((out / dataset.DATASET_JSON).read_text())
+    assert info == json.loads((local / dataset.DATASET_JSON).read_text())
+    names = [*info["shards"], dataset.LABELS_CSV, dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV,
+             dataset.CELL_TRUTH_CSV, dataset.SKIPPED_CSV]  # fmt: skip
+    names += [f"masks/{p.name}" for p in (local / "masks").iterdir()]
+    for name in names:
+        assert (out / name).read_bytes() == (local / name).read_bytes(), name
+    busy = f"{gcs_bucket}/busy"
+    fileio.write_text(f"{busy}/notes.txt", "mine")
+    assert main(["cells", "extract", "--data", str(data), "--masks", str(data / "cells"),
+                 "--out", busy]) == 2  # fmt: skip
+    assert fileio.as_path(f"{busy}/notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["busy", "cells"]
