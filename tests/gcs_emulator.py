@@ -4,6 +4,12 @@
 returns the environment that points every client at it: gcsfs (`STORAGE_EMULATOR_HOST`, through
 `etils.epath`) and tensorstore, which Orbax uses for arrays (`TENSORSTORE_GCS_HTTP_URL`, with a
 fake token). No real bucket and no network beyond the loopback are ever touched.
+
+The emulator is run through this file (`python tests/gcs_emulator.py start ...`), which adds the
+`x-goog-generation`/`x-goog-metageneration` headers that GCS sends with every object download
+and the emulator leaves out: tensorstore reads an object's generation from them, and without
+them an Orbax (OCDBT) checkpoint of more than a few arrays fails ("Malformed StorageGeneration"
+reading its manifest).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class Emulator:
 
     def start(self) -> Emulator:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+            [sys.executable, __file__, "start", "--host=127.0.0.1",
              f"--port={self.port}", "--in-memory", f"--default-bucket={self.bucket}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -62,3 +68,37 @@ class Emulator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+def _with_generation_headers(download):
+    """The emulator's download handler, plus the object's generation headers."""
+
+    def handler(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"],
+                                       request.params["object_id"])
+        except Exception:  # not found: the handler answered 404 already
+            return
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
+
+    return handler
+
+
+def _serve(argv: list[str]) -> None:
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.__main__ import main
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.download
+    objects.download = _with_generation_headers(original)  # objects.get(alt=media) calls it
+    for _, methods in server.HANDLERS:
+        for method, handler in list(methods.items()):
+            if handler is original:
+                methods[method] = objects.download
+    main(argv)
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])
