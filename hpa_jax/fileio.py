@@ -62,10 +62,11 @@ _configure_emulator()
 
 
 def filesystem(path: str | os.PathLike):
-    """The fsspec file system that serves the remote `path`."""
-    import fsspec
+    """The fsspec file system that serves the remote `path`: the very instance `epath.Path`
+    uses, so that what is written here is seen there (each instance caches its listings)."""
+    from etils.epath import backend
 
-    return fsspec.core.url_to_fs(os.fspath(path))[0]
+    return backend.fsspec_backend.fs(os.fspath(path))
 
 
 @contextlib.contextmanager
