@@ -315,6 +315,7 @@ def train(run: Run, writer, stop_at: int | None = None):
                     and not isinstance(v, dict)}
                 run.checkpointer.save(step, run.state, run.rng, inputs.all_data_states(iterator),
                                       metrics=best, force=due_eval or step == last_step)
+                writer.flush()  # on gs:// the logs are uploaded whole: keep up with checkpoints
             bar.update(1)
             if step == last_step:
                 break

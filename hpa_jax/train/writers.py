@@ -6,15 +6,17 @@ the checkpoint it restored, so the lines written after that checkpoint (which th
 writes again) do not appear twice.
 
 TensorBoard reads `events.out.tfevents.<time>.<host>`: TFRecord frames (as
-`hpa_jax.data.tfrecord` writes them) of `Event` protobufs, encoded here by hand:
-
-    Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
-    Summary { repeated Value value = 1; }
-    Value   { string tag = 1; float simple_value = 2; }
+`hpa_jax.data.tfrecord` writes them) of `Event` protobufs, encoded by hand (`event_proto.py`).
 
 The event file is appended to and flushed after each write (not renamed into place when done, as
 the shard writer does), so TensorBoard sees a run while it trains and a crash keeps what was
 written.
+
+On object storage (a `gs://` workdir) nothing can be appended to: both files are kept in memory
+and rewritten whole, as one atomic object upload, by `flush()`: at most every
+`REMOTE_FLUSH_SECONDS` while writing (GCS allows about one write per second to an object), and
+whenever the trainer saves a checkpoint, and on `close()`. A crash loses at most the lines since
+the last flush, which a resume from the last checkpoint writes again.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import socket
-import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from hpa_jax.data.tfrecord import encode_frame, iter_records
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import as_path, is_remote, write_bytes, write_text
+from hpa_jax.train.event_proto import decode_event, encode_event
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_PREFIX = "events.out.tfevents."
 FILE_VERSION = "brain.Event:2"
+REMOTE_FLUSH_SECONDS = 30.0  # object storage: the longest a written line waits for its upload
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,19 +78,35 @@ def _plain(value):
 
 
 class JsonlWriter:
-    """Append `{"step": step, **values}` lines to a JSON-lines file."""
+    """Append `{"step": step, **values}` lines to a JSON-lines file (local or object storage:
+    see the module doc)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | os.PathLike, *, flush_seconds: float = REMOTE_FLUSH_SECONDS):
+        self.path = as_path(path)
+        self.remote = is_remote(self.path)
+        if not self.remote:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = None
+        self._buffer = _Rewriter(self.path, flush_seconds, str) if self.remote else None
 
     def write(self, step: int, values: Mapping) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
         line = json.dumps({"step": int(step), **flatten_values(values)}, allow_nan=False)
+        if self._buffer is not None:
+            if not self._buffer.loaded:
+                self._buffer.load(_read_complete_lines(self.path))
+            self._buffer.add(line + "\n")
+            return
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
         self._file.write(line + "\n")
         self._file.flush()
+
+    def flush(self) -> None:
+        """Make every written line durable (object storage: upload the whole file now)."""
+        if self._buffer is not None:
+            self._buffer.flush()
+        elif self._file is not None:
+            self._file.flush()
 
     def truncate_after(self, step: int) -> int:
         """Drop the lines whose step is > `step` (atomically); return how many were dropped."""
@@ -100,14 +118,56 @@ class JsonlWriter:
         keep = [line for line in lines if line.strip() and _line_step(line) <= step]
         if len(keep) != len(lines):
             text = "".join(line if line.endswith("\n") else line + "\n" for line in keep)
-            with atomic_path(self.path) as tmp:
-                tmp.write_text(text, encoding="utf-8")
+            write_text(self.path, text)
         return len(lines) - len(keep)
 
     def close(self) -> None:
+        if self._buffer is not None:
+            self._buffer.flush()
+            self._buffer.loaded = False  # the next write reads the object again
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _read_complete_lines(path) -> str:
+    """The file's text ending in a newline ("" if absent), a last line torn by a crash cut."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    return text if text.endswith("\n") or not text else text[: text.rfind("\n") + 1]
+
+
+class _Rewriter:
+    """A file on object storage kept in memory and uploaded whole (one atomic object), at most
+    every `seconds` while it grows and on `flush()`. `kind` is str or bytes."""
+
+    def __init__(self, path, seconds: float, kind: type):
+        self.path, self.seconds, self.kind = path, float(seconds), kind
+        self.parts: list = []
+        self.loaded = False
+        self.dirty = False
+        self.uploaded_at = -math.inf
+
+    def load(self, existing) -> None:
+        self.parts, self.loaded = ([existing] if existing else []), True
+
+    def add(self, part) -> None:
+        self.parts.append(part)
+        self.dirty = True
+        if time.monotonic() - self.uploaded_at >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        whole = self.kind().join(self.parts)
+        self.parts = [whole]
+        if self.kind is bytes:
+            write_bytes(self.path, whole)
+        else:
+            write_text(self.path, whole)
+        self.dirty, self.uploaded_at = False, time.monotonic()
 
 
 def _line_step(line: str) -> float:
@@ -119,7 +179,7 @@ def _line_step(line: str) -> float:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Every complete line of a metrics.jsonl file (a torn last line is skipped)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     if not path.exists():
         raise UserError(f"{path} not found")
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -136,107 +196,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Event protobuf encoding (proto3 wire format)
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 as two's complement, 10 bytes
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def encode_event(
-    *,
-    wall_time: float,
-    step: int = 0,
-    file_version: str | None = None,
-    scalars: Mapping[str, float] | None = None,
-) -> bytes:
-    """One serialized `Event` with a scalar `Summary` (tag -> float32 simple_value)."""
-    out = _key(1, 1) + struct.pack("<d", wall_time)
-    if step:
-        out += _key(2, 0) + _varint(int(step))
-    if file_version is not None:
-        out += _length_delimited(3, file_version.encode())
-    if scalars:
-        summary = b"".join(
-            _length_delimited(
-                1,
-                _length_delimited(1, tag.encode()) + _key(2, 5) + struct.pack("<f", float(value)),
-            )
-            for tag, value in scalars.items()
-        )
-        out += _length_delimited(5, summary)
-    return out
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, object]]:
-    """(field number, wire type, value) of a message; value is int, bytes or raw fixed bytes."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield field, wire, value
-
-
-def decode_event(data: bytes) -> dict:
-    """A serialized Event -> {"wall_time", "step", "file_version", "scalars": {tag: value}}."""
-    event = {"wall_time": 0.0, "step": 0, "file_version": None, "scalars": {}}
-    for field, _, value in _fields(data):
-        if field == 1:
-            event["wall_time"] = struct.unpack("<d", value)[0]
-        elif field == 2:
-            event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-        elif field == 3:
-            event["file_version"] = value.decode()
-        elif field == 5:
-            for f, _, summary_value in _fields(value):
-                if f != 1:
-                    continue
-                parts = {vf: vv for vf, _, vv in _fields(summary_value)}
-                if 1 in parts and 2 in parts:
-                    event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
-    return event
-
-
 def read_events(path: str | os.PathLike) -> list[dict]:
     """Every event of an event file (CRCs checked), decoded by `decode_event`."""
     return [decode_event(record) for record in iter_records(path)]
@@ -247,18 +206,29 @@ def read_events(path: str | os.PathLike) -> list[dict]:
 
 
 class EventWriter:
-    """Scalars to `<logdir>/events.out.tfevents.<time>.<host>`, one Event per step."""
+    """Scalars to `<logdir>/events.out.tfevents.<time>.<host>`, one Event per step (on object
+    storage rewritten whole at each flush: see the module doc)."""
 
-    def __init__(self, logdir: str | os.PathLike):
-        logdir = pathlib.Path(logdir)
-        logdir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, logdir: str | os.PathLike, *,
+                 flush_seconds: float = REMOTE_FLUSH_SECONDS):
+        logdir = as_path(logdir)
         now = time.time()
         name = f"{EVENTS_PREFIX}{int(now)}.{socket.gethostname()}"
         self.path = logdir / name
-        self._file = open(self.path, "ab")
+        if is_remote(logdir):
+            self._file = None
+            self._buffer = _Rewriter(self.path, flush_seconds, bytes)
+            self._buffer.load(b"")
+        else:
+            logdir.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+            self._buffer = None
         self._write(encode_event(wall_time=now, file_version=FILE_VERSION))
 
     def _write(self, event: bytes) -> None:
+        if self._buffer is not None:
+            self._buffer.add(encode_frame(event))
+            return
         self._file.write(encode_frame(event))
         self._file.flush()
 
@@ -271,8 +241,16 @@ class EventWriter:
         if finite:
             self._write(encode_event(wall_time=wall_time or time.time(), step=step, scalars=finite))
 
+    def flush(self) -> None:
+        if self._buffer is not None:
+            self._buffer.flush()
+        elif not self._file.closed:
+            self._file.flush()
+
     def close(self) -> None:
-        if not self._file.closed:
+        if self._buffer is not None:
+            self._buffer.flush()
+        elif not self._file.closed:
             self._file.close()
 
 
@@ -289,11 +267,14 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True
+        self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True,
+        flush_seconds: float = REMOTE_FLUSH_SECONDS,
     ):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self.enabled = enabled
-        self.jsonl = JsonlWriter(self.workdir / METRICS_FILE) if enabled else None
+        self.flush_seconds = flush_seconds
+        self.jsonl = JsonlWriter(self.workdir / METRICS_FILE,
+                                 flush_seconds=flush_seconds) if enabled else None
         self._tensorboard = tensorboard and enabled
         self.events: EventWriter | None = None
 
@@ -304,12 +285,19 @@ class MetricsWriter:
         self.jsonl.write(step, flat)
         if self._tensorboard:
             if self.events is None:
-                self.events = EventWriter(self.workdir)
+                self.events = EventWriter(self.workdir, flush_seconds=self.flush_seconds)
             self.events.scalars(step, {k: v for k, v in flat.items() if not isinstance(v, list)})
 
     def truncate_after(self, step: int) -> int:
         """Forget metrics.jsonl lines after `step` (call on resume, before writing)."""
         return self.jsonl.truncate_after(step) if self.enabled else 0
+
+    def flush(self) -> None:
+        """Make everything written so far durable (the trainer calls it at each checkpoint)."""
+        if self.jsonl is not None:
+            self.jsonl.flush()
+        if self.events is not None:
+            self.events.flush()
 
     def close(self) -> None:
         if self.jsonl is not None:
