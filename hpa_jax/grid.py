@@ -27,7 +27,7 @@ from typing import Any
 
 from hpa_jax.config import apply_overrides, load_config
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path, write_text
+from hpa_jax.fileio import Path, as_path, atomic_path, is_remote, write_text
 from hpa_jax.train.loop import train_and_evaluate
 
 DONE_FILE = "final_metrics.json"  # written when a point's training has finished
@@ -133,15 +133,16 @@ def point_commands(grid: Grid, root: str, extra: list[str]) -> list[str]:
     return out
 
 
-def run_grid(grid: Grid, root: str | pathlib.Path, extra: list[str] = (), log=print) -> list[dict]:
+def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> list[dict]:
     """Train every point into `root/<name>`, one after another; returns each point's metrics.
 
     A point whose `final_metrics.json` exists is skipped; an interrupted point resumes from its
     checkpoint (the trainer resumes on a workdir that has one). `extra` overrides apply to all.
     """
 
-    root = pathlib.Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = as_path(root)  # local or gs://
+    if not is_remote(root):
+        root.mkdir(parents=True, exist_ok=True)
     write_text(root / "grid.json", json.dumps(
         {"grid": grid.name, "base": grid.base, "extra": list(extra),
          "points": [{"name": n, "overrides": o} for n, o in describe(grid)]}, indent=2))
@@ -155,7 +156,6 @@ def run_grid(grid: Grid, root: str | pathlib.Path, extra: list[str] = (), log=pr
             continue
         log(f"[{i + 1}/{len(grid.points)}] {name}: training")
         config = apply_overrides(load_config(grid.base), overrides + list(extra))
-        workdir.mkdir(parents=True, exist_ok=True)
         write_text(workdir / POINT_FILE, json.dumps({"name": name, "point": point}, indent=2))
         metrics = train_and_evaluate(config, str(workdir))
         record = {"name": name, "point": point, "metrics": _scalars(metrics)}
@@ -175,9 +175,9 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return out
 
 
-def collect(root: str | pathlib.Path) -> list[dict]:
+def collect(root: str | Path) -> list[dict]:
     """Every finished run under `root` (its point and final metrics), sorted by name."""
-    root = pathlib.Path(root)
+    root = as_path(root)
     if not root.is_dir():
         raise UserError(f"grid folder {root} does not exist")
     runs = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{DONE_FILE}"))]
@@ -186,10 +186,10 @@ def collect(root: str | pathlib.Path) -> list[dict]:
     return runs
 
 
-def report(root: str | pathlib.Path, metric: str = "macro_f1") -> dict[str, pathlib.Path]:
+def report(root: str | Path, metric: str = "macro_f1") -> dict[str, Path]:
     """Write results.csv, results.md and results.png into `root`; return their paths."""
 
-    root = pathlib.Path(root)
+    root = as_path(root)
     runs = collect(root)
     keys: list[str] = []
     for run in runs:
@@ -213,7 +213,7 @@ def report(root: str | pathlib.Path, metric: str = "macro_f1") -> dict[str, path
     return {"csv": root / "results.csv", "md": root / "results.md", "png": figure}
 
 
-def _plot(runs: list[dict], keys: list[str], metric: str, path: pathlib.Path) -> None:
+def _plot(runs: list[dict], keys: list[str], metric: str, path: Path) -> None:
     """One panel per varied key: the metric of each run, grouped by that key's value."""
     import matplotlib
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 import time
+
+from hpa_jax import fileio
 
 CONFIG_OVERRIDES = True  # passed on to the train step, e.g. --config.total_epochs=4
 
@@ -69,7 +70,7 @@ def _step(title: str, argv: list[str]) -> None:
     print(f"== {title}: done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _final_metrics(path: pathlib.Path) -> dict:
+def _final_metrics(path: fileio.Path) -> dict:
     """The trainer's last `final/*` record of metrics.jsonl, without the prefix ({} if none)."""
     from hpa_jax.train.writers import read_jsonl
 
@@ -84,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.data import dataset
     from hpa_jax.train.writers import METRICS_FILE
 
-    root = pathlib.Path(args.workdir)
+    root = fileio.as_path(args.workdir)
     data, train = root / "data", root / "train"
     t0 = time.perf_counter()
     if args.image_run:
-        _print_ladder(args, root, _cell_stage(args, root, pathlib.Path(args.image_run)))
+        _print_ladder(args, root, _cell_stage(args, root, fileio.as_path(args.image_run)))
         print(f"hpa-jax demo (cell stage) finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if dataset.has_info(data):
@@ -137,14 +138,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ladder(args, root: pathlib.Path, ladder: dict[str, float]) -> None:
+def _print_ladder(args, root: fileio.Path, ladder: dict[str, float]) -> None:
     print(f"  cells:     {root / 'cells'} (the cell run), submission.csv, overlays/; cell "
           f"mAP@0.6 on {args.cell_test_images} unseen images:")
     for name, value in ladder.items():
         print(f"             {value:.3f}  {name}")
 
 
-def _cell_stage(args, root: pathlib.Path, image_run: pathlib.Path) -> dict[str, float]:
+def _cell_stage(args, root: fileio.Path, image_run: fileio.Path) -> dict[str, float]:
     """Segment → extract → train → denoise → predict → score; the ladder of cell mAP@0.6."""
     from hpa_jax.cells.denoise import DENOISE_JSON, PLAIN
     from hpa_jax.data import dataset
@@ -174,7 +175,7 @@ def _cell_stage(args, root: pathlib.Path, image_run: pathlib.Path) -> dict[str, 
     # first prediction's masks, not a second segmentation)
     chosen = "plain" if report["best_name"] == PLAIN else "denoised"
     other = "denoised" if chosen == "plain" else "plain"
-    runs = {"plain": stage / "denoise" / PLAIN, "denoised": pathlib.Path(report["final"])}
+    runs = {"plain": stage / "denoise" / PLAIN, "denoised": fileio.as_path(report["final"])}
     submissions = {chosen: cells / "submission.csv", other: stage / f"{other}.csv"}
     masks = cells / "submission.cells" / dataset.MASKS_DIR
     _step(f"cells ({chosen} model, chosen)", [

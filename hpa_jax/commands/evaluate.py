@@ -45,13 +45,12 @@ def run(args: argparse.Namespace) -> int:
     distributed.from_args(args)
 
     import json
-    import pathlib
 
     import numpy as np
 
     from hpa_jax.data.dataset import read_exclude
     from hpa_jax.errors import UserError
-    from hpa_jax.fileio import write_text
+    from hpa_jax.fileio import as_path, write_text
     from hpa_jax.train import evaluate as eval_lib
     from hpa_jax.train import metrics as metrics_lib
     from hpa_jax.train import thresholds as thr_lib
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.split_eval
     if args.threshold is not None:
         threshold, source = args.threshold, f"threshold {args.threshold}"
-    elif (pathlib.Path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
+    elif (as_path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
         threshold = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
         source = "tuned per-class thresholds (thresholds.json)"
     else:
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     )
     matrix = metrics_lib.cooccurrence(preds.labels, metrics_lib.predict(preds.probs, threshold))
     if distributed.is_main_process():
-        workdir = pathlib.Path(args.out or args.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = as_path(args.out or args.workdir)  # write_text makes local folders
         write_text(workdir / "eval_report.txt", report)
         write_text(workdir / "eval_cooccurrence.csv", cooccurrence_csv(matrix, names))
         plain = {k: v for k, v in metrics.items() if k != "per_class"}

@@ -45,13 +45,11 @@ def predictions_csv(ids, preds, table) -> str:
 def run(args: argparse.Namespace) -> int:
     distributed.from_args(args)
 
-    import pathlib
-
     import numpy as np
 
     from hpa_jax.data.kaggle_csv import submission_2018_text
     from hpa_jax.errors import UserError
-    from hpa_jax.fileio import atomic_path, write_text
+    from hpa_jax.fileio import as_path, atomic_path, write_text
     from hpa_jax.train import evaluate as eval_lib
     from hpa_jax.train import metrics as metrics_lib
     from hpa_jax.train import thresholds as thr_lib
@@ -65,21 +63,21 @@ def run(args: argparse.Namespace) -> int:
             f"--submission {args.submission} needs a run trained with "
             f"config.data.label_table={SUBMISSION_TABLES[args.submission]}; {args.workdir} uses "
             f"{restored.table.name} ({restored.num_classes} classes)")
-    if (pathlib.Path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
+    if (as_path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
         thresholds = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
     else:
         thresholds = np.full(restored.num_classes, float(restored.config.threshold))
     preds = eval_lib.predict_dataset(restored, data_dir, split=args.split)
     decided = metrics_lib.predict(preds.probs, thresholds)
     if distributed.is_main_process():
-        out = pathlib.Path(args.out)
+        out = as_path(args.out)
         if args.submission == "2018":
             text = submission_2018_text(preds.ids, decided, preds.probs)
         else:
             text = predictions_csv(preds.ids, decided, restored.table)
         write_text(out, text)
         with atomic_path(out.with_suffix(".npz")) as tmp:
-            with open(tmp, "wb") as f:
+            with tmp.open("wb") as f:
                 np.savez(f, ids=np.asarray(preds.ids), probs=preds.probs,
                          thresholds=np.asarray(thresholds, np.float64),
                          classes=np.asarray(restored.table.classes))

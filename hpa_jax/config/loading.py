@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import pathlib
 import re
 from collections.abc import Iterable
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from hpa_jax import fileio
 from hpa_jax.config.schema import DURATION_UNITS, ConfigError
 
 # The experiment configs: the repository's top-level `configs/`, installed with the package as
@@ -65,20 +67,34 @@ def _resolve_path(name: str) -> pathlib.Path:
     raise ConfigError(f"config file {name!r} not found (nor under {_PACKAGED_CONFIGS})")
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """`"configs/demo.py:runlocal"` → ("configs/demo.py", "runlocal"); a `gs://` scheme's colon
+    is part of the path (`"gs://b/run/config.py:x"` → ("gs://b/run/config.py", "x"))."""
+    scheme = ""
+    if fileio.is_remote(spec):
+        scheme, _, spec = spec.partition("://")
+        scheme += "://"
+    name, _, arg = spec.partition(":")
+    return scheme + name, arg
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """`"configs/efficientnet.py:variant=b7,res=600"` → the module's `get_config(arg)`, overridden.
 
-    `spec` is a path to a `.py` file or a name under the repository's `configs/` folder
-    (`"demo"`, `"demo.py:runlocal"`). The result is locked: no key can be added by mistake.
+    `spec` is a path to a `.py` file (local, or on object storage such as a `gs://` run's
+    `config.py`) or a name under the repository's `configs/` folder (`"demo"`,
+    `"demo.py:runlocal"`). The result is locked: no key can be added by mistake.
     """
-    name, _, arg = spec.partition(":")
-    path = _resolve_path(name)
-    module_spec = importlib.util.spec_from_file_location(f"_hpa_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except SyntaxError as err:
-        raise ConfigError(f"config file {path}: {err}") from err
+    name, arg = split_spec(spec)
+    if fileio.is_remote(name):
+        path = fileio.as_path(name)
+        if not path.is_file():
+            raise ConfigError(f"config file {name!r} not found")
+        with fileio.local_copy(path) as local:
+            module = _exec_module(local, name)
+    else:
+        path = _resolve_path(name)
+        module = _exec_module(path, str(path))
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config(arg)")
     cfg = module.get_config(arg or None)
@@ -86,6 +102,18 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         raise ConfigError(f"config file {path}: get_config returned {type(cfg).__name__}")
     cfg.lock()
     return apply_overrides(cfg, overrides)
+
+
+def _exec_module(path, where: str):
+    """The Python module in the local file `path` (`where` names it in errors)."""
+    path = pathlib.Path(os.fspath(path))
+    module_spec = importlib.util.spec_from_file_location(f"_hpa_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"config file {where}: {err}") from err
+    return module
 
 
 _OVERRIDE = re.compile(r"^(?:--)?(?:config\.)?([A-Za-z_][\w.]*)=(.*)$", re.S)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import ml_collections
 
 from hpa_jax.config.schema import COMPATIBILITY_KEYS, ConfigError, default_config
-from hpa_jax.fileio import write_text
+from hpa_jax.fileio import as_path, write_text
 
 # ----------------------------------------------------------------------------------------------
 # The resolved config in a workdir
@@ -37,7 +36,7 @@ def flatten(cfg: ml_collections.ConfigDict | Mapping, prefix: str = "") -> dict:
 
 def write_config(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Write `config.json` (machine-readable) and `config.py` (readable, loadable) into workdir."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     plain = to_dict(cfg)
     write_text(workdir / "config.json", json.dumps(plain, indent=2, sort_keys=True) + "\n")
     write_text(workdir / "config.py", _as_python(plain))
@@ -46,7 +45,7 @@ def write_config(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config saved by `write_config`, merged over `default_config()` so that a run saved
     before a key existed reads with that key's default (JSON lists come back as tuples)."""
-    path = pathlib.Path(workdir) / "config.json"
+    path = as_path(workdir) / "config.json"
     try:
         plain = json.loads(path.read_text())
     except FileNotFoundError:

@@ -11,20 +11,21 @@ Converted folder (written by `save_converted`, read by `load_converted`, used by
     OUT/meta.json   {"format": "hpa-jax-efficientnet-backbone", "version": 1, "variant": "b0",
                      "in_channels": 3, "source": ..., ...}
 
-The folder is written under a temporary name and renamed when complete.
+The folder is written under a temporary name and renamed when complete (on `gs://`: written
+locally, then uploaded; see `hpa_jax.fileio.atomic_path`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from hpa_jax import fileio
 from hpa_jax.errors import UserError
 from hpa_jax.fileio import atomic_path
 
@@ -35,7 +36,7 @@ class WeightsError(UserError, ValueError):
     """A weights file or checkpoint that does not fit the requested model."""
 
 
-def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> pathlib.Path:
+def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> fileio.Path:
     """Write a backbone state (nnx.State or pure dict) and `meta` as OUT/state + OUT/meta.json.
 
     `meta` must name "variant" and "in_channels". The folder appears atomically; an existing
@@ -46,7 +47,7 @@ def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> pathlib.Pat
             raise ValueError(f"save_converted: meta needs {key!r}")
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
     pure = _stringify_keys(as_float32(_drop_head(pure)))
-    out_dir = pathlib.Path(out_dir).resolve()
+    out_dir = _absolute(out_dir)
     meta = {"format": META_FORMAT, "version": 1, **meta}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -60,7 +61,7 @@ def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> pathlib.Pat
 
 def load_converted(out_dir: str | os.PathLike) -> tuple[dict, dict]:
     """Read a `save_converted` folder → (pure nested dict of numpy arrays, meta dict)."""
-    out_dir = pathlib.Path(out_dir).resolve()
+    out_dir = _absolute(out_dir)
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file() or not (out_dir / "state").is_dir():
         raise WeightsError(f"{out_dir}: not a converted-weights folder (needs meta.json and "
@@ -78,6 +79,12 @@ def load_converted(out_dir: str | os.PathLike) -> tuple[dict, dict]:
     finally:
         checkpointer.close()
     return _to_numpy(pure), meta
+
+
+def _absolute(path) -> fileio.Path:
+    """Orbax wants absolute paths: a local one resolved, `gs://...` as it is."""
+    path = fileio.as_path(path)
+    return path if fileio.is_remote(path) else path.resolve()
 
 
 def apply_converted(model, state: dict, meta: dict, *, where: str = "converted weights"):

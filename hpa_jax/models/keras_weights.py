@@ -40,6 +40,7 @@ import keras
 import numpy as np
 from flax import nnx
 
+from hpa_jax import fileio
 from hpa_jax.models.converted import WeightsError, as_float32, assign_pure_state
 from hpa_jax.models.efficientnet import VARIANTS, EfficientNet, block_args, round_filters
 from hpa_jax.models.keras_build import deferred_build, fill_with_zeros
@@ -91,19 +92,21 @@ def _expected_text(variant: str, channels) -> str:
             f"{channels} input channels)")
 
 
-def inspect_h5(path: str | os.PathLike) -> tuple[str, dict]:
+def inspect_h5(path: str | os.PathLike, *, where: str | None = None) -> tuple[str, dict]:
     """("weights.h5" | "legacy", description) of a Keras weights file; UserError if neither.
 
     Keras 3 `.weights.h5` files hold `layers/<name>/vars/<i>` datasets; legacy files carry a
-    `layer_names` attribute at their root or in `model_weights/`.
+    `layer_names` attribute at their root or in `model_weights/`. `path` is a local file
+    (`fileio.local_copy` of a remote one); `where` names it in errors (default: `path`).
     """
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
+    where = where or str(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
+        raise WeightsError(f"{where}: no such weights file")
     try:
-        handle = h5py.File(path, "r")
+        handle = h5py.File(os.fspath(path), "r")
     except OSError as err:
-        raise WeightsError(f"{path}: not an HDF5 file, expected Keras EfficientNet weights "
+        raise WeightsError(f"{where}: not an HDF5 file, expected Keras EfficientNet weights "
                            f"(.weights.h5 or legacy .h5): {err}") from None
     with handle as f:
         if "layer_names" in f.attrs or ("model_weights" in f
@@ -112,7 +115,7 @@ def inspect_h5(path: str | os.PathLike) -> tuple[str, dict]:
         elif "layers" in f and isinstance(f["layers"], h5py.Group):
             kind = "weights.h5"
         else:
-            raise WeightsError(f"{path}: an HDF5 file but not Keras weights (neither a Keras 3 "
+            raise WeightsError(f"{where}: an HDF5 file but not Keras weights (neither a Keras 3 "
                                "'.weights.h5' nor a legacy '.h5' with layer_names)")
         # Only the model's own weights: files of compiled models also hold optimizer slots.
         if kind == "weights.h5":
@@ -164,19 +167,20 @@ def keras_skeleton(variant: str, channels: int):
     return model
 
 
-def _load_file_into_keras(path: pathlib.Path, kind: str, variant: str, channels: int):
-    """Keras's own loader on a fresh skeleton; its complaints become WeightsError."""
+def _load_file_into_keras(path, kind: str, variant: str, channels: int, where: str):
+    """Keras's own loader on a fresh skeleton (`path`: a local file); its complaints become
+    WeightsError naming `where`."""
     model = keras_skeleton(variant, channels)
     suffix = ".weights.h5" if kind == "weights.h5" else ".h5"
     with tempfile.TemporaryDirectory() as tmp:
         # Keras picks its loader from the file name; link the file under the right suffix.
         link = pathlib.Path(tmp) / f"weights{suffix}"
-        link.symlink_to(path.resolve())
+        link.symlink_to(pathlib.Path(os.fspath(path)).resolve())
         try:
             model.load_weights(str(link))
         except (ValueError, KeyError, OSError) as err:
             raise WeightsError(
-                f"{path}: Keras could not load it into {_expected_text(variant, channels)}: {err}"
+                f"{where}: Keras could not load it into {_expected_text(variant, channels)}: {err}"
             ) from None
     return model
 
@@ -281,10 +285,13 @@ def _resolve_source(source, variant: str, in_channels: int):
             raise WeightsError(f"imagenet: Keras could not fetch EfficientNet{variant.upper()} "
                                f"ImageNet weights (network needed): {err}") from None
         return model, "imagenet", True
-    path = pathlib.Path(source)
-    kind, found = inspect_h5(path)
-    channels = _check_found(found, variant, in_channels, str(path))
-    model = _load_file_into_keras(path, kind, variant, channels)
+    path = fileio.as_path(source)  # a local file, or gs://... read through a local copy
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    with fileio.local_copy(path) as local:
+        kind, found = inspect_h5(local, where=str(path))
+        channels = _check_found(found, variant, in_channels, str(path))
+        model = _load_file_into_keras(local, kind, variant, channels, str(path))
     imagenet_name = bool(_IMAGENET_FILE.match(path.name))
     return model, str(path), imagenet_name
 

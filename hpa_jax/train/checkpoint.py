@@ -12,7 +12,6 @@ whose runtime announces a preemption, orbax's preemption policy saves at the syn
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from hpa_jax import fileio
 from hpa_jax.errors import UserError
 from hpa_jax.models import converted
 from hpa_jax.train.state import merge_model, split_model
@@ -59,6 +59,13 @@ def unflatten_state(like, flat: dict[str, Any]):
     return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
 
 
+def absolute(path) -> fileio.Path:
+    """`path` as orbax wants it: absolute when local, `gs://...` as it is (epath's `absolute()`
+    would make a URL a local folder `$PWD/gs:/...`)."""
+    path = fileio.as_path(path)
+    return path if fileio.is_remote(path) else path.absolute()
+
+
 class Checkpointer:
     """Save/restore a run's (state, rng, data iterator state) under `workdir/checkpoints`.
 
@@ -70,7 +77,7 @@ class Checkpointer:
 
     def __init__(self, workdir, *, every: int, keep: int, best_metric: str | None = None,
                  best_mode: str = "max", async_save: bool = True, read_only: bool = False):
-        self.directory = pathlib.Path(workdir).absolute() / SUBDIR
+        self.directory = absolute(workdir) / SUBDIR
         worst = float("inf") if best_mode == "min" else float("-inf")
 
         def rank(metrics) -> float:
@@ -175,11 +182,11 @@ class Checkpointer:
 # config.init_from: converted Keras weights, or the backbone of another run
 
 
-def _is_converted_weights(path: pathlib.Path) -> bool:
+def _is_converted_weights(path: fileio.Path) -> bool:
     return (path / "meta.json").is_file() and (path / "state").is_dir()
 
 
-def _run_checkpoints(path: pathlib.Path) -> pathlib.Path:
+def _run_checkpoints(path: fileio.Path) -> fileio.Path:
     """A run's workdir or its checkpoints/ folder -> the workdir."""
     if path.name == SUBDIR:
         return path.parent
@@ -206,7 +213,7 @@ def restore_backbone(state, shardings, source) -> tuple[Any, list[str]]:
     fresh initialisation, any other mismatch is a UserError. Returns (state, re-initialised
     names). The optimizer state and step stay fresh.
     """
-    workdir = _run_checkpoints(pathlib.Path(source))
+    workdir = _run_checkpoints(fileio.as_path(source))
     other = Checkpointer(workdir, every=1, keep=1, read_only=True)
     try:
         step = other.latest_step()
@@ -246,7 +253,7 @@ def initialize_from(state, shardings, graphdef, tx, source: str):
     re-initialised for the new parameters, EMA (if kept) starting at them.
     """
 
-    path = pathlib.Path(source)
+    path = fileio.as_path(source)
     if not path.exists():
         raise UserError(f"config.init_from={source!r}: no such file or folder")
     if _is_converted_weights(path):

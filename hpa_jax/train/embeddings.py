@@ -9,8 +9,6 @@ processes are gathered, and the file is written atomically by process 0.
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import numpy as np
 from flax import nnx
@@ -21,6 +19,7 @@ from hpa_jax.analysis.embed import make_embed_fn
 from hpa_jax.analysis.files import save_embeddings
 from hpa_jax.data import dataset, pipeline
 from hpa_jax.errors import UserError
+from hpa_jax.fileio import as_path
 from hpa_jax.models import converted
 from hpa_jax.models.registry import create_model
 from hpa_jax.train import mesh as mesh_lib
@@ -120,7 +119,7 @@ def embed_dataset(
     features = gather_rows(np.concatenate(feats))[keep]
     labels = gather_rows(np.concatenate(labels))[keep]
     ids = np.asarray(gather_strings(ids))[keep]
-    out = pathlib.Path(out)
+    out = as_path(out)
     if jax.process_index() == 0:
         save_embeddings(
             out,

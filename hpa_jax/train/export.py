@@ -9,14 +9,13 @@ route and why.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import keras
 
 from hpa_jax.data.example import channel_names
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import Path, as_path, atomic_path
 from hpa_jax.models import keras_export
 from hpa_jax.train.restore import Restored, restore_run
 
@@ -25,7 +24,7 @@ from hpa_jax.train.restore import Restored, restore_run
 class Exported:
     """What `export_run` wrote: the file, the run's step, input shape and classes."""
 
-    path: pathlib.Path
+    path: Path
     step: int
     input_shape: tuple[int, int, int]
     classes: tuple[str, ...]
@@ -51,7 +50,7 @@ def keras_model_of(restored: Restored) -> keras.Model:
 def export_run(workdir, out, *, step: int | None = None) -> Exported:
     """Write the run in `workdir` (checkpoint `step`, default the one predict uses) to `out`,
     a `.keras` file, atomically."""
-    out = pathlib.Path(out)
+    out = as_path(out)
     if out.suffix != ".keras":
         raise UserError(f"--out {out}: a Keras model file must end in .keras")
     if jax.process_count() > 1:

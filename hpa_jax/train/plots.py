@@ -8,17 +8,16 @@ class from the last line that holds a per-class F1 list (`.../per_class/f1`).
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Callable, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpa_jax.fileio import atomic_path
+from hpa_jax.fileio import Path, as_path, atomic_path
 from hpa_jax.train.writers import METRICS_FILE, read_jsonl
 
 
-def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -47,7 +46,7 @@ def plot_curves(
     *,
     ylabel: str,
     log_y: bool = False,
-) -> pathlib.Path | None:
+) -> Path | None:
     """Line plot of the scalars that `keep` selects against step; None if there is none."""
     series = _series(records, keep)
     if not series:
@@ -62,12 +61,12 @@ def plot_curves(
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, pathlib.Path(path))
+    return _save(fig, as_path(path))
 
 
 def plot_per_class_f1(
     f1: Sequence[float], class_names: Sequence[str], path: str | os.PathLike, *, title: str = ""
-) -> pathlib.Path:
+) -> Path:
     """Horizontal bars: one per class, labelled with its name, F1 in [0, 1]."""
     if len(f1) != len(class_names):
         raise ValueError(f"{len(f1)} F1 values for {len(class_names)} class names")
@@ -81,14 +80,14 @@ def plot_per_class_f1(
     ax.set_xlabel("F1")
     ax.set_title(title or "per-class F1")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, pathlib.Path(path))
+    return _save(fig, as_path(path))
 
 
 def write_plots(
     workdir: str | os.PathLike, class_names: Sequence[str] | None = None
-) -> list[pathlib.Path]:
+) -> list[Path]:
     """Plot what `workdir/metrics.jsonl` holds into the workdir; return the files written."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     records = read_jsonl(workdir / METRICS_FILE)
     written = [
         plot_curves(

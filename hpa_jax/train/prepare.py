@@ -14,7 +14,6 @@ resume happens here, before the trainer compiles or writes anything, and names e
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Callable, Iterable
 
 import jax
@@ -22,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from hpa_jax import config as config_lib
+from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
 from hpa_jax.config.schema import RESUME_KEYS
 from hpa_jax.config.workdir import differences as config_differences
@@ -38,8 +38,8 @@ class Setup:
     """Everything derived from the config and the dataset before any file is written."""
 
     config: ml_collections.ConfigDict
-    workdir: pathlib.Path
-    data_dir: pathlib.Path | TfdsDataset  # what the iterators read (inputs.input_data)
+    workdir: fileio.Path  # local or gs://
+    data_dir: fileio.Path | TfdsDataset  # what the iterators read (inputs.input_data)
     table: labels_lib.LabelTable
     exclude: tuple[str, ...]
     mesh: jax.sharding.Mesh
@@ -74,7 +74,7 @@ class IncompatibleRun(UserError):
     """The workdir holds a run that this config cannot continue. `differences`: (what, saved
     value, new value, what it changes) for each differing config key or input-position field."""
 
-    def __init__(self, workdir: pathlib.Path, differences: list[tuple[str, object, object, str]]):
+    def __init__(self, workdir: fileio.Path, differences: list[tuple[str, object, object, str]]):
         self.workdir = workdir
         self.differences = differences
         self.keys = [what for what, *_ in differences]
@@ -104,7 +104,7 @@ _INPUT_FIELDS = {
 _DATA_ORDER = "the data order"
 
 
-def saved_input_position(workdir: pathlib.Path) -> dict | None:
+def saved_input_position(workdir: fileio.Path) -> dict | None:
     """Every process's input position in the workdir's latest checkpoint ({"processes":
     [iterator state, ...]}, as `inputs.all_data_states` saved it); None without one."""
     if not (workdir / ckpt_lib.SUBDIR).is_dir():
@@ -141,7 +141,7 @@ def input_differences(saved: dict | None, current: dict,
     return out
 
 
-def check_workdir(workdir: pathlib.Path, resolved: dict,
+def check_workdir(workdir: fileio.Path, resolved: dict,
                   current_input: Callable[[], dict] | None = None) -> None:
     """Refuse (IncompatibleRun, before anything is written) a workdir whose run this config
     cannot continue: a key of `config.schema.RESUME_KEYS` differs from its config.json, or its
@@ -178,7 +178,7 @@ def input_fingerprint(config, data_dir, *, batch_size: int, num_classes: int,
 
 def prepare(config, workdir) -> Setup:
     """Validate the config, data and workdir; derive step counts. Writes nothing."""
-    workdir = pathlib.Path(workdir)
+    workdir = fileio.as_path(workdir)
     data_dir = inputs.input_data(config)
     table = labels_lib.get_table(config.data.label_table)
     inputs.check_classes(data_dir, table)

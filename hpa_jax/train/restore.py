@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import numpy as np
 
 from hpa_jax import config as config_lib
+from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
 from hpa_jax.errors import UserError
 from hpa_jax.train import checkpoint as ckpt_lib
@@ -66,7 +66,7 @@ def _inference_mesh(config):
 
 
 def _saved_class_weights(workdir, num_classes: int):
-    path = pathlib.Path(workdir) / CLASS_WEIGHTS_FILE
+    path = fileio.as_path(workdir) / CLASS_WEIGHTS_FILE
     if not path.is_file():
         return None
     try:
@@ -81,7 +81,7 @@ def _saved_class_weights(workdir, num_classes: int):
 def restore_run(workdir, *, step: int | None = None) -> Restored:
     """The run in `workdir` at checkpoint `step` (default: the best by the run's validation
     metric, else the latest). UserError if the workdir holds no run or no checkpoint."""
-    workdir = pathlib.Path(workdir)
+    workdir = fileio.as_path(workdir)
     if not workdir.is_dir():
         raise UserError(f"--workdir {workdir}: no such folder")
     config = config_lib.read_config(workdir)

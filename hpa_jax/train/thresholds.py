@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import write_text
+from hpa_jax.fileio import as_path, write_text
 from hpa_jax.train import metrics
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -116,7 +115,7 @@ def load_thresholds(
 
     Checks the count (and the class names, when both sides have them) against the model's.
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
     if path.is_dir():
         path = path / THRESHOLDS_FILE
     try:
