@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hpa_jax.bench import segment as bench_segment
 from hpa_jax.cli import main
 
@@ -26,3 +28,18 @@ def test_bench_segment_reports_every_figure(tmp_path, capsys):
     multi = record["multi_core"]
     assert (multi["size"], multi["images"], multi["workers"]) == (128, 4, 2)
     assert multi["images_per_s_1_process"] > 0 and multi["images_per_s"] > 0
+
+
+@pytest.mark.gcs
+def test_bench_out_on_gs_keeps_every_line(gcs_bucket, capsys):
+    """`--out gs://...`: each point rewrites the object with one more line (an object cannot be
+    appended to), as the local file is appended to."""
+    from hpa_jax import fileio
+    from hpa_jax.commands.bench import _emit
+
+    out = f"{gcs_bucket}/bench.jsonl"
+    _emit({"point": 1}, out)
+    _emit({"point": 2}, out)
+    lines = fileio.as_path(out).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"point": 1}, {"point": 2}]
+    assert capsys.readouterr().out.splitlines() == lines
