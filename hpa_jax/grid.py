@@ -22,12 +22,14 @@ import importlib.util
 import io
 import itertools
 import json
+import os
 import pathlib
 from typing import Any
 
 from hpa_jax.config import apply_overrides, load_config
+from hpa_jax.config.loading import split_spec
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import Path, as_path, atomic_path, is_remote, write_text
+from hpa_jax.fileio import Path, as_path, atomic_path, is_remote, local_copy, write_text
 from hpa_jax.train.loop import train_and_evaluate
 
 DONE_FILE = "final_metrics.json"  # written when a point's training has finished
@@ -58,17 +60,19 @@ def product(add, axes: dict[str, list]) -> None:
 
 
 def load_grid(spec: str) -> Grid:
-    """`configs/grids/lr.py[:arg]` → Grid. Errors name the file."""
-    path, _, arg = str(spec).partition(":")
-    file = pathlib.Path(path)
+    """`configs/grids/lr.py[:arg]` (or `gs://.../lr.py[:arg]`) → Grid. Errors name the file."""
+    path, arg = split_spec(str(spec))
+    file = as_path(path)
     if not file.is_file():
         raise UserError(f"grid file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"hpa_grid_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:  # a broken grid file is the user's input
-        raise UserError(f"grid file {path} failed to load: {err}") from err
+    with local_copy(file) as local:
+        local = pathlib.Path(os.fspath(local))
+        module_spec = importlib.util.spec_from_file_location(f"hpa_grid_{local.stem}", local)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:  # a broken grid file is the user's input
+            raise UserError(f"grid file {path} failed to load: {err}") from err
     if not hasattr(module, "BASE") or not hasattr(module, "sweep"):
         raise UserError(f"grid file {path} must define BASE (a config spec) and sweep(add, arg)")
     points: list[dict[str, Any]] = []
@@ -84,7 +88,7 @@ def load_grid(spec: str) -> Grid:
         raise UserError(f"grid file {path} has repeated points: {sorted(dupes)}")
     base = module.BASE
     if arg:
-        base = f"{base},{arg}" if ":" in base else f"{base}:{arg}"
+        base = f"{base},{arg}" if split_spec(base)[1] else f"{base}:{arg}"
     return Grid(name=file.stem, base=base, points=tuple(points))
 
 

@@ -6,8 +6,8 @@
   metrics.jsonl, TensorBoard events, thresholds, plots, checkpoints) as objects, no temporary;
 - a resume this config cannot continue is refused with every object of the workdir untouched;
 - `hpa-jax eval`, `predict`, `embed` and `export` read the gs:// run and write their outputs to
-  gs://; `hpa-jax grid run|report` keep a grid's root on gs://; a run's `config.py` loads from
-  gs://; converted weights are written to and read from gs://;
+  gs://; `hpa-jax grid run|report` keep a grid's root on gs:// (its grid file too); a run's
+  `config.py` loads from gs://; converted weights are written to and read from gs://;
 - the run logs (metrics.jsonl, events), which cannot be appended to on an object store, are
   rewritten whole: at most every `flush_seconds`, at every flush, and on close.
 Every test runs in a temporary working folder; no local folder named `gs:` may appear there.
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from test_resume import saved_arrays, tiny_config, train_losses
 
-from hpa_jax import cli, fileio
+from hpa_jax import cli, fileio, grid
 from hpa_jax import config as config_lib
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.train import loop, writers
@@ -159,20 +159,21 @@ def test_eval_predict_embed_export_write_to_gcs(runs, data_dir, gcs_bucket):
     assert os.listdir(".") == []  # nothing local beside the temporaries, which are gone
 
 
-def test_grid_root_on_gcs(gcs_bucket, tmp_path, capsys):
-    """Finished points are skipped (their final_metrics.json read from gs://); the report's
-    files are written there."""
-    spec = tmp_path / "g.py"
-    spec.write_text("BASE = 'configs/demo.py'\n"
-                    "def sweep(add, arg):\n"
-                    "    for lr in (0.1, 0.001):\n"
-                    "        add(**{'optimizer.lr': lr})\n")
+def test_grid_root_on_gcs(gcs_bucket, capsys):
+    """The grid file and the root on gs://: finished points are skipped (their
+    final_metrics.json read from gs://); the report's files are written there."""
+    spec = f"{gcs_bucket}/grids/g.py"
+    fileio.write_text(spec, "BASE = 'configs/demo.py'\n"
+                            "def sweep(add, arg):\n"
+                            "    for lr in (0.1, 0.001):\n"
+                            "        add(**{'optimizer.lr': lr})\n")
+    assert grid.load_grid(f"{spec}:runlocal").base == "configs/demo.py:runlocal"
     root = fileio.as_path(gcs_bucket) / "grid"
     for lr, f1 in ((0.1, 0.25), (0.001, 0.875)):
         fileio.write_text(root / f"lr={lr:g}" / "final_metrics.json", json.dumps(
             {"name": f"lr={lr:g}", "point": {"optimizer.lr": lr},
              "metrics": {"macro_f1": f1, "micro_f1": f1 + 0.05}}))
-    assert cli.main(["grid", "run", str(spec), "--root", str(root)]) == 0
+    assert cli.main(["grid", "run", spec, "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and "| lr=0.001 | 0.001 | 0.8750 |" in out
     names = set(objects(root))

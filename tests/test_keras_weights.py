@@ -224,3 +224,24 @@ def test_save_load_converted_and_cli(tmp):
     assert not (pathlib.Path(tmp) / "bad").exists()
     with pytest.raises(UserError, match="not a converted-weights folder"):
         converted.load_converted(tmp)
+
+
+@pytest.mark.gcs
+def test_weights_file_and_converted_folder_on_gcs(tmp, gcs_bucket):
+    """`convert-weights --keras gs://... --out gs://...` (the file read through a local copy,
+    the folder uploaded whole); the converted folder loads from gs:// with the same features."""
+    from hpa_jax import fileio
+
+    _, images, want, files = _keras_reference("b0", tmp)
+    remote = f"{gcs_bucket}/keras/b0.weights.h5"
+    fileio.filesystem(remote).put_file(files["weights.h5"], remote)
+    out = f"{gcs_bucket}/converted"
+    assert cli.main(["convert-weights", "--keras", remote, "--variant", "b0",
+                     "--out", out]) == 0
+    state, meta = converted.load_converted(out)
+    assert meta["source"] == remote
+    model = EfficientNet("b0", num_classes=7, rngs=nnx.Rngs(5))
+    converted.apply_converted(model, state, meta)
+    np.testing.assert_allclose(_our_features(model, images), want, atol=1e-4, rtol=0)
+    with pytest.raises(UserError, match="missing.h5: no such weights file"):
+        kw.load_keras_weights(f"{gcs_bucket}/missing.h5", "b0")
