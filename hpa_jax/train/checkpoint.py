@@ -8,6 +8,8 @@ Each checkpoint holds three items:
 Saves are asynchronous (arrays are copied to host before `save` returns, so the next step may
 donate them). Kept: the last `keep` checkpoints and the best one by a validation metric. On a TPU
 whose runtime announces a preemption, orbax's preemption policy saves at the sync point.
+The workdir may be on object storage (`gs://...`): orbax writes there through tensorstore and
+marks a save complete only when every array is written (`fileio.as_path`, never `pathlib`).
 """
 
 from __future__ import annotations
