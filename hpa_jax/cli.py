@@ -22,6 +22,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "convert"), "data_convert", "convert a Kaggle HPA folder to sharded TFRecords"),
     (("data", "inspect"), "data_inspect", "check every record of TFRecord shards"),
     (("data", "split"), "data_split", "write a stratified train/validation split"),
+    (("data", "stage"), "data_stage", "copy a dataset folder (gs:// or local) to local disk"),
     (("convert-weights",), "convert_weights", "convert Keras EfficientNet weights to hpa-jax"),
     (("train",), "train", "train a config into a workdir (resumes if it has a checkpoint)"),
     (("eval",), "evaluate", "evaluate a run on its validation split"),

@@ -250,6 +250,40 @@ def test_different_options_refuse_unless_overwrite(folder, tmp_path):
     ]
 
 
+@pytest.mark.gcs
+def test_convert_to_gcs_uploads_the_local_conversion(folder, tmp_path, gcs_bucket, capsys):
+    """`data convert --out gs://...` writes the folder locally and uploads it whole: the same
+    files and bytes as a local conversion (a sidecar holds its shard's mtime, so those are
+    checked by reading the shards back instead); a second run refuses unless --overwrite."""
+    from hpa_jax import fileio
+    from hpa_jax.data import stage
+
+    root, _ = folder
+    out = f"{gcs_bucket}/converted"
+    argv = ["data", "convert", "--input", str(root / "train"), "--csv", str(root / "train.csv"),
+            "--shards", "2", "--workers", "1"]  # fmt: skip
+    assert main([*argv, "--out", out]) == 0
+    assert f"shards in {out} " in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    staged = stage.stage(out, tmp_path / "staged", progress=False)
+    local = sorted(p.relative_to(tmp_path / "local").as_posix()
+                   for p in (tmp_path / "local").rglob("*") if p.is_file())  # fmt: skip
+    assert sorted(staged.copied) == local
+    for name in local:
+        if not name.endswith(".index"):
+            assert (tmp_path / "staged" / name).read_bytes() == \
+                (tmp_path / "local" / name).read_bytes(), name  # fmt: skip
+    assert _records(tmp_path / "staged")[1] == _records(tmp_path / "local")[1]
+    assert main([*argv, "--out", out]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--out", out, "--overwrite", "--size", "8"]) == 0
+    info = json.loads(fileio.as_path(f"{out}/dataset.json").read_text())
+    assert info["height"] == 8
+    assert main(["data", "convert", "--input", f"{gcs_bucket}/in", "--out", str(tmp_path / "x"),
+                 "--csv", str(root / "train.csv")]) == 2  # fmt: skip
+    assert "read from local disk" in capsys.readouterr().err
+
+
 def test_unknown_header_and_missing_csv(folder, tmp_path):
     root, _ = folder
     (tmp_path / "odd.csv").write_text("name,classes\na8,0\n")

@@ -2,15 +2,16 @@
 
 Checks framing and both CRCs, the schema (parse, all four PNG channels decodable, single-channel,
 of the record's height x width), labels against the label table, and duplicate IDs. Prints the
-record count, the label histogram and every bad record; exits 1 if there is any.
+record count, the label histogram and every bad record; exits 1 if there is any. Shards on
+object storage (gs://) are downloaded to a temporary folder and checked there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 
+from hpa_jax import fileio
 from hpa_jax.data.inspect import inspect_records
 
 
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "files",
         nargs="+",
         metavar="FILE",
-        help="TFRecord shards, folders (their *.tfrecord* files) or glob patterns",
+        help="TFRecord shards, folders (their *.tfrecord* files) or glob patterns; local or "
+        "gs://",
     )
     parser.add_argument(
         "--labels",
@@ -46,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _dataset_label_table(files: list[str]) -> str | None:
     """The label_table named by dataset.json beside the first FILE (or inside it, a folder)."""
-    first = pathlib.Path(files[0])
-    info = (first if first.is_dir() else first.parent) / "dataset.json"
+    first = fileio.as_path(files[0])
     try:
+        info = (first if first.is_dir() else first.parent) / "dataset.json"
         return json.loads(info.read_text()).get("label_table")
     except (OSError, ValueError, AttributeError):
         return None  # no readable dataset.json: the default applies

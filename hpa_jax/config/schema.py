@@ -49,9 +49,10 @@ RESUME_CHANGEABLE = (
     "loss.class_weights", "loss.beta", "loss.min_weight", "loss.focal_gamma",
     "loss.label_smoothing",
     # where the data lives and how it is read: the same records in the same order (the
-    # checkpoint's input position, which names the records, is compared instead)
+    # checkpoint's input position, which names the records, is compared instead); stage_dir
+    # only says where a gs:// data.dir is copied to on local disk
     "data.source", "data.dir", "data.tfds_name", "data.tfds_data_dir", "data.worker_count",
-    "data.cache",
+    "data.cache", "data.stage_dir",
     # read only when a run starts at step 0: a resumed run restores its weights
     "init_from", "model.weights",
     # the same numbers by another implementation
@@ -81,7 +82,10 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.seed = 0
     cfg.data = _group(
         source="folder",  # folder (data.dir) | tfds (data.tfds_name, read by tfds.data_source)
-        dir="runs/demo/data",  # dataset folder (shards, split.csv, dataset.json)
+        dir="runs/demo/data",  # dataset folder (shards, split.csv, dataset.json); local or gs://
+        # a gs:// data.dir is copied here (local) before reading; "" = $HPA_JAX_DATA_CACHE/
+        # <bucket>/<prefix>, else ~/.cache/hpa-jax/datasets/<bucket>/<prefix> (hpa_jax.data.stage)
+        stage_dir="",
         tfds_name="",  # data.source=tfds: e.g. hpa_protein_atlas/synthetic (hpa_jax.data.tfds)
         tfds_data_dir="",  # data.source=tfds: TFDS data_dir; "" = TFDS's (~/tensorflow_datasets)
         label_table="hpa2021",  # hpa2021 (19 classes) | hpa2018 (28)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data.example import parse_example
+from hpa_jax.data.record_index import local_only
 from hpa_jax.data.record_source import TFRecordSource
 from hpa_jax.data.tfds_source import (
     TfdsDataset,
@@ -61,7 +61,7 @@ class _Catalog:
 class RecordCatalog(_Catalog):
     """Who is where: record i of the concatenated shards has ID `ids[i]` and `labels[i]`."""
 
-    paths: tuple[pathlib.Path, ...]
+    paths: tuple[fileio.Path, ...]
     ids: tuple[str, ...]
     labels: tuple[tuple[int, ...], ...]
 
@@ -107,16 +107,16 @@ class TfdsCatalog(_Catalog):
         return source
 
 
-def _shard_stamp(paths: Sequence[pathlib.Path]) -> list[dict]:
+def _shard_stamp(paths: Sequence[fileio.Path]) -> list[dict]:
     """What identifies the shards' contents cheaply: name, size, mtime (ns)."""
     stamp = []
     for p in paths:
-        st = p.stat()
+        st = os.stat(p)
         stamp.append({"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return stamp
 
 
-def _scan_records(paths: Sequence[pathlib.Path]) -> tuple[list[str], list[list[int]]]:
+def _scan_records(paths: Sequence[fileio.Path]) -> tuple[list[str], list[list[int]]]:
     """Parse every Example (no PNG decode) for its ID and labels."""
     source = TFRecordSource([str(p) for p in paths])
     ids, labels = [], []
@@ -131,9 +131,11 @@ def record_catalog(data_dir: str | os.PathLike, info: dict | None = None) -> Rec
     """The record → (ID, labels) table, from `DIR/records.json` when it is current.
 
     A stale or missing sidecar is rebuilt by scanning the shards and rewritten atomically; a
-    read-only dataset folder just goes uncached.
+    read-only dataset folder just goes uncached. Local folders only: stage a gs:// one first
+    (`hpa_jax.data.stage`).
     """
-    data_dir = pathlib.Path(data_dir)
+    local_only(data_dir)
+    data_dir = fileio.as_path(data_dir)
     paths = dataset.shard_paths(data_dir, info)
     stamp = _shard_stamp(paths)
     sidecar = data_dir / dataset.RECORDS_JSON
@@ -166,7 +168,7 @@ def select_records(
     `split="all"` takes every record; otherwise IDs come from `DIR/split.csv`. An empty result
     is a UserError naming the folder.
     """
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     catalog = record_catalog(data_dir) if catalog is None else catalog
     excluded = {exclude} if isinstance(exclude, str) else {str(x) for x in exclude}
     if split == "all":
@@ -199,7 +201,7 @@ class Selection:
     records: int64[N] record indices (ascending); num_classes: K from dataset.json.
     """
 
-    data_dir: pathlib.Path | TfdsDataset
+    data_dir: fileio.Path | TfdsDataset
     catalog: RecordCatalog | TfdsCatalog
     records: np.ndarray
     num_classes: int
@@ -226,7 +228,8 @@ def select(
     ("all": every split, one after another)."""
     if isinstance(data_dir, TfdsDataset):
         return _select_tfds(data_dir, split, exclude, num_classes)
-    data_dir = pathlib.Path(data_dir)
+    local_only(data_dir)
+    data_dir = fileio.as_path(data_dir)
     info = dataset.read_info(data_dir)
     k = dataset.num_classes(data_dir, info, num_classes)
     catalog = record_catalog(data_dir, info)

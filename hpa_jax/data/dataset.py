@@ -35,7 +35,6 @@ import csv
 import io
 import json
 import os
-import pathlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -72,6 +71,12 @@ def shard_name(index: int, count: int) -> str:
     return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}.tfrecord"
 
 
+def _csv_lines(path: fileio.Path) -> io.StringIO:
+    """A CSV file's text, line ends kept as they are (what `open(newline="")` gives; epath's
+    `open` takes no newline argument), local or on object storage."""
+    return io.StringIO(path.read_bytes().decode(), newline="")
+
+
 def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     """CSV text with `\\n` line ends (byte-identical across platforms)."""
     buffer = io.StringIO()
@@ -86,7 +91,7 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 
 def read_info(data_dir: str | os.PathLike) -> dict:
     """The parsed `DIR/dataset.json` (label_table, num_classes, num_records, shards, …)."""
-    path = pathlib.Path(data_dir) / DATASET_JSON
+    path = fileio.as_path(data_dir) / DATASET_JSON
     if not path.is_file():
         raise UserError(f"{path}: no {DATASET_JSON}; is {data_dir} a dataset folder?")
     try:
@@ -100,17 +105,17 @@ def read_info(data_dir: str | os.PathLike) -> dict:
 
 def has_info(data_dir: str | os.PathLike) -> bool:
     """Whether `DIR/dataset.json` exists (a finished dataset folder)."""
-    return (pathlib.Path(data_dir) / DATASET_JSON).is_file()
+    return (fileio.as_path(data_dir) / DATASET_JSON).is_file()
 
 
 def write_info(data_dir: str | os.PathLike, info: dict) -> None:
     """Write `DIR/dataset.json` atomically."""
-    fileio.write_text(pathlib.Path(data_dir) / DATASET_JSON, json.dumps(info, indent=2) + "\n")
+    fileio.write_text(fileio.as_path(data_dir) / DATASET_JSON, json.dumps(info, indent=2) + "\n")
 
 
-def shard_paths(data_dir: str | os.PathLike, info: dict | None = None) -> list[pathlib.Path]:
+def shard_paths(data_dir: str | os.PathLike, info: dict | None = None) -> list[fileio.Path]:
     """The dataset's TFRecord shards: `info["shards"]` in order, else `DIR/*.tfrecord` sorted."""
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     info = read_info(data_dir) if info is None else info
     names = info.get("shards")
     if names:
@@ -127,7 +132,7 @@ def shard_paths(data_dir: str | os.PathLike, info: dict | None = None) -> list[p
 
 def num_classes(data_dir: str | os.PathLike, info: dict, wanted: int | None = None) -> int:
     """Class count from dataset.json (or its label table), checked against `wanted`."""
-    where = pathlib.Path(data_dir) / DATASET_JSON
+    where = fileio.as_path(data_dir) / DATASET_JSON
     found = info.get("num_classes")
     if found is None and "label_table" in info:
         found = get_table(info["label_table"]).num_classes
@@ -178,10 +183,9 @@ def read_labels_csv(path: str | os.PathLike, labels: str = "auto"):
     (`ID,ImageWidth,ImageHeight,PredictionString`) lists its images unlabelled: every label
     string is "" (the rest of its columns is ignored).
     """
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(_csv_lines(path)))
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read CSV ({err})") from None
     if not rows:
@@ -218,32 +222,34 @@ def read_split(path: str | os.PathLike) -> dict[str, str]:
     A missing file, a wrong header, an empty ID, another split name or a repeated ID raise
     UserError naming the file and line.
     """
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     if not path.is_file():
         raise UserError(f"{path}: no split file (run `hpa-jax data split {path.parent}`, "
                         "or use the split 'all')")  # fmt: skip
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ID", "split"]:
-            raise UserError(f"{path}: header must be 'ID,split', got {header!r}")
-        out: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            image_id = row[0].strip() if row else ""
-            name = row[1].strip() if len(row) > 1 else ""
-            if not image_id or name not in SPLIT_NAMES:
-                raise UserError(f"{path}:{line}: expected 'ID,{'|'.join(SPLIT_NAMES)}', "
-                                f"got {row!r}")  # fmt: skip
-            if image_id in out:
-                raise UserError(f"{path}:{line}: ID {image_id!r} repeated")
-            out[image_id] = name
+    try:
+        reader = csv.reader(_csv_lines(path))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: cannot read CSV ({err})") from None
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["ID", "split"]:
+        raise UserError(f"{path}: header must be 'ID,split', got {header!r}")
+    out: dict[str, str] = {}
+    for line, row in enumerate(reader, start=2):
+        image_id = row[0].strip() if row else ""
+        name = row[1].strip() if len(row) > 1 else ""
+        if not image_id or name not in SPLIT_NAMES:
+            raise UserError(f"{path}:{line}: expected 'ID,{'|'.join(SPLIT_NAMES)}', "
+                            f"got {row!r}")  # fmt: skip
+        if image_id in out:
+            raise UserError(f"{path}:{line}: ID {image_id!r} repeated")
+        out[image_id] = name
     return out
 
 
 def split_ids(data_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """`DIR/split.csv` as {split name: IDs in file order}."""
     out: dict[str, list[str]] = {}
-    for image_id, name in read_split(pathlib.Path(data_dir) / SPLIT_CSV).items():
+    for image_id, name in read_split(fileio.as_path(data_dir) / SPLIT_CSV).items():
         out.setdefault(name, []).append(image_id)
     return {name: tuple(ids) for name, ids in out.items()}
 
@@ -258,7 +264,7 @@ def read_exclude(path: str | os.PathLike, what: str = "config.data.exclude") -> 
     `ID,anything` counts as its ID); `what` names the setting in errors."""
     if not path:
         return ()
-    file = pathlib.Path(path)
+    file = fileio.as_path(path)
     if not file.is_file():
         raise UserError(f"{what}={str(path)!r}: no such file")
     ids = []
@@ -272,11 +278,11 @@ def read_exclude(path: str | os.PathLike, what: str = "config.data.exclude") -> 
 # ------------------------------------------------------------------------------ cell masks
 
 
-def mask_path(data_dir: str | os.PathLike, image_id: str, kind: str = CELLS_DIR) -> pathlib.Path:
+def mask_path(data_dir: str | os.PathLike, image_id: str, kind: str = CELLS_DIR) -> fileio.Path:
     """`DIR/cells/<ID>.png` (kind "cells") or `DIR/nuclei/<ID>.png` (kind "nuclei")."""
     if kind not in (CELLS_DIR, NUCLEI_DIR):
         raise ValueError(f"kind must be {CELLS_DIR!r} or {NUCLEI_DIR!r}, got {kind!r}")
-    return pathlib.Path(data_dir) / kind / f"{image_id}.png"
+    return fileio.as_path(data_dir) / kind / f"{image_id}.png"
 
 
 def write_mask(path: str | os.PathLike, instances: np.ndarray) -> None:
@@ -287,14 +293,15 @@ def write_mask(path: str | os.PathLike, instances: np.ndarray) -> None:
             or instances.max(initial=0) > 65535:
         raise ValueError(f"an instance image is int[H, W] in 0..65535, got {instances.dtype}"
                          f"{list(instances.shape)}")  # fmt: skip
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = fileio.as_path(path)
+    if not fileio.is_remote(path):  # an object store has no folders to make
+        path.parent.mkdir(parents=True, exist_ok=True)
     fileio.write_bytes(path, encode_png(instances.astype(np.uint16)))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """An instance image written by `write_mask` → int32[H, W]; UserError naming the file."""
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     try:
         return decode_png(path.read_bytes(), what=str(path)).astype(np.int32)
     except FileNotFoundError:
@@ -305,18 +312,17 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 def read_cells_csv(path: str | os.PathLike) -> dict[str, dict[int, tuple[int, ...]]]:
     """A cells.csv (`ID,cell,labels`, 2021 label strings) → {ID: {cell: classes}}."""
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     out: dict[str, dict[int, tuple[int, ...]]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"ID", "cell", "labels"} <= set(reader.fieldnames):
-            raise UserError(f"{path}: header must name ID,cell,labels; got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                cell = int(row["cell"])
-                out.setdefault(row["ID"], {})[cell] = HPA_2021.parse(row["labels"] or "")
-            except (ValueError, UserError) as err:
-                raise UserError(f"{path}:{line}: {err}") from None
+    reader = csv.DictReader(_csv_lines(path))
+    if reader.fieldnames is None or not {"ID", "cell", "labels"} <= set(reader.fieldnames):
+        raise UserError(f"{path}: header must name ID,cell,labels; got {reader.fieldnames}")
+    for line, row in enumerate(reader, start=2):
+        try:
+            cell = int(row["cell"])
+            out.setdefault(row["ID"], {})[cell] = HPA_2021.parse(row["labels"] or "")
+        except (ValueError, UserError) as err:
+            raise UserError(f"{path}:{line}: {err}") from None
     return out

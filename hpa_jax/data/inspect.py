@@ -8,15 +8,19 @@ label table, and its ID against every earlier one. Bad records are collected, ne
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
+import tempfile
 from collections.abc import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
+from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
 from hpa_jax.data.example import CHANNELS, ParsedExample, SchemaError, decode_channel, parse_example
+from hpa_jax.data.record_index import is_shard_name
 from hpa_jax.data.record_source import build_index, expand_paths
 from hpa_jax.data.tfrecord import scan_frames
 from hpa_jax.errors import UserError
@@ -126,10 +130,59 @@ def inspect_records(
 
     Bad records are collected in `report.problems` (file, record index, byte offset, reason),
     never raised; a framing error ends that file's scan, since later frames cannot be found.
-    Duplicate IDs are reported too. Missing files raise UserError.
+    Duplicate IDs are reported too. Missing files raise UserError. Shards on object storage
+    (gs:// files, folders or globs) are downloaded to a temporary folder first; the report
+    names them by their URLs.
     """
-    table = labels_lib.get_table(label_table)
-    files = expand_paths(paths)
+    with contextlib.ExitStack() as stack:
+        local, names = _local_copies(paths, stack)
+        report = _inspect_files(expand_paths(local), labels_lib.get_table(label_table), progress)
+    report.records_per_file = {names.get(k, k): n for k, n in report.records_per_file.items()}
+    report.problems = [dataclasses.replace(p, path=names.get(p.path, p.path))
+                       for p in report.problems]  # fmt: skip
+    return report
+
+
+def _local_copies(paths, stack: contextlib.ExitStack) -> tuple[list, dict[str, str]]:
+    """`paths` with every remote entry replaced by local copies of its shards (in a temporary
+    folder that `stack` removes), and {local copy: URL}."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    local, names, folder = [], {}, None
+    for entry in paths:
+        if not fileio.is_remote(entry):
+            local.append(entry)
+            continue
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="hpa_jax_inspect."))
+        shards = _remote_shards(fileio.as_path(entry))
+        if not shards:
+            raise UserError(f"{entry}: no such TFRecord file, folder or pattern")
+        for url in shards:
+            copy = os.path.join(folder, str(len(names)), url.rsplit("/", 1)[-1])
+            os.makedirs(os.path.dirname(copy))
+            fileio.filesystem(url).get_file(url, copy)
+            local.append(copy)
+            names[copy] = url
+    return local, names
+
+
+def _remote_shards(path: fileio.Path) -> list[str]:
+    """The shard URLs a remote file, folder (its `*.tfrecord*`) or glob names, sorted."""
+    fs, url = fileio.filesystem(path), os.fspath(path).rstrip("/")
+    fs.invalidate_cache()
+    if fs.isdir(url):
+        found = fs.glob(url + "/*.tfrecord*")
+    elif fs.isfile(url):
+        found = [url]
+    else:
+        found = fs.glob(url)
+    scheme = url.split("://", 1)[0] + "://"
+    found = [f if "://" in f else scheme + f for f in found]
+    return sorted(f for f in found if is_shard_name(f.rsplit("/", 1)[-1]))
+
+
+def _inspect_files(files: list, table, progress: bool) -> InspectReport:
     report = InspectReport(table.name, table.classes)
     report.label_counts = np.zeros(table.num_classes, np.int64)
     total = _count_records(files)

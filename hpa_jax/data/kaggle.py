@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import pathlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -75,7 +74,7 @@ def parse_rows(table: LabelTable, raw_rows, path) -> tuple[list, list]:
 # ------------------------------------------------------------------------------ one record
 
 
-def index_files(input_dir: pathlib.Path) -> dict[str, str]:
+def index_files(input_dir: fileio.Path) -> dict[str, str]:
     """{file name: file name} of the input folder, listed once (a stat per file is slow on
     network disks with 100k+ images)."""
     try:
@@ -94,7 +93,7 @@ def find_channels(files: dict[str, str], image_id: str) -> dict[str, str | None]
     return out
 
 
-def read_channel(path: pathlib.Path, channel: str) -> np.ndarray:
+def read_channel(path: fileio.Path, channel: str) -> np.ndarray:
     """One channel image → uint8[H, W] or uint16[H, W]; ConvertError (naming the file) if not."""
     try:
         with Image.open(path) as image:
@@ -122,7 +121,7 @@ def _plane(image, channel: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def _read_with_skimage(path: pathlib.Path, pillow_error) -> np.ndarray:
+def _read_with_skimage(path: fileio.Path, pillow_error) -> np.ndarray:
     """Fallback for TIFFs Pillow cannot read (compressions, odd layouts) via tifffile."""
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
@@ -142,7 +141,7 @@ def resize(array: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _passthrough_png(path: pathlib.Path) -> bytes | None:
+def _passthrough_png(path: fileio.Path) -> bytes | None:
     """The file's bytes if it is already a single-channel 8/16-bit PNG (stored as is)."""
     if path.suffix.lower() != ".png":
         return None
@@ -152,7 +151,7 @@ def _passthrough_png(path: pathlib.Path) -> bytes | None:
     return data if ok else None
 
 
-def load_record(input_dir: pathlib.Path, image_id: str, files: dict, size: int | None) -> dict:
+def load_record(input_dir: fileio.Path, image_id: str, files: dict, size: int | None) -> dict:
     """{channel: PNG bytes or uint8|uint16[H, W]} for one ID; ConvertError on any problem."""
     missing = [c for c in CHANNELS if files[c] is None]
     if missing:
@@ -182,10 +181,10 @@ def load_record(input_dir: pathlib.Path, image_id: str, files: dict, size: int |
 class ShardTask:
     """Everything a worker needs to write one shard (picklable)."""
 
-    path: pathlib.Path
-    manifest: pathlib.Path
+    path: fileio.Path
+    manifest: fileio.Path
     options_hash: str
-    input_dir: pathlib.Path
+    input_dir: fileio.Path
     rows: tuple  # ((ID, labels, {channel: file name or None}), ...)
     size: int | None
     on_error: str
@@ -211,7 +210,7 @@ def convert_shard(task: ShardTask) -> dict:
     manifest = {
         "options_hash": task.options_hash,
         "shard": task.path.name,
-        "num_bytes": task.path.stat().st_size,
+        "num_bytes": os.stat(task.path).st_size,
         "ids": ids,
         "labels": labels,
         "skipped": skipped,
@@ -223,18 +222,15 @@ def convert_shard(task: ShardTask) -> dict:
 
 def _record_size(channels: dict) -> tuple[int, int]:
     red = channels["red"]
-    if isinstance(red, bytes):
-        return png_info(red)[:2]
-    return tuple(red.shape)
+    return png_info(red)[:2] if isinstance(red, bytes) else tuple(red.shape)
 
 
 def finished_manifest(task: ShardTask) -> dict | None:
     """The manifest of a shard that is complete for these options, else None."""
     try:
         manifest = json.loads(task.manifest.read_text())
-        complete = manifest.get(
-            "options_hash"
-        ) == task.options_hash and task.path.stat().st_size == manifest.get("num_bytes")
+        complete = manifest.get("options_hash") == task.options_hash \
+            and os.stat(task.path).st_size == manifest.get("num_bytes")  # fmt: skip
     except (OSError, ValueError):
         return None
     return manifest if complete else None
@@ -247,7 +243,7 @@ def options_hash(options: dict) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _claim_output(out_dir: pathlib.Path, options: dict, digest: str, overwrite: bool) -> None:
+def _claim_output(out_dir: fileio.Path, options: dict, digest: str, overwrite: bool) -> None:
     """Make sure OUT holds nothing from a different conversion; record ours in convert.json."""
     record = out_dir / CONVERT_JSON
     existing = None
@@ -276,6 +272,7 @@ def _claim_output(out_dir: pathlib.Path, options: dict, digest: str, overwrite: 
     fileio.write_text(record, json.dumps(payload, indent=2) + "\n")
 
 
+@writer_lib.written_locally
 def convert(
     input_dir,
     csv_path,
@@ -296,8 +293,11 @@ def convert(
     found complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width.
     Raises UserError for bad arguments, and ConvertError on the first bad record when on_error
     is "fail" (None: a test folder's default, else "skip"; finished shards stay for a re-run).
+    A gs:// `out_dir` is written locally and uploaded whole; the input is read from local disk.
     """
-    input_dir, out_dir = pathlib.Path(input_dir), pathlib.Path(out_dir)
+    input_dir, out_dir = fileio.as_path(input_dir), fileio.as_path(out_dir)
+    if fileio.is_remote(input_dir):
+        raise UserError(f"{input_dir}: read from local disk: hpa-jax data stage {input_dir} DIR")
     csv_path = _find_csv(input_dir, csv_path)
     if on_error not in (None, "skip", "fail"):
         raise UserError(f"--on-error must be skip or fail, got {on_error!r}")
@@ -339,10 +339,10 @@ def _more(count: int) -> str:
     return f" (and {count - 5} more)" if count > 5 else ""
 
 
-def _find_csv(input_dir: pathlib.Path, csv_path) -> pathlib.Path:
+def _find_csv(input_dir: fileio.Path, csv_path) -> fileio.Path:
     """The CSV as given, else inside the input folder, else beside it (Kaggle's layout is
     `train.csv` next to `train/`)."""
-    path = pathlib.Path(csv_path)
+    path = fileio.as_path(csv_path)
     for candidate in (path, input_dir / path, input_dir.parent / path):
         if candidate.is_file():
             return candidate

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import struct
 
 import google_crc32c
@@ -49,9 +48,9 @@ class RecordIndex:
         return len(self.offsets)
 
 
-def index_path(path: str | os.PathLike) -> pathlib.Path:
+def index_path(path: str | os.PathLike) -> fileio.Path:
     """The sidecar index file of shard `path`: `<path>.index`."""
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     return path.with_name(path.name + INDEX_SUFFIX)
 
 
@@ -63,16 +62,25 @@ def is_shard_name(name: str) -> bool:
 
 def cached_index(path: str | os.PathLike) -> RecordIndex | None:
     """The shard's sidecar index if it exists and matches the shard; never scans or writes."""
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     return load_index(path, fingerprint(path))
 
 
-def fingerprint(path: pathlib.Path) -> Fingerprint:
+def local_only(path: str | os.PathLike) -> None:
+    """UserError for records on object storage: they are read from local disk."""
+    if fileio.is_remote(path):
+        raise UserError(f"{path}: records are read from local disk; stage the dataset first "
+                        "(hpa-jax data stage SRC DIR), or give its gs:// folder as "
+                        "config.data.dir, which stages it")
+
+
+def fingerprint(path: str | os.PathLike) -> Fingerprint:
     """(size, mtime_ns, CRC32C of the first and last 4 KiB): what the index is valid for.
 
     The sampled bytes catch a rewrite within the filesystem's timestamp resolution that keeps
     the size (the last record's CRC lies in the last bytes).
     """
+    local_only(path)
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -88,20 +96,12 @@ def fingerprint(path: pathlib.Path) -> Fingerprint:
     return st.st_size, st.st_mtime_ns, google_crc32c.value(head + tail)
 
 
-def load_index(path: pathlib.Path, shard_fingerprint: Fingerprint) -> RecordIndex | None:
+def load_index(path: str | os.PathLike, shard_fingerprint: Fingerprint) -> RecordIndex | None:
     """The sidecar of shard `path` if it is sound and made for `shard_fingerprint`, else None."""
-    try:
-        blob = index_path(path).read_bytes()
-    except OSError:
+    head = _read_sidecar(index_path(path))
+    if head is None:
         return None
-    if len(blob) < _INDEX_HEAD.size + 4:
-        return None
-    body, crc = blob[:-4], struct.unpack("<I", blob[-4:])[0]
-    if google_crc32c.value(body) != crc:
-        return None  # a damaged sidecar is rebuilt, never trusted
-    magic, version, count, size, mtime_ns, sample_crc = _INDEX_HEAD.unpack_from(body)
-    if (magic, version) != (_INDEX_MAGIC, _INDEX_VERSION):
-        return None
+    body, (_, _, count, size, mtime_ns, sample_crc) = head
     if (size, mtime_ns, sample_crc) != tuple(shard_fingerprint):
         return None
     if len(body) != _INDEX_HEAD.size + 16 * count:
@@ -110,7 +110,37 @@ def load_index(path: pathlib.Path, shard_fingerprint: Fingerprint) -> RecordInde
     return RecordIndex(arrays[0].astype(np.uint64), arrays[1].astype(np.uint64))
 
 
-def try_save_index(path: pathlib.Path, index: RecordIndex, shard_fingerprint: Fingerprint) -> None:
+def _read_sidecar(sidecar) -> tuple[bytes, tuple] | None:
+    """(body, head fields) of a sound sidecar file of our version, else None."""
+    try:
+        blob = fileio.as_path(sidecar).read_bytes()
+    except OSError:
+        return None
+    if len(blob) < _INDEX_HEAD.size + 4:
+        return None
+    body, crc = blob[:-4], struct.unpack("<I", blob[-4:])[0]
+    if google_crc32c.value(body) != crc:
+        return None  # a damaged sidecar is rebuilt, never trusted
+    head = _INDEX_HEAD.unpack_from(body)
+    if head[:2] != (_INDEX_MAGIC, _INDEX_VERSION):
+        return None
+    return body, head
+
+
+def indexed_mtime(shard: str | os.PathLike, sidecar: str | os.PathLike) -> int | None:
+    """The mtime_ns the index file `sidecar` was made for, if it describes the local file
+    `shard`'s size and sampled bytes; else None. A copy of a shard (staged from object storage,
+    which keeps no mtimes) given this mtime makes its copied sidecar valid again."""
+    head = _read_sidecar(sidecar)
+    if head is None:
+        return None
+    _, (_, _, _, size, mtime_ns, sample_crc) = head
+    found_size, _, found_crc = fingerprint(shard)
+    return mtime_ns if (size, sample_crc) == (found_size, found_crc) else None
+
+
+def try_save_index(path: str | os.PathLike, index: RecordIndex,
+                   shard_fingerprint: Fingerprint) -> None:  # fmt: skip
     """Write the sidecar of shard `path` atomically; in a read-only folder, quietly don't."""
     size, mtime_ns, sample_crc = shard_fingerprint
     head = _INDEX_HEAD.pack(_INDEX_MAGIC, _INDEX_VERSION, len(index), size, mtime_ns, sample_crc)

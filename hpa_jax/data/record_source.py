@@ -12,18 +12,19 @@ from __future__ import annotations
 import bisect
 import glob
 import os
-import pathlib
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from hpa_jax import fileio
 from hpa_jax.data.record_index import (
     RecordIndex,
     fingerprint,
     is_shard_name,
     load_index,
+    local_only,
     try_save_index,
 )
 from hpa_jax.data.tfrecord import (
@@ -45,7 +46,7 @@ def build_index(path: str | os.PathLike, *, use_cache: bool = True) -> RecordInd
     RecordError on a bad header or truncation. A rebuilt index is saved to the sidecar
     (atomically); if the folder is read-only the index is just kept in memory.
     """
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     shard_fingerprint = fingerprint(path)
     if use_cache:
         cached = load_index(path, shard_fingerprint)
@@ -64,22 +65,24 @@ def build_index(path: str | os.PathLike, *, use_cache: bool = True) -> RecordInd
     return index
 
 
-def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[pathlib.Path]:
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[fileio.Path]:
     """Shard paths from a path, a folder (its `*.tfrecord*` files), a glob, or a list of those.
 
     Order is kept for listed paths; folders and globs expand sorted. Index sidecars are skipped.
+    Local files only (a gs:// path is a UserError that says to stage it).
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    out: list[pathlib.Path] = []
+    out: list[fileio.Path] = []
     for entry in paths:
-        path = pathlib.Path(entry)
+        local_only(entry)
+        path = fileio.as_path(entry)
         if path.is_dir():
             found = sorted(path.glob("*.tfrecord*"))
         elif path.exists():
             found = [path]
         else:
-            found = sorted(pathlib.Path(p) for p in glob.glob(str(entry)))
+            found = sorted(fileio.as_path(p) for p in glob.glob(os.path.expanduser(str(entry))))
             if not found:
                 raise UserError(f"{entry}: no such TFRecord file")
         found = [p for p in found if is_shard_name(p.name) and p.is_file()]
@@ -110,7 +113,7 @@ class TFRecordSource:
         indexes = [build_index(p) for p in self.paths]
         self._offsets = [ix.offsets for ix in indexes]
         self._lengths = [ix.lengths for ix in indexes]
-        self._fingerprints = [fingerprint(pathlib.Path(p))[:2] for p in self.paths]
+        self._fingerprints = [fingerprint(p)[:2] for p in self.paths]
         # starts[k] = global index of shard k's first record; starts[-1] = total
         self._starts = [0]
         for ix in indexes:

@@ -15,11 +15,11 @@ validation}; see `dataset.py`), which training reads.
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data.dataset import TRAIN, VALIDATION
 from hpa_jax.errors import UserError
@@ -152,7 +152,7 @@ def resplit_dataset(data_dir: str | os.PathLike, *, val_fraction: float = 0.2, s
 
     Returns {"path", "num_train", "num_validation", "per_class": {name: (train, val)}}.
     """
-    data_dir = pathlib.Path(data_dir)
+    data_dir = fileio.as_path(data_dir)
     info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
     labels_csv = data_dir / dataset.LABELS_CSV
     table, raw = dataset.read_labels_csv(labels_csv, info.get("label_table", "auto"))

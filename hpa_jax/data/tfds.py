@@ -44,13 +44,13 @@ import dataclasses
 import functools
 import io
 import logging
-import pathlib
 import re
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from hpa_jax import fileio
 from hpa_jax.data import dataset, kaggle
 from hpa_jax.data.example import CHANNELS, decode_png, encode_png, png_info, to_uint8
 from hpa_jax.data.split import stratified_split
@@ -195,7 +195,7 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
             items = [(p.image_id, p.recorded_labels, p) for p in plans]
             skipped = []
         else:
-            items, skipped = _kaggle_rows(_kaggle_folder(pathlib.Path(dl_manager.manual_dir),
+            items, skipped = _kaggle_rows(_kaggle_folder(fileio.as_path(dl_manager.manual_dir),
                                                          cfg.name), table)  # fmt: skip
         split = stratified_split([i[0] for i in items], [i[1] for i in items], table.num_classes,
                                  cfg.val_fraction, cfg.seed)  # fmt: skip
@@ -245,7 +245,7 @@ def _synthetic_example(plan, cfg: HpaConfig) -> dict:
     }
 
 
-def _kaggle_folder(manual_dir: pathlib.Path, config_name: str) -> pathlib.Path:
+def _kaggle_folder(manual_dir: fileio.Path, config_name: str) -> fileio.Path:
     folder = manual_dir / config_name
     folder = folder if (folder / dataset.LABELS_CSV).is_file() else manual_dir
     if not (folder / dataset.LABELS_CSV).is_file() or not (folder / "train").is_dir():
@@ -255,7 +255,7 @@ def _kaggle_folder(manual_dir: pathlib.Path, config_name: str) -> pathlib.Path:
     return folder
 
 
-def _kaggle_rows(folder: pathlib.Path, table) -> tuple[list, list]:
+def _kaggle_rows(folder: fileio.Path, table) -> tuple[list, list]:
     """([(ID, labels, (image folder, {channel: file})), ...], [[ID, why skipped], ...])."""
     csv_path = folder / dataset.LABELS_CSV
     found, raw = dataset.read_labels_csv(csv_path)

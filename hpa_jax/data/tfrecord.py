@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import struct
 from collections.abc import Iterable, Iterator
 
@@ -23,7 +22,7 @@ import google_crc32c
 import numpy as np
 
 from hpa_jax import fileio
-from hpa_jax.data.record_index import RecordIndex, fingerprint, try_save_index
+from hpa_jax.data.record_index import RecordIndex, fingerprint, local_only, try_save_index
 from hpa_jax.errors import UserError
 
 HEADER_BYTES = 12  # uint64 length + uint32 masked CRC of the length
@@ -87,7 +86,7 @@ class TFRecordWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, write_index: bool = True):
-        self.path = pathlib.Path(path)
+        self.path = fileio.as_path(path)
         self._write_index = write_index
         self._atomic = fileio.atomic_path(self.path)
         try:
@@ -122,12 +121,15 @@ class TFRecordWriter:
             return
         self._file.close()
         self._file = None
+        # the index is made for the file as written: a rename keeps its mtime, and a shard on
+        # object storage (uploaded from this temporary) gets it back when staged
+        shard_fingerprint = fingerprint(self._tmp) if self._write_index else None
         self._atomic.__exit__(None, None, None)
         if self._write_index:
             index = RecordIndex(
                 np.asarray(self._offsets, np.uint64), np.asarray(self._lengths, np.uint64)
             )
-            try_save_index(self.path, index, fingerprint(self.path))
+            try_save_index(self.path, index, shard_fingerprint)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drop the partial file."""
@@ -190,7 +192,7 @@ def scan_frames(
     frame's position is then unknown. `read_data=False` skips over the data (index building);
     it then checks the header CRC only (`verify`) and the file's size.
     """
-    path = pathlib.Path(path)
+    path = fileio.as_path(path)
     size = _file_size(path)
     index = offset = 0
     with open(path, "rb") as f:
@@ -246,9 +248,10 @@ def truncation_reason(length: int, available: int) -> str:
     return f"truncated record (frame needs {needed} bytes, file has {available} left)"
 
 
-def _file_size(path: pathlib.Path) -> int:
+def _file_size(path) -> int:
+    local_only(path)
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except FileNotFoundError:
         raise UserError(f"{path}: no such TFRecord file") from None
     except OSError as err:

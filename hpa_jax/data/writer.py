@@ -1,20 +1,24 @@
-"""What `data synth` and `data convert` share: parallel shard tasks, stale-shard clean-up, and
+"""What `data synth` and `data convert` share: parallel shard tasks, stale-shard clean-up,
 writing a finished dataset folder's small files (train.csv, split.csv, dataset.json) through
-`dataset.py`, which owns their names and formats.
+`dataset.py`, which owns their names and formats, and output to object storage
+(`written_locally`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import multiprocessing
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data import split as split_lib
 from hpa_jax.data.example import CHANNELS
+from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
 
 
@@ -32,7 +36,7 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
     A dataset re-written with another shard count must not leave old shards that a reader
     globbing `*.tfrecord` would mix in. Returns the removed shard names.
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fileio.as_path(out_dir)
     keep = set(keep)
     remove_temporaries(out_dir)
     removed = []
@@ -48,7 +52,7 @@ def remove_stale_shards(out_dir: str | os.PathLike, keep: Iterable[str]) -> list
 def remove_temporaries(out_dir: str | os.PathLike) -> int:
     """Delete temporaries a killed run left (`.train-*.tmp`: a worker terminated mid-shard
     cannot clean up after itself). Returns how many were removed."""
-    stale = list(pathlib.Path(out_dir).glob(f".{dataset.SHARD_PREFIX}-*-of-*.tmp"))
+    stale = list(fileio.as_path(out_dir).glob(f".{dataset.SHARD_PREFIX}-*-of-*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -99,7 +103,7 @@ def write_dataset_files(
     `ids`/`labels` list the records in shard order; `height`/`width` are None when the records
     differ in size (an unresized conversion of mixed images).
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fileio.as_path(out_dir)
     dataset.write_labels_csv(out_dir / dataset.LABELS_CSV, table, ids, labels)
     split = split_lib.stratified_split(ids, labels, table.num_classes, val_fraction, seed)
     dataset.write_split(out_dir / dataset.SPLIT_CSV, split)
@@ -136,3 +140,44 @@ def format_counts(counts: dict[str, int], total: int) -> str:
     return "\n".join(
         f"  {name:<{width}}  {n:6d}  {100 * n / max(total, 1):5.1f} %" for name, n in counts.items()
     )
+
+
+def written_locally(fn: Callable) -> Callable:
+    """Decorate a writer `fn(..., out_dir, ...) -> summary dict` so that an `out_dir` on object
+    storage (gs://) is written as a local temporary folder and uploaded whole when `fn` returns
+    (`fileio.atomic_path`): a dataset folder is thousands of files written in worker processes,
+    renamed into place and resumed, all of which local disk does and an object store does not.
+    The remote folder is replaced, so an `overwrite=False` argument refuses one that holds
+    files. The summary's paths name the remote folder. A local `out_dir` is written in place.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        remote = bound.arguments["out_dir"]
+        if not fileio.is_remote(remote):
+            return fn(*args, **kwargs)
+        remote = fileio.as_path(remote)
+        if bound.arguments.get("overwrite") is False and remote.exists() \
+                and any(remote.iterdir()):  # fmt: skip
+            raise UserError(f"{remote} already holds files; output to object storage is "
+                            "written locally and uploaded whole (it does not resume there): "
+                            "pass --overwrite to replace it, or choose another --out")
+        with fileio.atomic_path(remote) as tmp:
+            bound.arguments["out_dir"] = tmp
+            summary = fn(*bound.args, **bound.kwargs)
+        return _rebase(summary, os.fspath(tmp), os.fspath(remote))
+
+    return wrapper
+
+
+def _rebase(value, old: str, new: str):
+    """`value` with every string that starts with the folder `old` starting with `new`."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value.startswith(old) else value
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_rebase(v, old, new) for v in value)
+    return value

@@ -2,45 +2,52 @@
 augmentation, the train and eval iterators, and the iterators' positions in a checkpoint.
 
 `hpa-jax train`, `eval`, `predict`, `embed` and the benchmarks build their iterators here, so a
-config key reaches the pipeline the same way everywhere.
+config key reaches the pipeline the same way everywhere. A dataset folder on object storage
+(`config.data.dir=gs://...`) is staged to local disk here (`hpa_jax.data.stage`: into
+`config.data.stage_dir`, else the cache; an unchanged copy is reused after one listing), since
+the record reader reads local files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Iterable
 
 import jax
 
+from hpa_jax import fileio
 from hpa_jax.data import augment as augment_lib
-from hpa_jax.data import catalog, dataset, pipeline
+from hpa_jax.data import catalog, dataset, pipeline, stage
 from hpa_jax.data.tfds import TfdsDataset  # and registers hpa_protein_atlas with TFDS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
 from hpa_jax.train.gather import gather_strings
 
 
-def check_data_dir(path) -> pathlib.Path:
-    """A dataset folder that exists and is not empty (UserError naming it otherwise)."""
+def check_data_dir(path, stage_dir: str | os.PathLike = "") -> fileio.Path:
+    """A dataset folder that exists and is not empty (UserError naming it otherwise), as a
+    local folder: one on object storage (gs://) is staged into `stage_dir` (a local folder;
+    "" = the cache, `hpa_jax.data.stage.default_stage_dir`) and its copy returned."""
     if not str(path):
         raise UserError("config.data.dir is empty: give the dataset folder")
-    data_dir = pathlib.Path(path)
+    data_dir = fileio.as_path(path)
     if not data_dir.is_dir():
         raise UserError(f"config.data.dir={str(path)!r}: no such folder")
     if not any(data_dir.iterdir()):
         raise UserError(f"config.data.dir={str(path)!r}: the folder is empty")
-    return data_dir
+    if stage_dir and fileio.is_remote(stage_dir):
+        raise UserError(f"config.data.stage_dir={str(stage_dir)!r}: give a local folder")
+    return stage.local_data_dir(data_dir, str(stage_dir) or None)
 
 
-def input_data(config) -> pathlib.Path | TfdsDataset:
+def input_data(config) -> fileio.Path | TfdsDataset:
     """What a config reads: its dataset folder (`data.source="folder"`: `data.dir`, checked by
     `check_data_dir`) or a TFDS dataset (`data.source="tfds"`: `data.tfds_name` in
     `data.tfds_data_dir`), which the iterators take alike."""
     source = str(config.data.get("source", "folder"))
     if source == "folder":
-        return check_data_dir(config.data.dir)
+        return check_data_dir(config.data.dir, config.data.get("stage_dir", ""))
     if source != "tfds":
         raise UserError(f"config.data.source={source!r}: choose folder or tfds")
     name = str(config.data.get("tfds_name", ""))
@@ -50,7 +57,7 @@ def input_data(config) -> pathlib.Path | TfdsDataset:
     return TfdsDataset(name, str(config.data.get("tfds_data_dir", "")) or None)
 
 
-def check_classes(data_dir: pathlib.Path | TfdsDataset, table: LabelTable) -> None:
+def check_classes(data_dir: fileio.Path | TfdsDataset, table: LabelTable) -> None:
     """The dataset's class count agrees with `config.data.label_table`."""
     found = catalog.dataset_info(data_dir).get("num_classes")
     where = data_dir if isinstance(data_dir, TfdsDataset) else data_dir / dataset.DATASET_JSON
@@ -88,7 +95,7 @@ def train_iterator(config, data_dir, *, batch_size: int, num_classes: int,
                    exclude: Iterable[str] = ()):  # fmt: skip
     """This process's endless training batches of `config` (batch_size: per process)."""
     return pipeline.make_train_iterator(
-        data_dir, batch_size=batch_size, image_size=config.data.image_size,
+        _local(config, data_dir), batch_size=batch_size, image_size=config.data.image_size,
         channels=config.data.channels, seed=int(config.seed), split=config.data.split_train,
         exclude=exclude, augment=train_augment(config),
         worker_count=int(config.data.worker_count), process_index=jax.process_index(),
@@ -103,11 +110,20 @@ def eval_iterator(config, data_dir: str | os.PathLike | TfdsDataset, *, batch_si
     """One pass over this process's share of `split`, at the config's size and channels
     unless given (batch_size: per process)."""
     return pipeline.make_eval_iterator(
-        data_dir, batch_size=batch_size, image_size=image_size or config.data.image_size,
+        _local(config, data_dir), batch_size=batch_size,
+        image_size=image_size or config.data.image_size,
         channels=channels or config.data.channels, split=split, exclude=exclude,
         worker_count=int(config.data.worker_count), process_index=jax.process_index(),
         process_count=jax.process_count(), num_classes=num_classes,
     )  # fmt: skip
+
+
+def _local(config, data_dir):
+    """`data_dir` as a local folder: a gs:// one staged (`check_data_dir` did it already for
+    the trainer's own folder; a second call costs one listing)."""
+    if isinstance(data_dir, TfdsDataset) or not fileio.is_remote(data_dir):
+        return data_dir
+    return check_data_dir(data_dir, config.data.get("stage_dir", ""))
 
 
 def all_data_states(iterator) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data import writer as writer_lib
@@ -33,7 +31,7 @@ def _render_shard(task: tuple) -> dict:
     return {"path": str(path), "count": len(plans), "cells": rows}
 
 
-def _remove_stale_masks(out_dir: pathlib.Path, ids: set[str]) -> None:
+def _remove_stale_masks(out_dir: fileio.Path, ids: set[str]) -> None:
     """Masks of images a previous, larger run wrote must not outlive it."""
     for kind in (dataset.CELLS_DIR, dataset.NUCLEI_DIR):
         for path in (out_dir / kind).glob("*.png"):
@@ -50,6 +48,7 @@ def truth_rows(plans: list[ImagePlan]) -> list[tuple]:
     ]
 
 
+@writer_lib.written_locally
 def synthesize(
     out_dir,
     *,
@@ -68,7 +67,8 @@ def synthesize(
     `size` x `size` px), train.csv (recorded labels), split.csv (stratified, `val_fraction`),
     truth.csv (planted anomalies), the per-cell truth (cells/<ID>.png, nuclei/<ID>.png,
     cells.csv; a share `heterogeneous` of the labelled images vary from cell to cell) and
-    dataset.json. The bytes depend only on the arguments other than `workers`.
+    dataset.json. The bytes depend only on the arguments other than `workers`. On object
+    storage (`gs://`) the folder is written locally and uploaded whole, replacing what was there.
 
     Summary keys: out_dir, num_images, size, seed, shards (names), class_counts ({name: n} of
     recorded labels), anomalies ({kind: n}), files ({what: path}).
@@ -80,7 +80,7 @@ def synthesize(
             f"0 <= heterogeneous <= 1; got {num_images}, {size}, {shards}, {anomaly_rate}, "
             f"{heterogeneous}"
         )
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fileio.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = min(shards, num_images)
     plans = plan_dataset(num_images, seed, anomaly_rate)
