@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -199,6 +201,57 @@ def test_local_multiprocess_env_per_process():
         assert "--xla_force_host_platform_device_count=2" in cmd
         assert "HPA_JAX_COORDINATOR=localhost:5555 HPA_JAX_NUM_PROCESSES=3" in cmd
         assert f"HPA_JAX_PROCESS_ID={i} hpa-jax train --workdir w" in cmd
+
+
+# a stand-in for `hpa-jax train`: says which process it is, then on SIGTERM exits $1 (75, as
+# preempted) or, with no argument, never ends by itself
+SIGTERM_EXITS = ("bash", "-c", 'trap "echo term; exit ${1:-0}" TERM; echo "$HPA_JAX_PROCESS_ID"; '
+                 'while :; do sleep 0.05; done', "_")
+
+
+def local_launch(tmp_path, *command: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(ROOT / "launch/local_multiprocess.sh"),
+                             "--num-processes=2", f"--logdir={tmp_path}", "--", *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def started_pids(logdir, *processes: int) -> list[int]:
+    """The pids of these processes, once each has said its number (its trap is set)."""
+    deadline = time.monotonic() + 30
+    for i in processes:
+        pid, log = logdir / f"process-{i}.pid", logdir / f"process-{i}.log"
+        while not (pid.exists() and pid.read_text().strip() and log.exists()
+                   and log.read_text()):
+            assert time.monotonic() < deadline, f"process {i} did not start"
+            time.sleep(0.02)
+    return [int((logdir / f"process-{i}.pid").read_text()) for i in processes]
+
+
+def test_local_multiprocess_passes_sigterm_on_and_exits_75(tmp_path):
+    proc = local_launch(tmp_path, *SIGTERM_EXITS, "75")
+    started_pids(tmp_path, 0, 1)
+    proc.send_signal(signal.SIGTERM)  # as a scheduler preempting the job
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, (out, err)
+    for i in range(2):
+        assert (tmp_path / f"process-{i}.log").read_text() == f"{i}\nterm\n"
+        assert f"process {i} exited 75" in out
+        assert not (tmp_path / f"process-{i}.pid").exists()
+    assert "TERM: passing it on to 2 processes" in err
+
+
+def test_local_multiprocess_exit_status_combines_the_processes(tmp_path):
+    # one process preempted (75), the other failing (3): the failure wins
+    proc = local_launch(tmp_path, "bash", "-c", 'exit $((HPA_JAX_PROCESS_ID ? 3 : 75))')
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3 and "process 0 exited 75" in out and "process 1 exited 3" in out
+    # one process SIGTERMed by hand (its pid file) exits 75, the other 0: 75
+    proc = local_launch(tmp_path / "b", "bash", "-c",
+                        '[ "$HPA_JAX_PROCESS_ID" = 0 ] && exit 0; ' + SIGTERM_EXITS[2], "_", "75")
+    (pid,) = started_pids(tmp_path / "b", 1)
+    os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 75 and "process 0 exited 0" in out, out
 
 
 def test_gpu_and_kaggle_dry_run():
