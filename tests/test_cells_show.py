@@ -44,9 +44,9 @@ def test_cells_show_writes_overlays_and_contact_sheets(tmp_path):
 
 
 @pytest.mark.gcs
-def test_cells_show_to_gs_and_npz_masks_from_gs(tmp_path, gcs_bucket):
-    """`cells show --out gs://...` writes the local run's pictures, byte for byte, and nothing
-    else; .npz masks are read, checked and listed from a gs:// folder."""
+def test_cells_show_to_gs_and_npz_masks_from_gs(tmp_path, gcs_bucket, monkeypatch):
+    """`cells show --data gs://... --out gs://...` writes the local run's pictures, byte for
+    byte, and nothing else; .npz masks are read, checked and listed from a gs:// folder."""
     from hpa_jax import fileio
     from hpa_jax.cells.masks import load_instances, unknown_mask_ids
     from hpa_jax.errors import UserError
@@ -55,8 +55,11 @@ def test_cells_show_to_gs_and_npz_masks_from_gs(tmp_path, gcs_bucket):
     args = ["cells", "show", "--data", str(tmp_path / "data"), "--images", "1", "--per-class",
             "2"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "pics")]) == 0
+    data = f"{gcs_bucket}/data"  # read from a staged copy
+    fileio.filesystem(data).put(str(tmp_path / "data"), data, recursive=True)
+    monkeypatch.setenv("HPA_JAX_DATA_CACHE", str(tmp_path / "cache"))
     out = fileio.as_path(f"{gcs_bucket}/pics")
-    assert main([*args, "--out", str(out)]) == 0
+    assert main(["cells", "show", "--data", data, *args[4:], "--out", str(out)]) == 0
     local = sorted((tmp_path / "pics").iterdir())
     assert sorted(p.name for p in out.iterdir()) == [p.name for p in local]
     for path in local:

@@ -280,9 +280,11 @@ def test_command_exit_codes(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.gcs
-def test_submission_written_read_and_checked_on_gs(data_dir, gcs_bucket, tmp_path, capsys):
+def test_submission_written_read_and_checked_on_gs(data_dir, gcs_bucket, tmp_path, capsys,
+                                                  monkeypatch):
     """On gs:// the submission is one object with the local file's bytes, read back and checked
-    there (by the command too); a missing object is a UserError naming it."""
+    there (by the command too, against a gs:// dataset); a missing object is a UserError naming
+    it."""
     from hpa_jax import fileio
 
     rows = _truth_rows(data_dir)
@@ -297,8 +299,11 @@ def test_submission_written_read_and_checked_on_gs(data_dir, gcs_bucket, tmp_pat
         for got, want in zip(triples, expected[image_id][2], strict=True):
             assert got[:2] == want[:2] and np.array_equal(got[2], want[2])
     assert sub.check_submission(remote, data_dir) == []
-    assert main(["submission", "check", remote, "--data", str(data_dir)]) == 0
-    assert f"{remote}: a valid submission" in capsys.readouterr().out
+    data = f"{gcs_bucket}/data"  # the command reads it from a staged copy
+    fileio.filesystem(data).put(str(data_dir), data, recursive=True)
+    monkeypatch.setenv("HPA_JAX_DATA_CACHE", str(tmp_path / "cache"))
+    assert main(["submission", "check", remote, "--data", data]) == 0
+    assert f"{remote}: a valid submission for {data}" in capsys.readouterr().out
     with pytest.raises(UserError, match=f"{gcs_bucket}/sub/none.csv: cannot read CSV"):
         list(sub.iter_rows(f"{gcs_bucket}/sub/none.csv"))
 

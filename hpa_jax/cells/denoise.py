@@ -42,7 +42,7 @@ from hpa_jax.analysis.files import load_embeddings
 from hpa_jax.cells import extract as extract_lib
 from hpa_jax.cells import weak_labels
 from hpa_jax.cells.masks import absolute
-from hpa_jax.data import dataset
+from hpa_jax.data import dataset, stage
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import IGNORE_KEY, decode_png, encode_example, parse_example
 from hpa_jax.data.tfrecord import TFRecordWriter
@@ -84,7 +84,7 @@ def _train(config_spec: str, overrides, workdir: fileio.Path, data_dir, exclude=
 
 def train_cells(data_dir) -> tuple[list[str], list[tuple[int, ...]], list[str]]:
     """The training split's cells: (IDs, weak labels, parent IDs), in record order."""
-    data_dir = fileio.as_path(data_dir)
+    data_dir = stage.local_data_dir(data_dir)  # a round's data on gs:// is read from a copy
     catalog = record_catalog(data_dir)
     train = set(dataset.split_ids(data_dir).get(dataset.TRAIN, ()))
     with _open_csv(data_dir / dataset.CELL_INDEX_CSV) as f:
@@ -136,9 +136,10 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
     replaced (records, train.csv) and the classes in `ignore` set as the records' ignored
     classes (`labels_ignore`: out of the loss); its split, index and truth files copied."""
     src, dst = fileio.as_path(src), fileio.as_path(dst)
-    info = dataset.read_info(src)
+    local = stage.local_data_dir(src)  # a round's data on gs:// is read from a copy
+    info = dataset.read_info(local)
     table = get_table(info.get("label_table", "hpa2021"))
-    catalog = record_catalog(src, info)
+    catalog = record_catalog(local, info)
     source = catalog.open_source()
     with fileio.atomic_path(dst) as tmp:
         tmp.mkdir(parents=True)
@@ -161,8 +162,8 @@ def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
             writer.close()
         dataset.write_labels_csv(tmp / dataset.LABELS_CSV, table, new_ids, new_labels)
         for name in (dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV, dataset.CELL_TRUTH_CSV):
-            if (src / name).is_file():
-                (tmp / name).write_bytes((src / name).read_bytes())
+            if (local / name).is_file():
+                shutil.copyfile(local / name, tmp / name)
         dataset.write_info(tmp, info | {"denoised_from": str(absolute(src))})
 
 

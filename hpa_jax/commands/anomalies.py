@@ -85,6 +85,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.analysis.report import ReportOptions, run_anomaly_report
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
     options = ReportOptions(
         embeddings=args.embeddings,
@@ -102,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    run_anomaly_report(args.data, args.out, options)
+    run_anomaly_report(local_data_dir(args.data), args.out, options)
     return 0

@@ -47,11 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.denoise import DenoiseOptions, denoise
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
     options = DenoiseOptions(rounds=args.rounds, folds=args.folds, k=args.k,
                              threshold=args.threshold, no_signal=args.no_signal,
                              doubtful=args.doubtful)
-    report = denoise(args.data, args.root, config=args.config,
+    report = denoise(local_data_dir(args.data), args.root, config=args.config,
                      overrides=args.config_overrides, options=options,
                      final_workdir=args.final_workdir)
     print(f"cell model to use: {report['best']} ({report['best_name']})")

@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.extract import extract_cells
     from hpa_jax.data import dataset
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    summary = extract_cells(args.data, args.out, masks=args.masks, size=args.size,
+    summary = extract_cells(local_data_dir(args.data), args.out, masks=args.masks, size=args.size,
                             zero_background=args.zero_background, min_area=args.min_area,
                             margin=args.margin, workers=args.workers)  # fmt: skip
     print(f"extracted {summary.num_cells} cells from {summary.images_with_cells} of "

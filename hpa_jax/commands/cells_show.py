@@ -26,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.show import write_cell_pictures
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    written = write_cell_pictures(args.data, args.out, masks=args.masks, labels_csv=args.labels,
+    data = local_data_dir(args.data)
+    written = write_cell_pictures(data, args.out, masks=args.masks, labels_csv=args.labels,
                                   images=args.images, per_class=args.per_class)
     print(f"wrote {len(written)} pictures to {args.out}")
     return 0

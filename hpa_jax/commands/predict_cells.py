@@ -41,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.predict import predict_cells
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    summary = predict_cells(args.workdir, args.data, args.out, image_workdir=args.image_workdir,
+    data = local_data_dir(args.data)
+    summary = predict_cells(args.workdir, data, args.out, image_workdir=args.image_workdir,
                             masks=args.masks, combine=args.combine,
                             negative_weight=args.negative_weight, workers=args.workers)
     print(f"wrote {summary.submission} ({summary.num_images} images, {summary.num_cells} cells, "

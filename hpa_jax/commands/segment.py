@@ -35,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.segment_dataset import format_quality, segment_dataset
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    summary = segment_dataset(args.data, args.out, workers=args.workers, truth=args.truth)
+    data = local_data_dir(args.data)
+    summary = segment_dataset(data, args.out, workers=args.workers, truth=args.truth)
     print(f"segmented {summary.segmented} images, skipped {summary.skipped} done before; "
           f"{summary.num_cells} cells in {summary.cells_csv}")  # fmt: skip
     if summary.quality is not None:

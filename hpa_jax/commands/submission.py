@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.submission import check_submission
+    from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    problems = check_submission(args.file, args.data)
+    problems = check_submission(args.file, local_data_dir(args.data))
     for problem in problems:
         print(problem)
     if not problems:
