@@ -39,6 +39,7 @@ def test_tpu_setup_installs_on_all_workers():
     assert cmds[0].startswith("git -C ") and "archive" in cmds[0]
     assert "tpu-vm scp" in cmds[1] and "--worker=all" in cmds[1]
     assert "tpu-vm ssh pod --worker=all" in cmds[2] and "hpa-jax[tpu]" in cmds[2]
+    assert "python3.11 -m venv" in cmds[2]  # hpa-jax needs >= 3.11; the v4 image has 3.10
 
 
 def test_tpu_run_same_command_on_all_workers():
@@ -67,7 +68,10 @@ FAKE_GCLOUD = """#!/usr/bin/env bash
 # `gcloud compute tpus tpu-vm ssh NAME --worker=all ... --command=C`: C in bash as 2 workers.
 # `... describe NAME --format=value(state)`: the first line of $FAKE_HOME/states (taken off
 # it), READY when none is left. $FAKE_HOME/ssh-fails: that many ssh calls fail with 255 first.
+# scp, and setup.sh's install (the ssh that unpacks hpa-jax-src.tar.gz): recorded, not run.
 echo "$*" >> "$FAKE_HOME/calls"
+[ "$4" = scp ] && exit 0
+case "$*" in *hpa-jax-src.tar.gz*) exit 0 ;; esac
 if [ "$4" = describe ]; then
   line=$(head -n 1 "$FAKE_HOME/states" 2>/dev/null || true)
   sed -i 1d "$FAKE_HOME/states" 2>/dev/null || true
@@ -82,19 +86,21 @@ exit $status
 """
 
 
-def run_with_fake_gcloud(tmp_path, *command: str, flags=(), states=(), ssh_fails=0):
+def run_with_fake_gcloud(tmp_path, *command: str, flags=(), states=(), ssh_fails=0, env=()):
     bin_dir, home = tmp_path / "bin", tmp_path / "home"
     (home / "hpa-jax" / ".venv" / "bin").mkdir(parents=True)
     (home / "hpa-jax" / ".venv" / "bin" / "activate").write_text("export ACTIVATED=yes\n")
     bin_dir.mkdir()
-    for name, text in [("gcloud", FAKE_GCLOUD), ("curl", '#!/bin/sh\necho "$FAKE_WORKER"\n')]:
+    for name, text in [("gcloud", FAKE_GCLOUD), ("curl", '#!/bin/sh\necho "$FAKE_WORKER"\n'),
+                       ("hpa-jax", '#!/bin/sh\necho "hpa-jax $*"; [ "$FAKE_STAGE" != fail ]\n')]:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (home / "states").write_text("".join(f"{s}\n" for s in states))
     (home / "ssh-fails").write_text(f"{ssh_fails}\n")
     logdir = tmp_path / "logs"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_HOME": str(home),
-           "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": "", "HPA_TPU_POLL_SECONDS": "0"}
+           "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": "", "HPA_TPU_POLL_SECONDS": "0",
+           "TMPDIR": str(tmp_path), **dict(env)}
     proc = subprocess.run(["bash", str(ROOT / "launch/tpu/run.sh"), "--name=pod", "--zone=z",
                            f"--logdir={logdir}", "--num-workers=2", *flags, "--", *command],
                           capture_output=True, text=True, env=env)
@@ -135,9 +141,12 @@ def test_tpu_run_restarts_on_preemption_once_ready(tmp_path):
                                         states=["PREEMPTED", "CREATING"])
     assert proc.returncode == 0, proc.stderr
     kinds = [c.split()[3] for c in calls(tmp_path)]
-    # ssh (75), describe PREEMPTED, CREATING, READY, ssh (75), describe READY, ssh (0)
-    assert kinds == ["ssh", "describe", "describe", "describe", "ssh", "describe", "ssh"]
+    # ssh (75), describe PREEMPTED, CREATING, READY, setup.sh (scp, ssh) on the VM that was
+    # down, ssh (75), describe READY (never down: no setup), ssh (0)
+    assert kinds == ["ssh", "describe", "describe", "describe", "scp", "ssh", "ssh", "describe",
+                     "ssh"]
     assert "--format=value(state)" in calls(tmp_path)[1]
+    assert "hpa-jax-src.tar.gz" in calls(tmp_path)[5] and "--zone=z" in calls(tmp_path)[5]
     for w in (0, 1):  # every attempt's lines, in order
         assert (logdir / f"worker-{w}.log").read_text().splitlines() == ["run 1", "run 2",
                                                                        "run 3"]
@@ -159,6 +168,9 @@ def test_tpu_run_restarts_a_lost_ssh_only_if_the_vm_is_down(tmp_path):
                                         states=["PREEMPTED"], ssh_fails=1)
     assert proc.returncode == 0, proc.stderr
     assert (logdir / "worker-1.log").read_text() == "ok\n"
+    # the ssh failed while the VM was PREEMPTED: setup.sh before the command again
+    assert [c.split()[3] for c in calls(tmp_path)] == ["ssh", "describe", "describe", "scp",
+                                                       "ssh", "ssh"]
     # ssh 255 while the VM is READY: the job may still run there; not restarted
     proc, _ = run_with_fake_gcloud(tmp_path / "b", "echo", "ok",
                                    flags=["--restart-on-preemption"], ssh_fails=1)
@@ -166,11 +178,45 @@ def test_tpu_run_restarts_a_lost_ssh_only_if_the_vm_is_down(tmp_path):
     assert [c.split()[3] for c in calls(tmp_path / "b")] == ["ssh", "describe"]
 
 
+def test_tpu_run_stages_the_data_on_every_worker_first(tmp_path):
+    proc, logdir = run_with_fake_gcloud(tmp_path, "echo", "trained",
+                                        flags=["--data=gs://b/my data", "--local-data=/tmp/d"])
+    assert proc.returncode == 0, proc.stderr
+    for w in (0, 1):
+        assert (logdir / f"worker-{w}.log").read_text().splitlines() == [
+            "hpa-jax data stage --no-progress gs://b/my data /tmp/d", "trained"]
+    # a worker whose staging fails does not run the command
+    proc, logdir = run_with_fake_gcloud(tmp_path / "b", "echo", "trained",
+                                        flags=["--data=gs://b/d"], env={"FAKE_STAGE": "fail"})
+    assert proc.returncode == 1
+    assert "trained" not in (logdir / "all.log").read_text()
+    assert "/tmp/hpa-data" in (logdir / "worker-0.log").read_text()  # the default
+
+
+def test_tpu_create_waits_until_active(tmp_path):
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+           "FAKE_HOME": str(tmp_path / "home"), "HPA_TPU_POLL_SECONDS": "0"}
+    run_with_fake_gcloud(tmp_path, "true")  # makes the fake gcloud
+    (tmp_path / "home" / "calls").unlink()
+    for states, code in ([["WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE"], 0],
+                         [["WAITING_FOR_RESOURCES", "FAILED"], 1]):
+        (tmp_path / "home" / "states").write_text("".join(f"{s}\n" for s in states))
+        proc = subprocess.run(["bash", str(ROOT / "launch/tpu/create.sh"), "--name=pod",
+                               "--zone=z", "--spot", "--wait"], env=env, capture_output=True,
+                              text=True)
+        assert proc.returncode == code, proc.stderr
+    kinds = [c.split()[3] for c in calls(tmp_path)]
+    assert kinds == ["create", "describe", "describe", "describe", "create", "describe",
+                     "describe"]
+    assert "FAILED" in proc.stderr
+
+
 def test_tpu_run_restart_dry_run_and_bad_count():
     cmds = dry("launch/tpu/run.sh", "--name=pod", "--zone=z", "--restart-on-preemption=4",
                "--dry-run", "--", "hpa-jax", "train", "--workdir", "w")
-    assert len(cmds) == 2 and "tpu-vm ssh pod --worker=all" in cmds[0]
+    assert len(cmds) == 3 and "tpu-vm ssh pod --worker=all" in cmds[0]
     assert cmds[1] == "gcloud compute tpus tpu-vm describe pod --zone=z '--format=value(state)'"
+    assert cmds[2].startswith("bash ") and cmds[2].endswith("setup.sh --name=pod --zone=z")
     proc = subprocess.run(["bash", str(ROOT / "launch/tpu/run.sh"), "--name=pod", "--zone=z",
                            "--restart-on-preemption", "--dry-run", "--", "true"],
                           capture_output=True, text=True, check=True)
@@ -186,6 +232,9 @@ def test_tpu_delete_and_copy_logs():
     (cmd,) = dry("launch/tpu/copy_logs.sh", "--name=pod", "--zone=z", "--remote-dir=runs/x",
                  "--to=out", "--dry-run")
     assert cmd == "gcloud compute tpus tpu-vm scp --recurse pod:runs/x out --worker=0 --zone=z"
+    (cmd,) = dry("launch/tpu/copy_logs.sh", "--remote-dir=gs://b/runs/b7/", "--dry-run")
+    assert cmd == "gcloud storage rsync --recursive '--exclude=^checkpoints/' gs://b/runs/b7 " \
+        "logs/b7"
 
 
 def test_unknown_flag_is_refused():
