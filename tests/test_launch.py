@@ -1,7 +1,12 @@
-"""Launch scripts in dry-run: the exact gcloud / env commands they would run."""
+"""Launch scripts in dry-run: the exact gcloud / env commands they would run; run.sh's restarts
+and log splitting against a fake gcloud; local_multiprocess.sh's signals and exit status; and
+docs/tpu.md, whose every launch command is run with --dry-run (its output must be the one the
+page shows) and whose every `hpa-jax` command must parse, config overrides included."""
 
 import os
 import pathlib
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -316,3 +321,81 @@ def test_gpu_and_kaggle_dry_run():
     assert "data convert" in lines[1] and "--on-error skip" in lines[1]
     assert "train --config configs/demo.py" in lines[2]
     assert lines[2].endswith("--config.optimizer.lr=0.001")
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/tpu.md: the walkthrough's commands, run
+
+DOC = ROOT / "docs" / "tpu.md"
+DOC_ROOT = "/home/you/hpa-jax"  # how the page writes this checkout's path
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+
+
+def doc_steps() -> list[tuple[dict, list[list[str]], str | None]]:
+    """For each bash block of docs/tpu.md with a `launch/` or `hpa-jax` command: (the variables
+    its `export` lines set so far, its commands as argv lists, the text block that follows it)."""
+    blocks = [(m.group(1), m.group(2)) for m in FENCE.finditer(DOC.read_text())]
+    env, steps = {}, []
+    for i, (kind, text) in enumerate(blocks):
+        if kind != "bash":
+            continue
+        commands = []
+        for line in text.replace("\\\n", " ").splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["export"]:
+                env.update(word.split("=", 1) for word in words[1:])
+            elif words and (words[0].startswith("launch/") or words[0] == "hpa-jax"):
+                commands.append(words)
+        following = blocks[i + 1] if i + 1 < len(blocks) else ("", "")
+        if commands:
+            steps.append((dict(env), commands, following[1] if following[0] == "text" else None))
+    return steps
+
+
+def hpa_jax_commands() -> list[list[str]]:
+    """Every `hpa-jax ...` of the page: on its own, or what a launch script runs after `--`."""
+    out = []
+    for _, commands, _ in doc_steps():
+        for words in commands:
+            if words[0] == "hpa-jax":
+                out.append(words)
+            elif "--" in words and words[words.index("--") + 1] == "hpa-jax":
+                out.append(words[words.index("--") + 1:])
+    return out
+
+
+def test_tpu_doc_shows_each_launch_command_with_its_dry_run_output():
+    steps = [step for step in doc_steps() if step[1][0][0].startswith("launch/")]
+    scripts = {words[0] for _, commands, _ in steps for words in commands}
+    assert {f"launch/tpu/{name}.sh" for name in ("create", "setup", "run", "copy_logs",
+                                                  "delete")} <= scripts
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HPA_TPU_")}
+    for exports, commands, shown in steps:
+        assert shown is not None, f"no dry-run output shown for {commands}"
+        printed = ""
+        for words in commands:
+            # --dry-run right after the script: what follows a `--` belongs to the command
+            proc = subprocess.run(["bash", words[0], "--dry-run", *words[1:]], cwd=ROOT,
+                                  env={**base, **exports, "TMPDIR": "/tmp"},
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, (words, proc.stderr)
+            printed += proc.stdout
+        assert printed.replace(str(ROOT), DOC_ROOT) == shown, commands
+
+
+def test_tpu_doc_hpa_jax_commands_parse(monkeypatch):
+    from hpa_jax import cli
+    from hpa_jax import config as config_lib
+
+    monkeypatch.chdir(ROOT)
+    commands = hpa_jax_commands()
+    assert {tuple(c[1:3]) for c in commands} >= {("data", "convert"), ("data", "stage")}
+    assert sum(c[1] == "train" for c in commands) >= 2
+    for words in commands:
+        args, unknown = cli.build_parser().parse_known_args(words[1:])
+        overrides = [a for a in unknown if a.startswith("--config.")]
+        assert overrides == unknown, words
+        if getattr(args, "config", None):  # the config module, its argument and overrides
+            config_lib.load_config(args.config, overrides)
+        else:
+            assert not overrides, words

@@ -57,10 +57,10 @@ LOGDIR="${LOGDIR:-logs/$NAME}"
 # Runs on each worker (bash): its number, then the command with every line tagged by it.
 metadata="http://metadata.google.internal/computeMetadata/v1/instance/attributes"
 worker='w=$(curl -sf -m 5 -H Metadata-Flavor:Google '"$metadata"'/agent-worker-number || hostname)'
-command="$(printf '%q ' "$@")"
+words() { local arg; for arg in "$@"; do quote "$arg"; printf ' '; done; }  # common.sh
+command="$(words "$@")"
 if [ -n "$DATA" ]; then
-  command="hpa-jax data stage --no-progress $(printf '%q %q' "$DATA" "$LOCAL_DATA") \
-&& ${command% }"
+  command="$(words hpa-jax data stage --no-progress "$DATA" "$LOCAL_DATA")&& ${command% }"
 fi
 # The last line, "[exit-status worker N] S" (not in the worker logs), says how each one ended.
 remote="set -o pipefail; $worker; { cd hpa-jax && source .venv/bin/activate && ${command% }; } \
