@@ -1,6 +1,7 @@
 """Workdirs and outputs on `gs://` (against the local GCS emulator, tests/gcs_emulator.py):
 
-- a run on gs:// stopped after step 2 (`train_and_evaluate(stop_at=2)`) and resumed by
+- a run on gs:// (its dataset on gs:// too, staged to a local copy) stopped after step 2
+  (`train_and_evaluate(stop_at=2)`) and resumed by
   `hpa-jax train` ends with the same parameters, bit for bit, and the same logged numbers as an
   uninterrupted local run; its workdir holds the same files (config, class weights,
   metrics.jsonl, TensorBoard events, thresholds, plots, checkpoints) as objects, no temporary;
@@ -53,22 +54,26 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(gcs_emulator, data_dir, tmp_path_factory):
-    """(local uninterrupted workdir, gs:// workdir stopped after step 2 and resumed by the CLI,
-    the final metrics of the local run)."""
+    """(local uninterrupted workdir, gs:// workdir stopped after step 2 and resumed by the CLI
+    with the dataset on gs:// too, the final metrics of the local run)."""
     here = tmp_path_factory.mktemp("gcs_runs")
-    remote = f"gs://{gcs_emulator.bucket}/runs-{uuid.uuid4().hex[:8]}/run"
+    prefix = f"gs://{gcs_emulator.bucket}/runs-{uuid.uuid4().hex[:8]}"
+    remote, remote_data = f"{prefix}/run", f"{prefix}/data"
+    fileio.filesystem(prefix).put(str(data_dir), remote_data, recursive=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(here)
+        patch.setenv("HPA_JAX_DATA_CACHE", str(here / "staged"))  # where gs:// data is staged
         full = loop.train_and_evaluate(tiny_config(data_dir, LOG3), here / "full")
-        assert loop.train_and_evaluate(tiny_config(data_dir, LOG3), remote, stop_at=2) == {
+        assert loop.train_and_evaluate(tiny_config(remote_data, LOG3), remote, stop_at=2) == {
             "step": 2.0}
+        assert (here / "staged").is_dir()  # the records were read from the staged copy
         stopped = objects(remote)
         assert any(name.startswith("checkpoints/2/") for name in stopped)
         assert not any(name.startswith("checkpoints/4/") for name in stopped)
         # the logs were uploaded with the checkpoint: step 2's line is there
         assert sorted(train_losses(fileio.as_path(remote))) == [2]
         assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", remote,
-                         f"--config.data.dir={data_dir}", LOG3]) == 0
+                         f"--config.data.dir={remote_data}", LOG3]) == 0
     assert not (here / "gs:").exists()
     return here / "full", fileio.as_path(remote), full
 
@@ -109,8 +114,11 @@ def test_remote_workdir_holds_the_run_as_objects(runs):
     assert {n.split("/")[1] for n in names if n.startswith("checkpoints/")} == {"2", "4"}
     assert not [n for n in names if ".tmp" in n or "hpa_jax_upload" in n]
     assert (remote / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((remote / "config.json").read_text()) == json.loads(
-        (local / "config.json").read_text())
+    remote_config = json.loads((remote / "config.json").read_text())
+    local_config = json.loads((local / "config.json").read_text())
+    assert remote_config["data"].pop("dir").startswith("gs://")  # as the user gave it
+    local_config["data"].pop("dir")
+    assert remote_config == local_config
     # the run's config.py loads from gs:// as it stands (the same config)
     again = config_lib.load_config(f"{remote}/config.py")
     assert config_lib.to_dict(again) == config_lib.to_dict(config_lib.read_config(remote))
@@ -130,8 +138,11 @@ def test_incompatible_resume_on_gcs_is_refused_untouched(runs, data_dir, gcs_buc
     assert objects(remote) == before
 
 
-def test_eval_predict_embed_export_write_to_gcs(runs, data_dir, gcs_bucket):
+def test_eval_predict_embed_export_write_to_gcs(runs, gcs_bucket, tmp_path_factory,
+                                               monkeypatch):
     _, remote, _ = runs
+    data = remote.parent / "data"  # the run's dataset, on gs://: staged by each command
+    monkeypatch.setenv("HPA_JAX_DATA_CACHE", str(tmp_path_factory.mktemp("staged")))
     out = fileio.as_path(gcs_bucket)
     assert cli.main(["eval", "--workdir", str(remote), "--out", f"{out}/eval"]) == 0
     metrics = json.loads((out / "eval" / "eval_metrics.json").read_text())
@@ -139,14 +150,14 @@ def test_eval_predict_embed_export_write_to_gcs(runs, data_dir, gcs_bucket):
     assert (out / "eval" / "eval_report.txt").read_text().startswith(f"run {remote}")
     assert (out / "eval" / "eval_cooccurrence.csv").read_text().startswith("true\\predicted,")
 
-    assert cli.main(["predict", "--workdir", str(remote), "--data", str(data_dir),
+    assert cli.main(["predict", "--workdir", str(remote), "--data", str(data),
                      "--out", f"{out}/pred/predictions.csv"]) == 0
     lines = (out / "pred" / "predictions.csv").read_text().splitlines()
     assert lines[0] == "ID,Label" and len(lines) == 1 + 48
     with (out / "pred" / "predictions.npz").open("rb") as f, np.load(f) as saved:
         assert saved["probs"].shape == (48, 19)
 
-    assert cli.main(["embed", "--workdir", str(remote), "--data", str(data_dir),
+    assert cli.main(["embed", "--workdir", str(remote), "--data", str(data),
                      "--out", f"{out}/emb.npz"]) == 0
     with (out / "emb.npz").open("rb") as f, np.load(f) as saved:
         assert saved["features"].shape[0] == 48 and str(saved["meta_name"]) == "emb"

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from hpa_jax import config as config_lib
 from hpa_jax.analysis.embed import make_embed_fn
 from hpa_jax.analysis.files import save_embeddings
-from hpa_jax.data import dataset, pipeline
+from hpa_jax.data import dataset, pipeline, stage
 from hpa_jax.errors import UserError
 from hpa_jax.fileio import as_path
 from hpa_jax.models import converted
@@ -88,6 +88,7 @@ def embed_dataset(
     """
     if (workdir is None) == (weights is None):
         raise UserError("embed: give exactly one of --workdir or --weights")
+    given, data_dir = data_dir, stage.local_data_dir(data_dir)  # gs:// is read from a copy
     num_classes = int(dataset.read_info(data_dir).get("num_classes", 19))
     if workdir is not None:
         graphdef, state, mesh, settings, source = _from_workdir(workdir, step)
@@ -114,7 +115,7 @@ def embed_dataset(
         masks.append(np.asarray(batch["mask"], bool))
         ids.extend(str(i) for i in batch["id"])
     if not feats:
-        raise UserError(f"{data_dir}: split {split!r} has no images to embed")
+        raise UserError(f"{given}: split {split!r} has no images to embed")
     keep = gather_rows(np.concatenate(masks))
     features = gather_rows(np.concatenate(feats))[keep]
     labels = gather_rows(np.concatenate(labels))[keep]
@@ -129,7 +130,7 @@ def embed_dataset(
             name=name or out.stem,
             source=source,
             split=split,
-            data=str(data_dir),
+            data=str(given),
         )
         log(f"wrote {out}: {len(ids)} images x {features.shape[1]} features from {source}")
     return {"path": str(out), "images": len(ids), "dim": int(features.shape[1]), "source": source}
