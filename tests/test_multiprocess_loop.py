@@ -168,6 +168,12 @@ def assert_close_records(got: dict, want: dict) -> None:
                                            err_msg=f"{key} {name}")
 
 
+# gloo's rendezvous for a collective waits a fixed 30 s for the other process; on a loaded shared
+# CPU one process can lag that much. The run then fails like a lost host, and (as after one) the
+# same command resumes from the last checkpoint; the resumed run is bitwise the same.
+GLOO_TIMEOUT = "Gloo context initialization failed"
+
+
 def two_processes(data_dir, workdir, logdir, *, preempt: bool) -> tuple[int, str]:
     proc = launch(data_dir, workdir, logdir)
     try:
@@ -175,6 +181,9 @@ def two_processes(data_dir, workdir, logdir, *, preempt: bool) -> tuple[int, str
             preempt_process_1(proc, workdir, logdir)
     finally:
         code, out = finish(proc, logdir)
+    lagged = any(GLOO_TIMEOUT in log.read_text() for log in logdir.glob("process-*.log"))
+    if code != 0 and not preempt and lagged:  # once, as a restart would
+        code, out = finish(launch(data_dir, workdir, logdir), logdir)
     return code, out
 
 
