@@ -71,6 +71,23 @@ def test_run_input_benchmark_reports_all_parts(tmp_path):
     assert json.loads(out.read_text())["settings"]["batch_size"] == 4
 
 
+@pytest.mark.gcs
+def test_a_gcs_dataset_is_staged_then_read_against_a_local_one(gcs_bucket):
+    """A gs:// data folder (written there first): staging measured (MB/s, and staging again
+    unchanged copies nothing), the rates read the staged copy, `grain_local` a local one."""
+    result = bench_input.run_input_benchmark(
+        f"{gcs_bucket}/ds", image_size=16, batch_size=4, worker_count=0, num_threads=1,
+        num_batches=1, repeats=2, num_images=4, record_size=32, compare_tfdata=False,
+        compare_tfds=False)  # fmt: skip
+    staging = result["staging"]
+    assert staging["source"] == f"{gcs_bucket}/ds" and staging["mb_per_s"] > 0
+    assert staging["files"] > 4 and staging["bytes"] > 0 and staging["repeats"] == 2
+    assert result["dataset"]["num_records"] == 4 and result["dataset"]["height"] == 32
+    assert not os.path.exists(result["dataset"]["dir"])  # the staged copies are removed
+    assert result["targets"]["staged_vs_local"] == pytest.approx(
+        result["grain"]["images_per_s"] / result["grain_local"]["images_per_s"])
+
+
 def test_tfds_copy_only_of_the_benchmark_synthetic_data(tmp_path):
     root = bench_input.write_benchmark_dataset(tmp_path / "b", num_images=4, size=32, shards=1)
     copy = bench_input.write_tfds_copy(root)

@@ -5,7 +5,8 @@ data commands.
   dataset synthesized locally with the same seed (the `.index` sidecars, which hold the shard's
   mtime, equal their objects instead), and its staged sidecars are valid: no shard is rescanned;
 - staging it again copies nothing; a copy cut short, edited or deleted locally is copied again,
-  and only it; files the source no longer has are removed;
+  and only it; files the source no longer has (or another source's) are removed, files no stage
+  copied are kept;
 - a checksum mismatch fails naming the file and leaves neither the file nor a temporary; a
   missing source is a UserError (exit 2 from the command); `data stage --dry-run` lists files
   and copies nothing; two stagings of one dataset at once both end whole;
@@ -112,6 +113,12 @@ def test_files_gone_from_the_source_are_removed(local_data, gcs_bucket, tmp_path
     report = stage.stage(source, dest, progress=False)
     assert report.removed == [dataset.TRUTH_CSV] and report.copied == []
     assert not (dest / dataset.TRUTH_CSV).exists()
+    (dest / "mine.txt").write_text("not staged")  # a file no stage copied is left alone
+    other = f"{gcs_bucket}/other"
+    fileio.write_text(f"{other}/only.txt", "x")
+    report = stage.stage(other, dest, progress=False)  # another source: DEST mirrors it
+    assert report.copied == ["only.txt"] and dataset.DATASET_JSON in report.removed
+    assert sorted(tree(dest)) == ["mine.txt", "only.txt"]
 
 
 def test_a_checksum_mismatch_names_the_file(remote_data, gcs_bucket, tmp_path, monkeypatch):

@@ -17,8 +17,9 @@ train.csv, split.csv, dataset.json, cells/, ...):
               generation or mtime) and the local copy's size and mtime. A file whose source and
               copy are both unchanged is skipped without being read, so staging an unchanged
               dataset again costs one listing; a copy that changed (partial, edited) is checked
-              against the source's checksum and copied again if it differs. Files an earlier
-              stage copied that the source no longer has are removed.
+              against the source's checksum and copied again if it differs (so are the files
+              of an interrupted stage, which wrote no manifest). Files an earlier stage copied
+              that the source no longer has are removed, so DEST mirrors SRC.
   safety      each file is written under a temporary name and renamed into place, so two
               processes on one machine staging the same dataset at once both end with whole
               files (identical ones: the same bytes and modification times).
@@ -253,7 +254,8 @@ class _Plan:
 def _plan(src, dest, verify: bool) -> _Plan:
     files = list_source(src)
     manifest = _read_manifest(dest)
-    old = manifest.get("files", {}) if manifest.get("source") == os.fspath(src) else {}
+    staged = manifest.get("files", {})  # what an earlier stage copied here, from any source
+    old = staged if manifest.get("source") == os.fspath(src) else {}
     todo, kept = [], {}
     for file in files:
         path = os.path.join(dest, *file.rel.split("/"))
@@ -273,7 +275,7 @@ def _plan(src, dest, verify: bool) -> _Plan:
             kept[file.rel] = {"stamp": list(file.stamp), "size": file.size, "crc32c": crc,
                               "mtime_ns": local.st_mtime_ns}  # fmt: skip
     names = {f.rel for f in files}
-    stale = sorted(rel for rel in old if rel not in names)
+    stale = sorted(rel for rel in staged if rel not in names)
     return _Plan(files, todo, kept, stale)
 
 
