@@ -17,16 +17,16 @@ equal the one-process run within a tight tolerance: every checkpoint array (para
 state, batch-norm statistics; step and random key exactly), every logged train number, and the
 validation loss and the metrics at the 0.5 threshold.
 
-Why a tolerance against one process: the programs differ in their reductions. Each process feeds
-its own rows (records p, p+2, ... of the shuffled order), so the global batch holds the same
-examples in another row order and each device sums other rows; the cross-device sums then run
+Why a tolerance against one process: the programs differ in their reductions. The data do not:
+process p feeds rows p*B .. (p+1)*B - 1 of every global batch (data/pipeline.py), so the global
+batch holds the same records in the same rows as the one process's, each device gets the same
+rows, and dropout, drawn over the global batch, the same masks; but the cross-device sums run
 over gloo between processes instead of inside one. The arithmetic is the same up to rounding
 (~1e-7 relative per step), which a wrong batch, a lost step or a bad resume exceeds by orders of
-magnitude. Two settings keep rounding at its size: SGD instead of the demo's Adam (Adam divides
-each gradient by its own running size, so a gradient that is zero up to rounding, such as that of
-a batch-norm bias followed by another batch norm, moves its weight by the full learning rate in a
-direction set by the rounding), and no dropout (its masks are drawn per row of the global batch,
-so an example would get another mask in the other row order). The ranking metrics (per-class AP,
+magnitude. SGD instead of the demo's Adam keeps rounding at its size (Adam divides each gradient
+by its own running size, so a gradient that is zero up to rounding, such as that of a batch-norm
+bias followed by another batch norm, moves its weight by the full learning rate in a direction
+set by the rounding). The ranking metrics (per-class AP,
 mAP, the tuned thresholds' F1) are compared bitwise between the two 2-process runs only: after 8
 steps the batch norms' running statistics are still ~92% their initial ones (momentum 0.99), so
 in evaluation the model gives every image the same probabilities to ~3e-7, and which of two
@@ -55,7 +55,7 @@ LAUNCHER = ROOT / "launch" / "local_multiprocess.sh"
 TOTAL = 8
 OVERRIDES = (f"--config.total_steps={TOTAL}", "--config.eval_every_steps=4",
              "--config.checkpoint_every_steps=4", "--config.log_every_steps=1",
-             "--config.optimizer.name=sgd", "--config.model.dropout_rate=0.0")
+             "--config.optimizer.name=sgd")
 TIMING = ("train/images_per_s",)  # wall-clock numbers, not results
 TIMEOUT_S = 300
 # rounding of two reduction orders (see the module docstring): relative to each array's largest

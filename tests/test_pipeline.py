@@ -518,18 +518,23 @@ def test_damaged_png_names_the_record(tmp_path):
     assert (next(ok)["image"][3] == 7).all()
 
 
-def test_uneven_split_gives_every_process_the_same_count(data_dir):
-    """9 records, 2 processes: each keeps 4 per epoch, disjoint; the left-over one varies."""
-    its = [_train(data_dir, augment=False, batch_size=2, process_index=p, process_count=2)
-           for p in range(2)]  # fmt: skip
-    train = {f"img{i:03d}" for i in range(12) if i % 4 != 3}
-    left_out = set()
-    for _ in range(4):
-        parts = [_epoch_ids(it, 2) for it in its]
-        assert [len(set(x)) for x in parts] == [4, 4]
-        assert not set(parts[0]) & set(parts[1])
-        left_out |= train - set(parts[0]) - set(parts[1])
-    assert len(left_out) > 1  # a fresh permutation each epoch drops a different record
+def test_processes_read_the_rows_of_one_process_global_batches(data_dir):
+    """9 records (epochs end inside global batches), 2 processes x batch 2: process p's batch j
+    is rows 2p, 2p + 1 of batch j of one process with batch 4, augmentation included, so the
+    global batch does not depend on the process count; every 9 rows of that stream are the 9
+    records, each epoch a fresh permutation."""
+    one = _train(data_dir, batch_size=4)
+    its = [_train(data_dir, batch_size=2, process_index=p, process_count=2) for p in range(2)]
+    assert [it.steps_per_epoch for it in its] == [one.steps_per_epoch] * 2 == [2, 2]
+    rows = []
+    for _ in range(9):
+        whole, parts = next(one), [next(it) for it in its]
+        for key in ("image", "labels", "id"):
+            np.testing.assert_array_equal(np.concatenate([b[key] for b in parts]), whole[key])
+        rows += _ids(whole)
+    train = sorted(f"img{i:03d}" for i in range(12) if i % 4 != 3)
+    epochs = [rows[i:i + 9] for i in range(0, 36, 9)]
+    assert all(sorted(e) == train for e in epochs) and len({tuple(e) for e in epochs}) == 4
 
 
 def test_process_defaults_come_from_jax(data_dir):

@@ -3,17 +3,18 @@
 Training (`make_train_iterator`), for the selected records r_0 … r_{N-1} (split and exclusions
 applied by ID):
 
-    MapDataset.range(N) → shuffle(seed)          a fresh permutation P_e of 0..N-1 in epoch e
-      → [p::P][:N // P]                          process p of P keeps every P-th, all keep N // P
-      → repeat()                                 endless; epoch e = stream position // (N // P)
-      → (epoch, r_k) → decode the chosen PNGs, resize, augment with example_rng(seed, e, r_k)
-      → batch(B, drop_remainder) → [threads] → [mp_prefetch(worker_count)]
+    MapDataset.range(N) → shuffle(seed)          a fresh permutation P_e of 0..N-1 in epoch e,
+                                                 read as one endless global stream t = 0, 1, …
+      → process p of P, batch B: its i-th item is the stream's t = (i // B)·B·P + p·B + i % B
+      → (epoch e = t // N, r_k, k = P_e[t % N]) → decode the chosen PNGs, resize, augment with
+        example_rng(seed, e, r_k) → batch(B, drop_remainder) → [threads] → [mp_prefetch]
 
-so every epoch shows each process N // P distinct records, the processes' records are disjoint,
-and (P dividing N) together they cover the selection. Augmentation is seeded per record and
-epoch, never by stream position, so it does not depend on worker or process counts, and a
-restored iterator (`get_state`/`set_state`, JSON) yields exactly the batches the original would
-have.
+so process p's batch j is rows p·B … (p+1)·B − 1 of global batch j, and the global batch (the
+processes' batches in process order, as the mesh assembles it) holds the same records in the
+same rows whatever P is: P processes train on what one process with batch B·P would. Every
+record comes once per epoch. Augmentation is seeded per record and epoch, never by stream
+position, so it does not depend on worker or process counts either, and a restored iterator
+(`get_state`/`set_state`, JSON) yields exactly the batches the original would have.
 
 Evaluation (`make_eval_iterator`) walks the selection once in file order, process p taking
 records p, p + P, …; every process yields the same number of batches, the last ones padded with
@@ -242,14 +243,20 @@ def _await_shared_memory_release_at_exit() -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _EpochAndRecord:
-    """Stream position i, selection slot k → (epoch, record index); epoch = i // records/epoch."""
+class _GlobalBatchRows:
+    """Process `p`'s stream position i → (epoch, record index) of global stream position
+    t = (i // B)·B·P + p·B + i % B (module docstring); `order[t]` = P_{t // N}[t % N]."""
 
-    per_epoch: int
+    order: grain.MapDataset
     records: np.ndarray
+    batch: int
+    p: int
+    processes: int
 
-    def __call__(self, position: int, slot: int) -> tuple[int, int]:
-        return position // self.per_epoch, int(self.records[slot])
+    def __call__(self, position: int, _) -> tuple[int, int]:
+        j, row = divmod(position, self.batch)
+        t = (j * self.processes + self.p) * self.batch + row
+        return t // len(self.records), int(self.records[self.order[t]])
 
 
 def _eval_item(record_index) -> tuple[int, int]:
@@ -339,12 +346,14 @@ def make_train_iterator(
         augment = augment_lib.AugmentConfig()
     load = _loader(chosen, channels, image_size, bit_depth, seed=int(seed),
                    augment=augment or None, cache=DecodedCache() if cache else None)  # fmt: skip
-    ds = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
-    ds = ds[p::n_proc][:per_process].repeat()
-    ds = ds.map_with_index(_EpochAndRecord(per_process, records))
+    order = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
+    ds = grain.MapDataset.range(1).repeat().map_with_index(
+        _GlobalBatchRows(order, records, batch_size, p, n_proc))
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
     crop = augment.crop if augment and augment.crop else None
     fingerprint = _fingerprint("train", records, batch_size, p, n_proc, seed=seed, crop=crop)
+    if n_proc > 1:  # the order of 2026-12-04 on; one process reads the same stream as before
+        fingerprint["rows"] = "process p: rows p*B..(p+1)*B-1 of every global batch"
     return PipelineIterator(ds, fingerprint, worker_count=worker_count, num_threads=num_threads,
                             num_records=per_process,
                             steps_per_epoch=per_process // batch_size)  # fmt: skip
