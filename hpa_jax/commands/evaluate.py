@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     restored = restore_run(args.workdir, step=args.step)
     cfg = restored.config
-    data_dir = check_data_dir(args.data or cfg.data.dir)
+    data_dir = check_data_dir(args.data or cfg.data.dir, cfg.data.get("stage_dir", ""))
     split = args.split or cfg.data.split_eval
     if args.threshold is not None:
         threshold, source = args.threshold, f"threshold {args.threshold}"

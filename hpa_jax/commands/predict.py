@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.train.inputs import check_data_dir
     from hpa_jax.train.restore import restore_run
 
-    data_dir = check_data_dir(args.data)
     restored = restore_run(args.workdir, step=args.step)
+    data_dir = check_data_dir(args.data, restored.config.data.get("stage_dir", ""))
     if args.submission and restored.table.name != SUBMISSION_TABLES[args.submission]:
         raise UserError(
             f"--submission {args.submission} needs a run trained with "
