@@ -59,3 +59,15 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
     yield f"gs://{gcs_emulator.bucket}/{uuid.uuid4().hex[:12]}"
     assert not (tmp_path / "gs:").exists(), "a gs:// path was written to a local folder 'gs:'"
     assert not (_ROOT / "gs:").exists(), "a gs:// path was written to a local folder 'gs:'"
+
+
+# `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
+# order; the longest files go first, so that neither worker is left alone with one at the end.
+SLOW_FILES = ("test_cells_pipeline.py", "test_multiprocess_loop.py", "test_resume.py",
+              "test_gcs.py", "test_preemption.py", "test_train_cli.py", "test_export.py",
+              "test_operations.py", "test_kaggle.py", "test_keras_backbone.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
