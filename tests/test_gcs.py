@@ -11,12 +11,15 @@
   `config.py` loads from gs://; converted weights are written to and read from gs://;
 - the run logs (metrics.jsonl, events), which cannot be appended to on an object store, are
   rewritten whole: at most every `flush_seconds`, at every flush, and on close.
+- JAX's persistent compilation cache may live on gs:// (JAX_COMPILATION_CACHE_DIR).
 Every test runs in a temporary working folder; no local folder named `gs:` may appear there.
 """
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -236,3 +239,18 @@ def test_converted_weights_on_gcs(gcs_bucket):
     state, meta = converted.load_converted(out)
     assert meta["variant"] == "tiny" and "head" not in state
     np.testing.assert_array_equal(state["stem_conv"]["kernel"], source.stem_conv.kernel[...])
+
+
+def test_compilation_cache_on_gcs(gcs_bucket):
+    """JAX_COMPILATION_CACHE_DIR may be a gs:// folder: the first process writes the compiled
+    program there, a second one finds it and writes nothing new."""
+    cache = f"{gcs_bucket}/jax-cache"
+    code = ("import jax, jax.numpy as jnp\n"
+            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+    counts = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+        counts.append(len(objects(cache)))
+    assert counts[0] > 0 and counts[1] == counts[0], counts
