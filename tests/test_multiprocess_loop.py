@@ -5,17 +5,16 @@ localhost equals one process with the same devices.
 4 steps) runs as fresh commands:
 
 - one process with 4 CPU devices, uninterrupted: the reference;
-- launch/local_multiprocess.sh: 2 processes x 2 CPU devices joined by JAX's distributed runtime,
-  uninterrupted;
-- the same, but once step 1 is logged process 1 alone gets SIGTERM (one host's preemption): JAX's
-  preemption sync point stops both after the same step, each saves its part of one checkpoint
-  there and exits 75, and so does the launcher; then the same launcher command resumes it.
+- launch/local_multiprocess.sh: 2 processes x 2 CPU devices joined by JAX's distributed runtime;
+  once step 1 is logged process 1 alone gets SIGTERM (one host's preemption): JAX's preemption
+  sync point stops both after the same step, each saves its part of one checkpoint there and
+  exits 75, and so does the launcher; then the same launcher command resumes it to the end.
 
-The preempted and resumed 2-process run equals the uninterrupted one bitwise: every array of the
-step-8 checkpoint and every line of metrics.jsonl (the same programs on the same data). Both
-equal the one-process run within a tight tolerance: every checkpoint array (parameters, optimizer
-state, batch-norm statistics; step and random key exactly), every logged train number, and the
-validation loss and the metrics at the 0.5 threshold.
+The preempted and resumed 2-process run equals the one-process run within a tight tolerance:
+every checkpoint array (parameters, optimizer state, batch-norm statistics; step and random key
+exactly), every logged train number (each step once: none lost or repeated by the resume), and
+the validation loss and the metrics at the 0.5 threshold. (That a resume is bitwise the
+uninterrupted run is tests/test_resume.py's and tests/test_preemption.py's, in one process.)
 
 Why a tolerance against one process: the programs differ in their reductions. The data do not:
 process p feeds rows p*B .. (p+1)*B - 1 of every global batch (data/pipeline.py), so the global
@@ -27,7 +26,7 @@ magnitude. SGD instead of the demo's Adam keeps rounding at its size (Adam divid
 by its own running size, so a gradient that is zero up to rounding, such as that of a batch-norm
 bias followed by another batch norm, moves its weight by the full learning rate in a direction
 set by the rounding). The ranking metrics (per-class AP,
-mAP, the tuned thresholds' F1) are compared bitwise between the two 2-process runs only: after 8
+mAP, the tuned thresholds' F1) are left out: after 8
 steps the batch norms' running statistics are still ~92% their initial ones (momentum 0.99), so
 in evaluation the model gives every image the same probabilities to ~3e-7, and which of two
 images ranks first is decided by rounding.
@@ -189,12 +188,10 @@ def two_processes(data_dir, workdir, logdir, *, preempt: bool) -> tuple[int, str
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
-    """Workdirs: one process; 2 processes; 2 processes preempted and resumed (and its stop)."""
+    """Workdirs: one process; 2 processes preempted and resumed (and its stop)."""
     root = tmp_path_factory.mktemp("mp_loop")
-    one, full, resumed, logdir = (root / name for name in ("one", "full", "resumed", "logs"))
+    one, resumed, logdir = (root / name for name in ("one", "resumed", "logs"))
     one_process(data_dir, one)
-    code, out = two_processes(data_dir, full, logdir / "full", preempt=False)
-    assert code == 0, out
 
     logs = logdir / "preempted"
     code, out = two_processes(data_dir, resumed, logs, preempt=True)
@@ -210,39 +207,27 @@ def runs(data_dir, tmp_path_factory):
 
     code, out = two_processes(data_dir, resumed, logdir / "resumed", preempt=False)
     assert code == 0, out  # the same command resumed
-    return one, full, resumed
+    return one, resumed
 
 
-def test_preempted_and_resumed_equals_uninterrupted_bitwise(runs):
-    _, full, resumed = runs
-    want, got = checkpoint_arrays(full, TOTAL), checkpoint_arrays(resumed, TOTAL)
-    assert want.keys() == got.keys() and int(got["step"]) == TOTAL
+def test_two_processes_preempted_and_resumed_equal_one_process(runs):
+    one, resumed = runs
+    want, got = checkpoint_arrays(one, TOTAL), checkpoint_arrays(resumed, TOTAL)
+    assert want.keys() == got.keys() and any(k.startswith("opt_state") for k in want)
     for name, value in want.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
-    assert records(resumed) == records(full)
-
-
-def test_two_processes_equal_one_process(runs):
-    one, full, resumed = runs
-    want = checkpoint_arrays(one, TOTAL)
-    for workdir in (full, resumed):
-        got = checkpoint_arrays(workdir, TOTAL)
-        assert want.keys() == got.keys() and any(k.startswith("opt_state") for k in want)
-        for name, value in want.items():
-            if np.issubdtype(value.dtype, np.floating):
-                # the floor: weights whose gradient is zero up to rounding hold only rounding
-                atol = ARRAY_RTOL * float(np.max(np.abs(value), initial=0.0)) + 1e-6
-                np.testing.assert_allclose(got[name], value, rtol=0, atol=atol, err_msg=name)
-            else:  # step, random key
-                np.testing.assert_array_equal(got[name], value, err_msg=name)
+        if np.issubdtype(value.dtype, np.floating):
+            # the floor: weights whose gradient is zero up to rounding hold only rounding
+            atol = ARRAY_RTOL * float(np.max(np.abs(value), initial=0.0)) + 1e-6
+            np.testing.assert_allclose(got[name], value, rtol=0, atol=atol, err_msg=name)
+        else:  # step, random key
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_two_processes_log_what_one_process_logs(runs):
-    one, full, resumed = runs
+    one, resumed = runs
     want = records(one)
     # every step's train numbers once (the resumed run repeated and lost none), validation at
     # 4 and 8, the final metrics
     assert sorted(k for k in want if k[1] == "train") == [(s, "train") for s in range(1, 9)]
     assert sorted(k for k in want if k[1] != "train") == [(4, "val"), (8, "final"), (8, "val")]
-    assert_close_records(records(full), want)
     assert_close_records(records(resumed), want)
