@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpa_jax tests configs
+	$(BIN)/ruff format --check hpa_jax tests configs
 
 # Two workers, each taking whole test files (their module fixtures train once): the suite is
 # mostly single-threaded XLA compilation, so on 2 cores this takes about 2/3 of a serial run.

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 def compilation_cache_dir(environ) -> str | None:
     """The cache folder this process should use, or None (off, or set by the user already)."""
     if environ.get("HPA_JAX_COMPILATION_CACHE", "1") == "0" or environ.get(
-            "JAX_COMPILATION_CACHE_DIR"):
+        "JAX_COMPILATION_CACHE_DIR"
+    ):
         return None
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "hpa-jax", "jax")

@@ -147,9 +147,18 @@ def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> 
     root = as_path(root)  # local or gs://
     if not is_remote(root):
         root.mkdir(parents=True, exist_ok=True)
-    write_text(root / "grid.json", json.dumps(
-        {"grid": grid.name, "base": grid.base, "extra": list(extra),
-         "points": [{"name": n, "overrides": o} for n, o in describe(grid)]}, indent=2))
+    write_text(
+        root / "grid.json",
+        json.dumps(
+            {
+                "grid": grid.name,
+                "base": grid.base,
+                "extra": list(extra),
+                "points": [{"name": n, "overrides": o} for n, o in describe(grid)],
+            },
+            indent=2,
+        ),
+    )
     results = []
     for i, (point, (name, overrides)) in enumerate(zip(grid.points, describe(grid), strict=True)):
         workdir = root / name
@@ -201,9 +210,12 @@ def report(root: str | Path, metric: str = "macro_f1") -> dict[str, Path]:
     metric_keys: list[str] = []
     for run in runs:
         metric_keys += [k for k in run["metrics"] if k not in metric_keys]
-    rows = [[run["name"]] + [_format_value(run["point"].get(k, "")) for k in keys]
-            + [f"{run['metrics'][m]:.4f}" if m in run["metrics"] else "" for m in metric_keys]
-            for run in runs]
+    rows = [
+        [run["name"]]
+        + [_format_value(run["point"].get(k, "")) for k in keys]
+        + [f"{run['metrics'][m]:.4f}" if m in run["metrics"] else "" for m in metric_keys]
+        for run in runs
+    ]
     header = ["run"] + keys + metric_keys
 
     buf = io.StringIO()
@@ -223,7 +235,6 @@ def _plot(runs: list[dict], keys: list[str], metric: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     keys = keys or ["run"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)

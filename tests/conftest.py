@@ -63,9 +63,18 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
 # order; the longest files go first, so that neither worker is left alone with one at the end.
-SLOW_FILES = ("test_cells_pipeline.py", "test_multiprocess_loop.py", "test_resume.py",
-              "test_gcs.py", "test_preemption.py", "test_train_cli.py", "test_export.py",
-              "test_operations.py", "test_kaggle.py", "test_keras_backbone.py")
+SLOW_FILES = (
+    "test_cells_pipeline.py",
+    "test_multiprocess_loop.py",
+    "test_resume.py",
+    "test_gcs.py",
+    "test_preemption.py",
+    "test_train_cli.py",
+    "test_export.py",
+    "test_operations.py",
+    "test_kaggle.py",
+    "test_keras_backbone.py",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -39,17 +39,31 @@ class Emulator:
     @property
     def env(self) -> dict[str, str]:
         """The variables that send gcsfs and tensorstore to this emulator."""
-        return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "true",
-                "GCE_METADATA_HOST": "127.0.0.1:1", "GOOGLE_CLOUD_PROJECT": "test",
-                # the emulator has no gRPC control plane for gcsfs's bucket-layout lookup
-                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+        return {
+            "STORAGE_EMULATOR_HOST": self.url,
+            "TENSORSTORE_GCS_HTTP_URL": self.url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            "NO_GCE_CHECK": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:1",
+            "GOOGLE_CLOUD_PROJECT": "test",
+            # the emulator has no gRPC control plane for gcsfs's bucket-layout lookup
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        }
 
     def start(self) -> Emulator:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "start", "--host=127.0.0.1",
-             f"--port={self.port}", "--in-memory", f"--default-bucket={self.bucket}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                __file__,
+                "start",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                "--in-memory",
+                f"--default-bucket={self.bucket}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -76,8 +90,7 @@ def _with_generation_headers(download):
     def handler(request, response, storage, *args, **kwargs):
         download(request, response, storage, *args, **kwargs)
         try:
-            obj = storage.get_file_obj(request.params["bucket_name"],
-                                       request.params["object_id"])
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
         except Exception:  # not found: the handler answered 404 already
             return
         response["x-goog-generation"] = str(obj["generation"])

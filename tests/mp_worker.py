@@ -35,7 +35,7 @@ def main() -> None:
     start = jax.process_index() * share
 
     def local_rows(batch):
-        return {k: v[start:start + share] for k, v in batch.items()}
+        return {k: v[start : start + share] for k, v in batch.items()}
 
     state, losses, _ = test_step.run(mesh, local_rows=local_rows)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)

@@ -133,17 +133,20 @@ def test_a_mislabelled_point_gets_the_top_label_noise_scores():
 
 def test_neighbours_contradict_needs_both_a_lacking_and_a_missing_class():
     labels = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [1, 1, 0]], np.float32)
-    dist = np.array([
-        [0.05, 0.9, 0.0],  # recorded class 0 unsupported, class 1 expected: a wrong label
-        [0.05, 0.3, 0.0],  # unsupported, but nothing else expected: a rare, right label
-        [0.9, 0.0, 0.6],  # class 0 expected, but its own class 2 is supported
-        [0.95, 0.02, 0.8],  # class 1 unsupported and class 2 expected
-    ])
+    dist = np.array(
+        [
+            [0.05, 0.9, 0.0],  # recorded class 0 unsupported, class 1 expected: a wrong label
+            [0.05, 0.3, 0.0],  # unsupported, but nothing else expected: a rare, right label
+            [0.9, 0.0, 0.6],  # class 0 expected, but its own class 2 is supported
+            [0.95, 0.02, 0.8],  # class 1 unsupported and class 2 expected
+        ]
+    )
     flags = label_noise.neighbours_contradict(dist, labels)
     assert flags.tolist() == [True, False, False, True]
     # the cut-offs are strict: exactly `unsupported` or exactly `expected` does not count
     assert not label_noise.neighbours_contradict(
-        [[0.1, 0.5, 0.0]], [[1, 0, 0]], unsupported=0.1, expected=0.5).any()
+        [[0.1, 0.5, 0.0]], [[1, 0, 0]], unsupported=0.1, expected=0.5
+    ).any()
     # the planted mislabel of the two clusters is flagged, and nothing else
     points, two = _two_clusters()
     two[4] = [0, 1]

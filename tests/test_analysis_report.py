@@ -72,10 +72,25 @@ def test_report_scores_flags_figures_and_quality(dataset):
     root = dataset["root"]
     emb, pred = _write_inputs(dataset, root)
     out = root / "report"
-    argv = ["anomalies", "--data", str(dataset["data"]), "--out", str(out), "--embeddings",
-            str(emb), "--predictions", str(pred), "--truth", str(dataset["data"] / "truth.csv"),
-            "--projection", "tsne", "--threads", "1",
-            "--sift-words", "8"]  # fmt: skip
+    argv = [
+        "anomalies",
+        "--data",
+        str(dataset["data"]),
+        "--out",
+        str(out),
+        "--embeddings",
+        str(emb),
+        "--predictions",
+        str(pred),
+        "--truth",
+        str(dataset["data"] / "truth.csv"),
+        "--projection",
+        "tsne",
+        "--threads",
+        "1",
+        "--sift-words",
+        "8",
+    ]
     assert cli.main(argv) == 0
     rows = _read_csv(out / "anomalies.csv")
     assert [r["ID"] for r in rows] == dataset["ids"]
@@ -112,22 +127,35 @@ def test_bad_inputs_name_the_mismatch_and_leave_no_partial_output(dataset, tmp_p
     (out / "keep.txt").write_text("previous report")
     bad = tmp_path / "bad.npz"
     save_embeddings(bad, [*ids[:-1], "not-an-id"], labels, np.zeros((len(ids), 3)))
-    common = ["--data", str(dataset["data"]), "--out", str(out), "--image-size", str(SIZE),
-              "--no-sift", "--projection", "pca", "--threads", "1"]  # fmt: skip
+    common = [
+        "--data",
+        str(dataset["data"]),
+        "--out",
+        str(out),
+        "--image-size",
+        str(SIZE),
+        "--no-sift",
+        "--projection",
+        "pca",
+        "--threads",
+        "1",
+    ]
 
     from hpa_jax.analysis.report import ReportOptions, run_anomaly_report
 
     quick = dict(image_size=SIZE, with_sift=False, projections=("pca",))
     with pytest.raises(UserError, match=r"1 dataset IDs missing .*1 IDs not in the dataset \(e"):
-        run_anomaly_report(dataset["data"], out, ReportOptions(embeddings=[bad], **quick),
-                           log=lambda *_: None)
+        run_anomaly_report(
+            dataset["data"], out, ReportOptions(embeddings=[bad], **quick), log=lambda *_: None
+        )
     truth = tmp_path / "truth.csv"
     truth.write_text("ID,anomaly,kind\nghost-7,1,dark\n")
     assert cli.main(["anomalies", *common, "--truth", str(truth)]) == 2
     assert cli.main(["anomalies", *common, "--exclude-by", "nonsense"]) == 2
     with pytest.raises(UserError, match="ghost-7"):
-        run_anomaly_report(dataset["data"], out, ReportOptions(truth=truth, **quick),
-                           log=lambda *_: None)
+        run_anomaly_report(
+            dataset["data"], out, ReportOptions(truth=truth, **quick), log=lambda *_: None
+        )
     # The previous report is untouched and nothing half-written sits beside it.
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "report", "truth.csv"]
@@ -148,8 +176,17 @@ def test_embed_command_with_converted_weights(dataset, tmp_path):
     weights = tmp_path / "weights"
     converted.save_converted(nnx.state(model), weights, {"variant": "tiny", "in_channels": 4})
     out = tmp_path / "imagenet.npz"
-    argv = ["embed", "--weights", str(weights), "--data", str(dataset["data"]), "--out",
-            str(out), "--batch-size", "16"]  # fmt: skip
+    argv = [
+        "embed",
+        "--weights",
+        str(weights),
+        "--data",
+        str(dataset["data"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+    ]
     assert cli.main(argv) == 0
     emb = load_embeddings(out)
     assert emb.name == "imagenet" and list(emb.ids) == dataset["ids"]
@@ -162,8 +199,20 @@ def test_embed_command_with_converted_weights(dataset, tmp_path):
     np.testing.assert_allclose(emb.features, np.asarray(expected), rtol=2e-4, atol=2e-5)
     assert not list(tmp_path.glob(".imagenet*"))
     # A run folder without a checkpoint is refused with a message, not a traceback.
-    assert cli.main(["embed", "--workdir", str(tmp_path), "--data", str(dataset["data"]),
-                     "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "embed",
+                "--workdir",
+                str(tmp_path),
+                "--data",
+                str(dataset["data"]),
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.gcs
@@ -177,20 +226,47 @@ def test_report_reads_and_writes_gs_paths(dataset, gcs_bucket, tmp_path):
     emb, pred = f"{gcs_bucket}/in/random.npz", f"{gcs_bucket}/in/predictions.npz"
     fileio.write_bytes(emb, local_emb.read_bytes())
     fileio.write_bytes(pred, local_pred.read_bytes())
-    common = ["--data", str(dataset["data"]), "--image-size", str(SIZE), "--no-sift",
-              "--projection", "pca", "--threads", "1"]  # fmt: skip
+    common = [
+        "--data",
+        str(dataset["data"]),
+        "--image-size",
+        str(SIZE),
+        "--no-sift",
+        "--projection",
+        "pca",
+        "--threads",
+        "1",
+    ]
     local = tmp_path / "report"
-    assert cli.main(["anomalies", *common, "--out", str(local), "--embeddings", str(local_emb),
-                     "--predictions", str(local_pred)]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "anomalies",
+                *common,
+                "--out",
+                str(local),
+                "--embeddings",
+                str(local_emb),
+                "--predictions",
+                str(local_pred),
+            ]
+        )
+        == 0
+    )
     out = fileio.as_path(f"{gcs_bucket}/report")
     fileio.write_text(out / "stale.txt", "from an earlier report")
-    assert cli.main(["anomalies", *common, "--out", str(out), "--embeddings", emb,
-                     "--predictions", pred]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            ["anomalies", *common, "--out", str(out), "--embeddings", emb, "--predictions", pred]
+        )
+        == 0
+    )
     for name in ("anomalies.csv", "exclude.txt"):
         assert (out / name).read_bytes() == (local / name).read_bytes()
     assert not (out / "stale.txt").exists()
     assert {p.name for p in (out / "figures").iterdir()} == {
-        p.name for p in (local / "figures").iterdir()}
+        p.name for p in (local / "figures").iterdir()
+    }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["embeddings"] == ["rand"] and summary["predictions"] == pred
     fileio.write_text(f"{gcs_bucket}/object", "not a folder")

@@ -164,7 +164,12 @@ def test_crop_keeps_the_other_draws():
         a = aug.sample_params(aug.example_rng(0, 2, i), plain)
         b = aug.sample_params(aug.example_rng(0, 2, i), cropped)
         assert (a.flip_lr, a.flip_ud, a.rot90, a.brightness, a.contrast) == (
-            b.flip_lr, b.flip_ud, b.rot90, b.brightness, b.contrast)
+            b.flip_lr,
+            b.flip_ud,
+            b.rot90,
+            b.brightness,
+            b.contrast,
+        )
 
 
 def test_bad_crops_are_refused():

@@ -23,10 +23,20 @@ def test_benchmark_dataset_is_a_reused_readable_dataset_folder(tmp_path):
     info = dataset.read_info(root)
     assert info["num_records"] == 4 and info["height"] == info["width"] == 32
     assert len(catalog.record_catalog(root).ids) == 4
-    b = next(iter(pipeline.make_eval_iterator(
-        root, batch_size=4, image_size=16, channels="rgby", split="all",
-        process_index=0, process_count=1, num_threads=1,
-    )))  # fmt: skip
+    b = next(
+        iter(
+            pipeline.make_eval_iterator(
+                root,
+                batch_size=4,
+                image_size=16,
+                channels="rgby",
+                split="all",
+                process_index=0,
+                process_count=1,
+                num_threads=1,
+            )
+        )
+    )
     assert b["image"].shape == (4, 16, 16, 4)
     # smooth, cell-like content: neighbouring pixels correlate (PNG cost depends on it)
     x = b["image"][..., 2].astype(float)
@@ -42,9 +52,18 @@ def test_benchmark_dataset_is_a_reused_readable_dataset_folder(tmp_path):
 def test_run_input_benchmark_reports_all_parts(tmp_path):
     out = tmp_path / "bench.json"
     result = bench_input.run_input_benchmark(
-        tmp_path / "ds", image_size=16, batch_size=4, worker_count=0, num_threads=1,
-        num_batches=2, repeats=2, num_images=4, compare_tfdata=True, tf_python=None, out=out,
-    )  # fmt: skip
+        tmp_path / "ds",
+        image_size=16,
+        batch_size=4,
+        worker_count=0,
+        num_threads=1,
+        num_batches=2,
+        repeats=2,
+        num_images=4,
+        compare_tfdata=True,
+        tf_python=None,
+        out=out,
+    )
     assert result["dataset"]["num_records"] == 4 and result["dataset"]["height"] == 512
     for part in ("grain", "tfds_arrayrecord", "pillow_single_core"):
         assert result[part]["images_per_s"] > 0 and len(result[part]["runs"]) == 2
@@ -55,19 +74,24 @@ def test_run_input_benchmark_reports_all_parts(tmp_path):
     assert copy["data_dir"] == str(tmp_path / "ds" / "tfds")
     splits = dataset.split_ids(tmp_path / "ds")  # TFDS: train, then validation
     assert catalog.select(tfds_lib.TfdsDataset(**copy), split="all").catalog.ids == (
-        splits["train"] + splits["validation"])
+        splits["train"] + splits["validation"]
+    )
     assert result["targets"]["vs_tfds_arrayrecord"] == pytest.approx(
-        result["grain"]["images_per_s"] / result["tfds_arrayrecord"]["images_per_s"])
+        result["grain"]["images_per_s"] / result["tfds_arrayrecord"]["images_per_s"]
+    )
     if HAVE_TF:
         assert len(result["tfdata"]["runs"]) == 2
         assert result["targets"]["vs_tfdata"] == pytest.approx(
-            result["grain"]["images_per_s"] / result["tfdata"]["images_per_s"])
+            result["grain"]["images_per_s"] / result["tfdata"]["images_per_s"]
+        )
     else:  # the tf.data side says why it was skipped, and no ratio to it is made up
         assert result["tfdata"] == {
-            "skipped": "tensorflow is not importable and no tf_python was given"}
+            "skipped": "tensorflow is not importable and no tf_python was given"
+        }
         assert "vs_tfdata" not in result["targets"]
     assert result["targets"]["vs_two_cores"] == pytest.approx(
-        result["grain"]["images_per_s"] / (2 * result["pillow_single_core"]["images_per_s"]))
+        result["grain"]["images_per_s"] / (2 * result["pillow_single_core"]["images_per_s"])
+    )
     assert json.loads(out.read_text())["settings"]["batch_size"] == 4
 
 
@@ -76,38 +100,55 @@ def test_a_gcs_dataset_is_staged_then_read_against_a_local_one(gcs_bucket):
     """A gs:// data folder (written there first): staging measured (MB/s, and staging again
     unchanged copies nothing), the rates read the staged copy, `grain_local` a local one."""
     result = bench_input.run_input_benchmark(
-        f"{gcs_bucket}/ds", image_size=16, batch_size=4, worker_count=0, num_threads=1,
-        num_batches=1, repeats=2, num_images=4, record_size=32, compare_tfdata=False,
-        compare_tfds=False)  # fmt: skip
+        f"{gcs_bucket}/ds",
+        image_size=16,
+        batch_size=4,
+        worker_count=0,
+        num_threads=1,
+        num_batches=1,
+        repeats=2,
+        num_images=4,
+        record_size=32,
+        compare_tfdata=False,
+        compare_tfds=False,
+    )
     staging = result["staging"]
     assert staging["source"] == f"{gcs_bucket}/ds" and staging["mb_per_s"] > 0
     assert staging["files"] > 4 and staging["bytes"] > 0 and staging["repeats"] == 2
     assert result["dataset"]["num_records"] == 4 and result["dataset"]["height"] == 32
     assert not os.path.exists(result["dataset"]["dir"])  # the staged copies are removed
     assert result["targets"]["staged_vs_local"] == pytest.approx(
-        result["grain"]["images_per_s"] / result["grain_local"]["images_per_s"])
+        result["grain"]["images_per_s"] / result["grain_local"]["images_per_s"]
+    )
 
 
 def test_tfds_copy_only_of_the_benchmark_synthetic_data(tmp_path):
     root = bench_input.write_benchmark_dataset(tmp_path / "b", num_images=4, size=32, shards=1)
     copy = bench_input.write_tfds_copy(root)
     assert copy == tfds_lib.TfdsDataset(
-        "hpa_protein_atlas/synthetic/num_images=4,image_size=32,seed=0", str(root / "tfds"))
+        "hpa_protein_atlas/synthetic/num_images=4,image_size=32,seed=0", str(root / "tfds")
+    )
     info = dataset.read_info(root)
     dataset.write_info(root, {**info, "source": "kaggle"})
     assert bench_input.write_tfds_copy(root) == (
-        f"{root} is not the benchmark's synthetic data (source differ)")
+        f"{root} is not the benchmark's synthetic data (source differ)"
+    )
 
 
 def test_tfdata_script_needs_only_the_standard_library_and_tensorflow(tmp_path):
     """bench/tfdata.py, run as `tf_python`'s script in an isolated Python without site-packages
     (so without hpa_jax, numpy or grain), gets as far as importing TensorFlow."""
     args = json.dumps({"paths": [str(tmp_path / "none.tfrecord")], "num_batches": 1})
-    proc = subprocess.run([sys.executable, "-I", "-S", tfdata.__file__, "--tfdata", args],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", tfdata.__file__, "--tfdata", args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
-        "ModuleNotFoundError: No module named 'tensorflow'")
+        "ModuleNotFoundError: No module named 'tensorflow'"
+    )
 
 
 def test_tfdata_subprocess_failure_is_reported_as_skipped(tmp_path, monkeypatch):
@@ -117,11 +158,11 @@ def test_tfdata_subprocess_failure_is_reported_as_skipped(tmp_path, monkeypatch)
     python = tmp_path / "python-without-site"
     python.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
     python.chmod(0o755)
-    result = bench_input.tfdata_rate([str(tmp_path / "none.tfrecord")], tf_python=str(python),
-                                     num_batches=1, repeats=1)  # fmt: skip
+    result = bench_input.tfdata_rate(
+        [str(tmp_path / "none.tfrecord")], tf_python=str(python), num_batches=1, repeats=1
+    )
     assert result["skipped"].startswith(f"{python} failed (exit 1): ")
     assert "No module named 'tensorflow'" in result["skipped"]
-
 
 
 _LEAK_SCRIPT = """
@@ -161,8 +202,13 @@ def test_worker_processes_leave_no_shared_memory_behind(tmp_path):
     root = bench_input.write_benchmark_dataset(tmp_path / "b", num_images=8, size=32, shards=1)
     script = tmp_path / "leak.py"
     script.write_text(_LEAK_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(root)], capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "leaked shared_memory" not in proc.stderr, proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]

@@ -18,8 +18,27 @@ def test_fields_are_upscaled_16_bit_copies_of_the_rendered_images():
 
 def test_bench_segment_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    assert main(["bench", "segment", "--size", "128", "--images", "2", "--repeats", "2",
-                 "--batch-images", "4", "--workers", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "segment",
+                "--size",
+                "128",
+                "--images",
+                "2",
+                "--repeats",
+                "2",
+                "--batch-images",
+                "4",
+                "--workers",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert record["size"] == 128 and record["bits"] == 16
     assert len(record["seconds_per_image_one_core"]) == 4

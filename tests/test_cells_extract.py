@@ -52,16 +52,17 @@ def _parents(data):
     out = {}
     for i, image_id in enumerate(catalog.ids):
         parsed = example.parse_example(source[i])
-        out[image_id] = (parsed.labels, {c: example.decode_channel(parsed, c)
-                                         for c in example.CHANNELS})  # fmt: skip
+        out[image_id] = (
+            parsed.labels,
+            {c: example.decode_channel(parsed, c) for c in example.CHANNELS},
+        )
     return out
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("extract") / "data"
-    synthesize(path, num_images=12, size=112, seed=5, shards=2, anomaly_rate=0.0,
-               heterogeneous=1.0)  # fmt: skip
+    synthesize(path, num_images=12, size=112, seed=5, shards=2, anomaly_rate=0.0, heterogeneous=1.0)
     return path
 
 
@@ -122,19 +123,20 @@ def test_a_crop_equals_one_cut_by_hand(parents, segmented):
         side = max(h, w, round(max(h, w) * 1.15))
         top, left = y0 - (side - h) // 2 + side, x0 - (side - w) // 2 + side  # in the padded
         for name, plane in parents[cell["parent_id"]][1].items():
-            window = np.pad(plane, side)[top:top + side, left:left + side]
+            window = np.pad(plane, side)[top : top + side, left : left + side]
             want = np.asarray(decode.decode_resized(example.encode_png(window), (SIZE, SIZE)))
             np.testing.assert_array_equal(example.decode_channel(parsed, name), want)
         inst = np.pad(dataset.read_mask(out / "masks" / f"{cell['parent_id']}.png"), side)
-        inside = inst[top:top + side, left:left + side] == cell["cell"]
+        inside = inst[top : top + side, left : left + side] == cell["cell"]
         pick = ((np.arange(SIZE) + 0.5) * side / SIZE).astype(int)  # nearest pixel centres
         np.testing.assert_array_equal(cell["mask"], inside[pick][:, pick])
         # the pure function at a stronger reduction (Pillow's reducing gap at work)
         channels = parents[cell["parent_id"]][1]
-        small = {c.cell: c for c in extract.cell_crops(channels, inst[side:-side, side:-side],
-                                                       size=12)}[cell["cell"]]  # fmt: skip
+        small = {
+            c.cell: c for c in extract.cell_crops(channels, inst[side:-side, side:-side], size=12)
+        }[cell["cell"]]
         for name, plane in channels.items():
-            window = np.pad(plane, side)[top:top + side, left:left + side]
+            window = np.pad(plane, side)[top : top + side, left : left + side]
             want = np.asarray(decode.decode_resized(example.encode_png(window), (12, 12)))
             np.testing.assert_array_equal(small.channels[name], want)
 
@@ -145,8 +147,7 @@ def test_cell_crops_zero_the_background_and_pad_the_border():
     inst[20:40, 25:35] = 2
     inst[28:32, 36:38] = 3  # 8 px
     planes = {"a": np.full((40, 50), 200, np.uint8), "b": np.full((40, 50), 60000, np.uint16)}
-    crops = extract.cell_crops(planes, inst, size=20, zero_background=True, min_area=9,
-                               margin=1.0)  # fmt: skip
+    crops = extract.cell_crops(planes, inst, size=20, zero_background=True, min_area=9, margin=1.0)
     assert [c.cell for c in crops] == [1, 2]  # cell 3 is under min_area
     first, second = crops
     assert first.window == (-5, 0, 20) and first.bbox == (0, 0, 10, 20) and first.area == 200
@@ -170,8 +171,10 @@ def test_sixteen_bit_images_give_sixteen_bit_crops(data, from_truth, tmp_path):
         parsed = [example.parse_example(r) for r in iter_records(path)]
         with TFRecordWriter(path) as writer:
             for p in parsed:
-                planes = {c: example.decode_channel(p, c).astype(np.uint16) * 257
-                          for c in example.CHANNELS}  # fmt: skip
+                planes = {
+                    c: example.decode_channel(p, c).astype(np.uint16) * 257
+                    for c in example.CHANNELS
+                }
                 writer.write(example.encode_example(p.id, planes, p.labels))
     out = tmp_path / "deep_cells"
     extract.extract_cells(deep, out, masks=data / "cells", size=SIZE)
@@ -221,8 +224,9 @@ def test_truth_csv_names_each_cells_true_cell_and_wrong_weak_labels(data, segmen
         iou = (true & mine).sum() / (true | mine).sum()
         assert iou >= 0.5 and abs(iou - float(row["iou"])) < 1e-4
         assert HPA_2021.parse(row["true_labels"]) == truth[parent][true_cell]
-        weak_labels, wrong_labels = (set(HPA_2021.parse(row[k])) for k in ("weak_labels",
-                                                                            "wrong_labels"))
+        weak_labels, wrong_labels = (
+            set(HPA_2021.parse(row[k])) for k in ("weak_labels", "wrong_labels")
+        )
         assert wrong_labels == weak_labels - set(truth[parent][true_cell])
         weak, wrong = weak + len(weak_labels), wrong + len(wrong_labels)
     assert matched >= 0.9 * len(rows) and summary.matched == matched
@@ -235,8 +239,9 @@ def test_truth_csv_names_each_cells_true_cell_and_wrong_weak_labels(data, segmen
 
 def test_the_pipeline_trains_on_the_cell_dataset(segmented):
     _, out = segmented
-    iterator = pipeline.make_train_iterator(out, batch_size=4, image_size=32, channels="rgby",
-                                            seed=0)  # fmt: skip
+    iterator = pipeline.make_train_iterator(
+        out, batch_size=4, image_size=32, channels="rgby", seed=0
+    )
     batch = next(iter(iterator))
     assert batch["image"].shape == (4, 32, 32, 4) and batch["labels"].shape == (4, 19)
     train = {c for c, s in dataset.read_split(out / dataset.SPLIT_CSV).items() if s == "train"}
@@ -251,13 +256,30 @@ def test_masks_missing_malformed_empty_and_small_cells_are_named(data, tmp_path,
     (masks / f"{ids[0]}.png").unlink()  # missing
     dataset.write_mask(masks / f"{ids[1]}.png", np.zeros((5, 5), np.int32))  # wrong size
     dataset.write_mask(masks / f"{ids[2]}.png", np.zeros((112, 112), np.int32))  # no cells
-    small = [(i, str(k)) for i in ids[3:]
-             for k, _, area in extract.cell_boxes(dataset.read_mask(masks / f"{i}.png"))
-             if area < 900]  # fmt: skip
+    small = [
+        (i, str(k))
+        for i in ids[3:]
+        for k, _, area in extract.cell_boxes(dataset.read_mask(masks / f"{i}.png"))
+        if area < 900
+    ]
     assert small
     out = tmp_path / "out"
-    args = ["cells", "extract", "--data", str(data), "--out", str(out), "--masks", str(masks),
-            "--min-area", "900", "--workers", "1", "--size", "32"]  # fmt: skip
+    args = [
+        "cells",
+        "extract",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--masks",
+        str(masks),
+        "--min-area",
+        "900",
+        "--workers",
+        "1",
+        "--size",
+        "32",
+    ]
     assert main(args) == 1  # written, but a mask is malformed
     err = capsys.readouterr().err
     assert f"ID {ids[1]!r} are (5, 5), the image is (112, 112)" in err
@@ -300,9 +322,13 @@ def test_workers_write_the_same_bytes(data, from_truth, tmp_path):
     out = tmp_path / "two"
     extract.extract_cells(data, out, masks=data / "cells", size=SIZE, workers=2)
     one = from_truth[1]
-    for name in [*json.loads((one / dataset.DATASET_JSON).read_text())["shards"],
-                 dataset.LABELS_CSV, dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV,
-                 dataset.CELL_TRUTH_CSV]:  # fmt: skip
+    for name in [
+        *json.loads((one / dataset.DATASET_JSON).read_text())["shards"],
+        dataset.LABELS_CSV,
+        dataset.SPLIT_CSV,
+        dataset.CELL_INDEX_CSV,
+        dataset.CELL_TRUTH_CSV,
+    ]:
         assert (out / name).read_bytes() == (one / name).read_bytes(), name
     assert Image.open(out / "masks" / f"{record_catalog(data).ids[0]}.png").mode.startswith("I")
 
@@ -320,14 +346,24 @@ def test_cells_to_gs(data, from_truth, gcs_bucket):
     assert str(summary.out_dir) == str(out) and summary.num_cells == from_truth[0].num_cells
     info = json.loads((out / dataset.DATASET_JSON).read_text())
     assert info == json.loads((local / dataset.DATASET_JSON).read_text())
-    names = [*info["shards"], dataset.LABELS_CSV, dataset.SPLIT_CSV, dataset.CELL_INDEX_CSV,
-             dataset.CELL_TRUTH_CSV, dataset.SKIPPED_CSV]  # fmt: skip
+    names = [
+        *info["shards"],
+        dataset.LABELS_CSV,
+        dataset.SPLIT_CSV,
+        dataset.CELL_INDEX_CSV,
+        dataset.CELL_TRUTH_CSV,
+        dataset.SKIPPED_CSV,
+    ]
     names += [f"masks/{p.name}" for p in (local / "masks").iterdir()]
     for name in names:
         assert (out / name).read_bytes() == (local / name).read_bytes(), name
     busy = f"{gcs_bucket}/busy"
     fileio.write_text(f"{busy}/notes.txt", "mine")
-    assert main(["cells", "extract", "--data", str(data), "--masks", str(data / "cells"),
-                 "--out", busy]) == 2  # fmt: skip
+    assert (
+        main(
+            ["cells", "extract", "--data", str(data), "--masks", str(data / "cells"), "--out", busy]
+        )
+        == 2
+    )
     assert fileio.as_path(f"{busy}/notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.parent.iterdir()) == ["busy", "cells"]

@@ -43,10 +43,13 @@ def test_mask_text_is_base64_of_zlib_of_coco_rle():
     assert coco_mask.area({"size": [6, 5], "counts": raw}) == 6
 
 
-@pytest.mark.parametrize("text, match", [
-    ("not base64!", "base64"),
-    (base64.b64encode(b"plain bytes").decode(), "zlib"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("not base64!", "base64"),
+        (base64.b64encode(b"plain bytes").decode(), "zlib"),
+    ],
+)
 def test_bad_mask_text_is_a_clear_error(text, match):
     with pytest.raises(MaskError, match=match):
         decode_mask(text, 4, 4)
@@ -64,7 +67,7 @@ def grid_cells(n: int = 4, size: int = 16) -> np.ndarray:
     """An instance image of n cells in a row, each `size` px wide."""
     inst = np.zeros((size, n * size), np.int32)
     for k in range(n):
-        inst[:, k * size:(k + 1) * size] = k + 1
+        inst[:, k * size : (k + 1) * size] = k + 1
     return inst
 
 
@@ -123,8 +126,13 @@ def brute_force_ap(truth, pred, num_classes, threshold=0.6):
     out = np.full(num_classes, np.nan)
     for c in range(num_classes):
         positives = sum(c in cl for t in truth.values() for cl in t.classes.values())
-        dets = [(-conf, n, i, cell) for n, (i, p) in enumerate(pred.items())
-                for cell, scores in p.classes.items() for cc, conf in scores.items() if cc == c]
+        dets = [
+            (-conf, n, i, cell)
+            for n, (i, p) in enumerate(pred.items())
+            for cell, scores in p.classes.items()
+            for cc, conf in scores.items()
+            if cc == c
+        ]
         images = list(pred)
         dets.sort(key=lambda d: (d[0], images.index(d[2]), list(pred[d[2]].classes).index(d[3])))
         matched, flags = set(), []
@@ -165,11 +173,19 @@ def random_case(rng, num_images=3, size=24, num_classes=3):
         p = t.copy()
         noise = rng.random(t.shape) < 0.25
         p[noise] = rng.integers(0, 5, noise.sum())
-        t_cells = {int(k): set(rng.choice(num_classes, rng.integers(1, 3), replace=False).tolist())
-                   for k in np.unique(t) if k}
-        p_cells = {int(k): {int(c): float(rng.choice([0.2, 0.5, 0.9, rng.random()]))
-                            for c in rng.choice(num_classes, rng.integers(1, 3), replace=False)}
-                   for k in np.unique(p) if k}
+        t_cells = {
+            int(k): set(rng.choice(num_classes, rng.integers(1, 3), replace=False).tolist())
+            for k in np.unique(t)
+            if k
+        }
+        p_cells = {
+            int(k): {
+                int(c): float(rng.choice([0.2, 0.5, 0.9, rng.random()]))
+                for c in rng.choice(num_classes, rng.integers(1, 3), replace=False)
+            }
+            for k in np.unique(p)
+            if k
+        }
         truth[f"img{i}"] = ImageCells(t, t_cells)
         pred[f"img{i}"] = ImageCells(p, p_cells)
     return truth, pred

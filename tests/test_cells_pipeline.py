@@ -38,12 +38,50 @@ def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("cells")
     synthesize(root / "data", num_images=24, size=128, seed=5, heterogeneous=1.0, shards=1)
     synthesize(root / "test", num_images=6, size=128, seed=6, heterogeneous=1.0, shards=1)
-    assert main(["cells", "extract", "--data", str(root / "data"), "--out", str(root / "crops"),
-                 "--size", "32"]) == 0
-    assert main(["train", "--config", "configs/demo.py:runlocal", "--workdir",
-                 str(root / "image"), f"--config.data.dir={root / 'data'}"]) == 0
-    assert main(["cells", "denoise", "--data", str(root / "crops"), "--root", str(root / "den"),
-                 "--k", "3", *CELL_RUN]) == 0
+    assert (
+        main(
+            [
+                "cells",
+                "extract",
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(root / "crops"),
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--workdir",
+                str(root / "image"),
+                f"--config.data.dir={root / 'data'}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cells",
+                "denoise",
+                "--data",
+                str(root / "crops"),
+                "--root",
+                str(root / "den"),
+                "--k",
+                "3",
+                *CELL_RUN,
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -66,8 +104,10 @@ def test_denoise_writes_runs_cleaned_data_and_an_honest_report(stage):
     assert held == {c for c, f in zip(ids, fold, strict=True) if f == 0}
     # the cleaned dataset holds the cleaned labels of the training cells, weak ones elsewhere
     before = {r["ID"]: HPA_2021.parse(r["Label"]) for r in _csv(stage / "crops" / "train.csv")}
-    after = {r["ID"]: HPA_2021.parse(r["Label"])
-             for r in _csv(stage / "den" / "round1" / "data" / "train.csv")}
+    after = {
+        r["ID"]: HPA_2021.parse(r["Label"])
+        for r in _csv(stage / "den" / "round1" / "data" / "train.csv")
+    }
     assert before.keys() == after.keys()
     split = dataset.read_split(stage / "crops" / dataset.SPLIT_CSV)
     assert all(before[i] == after[i] for i in before if split[i] == "validation")
@@ -90,16 +130,33 @@ def test_denoise_ignores_doubtful_labels_or_makes_them_negatives(stage, tmp_path
     # (a copy's data.exclude would name another file, and a resume with another exclude list is
     # refused), deterministically, so the scores are the fixture's
     shutil.copytree(stage / "den" / "plain", root / "plain")
-    assert main(["cells", "denoise", "--data", str(stage / "crops"), "--root", str(root),
-                 "--k", "3", "--doubtful", "negative", *CELL_RUN]) == 0
+    assert (
+        main(
+            [
+                "cells",
+                "denoise",
+                "--data",
+                str(stage / "crops"),
+                "--root",
+                str(root),
+                "--k",
+                "3",
+                "--doubtful",
+                "negative",
+                *CELL_RUN,
+            ]
+        )
+        == 0
+    )
     ignoring = json.loads((stage / "den" / "denoise.json").read_text())["rounds"][0]
     negative = json.loads((root / "denoise.json").read_text())["rounds"][0]
     assert ignoring["dropped"] == ignoring["ignored"] == negative["dropped"] > 0
     assert ignoring["relabelled_negative"] == 0 and negative["ignored"] == 0
     ids, weak, _ = train_cells(stage / "crops")
     weak = dict(zip(ids, weak, strict=True))
-    as_negatives = {r["ID"]: HPA_2021.parse(r["Label"])
-                    for r in _csv(root / "round1" / "data" / "train.csv")}
+    as_negatives = {
+        r["ID"]: HPA_2021.parse(r["Label"]) for r in _csv(root / "round1" / "data" / "train.csv")
+    }
     source = record_catalog(stage / "den" / "round1" / "data").open_source()
     seen = relabelled = 0
     for k in range(len(source)):
@@ -118,8 +175,22 @@ def test_denoise_ignores_doubtful_labels_or_makes_them_negatives(stage, tmp_path
 def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(stage, capsys):
     out = stage / "sub.csv"
     model = stage / "den" / "round1" / "model"
-    assert main(["predict-cells", "--workdir", str(model), "--image-workdir",
-                 str(stage / "image"), "--data", str(stage / "test"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict-cells",
+                "--workdir",
+                str(model),
+                "--image-workdir",
+                str(stage / "image"),
+                "--data",
+                str(stage / "test"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "cell mAP@0.6" in capsys.readouterr().out
     assert check_submission(out, stage / "test") == []
     rows = read_submission(out)
@@ -139,11 +210,38 @@ def test_predict_cells_writes_a_valid_submission_and_scores_every_combination(st
 
     # --combine image: every cell gets its image's probabilities, those `hpa-jax predict` writes
     base = stage / "base.csv"
-    assert main(["predict-cells", "--workdir", str(model), "--image-workdir",
-                 str(stage / "image"), "--data", str(stage / "test"), "--out", str(base),
-                 "--combine", "image"]) == 0
-    assert main(["predict", "--workdir", str(stage / "image"), "--data", str(stage / "test"),
-                 "--out", str(stage / "image.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict-cells",
+                "--workdir",
+                str(model),
+                "--image-workdir",
+                str(stage / "image"),
+                "--data",
+                str(stage / "test"),
+                "--out",
+                str(base),
+                "--combine",
+                "image",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--workdir",
+                str(stage / "image"),
+                "--data",
+                str(stage / "test"),
+                "--out",
+                str(stage / "image.csv"),
+            ]
+        )
+        == 0
+    )
     image = np.load(stage / "image.npz")
     by_image = dict(zip(image["ids"], image["probs"], strict=True))
     cells = np.load(base.with_suffix(".npz"))
@@ -158,11 +256,37 @@ def test_predict_cells_bad_input(stage, tmp_path, capsys):
     model = str(stage / "den" / "round1" / "model")
     test = str(stage / "test")
     # a combination that needs the image run, without it
-    assert main(["predict-cells", "--workdir", model, "--data", test, "--out",
-                 str(tmp_path / "a.csv"), "--combine", "product"]) == 2
+    assert (
+        main(
+            [
+                "predict-cells",
+                "--workdir",
+                model,
+                "--data",
+                test,
+                "--out",
+                str(tmp_path / "a.csv"),
+                "--combine",
+                "product",
+            ]
+        )
+        == 2
+    )
     # an image run is not a cell run
-    assert main(["predict-cells", "--workdir", str(stage / "image"), "--data", test,
-                 "--out", str(tmp_path / "b.csv")]) == 2
+    assert (
+        main(
+            [
+                "predict-cells",
+                "--workdir",
+                str(stage / "image"),
+                "--data",
+                test,
+                "--out",
+                str(tmp_path / "b.csv"),
+            ]
+        )
+        == 2
+    )
     assert "not a cell dataset" in capsys.readouterr().err
     # masks missing for one image: named; the other images are still predicted
     masks = tmp_path / "masks"
@@ -170,10 +294,22 @@ def test_predict_cells_bad_input(stage, tmp_path, capsys):
     ids = [r["ID"] for r in _csv(stage / "test" / "train.csv")]
     for image_id in ids[1:]:
         (masks / f"{image_id}.png").write_bytes(
-            (stage / "test" / dataset.CELLS_DIR / f"{image_id}.png").read_bytes())
+            (stage / "test" / dataset.CELLS_DIR / f"{image_id}.png").read_bytes()
+        )
     out = tmp_path / "c.csv"
-    code = main(["predict-cells", "--workdir", model, "--data", test, "--out", str(out),
-                 "--masks", str(masks)])
+    code = main(
+        [
+            "predict-cells",
+            "--workdir",
+            model,
+            "--data",
+            test,
+            "--out",
+            str(out),
+            "--masks",
+            str(masks),
+        ]
+    )
     captured = capsys.readouterr()
     assert ids[0] in captured.out + captured.err
     assert code == 1
@@ -185,9 +321,28 @@ def test_demo_cell_stage_runs_every_step_and_prints_the_ladder(stage, tmp_path, 
     """`hpa-jax demo --image-run` at test size: synth → extract → denoise → predict (plain and
     denoised) → overlays, with the image run of the fixture."""
     root = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(root), "--image-run", str(stage / "image"),
-                 "--cell-images", "16", "--cell-test-images", "4", "--cell-size", "128",
-                 "--cell-config", "configs/cells.py:runlocal", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--workdir",
+                str(root),
+                "--image-run",
+                str(stage / "image"),
+                "--cell-images",
+                "16",
+                "--cell-test-images",
+                "4",
+                "--cell-size",
+                "128",
+                "--cell-config",
+                "configs/cells.py:runlocal",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "baseline: every cell gets its image's probabilities" in out
     report = json.loads((root / "cell_stage" / "denoise" / "denoise.json").read_text())
@@ -205,4 +360,5 @@ def test_demo_cell_stage_runs_every_step_and_prints_the_ladder(stage, tmp_path, 
     assert final["combine"] == "mean" and final["negative_weight"] is True
     # the other model scores the very cells the chosen one did (its masks)
     assert list(np.load(stage / f"{other}.npz")["ids"]) == list(
-        np.load(cells / "submission.npz")["ids"])
+        np.load(cells / "submission.npz")["ids"]
+    )

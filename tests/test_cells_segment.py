@@ -42,8 +42,10 @@ def _images(data_dir):
     for i, image_id in enumerate(catalog.ids):
         parsed = example.parse_example(source[i])
         channels = {c: example.decode_png(png) for c, png in parsed.pngs.items()}
-        masks = [dataset.read_mask(dataset.mask_path(data_dir, image_id, kind))
-                 for kind in ("cells", "nuclei")]  # fmt: skip
+        masks = [
+            dataset.read_mask(dataset.mask_path(data_dir, image_id, kind))
+            for kind in ("cells", "nuclei")
+        ]
         out.append((image_id, channels, *masks))
     return out
 
@@ -162,8 +164,13 @@ def test_command_writes_masks_and_resumes(data128, images, tmp_path, capsys):
         assert [int(r[1]) for r in mine] == list(range(1, cells.max() + 1))
         for _, k, y0, x0, y1, x1, area in mine:
             ys, xs = np.nonzero(cells == int(k))
-            assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1, len(ys)) == \
-                (int(y0), int(x0), int(y1), int(x1), int(area))  # fmt: skip
+            assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1, len(ys)) == (
+                int(y0),
+                int(x0),
+                int(y1),
+                int(x1),
+                int(area),
+            )
     before, table = _mtimes(out), (out / "cells.csv").read_text()
 
     assert cli.main(["segment", "--data", str(data128), "--out", str(out), "--workers", "1"]) == 0

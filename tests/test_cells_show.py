@@ -32,11 +32,28 @@ def test_cell_crop_centres_the_cell_and_dims_the_rest():
 
 def test_cells_show_writes_overlays_and_contact_sheets(tmp_path):
     synthesize(tmp_path / "data", num_images=6, size=48, seed=4, shards=1, anomaly_rate=0.0)
-    assert main(["cells", "show", "--data", str(tmp_path / "data"), "--out",
-                 str(tmp_path / "pics"), "--images", "2", "--per-class", "3"]) == 0
+    assert (
+        main(
+            [
+                "cells",
+                "show",
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "pics"),
+                "--images",
+                "2",
+                "--per-class",
+                "3",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in (tmp_path / "pics").iterdir())
     assert [n for n in names if n.startswith("overlay_")] == [
-        "overlay_synth-000000.png", "overlay_synth-000001.png"]
+        "overlay_synth-000000.png",
+        "overlay_synth-000001.png",
+    ]
     classes = {int(n[6:8]) for n in names if n.startswith("class_")}
     cells_csv = (tmp_path / "data" / "cells.csv").read_text().splitlines()[1:]
     shown = {int(c) for row in cells_csv for c in row.split(",")[2].split("|")}
@@ -52,8 +69,7 @@ def test_cells_show_to_gs_and_npz_masks_from_gs(tmp_path, gcs_bucket, monkeypatc
     from hpa_jax.errors import UserError
 
     synthesize(tmp_path / "data", num_images=3, size=48, seed=4, shards=1, anomaly_rate=0.0)
-    args = ["cells", "show", "--data", str(tmp_path / "data"), "--images", "1", "--per-class",
-            "2"]  # fmt: skip
+    args = ["cells", "show", "--data", str(tmp_path / "data"), "--images", "1", "--per-class", "2"]
     assert main([*args, "--out", str(tmp_path / "pics")]) == 0
     data = f"{gcs_bucket}/data"  # read from a staged copy
     fileio.filesystem(data).put(str(tmp_path / "data"), data, recursive=True)
@@ -108,8 +124,9 @@ def test_masks_for_unknown_ids_are_reported_by_id(tmp_path):
         dataset.write_mask(masks / f"{image_id}.png", inst)
     dataset.write_mask(masks / "stranger.png", np.zeros((32, 32), np.int32))
     with pytest.warns(UserWarning, match=r"masks for 1 IDs not in .*stranger"):
-        write_cell_pictures(tmp_path / "data", tmp_path / "pics", masks=masks, images=1,
-                            per_class=1)
+        write_cell_pictures(
+            tmp_path / "data", tmp_path / "pics", masks=masks, images=1, per_class=1
+        )
 
 
 def test_classes_follow_the_matching_true_cell():

@@ -280,8 +280,9 @@ def test_command_exit_codes(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.gcs
-def test_submission_written_read_and_checked_on_gs(data_dir, gcs_bucket, tmp_path, capsys,
-                                                  monkeypatch):
+def test_submission_written_read_and_checked_on_gs(
+    data_dir, gcs_bucket, tmp_path, capsys, monkeypatch
+):
     """On gs:// the submission is one object with the local file's bytes, read back and checked
     there (by the command too, against a gs:// dataset); a missing object is a UserError naming
     it."""

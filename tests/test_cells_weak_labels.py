@@ -45,17 +45,20 @@ def test_clean_labels_drops_unsupported_and_silent_and_relabels_negative():
     weak = [(0, 3), (0, 3), (0, 3), (NEG,), (3,)]
     oof = np.zeros((5, 19), np.float32)
     knn = np.zeros((5, 19), np.float32)
-    oof[:3, 0] = knn[:3, 0] = 0.9                   # class 0: every cell of A shows it
-    oof[:3, 3] = knn[:3, 3] = [0.8, 0.2, 0.8]       # class 3: y has a quarter of x's support
-    oof[4, 3] = knn[4, 3] = 0.1                     # w: low support, but the best of its image
+    oof[:3, 0] = knn[:3, 0] = 0.9  # class 0: every cell of A shows it
+    oof[:3, 3] = knn[:3, 3] = [0.8, 0.2, 0.8]  # class 3: y has a quarter of x's support
+    oof[4, 3] = knn[4, 3] = 0.1  # w: low support, but the best of its image
     green = np.array([1.0, 1.0, 0.05, 0.02, 1.0], np.float32)  # z shows no protein
     out = wl.clean_labels(ids, weak, parents, oof, knn, green, negative=NEG)
     assert out.labels == {"x": (0, 3), "y": (0,), "z": (NEG,), "n": (NEG,), "w": (3,)}
     assert out.dropped == {("y", 3), ("z", 0), ("z", 3)}
     assert out.relabelled == {"z"}
     np.testing.assert_allclose(wl.relative_to_image(oof, parents)[:3, 3], [1.0, 0.25, 1.0])
-    report = wl.noise_report(dict(zip(ids, weak, strict=True)), out.labels,
-                             {"x": (0,), "y": (0,), "z": (NEG,), "n": (NEG,), "w": (3,)})
+    report = wl.noise_report(
+        dict(zip(ids, weak, strict=True)),
+        out.labels,
+        {"x": (0,), "y": (0,), "z": (NEG,), "n": (NEG,), "w": (3,)},
+    )
     # before: 8 pairs, wrong (x,3) (y,3) (z,0) (z,3); after: x(0,3) y(0) z(18) n(18) w(3)
     assert (report.pairs_before, report.wrong_before) == (8, 4)
     assert (report.pairs_after, report.wrong_after) == (6, 1)
@@ -83,8 +86,9 @@ def test_combine_modes_and_negative_weighting():
     np.testing.assert_allclose(mean[:, :2], (cell[:, :2] + image[:, :2]) / 2)
     np.testing.assert_allclose(mean[:, 2], cell[:, 2])
     both = combine_probs(cell, image, "product", negative=2, negative_weight=True)
-    np.testing.assert_allclose(both[:, :2], cell[:, :2] * image[:, :2] * (1 - cell[:, 2:]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        both[:, :2], cell[:, :2] * image[:, :2] * (1 - cell[:, 2:]), rtol=1e-6
+    )
     np.testing.assert_allclose(combine_probs(None, image, "image", negative=2), image)
     with pytest.raises(UserError, match="no Negative"):
         combine_probs(cell, image, "mean", negative_weight=True)

@@ -34,7 +34,8 @@ def test_config_overrides_only_where_declared(capsys):
     # `grid list` takes no overrides: refused by the grid command with a UserError (exit 2)
     assert cli.main(["grid", "list", "configs/grids/learning_rate.py", "--config.a=1"]) == 2
     assert "hpa-jax grid: error: --config overrides apply to `grid run` only" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exc:
         cli.main(["grid", "list", "configs/grids/learning_rate.py", "--bogus"])
     assert exc.value.code == 2
@@ -52,14 +53,18 @@ def test_user_error_type():
 
 def test_keras_backend_guard():
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    proc = subprocess.run([sys.executable, "-c", "import hpa_jax"], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import hpa_jax"], env=env, capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert "KERAS_BACKEND='tensorflow'" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-c", "import hpa_jax, keras; print(keras.backend.backend())"],
         env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"},
-        capture_output=True, text=True, check=True)
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.strip() == "jax"
 
 
@@ -68,8 +73,10 @@ def test_huge_page_env_is_added_once_and_can_be_turned_off(monkeypatch):
     env = cli.huge_page_env({"PATH": "/bin"})
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     # other tunables are kept; a process that has it (or the user's own value) is left alone
-    assert cli.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})[
-        "GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert (
+        cli.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"]
+        == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    )
     assert cli.huge_page_env(env) is None
     assert cli.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
     assert cli.huge_page_env({"HPA_JAX_HUGEPAGES": "0"}) is None
@@ -80,7 +87,8 @@ def test_huge_page_env_is_added_once_and_can_be_turned_off(monkeypatch):
 def test_compilation_cache_is_on_by_default_and_the_users_choice_wins():
     assert cli.compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/hpa-jax/jax"
     assert cli.compilation_cache_dir({"HOME": "/h"}).endswith(
-        os.path.join(".cache", "hpa-jax", "jax"))
+        os.path.join(".cache", "hpa-jax", "jax")
+    )
     assert cli.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/mine"}) is None
     assert cli.compilation_cache_dir({"HPA_JAX_COMPILATION_CACHE": "0"}) is None
 
@@ -89,10 +97,12 @@ def test_a_second_process_loads_its_executables_from_the_cache(tmp_path):
     """`hpa-jax` turns the cache on before JAX is imported: a second process compiling the same
     function writes no new entry (it loaded what the first one wrote)."""
     cache = tmp_path / "hpa-jax" / "jax"
-    code = ("from hpa_jax import cli\n"
-            "try:\n    cli.main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
-            "import jax, jax.numpy as jnp\n"
-            "print(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))))\n")
+    code = (
+        "from hpa_jax import cli\n"
+        "try:\n    cli.main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
+        "import jax, jax.numpy as jnp\n"
+        "print(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env |= {"XDG_CACHE_HOME": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
@@ -103,12 +113,15 @@ def test_a_second_process_loads_its_executables_from_the_cache(tmp_path):
 
 
 def test_console_entry_reruns_itself_with_the_tunable():
-    code = ("import os, sys; from hpa_jax import cli; "
-            "print('tunables:', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:]); "
-            "sys.argv = ['hpa-jax', '--help']; cli.entry()")
+    code = (
+        "import os, sys; from hpa_jax import cli; "
+        "print('tunables:', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:]); "
+        "sys.argv = ['hpa-jax', '--help']; cli.entry()"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "HPA_JAX_HUGEPAGES")}
-    proc = subprocess.run([sys.executable, "-c", code, "x"], env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "x"], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     # on Linux one re-run (not a loop), with the tunable and the same arguments; elsewhere none
     lines = [line for line in proc.stdout.splitlines() if line.startswith("tunables:")]

@@ -70,8 +70,12 @@ def start(environ=None, tpu_vm=False, metadata=no_metadata, **flags):
     """Run `initialize` in a simulated host; returns (result, recorded calls)."""
     fake = FakeInitialize()
     started = distributed.initialize(
-        **flags, environ={} if environ is None else environ, tpu_vm=tpu_vm, metadata=metadata,
-        jax_initialize=fake)
+        **flags,
+        environ={} if environ is None else environ,
+        tpu_vm=tpu_vm,
+        metadata=metadata,
+        jax_initialize=fake,
+    )
     return started, fake.calls
 
 
@@ -82,25 +86,39 @@ TPU_ENV_V4_8 = "ACCELERATOR_TYPE: 'v4-8'\nHOST_BOUNDS: '1,1,1'\nWORKER_ID: '0'\n
 
 # --- single hosts: never initialize --------------------------------------------------------
 
-@pytest.mark.parametrize("environ", [
-    {},  # laptop / CI
-    {"CUDA_VISIBLE_DEVICES": "0"},  # one GPU
-    {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"},  # single-host GKE TPU pod
-    {"TPU_ACCELERATOR_TYPE": "v5litepod-8"},
-    {"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"},
-    {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "1"},
-    {"MEGASCALE_NUM_SLICES": "1"},
-    {"TPU_WORKER_HOSTNAMES": "a,b", "HPA_JAX_DISTRIBUTED": "0"},  # detected, but switched off
-], ids=["laptop", "one-gpu", "gke-single-host", "v5litepod-8-env", "slurm-1-task", "mpirun-1",
-        "one-slice", "switched-off"])
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},  # laptop / CI
+        {"CUDA_VISIBLE_DEVICES": "0"},  # one GPU
+        {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"},  # single-host GKE TPU pod
+        {"TPU_ACCELERATOR_TYPE": "v5litepod-8"},
+        {"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"},
+        {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "1"},
+        {"MEGASCALE_NUM_SLICES": "1"},
+        {"TPU_WORKER_HOSTNAMES": "a,b", "HPA_JAX_DISTRIBUTED": "0"},  # detected, but switched off
+    ],
+    ids=[
+        "laptop",
+        "one-gpu",
+        "gke-single-host",
+        "v5litepod-8-env",
+        "slurm-1-task",
+        "mpirun-1",
+        "one-slice",
+        "switched-off",
+    ],
+)
 def test_single_process_never_initializes(environ):
     assert start(environ) == (False, [])
 
 
 @pytest.mark.parametrize("accelerator", ["v4-8", "v5litepod-8", "v2-8", "v6e-8"])
 def test_single_host_tpu_vm_never_initializes(accelerator):
-    metadata = metadata_of(worker_network_endpoints="10.0.0.2", accelerator_type=accelerator,
-                           tpu_env=TPU_ENV_V4_8)
+    metadata = metadata_of(
+        worker_network_endpoints="10.0.0.2", accelerator_type=accelerator, tpu_env=TPU_ENV_V4_8
+    )
     assert start(tpu_vm=True, metadata=metadata) == (False, [])
     metadata = metadata_of(accelerator_type=accelerator)  # no endpoints: the type decides
     assert start(tpu_vm=True, metadata=metadata) == (False, [])
@@ -117,6 +135,7 @@ def test_tpu_skip_mds_query_asks_no_metadata():
 
 
 # --- GCE TPU VMs (launch/tpu/create.sh): the metadata server -----------------------------
+
 
 @pytest.mark.parametrize("endpoints", [ENDPOINTS_V4_32, ENDPOINTS_OLD_FORMAT])
 def test_gce_pod_host_initializes_without_worker_hostnames(endpoints, fresh):
@@ -152,19 +171,40 @@ def test_metadata_unreachable_on_a_tpu_vm_warns(capsys):
 
 # --- GKE and other clusters JAX detects: the environment ---------------------------------
 
-@pytest.mark.parametrize("environ", [
-    {"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3", "TPU_WORKER_ID": "2"},
-    {"TPU_PROCESS_ADDRESSES": "h0:8476,h1:8476", "TPU_WORKER_ID": "1"},
-    {"TPU_ACCELERATOR_TYPE": "v5litepod-16", "TPU_SKIP_MDS_QUERY": "true"},
-    {"TPU_WORKER_HOSTNAMES": "localhost", "MEGASCALE_NUM_SLICES": "2",
-     "MEGASCALE_COORDINATOR_ADDRESS": "h0"},
-    {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"},
-    {"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "8", "SLURM_PROCID": "3",
-     "SLURM_JOB_ID": "7", "SLURM_LOCALID": "3"},
-    {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"},
-    {"HPA_JAX_DISTRIBUTED": "1"},
-], ids=["gke", "gke-process-addresses", "gke-accelerator-type", "gke-multislice", "jax-env",
-        "slurm", "mpirun", "forced"])
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3", "TPU_WORKER_ID": "2"},
+        {"TPU_PROCESS_ADDRESSES": "h0:8476,h1:8476", "TPU_WORKER_ID": "1"},
+        {"TPU_ACCELERATOR_TYPE": "v5litepod-16", "TPU_SKIP_MDS_QUERY": "true"},
+        {
+            "TPU_WORKER_HOSTNAMES": "localhost",
+            "MEGASCALE_NUM_SLICES": "2",
+            "MEGASCALE_COORDINATOR_ADDRESS": "h0",
+        },
+        {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"},
+        {
+            "SLURM_STEP_NODELIST": "n[1-2]",
+            "SLURM_NTASKS": "8",
+            "SLURM_PROCID": "3",
+            "SLURM_JOB_ID": "7",
+            "SLURM_LOCALID": "3",
+        },
+        {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "4"},
+        {"HPA_JAX_DISTRIBUTED": "1"},
+    ],
+    ids=[
+        "gke",
+        "gke-process-addresses",
+        "gke-accelerator-type",
+        "gke-multislice",
+        "jax-env",
+        "slurm",
+        "mpirun",
+        "forced",
+    ],
+)
 def test_clusters_initialize_with_no_arguments(environ):
     # tpu_vm=True: on a TPU host too, the environment settles it before any metadata query
     assert start(environ, tpu_vm=True, metadata=no_metadata) == (True, [{}])
@@ -172,8 +212,9 @@ def test_clusters_initialize_with_no_arguments(environ):
 
 def test_detect_says_why():
     assert "4 hosts" in distributed.detect({"TPU_WORKER_HOSTNAMES": "a,b,c,d"})
-    reason = distributed.detect({}, tpu_vm=True,
-                                metadata=metadata_of(worker_network_endpoints=ENDPOINTS_V4_32))
+    reason = distributed.detect(
+        {}, tpu_vm=True, metadata=metadata_of(worker_network_endpoints=ENDPOINTS_V4_32)
+    )
     assert "4 hosts" in reason and "worker-network-endpoints" in reason
 
 
@@ -196,28 +237,40 @@ def test_bad_switch_is_refused():
 
 # --- explicit coordinator (launch/local_multiprocess.sh, GPU clusters) --------------------
 
+
 def test_explicit_flags(fresh):
     started, calls = start(coordinator="h:1234", num_processes=2, process_id=1)
-    assert (started, calls) == (True, [
-        {"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}])
+    assert (started, calls) == (
+        True,
+        [{"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}],
+    )
     assert fresh == [True]  # CPU processes talk through gloo
 
 
 def test_explicit_environment_and_flags_first():
-    environ = {"HPA_JAX_COORDINATOR": "env:1", "HPA_JAX_NUM_PROCESSES": "3",
-               "HPA_JAX_PROCESS_ID": "2", "HPA_JAX_DISTRIBUTED": "0"}
+    environ = {
+        "HPA_JAX_COORDINATOR": "env:1",
+        "HPA_JAX_NUM_PROCESSES": "3",
+        "HPA_JAX_PROCESS_ID": "2",
+        "HPA_JAX_DISTRIBUTED": "0",
+    }
     assert start(environ)[1] == [
-        {"coordinator_address": "env:1", "num_processes": 3, "process_id": 2}]
+        {"coordinator_address": "env:1", "num_processes": 3, "process_id": 2}
+    ]
     distributed._initialized = False
     assert start(environ, coordinator="flag:2", process_id=0)[1] == [
-        {"coordinator_address": "flag:2", "num_processes": 3, "process_id": 0}]
+        {"coordinator_address": "flag:2", "num_processes": 3, "process_id": 0}
+    ]
 
 
-@pytest.mark.parametrize("flags, environ, message", [
-    ({"coordinator": "h:1"}, {}, "--num-processes and --process-id"),
-    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, {}, r"not in \[0, 2\)"),
-    ({}, {"HPA_JAX_COORDINATOR": "h:1", "HPA_JAX_NUM_PROCESSES": "two"}, "not an integer"),
-])
+@pytest.mark.parametrize(
+    "flags, environ, message",
+    [
+        ({"coordinator": "h:1"}, {}, "--num-processes and --process-id"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, {}, r"not in \[0, 2\)"),
+        ({}, {"HPA_JAX_COORDINATOR": "h:1", "HPA_JAX_NUM_PROCESSES": "two"}, "not an integer"),
+    ],
+)
 def test_explicit_inconsistent_is_refused(flags, environ, message):
     with pytest.raises(UserError, match=message):
         start(environ, **flags)
@@ -236,20 +289,39 @@ def test_from_args(monkeypatch):
     monkeypatch.setattr(distributed, "initialize", lambda *a: calls.append(a) or True)
     parser = argparse.ArgumentParser()
     distributed.add_arguments(parser)
-    assert distributed.from_args(parser.parse_args(
-        ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "0"]))
+    assert distributed.from_args(
+        parser.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "0"])
+    )
     assert distributed.from_args(parser.parse_args([]))
     assert calls == [("h:1", 2, 0), (None, None, None)]
 
 
 # --- pieces ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("accelerator, hosts", [
-    ("v2-8", 1), ("v3-32", 4), ("v4-8", 1), ("v4-16", 2), ("v4-32", 4), ("v5p-8", 1),
-    ("v5p-128", 16), ("v5litepod-1", 1), ("v5litepod-8", 1), ("v5litepod-16", 4),
-    ("v5litepod-256", 64), ("v6e-8", 1), ("v6e-16", 4), (" V4-32\n", 4),
-    ("tpu7x-8", None), ("v4", None), ("", None), ("gpu-8", None),
-])
+
+@pytest.mark.parametrize(
+    "accelerator, hosts",
+    [
+        ("v2-8", 1),
+        ("v3-32", 4),
+        ("v4-8", 1),
+        ("v4-16", 2),
+        ("v4-32", 4),
+        ("v5p-8", 1),
+        ("v5p-128", 16),
+        ("v5litepod-1", 1),
+        ("v5litepod-8", 1),
+        ("v5litepod-16", 4),
+        ("v5litepod-256", 64),
+        ("v6e-8", 1),
+        ("v6e-16", 4),
+        (" V4-32\n", 4),
+        ("tpu7x-8", None),
+        ("v4", None),
+        ("", None),
+        ("gpu-8", None),
+    ],
+)
 def test_hosts_of_accelerator(accelerator, hosts):
     assert distributed.hosts_of_accelerator(accelerator) == hosts
 

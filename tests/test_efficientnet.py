@@ -31,8 +31,9 @@ def _abstract(variant, **kw):
     return nnx.eval_shape(lambda: E.EfficientNet(variant, num_classes=19, rngs=nnx.Rngs(0), **kw))
 
 
-@pytest.mark.parametrize("variant,expected", [("b0", 4_049_564), ("b3", 10_783_528),
-                                              ("b7", 64_097_680)])
+@pytest.mark.parametrize(
+    "variant,expected", [("b0", 4_049_564), ("b3", 10_783_528), ("b7", 64_097_680)]
+)
 def test_weight_count_matches_keras_minus_normalization(variant, expected):
     # keras.applications.EfficientNetBx(include_top=False).count_params() − 7 Normalization weights
     assert E.count_backbone_weights(_abstract(variant)) == expected
@@ -40,19 +41,34 @@ def test_weight_count_matches_keras_minus_normalization(variant, expected):
 
 def test_scaling_table_and_rounding():
     # Keras's published widths: stem/top filters and block counts per variant.
-    want = {"b0": (32, 16, 1280), "b1": (32, 23, 1280), "b2": (32, 23, 1408),
-            "b3": (40, 26, 1536), "b4": (48, 32, 1792), "b5": (48, 39, 2048),
-            "b6": (56, 45, 2304), "b7": (64, 55, 2560)}
+    want = {
+        "b0": (32, 16, 1280),
+        "b1": (32, 23, 1280),
+        "b2": (32, 23, 1408),
+        "b3": (40, 26, 1536),
+        "b4": (48, 32, 1792),
+        "b5": (48, 39, 2048),
+        "b6": (56, 45, 2304),
+        "b7": (64, 55, 2560),
+    }
     for variant, (stem, blocks, top) in want.items():
         spec = E.VARIANTS[variant]
         args = E.block_args(spec, 0.2)
         assert (E.round_filters(32, spec), len(args), E.round_filters(1280, spec)) == (
-            stem, blocks, top)
+            stem,
+            blocks,
+            top,
+        )
         # drop-connect grows linearly with the block index, from 0
-        np.testing.assert_allclose([a.drop_rate for a in args],
-                                   0.2 * np.arange(len(args)) / len(args))
+        np.testing.assert_allclose(
+            [a.drop_rate for a in args], 0.2 * np.arange(len(args)) / len(args)
+        )
     assert [a.name for a in E.block_args(E.VARIANTS["b0"], 0.2)][:4] == [
-        "block1a_", "block2a_", "block2b_", "block3a_"]
+        "block1a_",
+        "block2a_",
+        "block2b_",
+        "block3a_",
+    ]
     tiny_args = E.block_args(E.VARIANTS["tiny"], 0.2)
     assert len(tiny_args) == len(E.STAGES)  # one block per stage
 
@@ -62,11 +78,11 @@ def test_depthwise_kernel_sizes():
     # and `tiny` keep them); `small` uses 3x3 throughout, and its model's kernels say so.
     keras_b0 = [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
     assert [a.kernel_size for a in E.block_args(E.VARIANTS["b0"], 0.0)] == keras_b0
-    assert [a.kernel_size for a in E.block_args(E.VARIANTS["tiny"], 0.0)] == [
-        3, 3, 5, 3, 5, 5, 3]
+    assert [a.kernel_size for a in E.block_args(E.VARIANTS["tiny"], 0.0)] == [3, 3, 5, 3, 5, 5, 3]
     assert [a.kernel_size for a in E.block_args(E.VARIANTS["small"], 0.0)] == [3] * 7
-    small = nnx.eval_shape(lambda: E.EfficientNet("small", num_classes=19, in_channels=4,
-                                                  rngs=nnx.Rngs(0)))
+    small = nnx.eval_shape(
+        lambda: E.EfficientNet("small", num_classes=19, in_channels=4, rngs=nnx.Rngs(0))
+    )
     kernels = [b.dwconv.kernel.shape for b in small.blocks]
     assert [k[:2] for k in kernels] == [(3, 3)] * 7
 
@@ -138,8 +154,9 @@ def test_forward_shapes_and_interface(tiny, images):
 def test_grouped_model_equals_shifted_model(tiny, images):
     grouped = E.EfficientNet("tiny", num_classes=5, depthwise="grouped", rngs=nnx.Rngs(0))
     assert grouped.depthwise == "grouped" and tiny.depthwise == "shifted"
-    np.testing.assert_allclose(_forward(grouped, images)[0], _forward(tiny, images)[0],
-                               atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        _forward(grouped, images)[0], _forward(tiny, images)[0], atol=1e-5, rtol=1e-4
+    )
 
 
 def test_train_mode_on_a_sharded_batch_under_jit(tiny, images):
@@ -168,8 +185,9 @@ def test_train_mode_on_a_sharded_batch_under_jit(tiny, images):
     np.testing.assert_array_equal(out1, out2)  # same key, same masks
     assert float(jnp.abs(out1 - out3).max()) > 1e-3 * float(jnp.abs(out1).max())  # other masks
     # running mean moved by (1 − momentum) towards the global batch's mean (it started at 0)
-    np.testing.assert_allclose(stats["stem_bn"]["mean"][...], 0.01 * stem_mean, atol=1e-6,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        stats["stem_bn"]["mean"][...], 0.01 * stem_mean, atol=1e-6, rtol=1e-4
+    )
     assert not np.allclose(stats["top_bn"]["var"][...], rest["top_bn"]["var"][...])
     # evaluation is deterministic, leaves the model's statistics alone, and on the sharded
     # batch equals evaluation on one device
@@ -181,8 +199,14 @@ def test_train_mode_on_a_sharded_batch_under_jit(tiny, images):
 
 
 def test_options_four_channels_gmp_head(images):
-    model = E.EfficientNet("tiny", num_classes=4, in_channels=4, head="gap_gmp_bn_dropout_dense",
-                           activation="tanh", rngs=nnx.Rngs(2))
+    model = E.EfficientNet(
+        "tiny",
+        num_classes=4,
+        in_channels=4,
+        head="gap_gmp_bn_dropout_dense",
+        activation="tanh",
+        rngs=nnx.Rngs(2),
+    )
     assert model.stem_conv.kernel.shape[2] == 4 and model.output_activation == "tanh"
     assert model.head.dense.kernel.shape == (2 * model.feature_dim, 4)
     rgby = jnp.concatenate([images, images[..., :1]], axis=-1)
@@ -190,9 +214,12 @@ def test_options_four_channels_gmp_head(images):
     graphdef, state = nnx.split(model)
     for train in (False, True):
         logits = jax.eval_shape(
-            lambda s, x, t=train: nnx.merge(graphdef, s, copy=True)(x, train=t,
-                                                                   rng=jax.random.key(0)),
-            state, rgby)
+            lambda s, x, t=train: nnx.merge(graphdef, s, copy=True)(
+                x, train=t, rng=jax.random.key(0)
+            ),
+            state,
+            rgby,
+        )
         assert logits.shape == (8, 4) and logits.dtype == jnp.float32
 
 
@@ -210,9 +237,13 @@ def test_bfloat16_compute_float32_parameters(tiny, images):
 
 
 def test_bad_arguments_are_refused(tiny, images):
-    for kwargs, word in [({"variant": "b9"}, "variant"), ({"in_channels": 2}, "in_channels"),
-                         ({"head": "gap"}, "head"), ({"activation": "softmax"}, "activation"),
-                         ({"dtype": "float16"}, "dtype")]:
+    for kwargs, word in [
+        ({"variant": "b9"}, "variant"),
+        ({"in_channels": 2}, "in_channels"),
+        ({"head": "gap"}, "head"),
+        ({"activation": "softmax"}, "activation"),
+        ({"dtype": "float16"}, "dtype"),
+    ]:
         args = {"variant": "tiny", **kwargs}
         variant = args.pop("variant")
         with pytest.raises(ValueError, match=word):
@@ -224,8 +255,9 @@ def test_bad_arguments_are_refused(tiny, images):
 def test_init_is_deterministic_and_keras_scaled():
     a = E.EfficientNet("tiny", num_classes=2, rngs=nnx.Rngs(7))
     b = nnx.eval_shape(lambda: E.EfficientNet("tiny", num_classes=2, rngs=nnx.Rngs(7)))
-    assert jax.tree.map(lambda x: x.shape, nnx.state(a)) == jax.tree.map(lambda x: x.shape,
-                                                                          nnx.state(b))
+    assert jax.tree.map(lambda x: x.shape, nnx.state(a)) == jax.tree.map(
+        lambda x: x.shape, nnx.state(b)
+    )
     c = E.EfficientNet("tiny", num_classes=2, rngs=nnx.Rngs(7))
     np.testing.assert_array_equal(a.top_conv.kernel[...], c.top_conv.kernel[...])
     # Keras's VarianceScaling(2, fan_out): std sqrt(2 / C_out) for a 1×1 kernel

@@ -35,8 +35,16 @@ from hpa_jax.train.prepare import IncompatibleRun
 pytestmark = pytest.mark.gcs
 
 LOG3 = "--config.log_every_steps=3"  # log windows that straddle the stop at step 2
-RUN_FILES = ("config.json", "config.py", "class_weights.json", "metrics.jsonl",
-             "thresholds.json", "loss.png", "f1.png", "per_class_f1.png")
+RUN_FILES = (
+    "config.json",
+    "config.py",
+    "class_weights.json",
+    "metrics.jsonl",
+    "thresholds.json",
+    "loss.png",
+    "f1.png",
+    "per_class_f1.png",
+)
 
 
 def objects(root) -> dict[str, str]:
@@ -44,8 +52,10 @@ def objects(root) -> dict[str, str]:
     fs = fileio.filesystem(root)
     fs.invalidate_cache()
     base = os.fspath(root).removeprefix("gs://").rstrip("/")
-    return {path[len(base) + 1:]: hashlib.sha256(fs.cat_file(path)).hexdigest()
-            for path in sorted(fs.find(base))}
+    return {
+        path[len(base) + 1 :]: hashlib.sha256(fs.cat_file(path)).hexdigest()
+        for path in sorted(fs.find(base))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +78,36 @@ def runs(gcs_emulator, data_dir, tmp_path_factory):
         patch.setenv("HPA_JAX_DATA_CACHE", str(here / "staged"))  # where gs:// data is staged
         full = loop.train_and_evaluate(tiny_config(data_dir, LOG3), here / "full")
         assert loop.train_and_evaluate(tiny_config(remote_data, LOG3), remote, stop_at=2) == {
-            "step": 2.0}
+            "step": 2.0
+        }
         assert (here / "staged").is_dir()  # the records were read from the staged copy
         stopped = objects(remote)
         assert any(name.startswith("checkpoints/2/") for name in stopped)
         assert not any(name.startswith("checkpoints/4/") for name in stopped)
         # the logs were uploaded with the checkpoint: step 2's line is there
         assert sorted(train_losses(fileio.as_path(remote))) == [2]
-        assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", remote,
-                         f"--config.data.dir={remote_data}", LOG3]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--config",
+                    "configs/demo.py:runlocal",
+                    "--workdir",
+                    remote,
+                    f"--config.data.dir={remote_data}",
+                    LOG3,
+                ]
+            )
+            == 0
+        )
     assert not (here / "gs:").exists()
     return here / "full", fileio.as_path(remote), full
 
 
 def final_record(workdir) -> dict:
-    (record,) = [r for r in writers.read_jsonl(workdir / writers.METRICS_FILE)
-                 if "final/macro_f1" in r]
+    (record,) = [
+        r for r in writers.read_jsonl(workdir / writers.METRICS_FILE) if "final/macro_f1" in r
+    ]
     return record
 
 
@@ -127,8 +151,7 @@ def test_remote_workdir_holds_the_run_as_objects(runs):
     assert config_lib.to_dict(again) == config_lib.to_dict(config_lib.read_config(remote))
 
 
-def test_incompatible_resume_on_gcs_is_refused_untouched(runs, data_dir, gcs_bucket,
-                                                         monkeypatch):
+def test_incompatible_resume_on_gcs_is_refused_untouched(runs, data_dir, gcs_bucket, monkeypatch):
     _, remote, _ = runs
 
     def fail(*args, **kwargs):
@@ -141,8 +164,7 @@ def test_incompatible_resume_on_gcs_is_refused_untouched(runs, data_dir, gcs_buc
     assert objects(remote) == before
 
 
-def test_eval_predict_embed_export_write_to_gcs(runs, gcs_bucket, tmp_path_factory,
-                                               monkeypatch):
+def test_eval_predict_embed_export_write_to_gcs(runs, gcs_bucket, tmp_path_factory, monkeypatch):
     _, remote, _ = runs
     data = remote.parent / "data"  # the run's dataset, on gs://: staged by each command
     monkeypatch.setenv("HPA_JAX_DATA_CACHE", str(tmp_path_factory.mktemp("staged")))
@@ -153,23 +175,47 @@ def test_eval_predict_embed_export_write_to_gcs(runs, gcs_bucket, tmp_path_facto
     assert (out / "eval" / "eval_report.txt").read_text().startswith(f"run {remote}")
     assert (out / "eval" / "eval_cooccurrence.csv").read_text().startswith("true\\predicted,")
 
-    assert cli.main(["predict", "--workdir", str(remote), "--data", str(data),
-                     "--out", f"{out}/pred/predictions.csv"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--workdir",
+                str(remote),
+                "--data",
+                str(data),
+                "--out",
+                f"{out}/pred/predictions.csv",
+            ]
+        )
+        == 0
+    )
     lines = (out / "pred" / "predictions.csv").read_text().splitlines()
     assert lines[0] == "ID,Label" and len(lines) == 1 + 48
     with (out / "pred" / "predictions.npz").open("rb") as f, np.load(f) as saved:
         assert saved["probs"].shape == (48, 19)
 
-    assert cli.main(["embed", "--workdir", str(remote), "--data", str(data),
-                     "--out", f"{out}/emb.npz"]) == 0
+    assert (
+        cli.main(
+            ["embed", "--workdir", str(remote), "--data", str(data), "--out", f"{out}/emb.npz"]
+        )
+        == 0
+    )
     with (out / "emb.npz").open("rb") as f, np.load(f) as saved:
         assert saved["features"].shape[0] == 48 and str(saved["meta_name"]) == "emb"
 
     assert cli.main(["export", "--workdir", str(remote), "--out", f"{out}/model.keras"]) == 0
     assert (out / "model.keras").read_bytes()[:2] == b"PK"  # a .keras file is a zip
-    assert sorted(objects(out)) == sorted([
-        "eval/eval_metrics.json", "eval/eval_report.txt", "eval/eval_cooccurrence.csv",
-        "pred/predictions.csv", "pred/predictions.npz", "emb.npz", "model.keras"])
+    assert sorted(objects(out)) == sorted(
+        [
+            "eval/eval_metrics.json",
+            "eval/eval_report.txt",
+            "eval/eval_cooccurrence.csv",
+            "pred/predictions.csv",
+            "pred/predictions.npz",
+            "emb.npz",
+            "model.keras",
+        ]
+    )
     assert os.listdir(".") == []  # nothing local beside the temporaries, which are gone
 
 
@@ -177,16 +223,26 @@ def test_grid_root_on_gcs(gcs_bucket, capsys):
     """The grid file and the root on gs://: finished points are skipped (their
     final_metrics.json read from gs://); the report's files are written there."""
     spec = f"{gcs_bucket}/grids/g.py"
-    fileio.write_text(spec, "BASE = 'configs/demo.py'\n"
-                            "def sweep(add, arg):\n"
-                            "    for lr in (0.1, 0.001):\n"
-                            "        add(**{'optimizer.lr': lr})\n")
+    fileio.write_text(
+        spec,
+        "BASE = 'configs/demo.py'\n"
+        "def sweep(add, arg):\n"
+        "    for lr in (0.1, 0.001):\n"
+        "        add(**{'optimizer.lr': lr})\n",
+    )
     assert grid.load_grid(f"{spec}:runlocal").base == "configs/demo.py:runlocal"
     root = fileio.as_path(gcs_bucket) / "grid"
     for lr, f1 in ((0.1, 0.25), (0.001, 0.875)):
-        fileio.write_text(root / f"lr={lr:g}" / "final_metrics.json", json.dumps(
-            {"name": f"lr={lr:g}", "point": {"optimizer.lr": lr},
-             "metrics": {"macro_f1": f1, "micro_f1": f1 + 0.05}}))
+        fileio.write_text(
+            root / f"lr={lr:g}" / "final_metrics.json",
+            json.dumps(
+                {
+                    "name": f"lr={lr:g}",
+                    "point": {"optimizer.lr": lr},
+                    "metrics": {"macro_f1": f1, "micro_f1": f1 + 0.05},
+                }
+            ),
+        )
     assert cli.main(["grid", "run", spec, "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == 2 and "| lr=0.001 | 0.001 | 0.8750 |" in out
@@ -232,8 +288,9 @@ def test_converted_weights_on_gcs(gcs_bucket):
     from hpa_jax.models.efficientnet import EfficientNet, backbone_state
 
     source = EfficientNet("tiny", num_classes=3, in_channels=4, rngs=nnx.Rngs(5))
-    out = converted.save_converted(backbone_state(source), f"{gcs_bucket}/converted",
-                                   {"variant": "tiny", "in_channels": 4})
+    out = converted.save_converted(
+        backbone_state(source), f"{gcs_bucket}/converted", {"variant": "tiny", "in_channels": 4}
+    )
     assert str(out) == f"{gcs_bucket}/converted"
     assert {"meta.json"} <= set(objects(out))
     state, meta = converted.load_converted(out)
@@ -245,10 +302,16 @@ def test_compilation_cache_on_gcs(gcs_bucket):
     """JAX_COMPILATION_CACHE_DIR may be a gs:// folder: the first process writes the compiled
     program there, a second one finds it and writes nothing new."""
     cache = f"{gcs_bucket}/jax-cache"
-    code = ("import jax, jax.numpy as jnp\n"
-            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+    )
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PLATFORMS": "cpu",
+    }
     counts = []
     for _ in range(2):
         subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)

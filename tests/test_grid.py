@@ -15,40 +15,68 @@ def write_grid(tmp_path, body: str):
 
 
 def test_product_names_and_overrides(tmp_path):
-    spec = write_grid(tmp_path, (
-        "from hpa_jax.grid import product\n"
-        "BASE = 'configs/demo.py'\n"
-        "def sweep(add, arg):\n"
-        "    product(add, {'optimizer.lr': [0.1, 0.001], 'model.activation': ['sigmoid', 'tanh'],"
-        " 'loss.class_weights': ['none']})\n"))
+    spec = write_grid(
+        tmp_path,
+        (
+            "from hpa_jax.grid import product\n"
+            "BASE = 'configs/demo.py'\n"
+            "def sweep(add, arg):\n"
+            "    product(add, {'optimizer.lr': [0.1, 0.001],"
+            " 'model.activation': ['sigmoid', 'tanh'],"
+            " 'loss.class_weights': ['none']})\n"
+        ),
+    )
     g = grid.load_grid(spec + ":runlocal")
     assert g.base == "configs/demo.py:runlocal"
     assert len(g.points) == 4
     assert g.varied_keys() == ["optimizer.lr", "model.activation"]
     names = [name for name, _ in grid.describe(g)]
-    assert names == ["lr=0.1,activation=sigmoid", "lr=0.1,activation=tanh",
-                     "lr=0.001,activation=sigmoid", "lr=0.001,activation=tanh"]
+    assert names == [
+        "lr=0.1,activation=sigmoid",
+        "lr=0.1,activation=tanh",
+        "lr=0.001,activation=sigmoid",
+        "lr=0.001,activation=tanh",
+    ]
     assert grid.override_args(g.points[1]) == [
-        "--config.optimizer.lr=0.1", "--config.model.activation=tanh",
-        "--config.loss.class_weights=none"]
+        "--config.optimizer.lr=0.1",
+        "--config.model.activation=tanh",
+        "--config.loss.class_weights=none",
+    ]
 
 
 def test_print_commands(capsys):
-    assert cli.main(["grid", "run", "configs/grids/backbone.py", "--root", "runs/b",
-                     "--print-commands", "--config.data.dir=/data"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                "run",
+                "configs/grids/backbone.py",
+                "--root",
+                "runs/b",
+                "--print-commands",
+                "--config.data.dir=/data",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
-    assert lines[1] == ("hpa-jax train --config configs/demo.py --workdir "
-                        "runs/b/name=keras-ResNet152 --config.model.name=keras:ResNet152 "
-                        "--config.data.image_size=96 --config.data.dir=/data")
+    assert lines[1] == (
+        "hpa-jax train --config configs/demo.py --workdir "
+        "runs/b/name=keras-ResNet152 --config.model.name=keras:ResNet152 "
+        "--config.data.image_size=96 --config.data.dir=/data"
+    )
 
 
-@pytest.mark.parametrize("body, message", [
-    ("def sweep(add, arg): add(x=1)\n", "must define BASE"),
-    ("BASE = 'c.py'\ndef sweep(add, arg): pass\n", "defines no points"),
-    ("BASE = 'c.py'\ndef sweep(add, arg):\n    add(x=1)\n    add(x=1)\n", "repeated points"),
-    ("BASE = 'c.py'\nraise RuntimeError('boom')\n", "boom"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("def sweep(add, arg): add(x=1)\n", "must define BASE"),
+        ("BASE = 'c.py'\ndef sweep(add, arg): pass\n", "defines no points"),
+        ("BASE = 'c.py'\ndef sweep(add, arg):\n    add(x=1)\n    add(x=1)\n", "repeated points"),
+        ("BASE = 'c.py'\nraise RuntimeError('boom')\n", "boom"),
+    ],
+)
 def test_bad_grid_files(tmp_path, body, message):
     with pytest.raises(UserError, match=message):
         grid.load_grid(write_grid(tmp_path, body))
@@ -65,9 +93,15 @@ def test_report_from_finished_runs(tmp_path):
     for lr, f1 in ((0.1, 0.25), (0.001, 0.875)):
         run = tmp_path / f"lr={lr:g}"
         run.mkdir()
-        (run / grid.DONE_FILE).write_text(json.dumps(
-            {"name": f"lr={lr:g}", "point": {"optimizer.lr": lr},
-             "metrics": {"macro_f1": f1, "micro_f1": f1 + 0.05}}))
+        (run / grid.DONE_FILE).write_text(
+            json.dumps(
+                {
+                    "name": f"lr={lr:g}",
+                    "point": {"optimizer.lr": lr},
+                    "metrics": {"macro_f1": f1, "micro_f1": f1 + 0.05},
+                }
+            )
+        )
     (tmp_path / "unfinished").mkdir()
     paths = grid.report(tmp_path)
     csv_lines = paths["csv"].read_text().splitlines()

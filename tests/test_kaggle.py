@@ -69,8 +69,16 @@ def _make_folder(root):
     return {k: written[k] for k in GOOD}
 
 
-LABELS_2021 = {"a8": "0|5", "b16": "18", "c_tif": "2", "d_jpg": "16|7", "e_missing": "1",
-               "f_badlabel": "0|19", "g_sizes": "3", "h_corrupt": "4"}  # fmt: skip
+LABELS_2021 = {
+    "a8": "0|5",
+    "b16": "18",
+    "c_tif": "2",
+    "d_jpg": "16|7",
+    "e_missing": "1",
+    "f_badlabel": "0|19",
+    "g_sizes": "3",
+    "h_corrupt": "4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +160,12 @@ def test_resize_to_8_bit(folder, tmp_path):
             stored = parse_example(records[image_id]).pngs[c]
             assert Image.open(__import__("io").BytesIO(stored)).mode == "L"
             # a 3x downscale keeps the mean (of the 8-bit view) within rounding
-            source = to_uint8(np.asarray(written[image_id][c], np.uint16 if "16" in image_id
-                                         or "tif" in image_id else np.uint8))  # fmt: skip
+            source = to_uint8(
+                np.asarray(
+                    written[image_id][c],
+                    np.uint16 if "16" in image_id or "tif" in image_id else np.uint8,
+                )
+            )
             assert abs(image[..., k].mean() - source.mean()) < 3.0
 
 
@@ -173,8 +185,20 @@ def test_2018_csv_is_detected_and_written_back(folder, tmp_path):
 
 def test_on_error_fail_exits_nonzero_naming_the_id(folder, tmp_path, capsys):
     root, _ = folder
-    argv = ["data", "convert", "--input", str(root / "train"), "--csv", str(root / "train.csv"),
-            "--out", str(tmp_path / "out"), "--on-error", "fail", "--workers", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "convert",
+        "--input",
+        str(root / "train"),
+        "--csv",
+        str(root / "train.csv"),
+        "--out",
+        str(tmp_path / "out"),
+        "--on-error",
+        "fail",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 2
     assert "f_badlabel" in capsys.readouterr().err
     (root / "ok.csv").write_text("ID,Label\na8,0\ne_missing,1\n")
@@ -185,8 +209,20 @@ def test_on_error_fail_exits_nonzero_naming_the_id(folder, tmp_path, capsys):
 
 def test_command_prints_a_summary(folder, tmp_path, capsys):
     root, _ = folder
-    argv = ["data", "convert", "--input", str(root / "train"), "--csv", "train.csv",
-            "--out", str(tmp_path), "--shards", "2", "--workers", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "convert",
+        "--input",
+        str(root / "train"),
+        "--csv",
+        "train.csv",
+        "--out",
+        str(tmp_path),
+        "--shards",
+        "2",
+        "--workers",
+        "1",
+    ]
     (root / "train" / "train.csv").write_bytes((root / "train.csv").read_bytes())
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -260,27 +296,54 @@ def test_convert_to_gcs_uploads_the_local_conversion(folder, tmp_path, gcs_bucke
 
     root, _ = folder
     out = f"{gcs_bucket}/converted"
-    argv = ["data", "convert", "--input", str(root / "train"), "--csv", str(root / "train.csv"),
-            "--shards", "2", "--workers", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "convert",
+        "--input",
+        str(root / "train"),
+        "--csv",
+        str(root / "train.csv"),
+        "--shards",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert main([*argv, "--out", out]) == 0
     assert f"shards in {out} " in capsys.readouterr().out
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0
     staged = stage.stage(out, tmp_path / "staged", progress=False)
-    local = sorted(p.relative_to(tmp_path / "local").as_posix()
-                   for p in (tmp_path / "local").rglob("*") if p.is_file())  # fmt: skip
+    local = sorted(
+        p.relative_to(tmp_path / "local").as_posix()
+        for p in (tmp_path / "local").rglob("*")
+        if p.is_file()
+    )
     assert sorted(staged.copied) == local
     for name in local:
         if not name.endswith(".index"):
-            assert (tmp_path / "staged" / name).read_bytes() == \
-                (tmp_path / "local" / name).read_bytes(), name  # fmt: skip
+            assert (tmp_path / "staged" / name).read_bytes() == (
+                tmp_path / "local" / name
+            ).read_bytes(), name
     assert _records(tmp_path / "staged")[1] == _records(tmp_path / "local")[1]
     assert main([*argv, "--out", out]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert main([*argv, "--out", out, "--overwrite", "--size", "8"]) == 0
     info = json.loads(fileio.as_path(f"{out}/dataset.json").read_text())
     assert info["height"] == 8
-    assert main(["data", "convert", "--input", f"{gcs_bucket}/in", "--out", str(tmp_path / "x"),
-                 "--csv", str(root / "train.csv")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--input",
+                f"{gcs_bucket}/in",
+                "--out",
+                str(tmp_path / "x"),
+                "--csv",
+                str(root / "train.csv"),
+            ]
+        )
+        == 2
+    )
     assert "read from local disk" in capsys.readouterr().err
 
 
@@ -330,17 +393,34 @@ def competitions(tmp_path_factory):
     labels = [" ".join(map(str, sorted({k % 28, (3 * k + 5) % 28}))) for k in range(16)]
     _write_csv(c2018 / "train.csv", ("Id", "Target"), zip(train_ids, labels, strict=True))
     _write_images(c2018 / "test", TEST_IDS_2018, rng)
-    _write_csv(c2018 / "sample_submission.csv", ("Id", "Predicted"),
-               [(i, "0") for i in TEST_IDS_2018])  # fmt: skip
+    _write_csv(
+        c2018 / "sample_submission.csv", ("Id", "Predicted"), [(i, "0") for i in TEST_IDS_2018]
+    )
     _write_images(c2021 / "test", TEST_IDS_2021, rng, side=24)
-    _write_csv(c2021 / "sample_submission.csv", dataset.SUBMISSION_COLUMNS,
-               [(i, 24, 24, f"0 1 {SAMPLE_MASK}") for i in TEST_IDS_2021])  # fmt: skip
+    _write_csv(
+        c2021 / "sample_submission.csv",
+        dataset.SUBMISSION_COLUMNS,
+        [(i, 24, 24, f"0 1 {SAMPLE_MASK}") for i in TEST_IDS_2021],
+    )
     return c2018, c2021
 
 
 def _convert_argv(folder, out, *extra):
-    return ["data", "convert", "--input", str(folder / "test"), "--csv", "sample_submission.csv",
-            "--out", str(out), "--shards", "2", "--workers", "1", *extra]  # fmt: skip
+    return [
+        "data",
+        "convert",
+        "--input",
+        str(folder / "test"),
+        "--csv",
+        "sample_submission.csv",
+        "--out",
+        str(out),
+        "--shards",
+        "2",
+        "--workers",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("year", ["2018", "2021"])
@@ -392,12 +472,21 @@ def test_unknown_columns_name_the_file_and_the_accepted_headers(competitions, tm
     folder = competitions[0]
     odd = tmp_path / "odd.csv"
     odd.write_text("Id,Prediction\nt2018-a,0\n")
-    assert main(_convert_argv(folder, tmp_path / "out")[:4] + [
-        "--csv", str(odd), "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert (
+        main(
+            _convert_argv(folder, tmp_path / "out")[:4]
+            + ["--csv", str(odd), "--out", str(tmp_path / "out")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(odd) in err and "'Id,Prediction'" in err
-    for accepted in ("ID,Label", "Id,Target", "Id,Predicted",
-                     "ID,ImageWidth,ImageHeight,PredictionString"):  # fmt: skip
+    for accepted in (
+        "ID,Label",
+        "Id,Target",
+        "Id,Predicted",
+        "ID,ImageWidth,ImageHeight,PredictionString",
+    ):
         assert accepted in err
     assert not (tmp_path / "out").exists()
 
@@ -424,8 +513,9 @@ def _run_kaggle_module():
     return module
 
 
-def test_run_kaggle_2018_writes_the_submission_in_its_work_folder(competitions, tmp_path,
-                                                                   monkeypatch, capsys):
+def test_run_kaggle_2018_writes_the_submission_in_its_work_folder(
+    competitions, tmp_path, monkeypatch, capsys
+):
     """The launcher's real commands, run in this process (no interpreter start per step): convert
     train, train a runlocal 2018 model, convert test, predict → WORK/submission.csv."""
     run_kaggle, calls = _run_kaggle_module(), []
@@ -439,10 +529,28 @@ def test_run_kaggle_2018_writes_the_submission_in_its_work_folder(competitions, 
 
     monkeypatch.setattr(run_kaggle, "run_step", in_process)
     work = tmp_path / "working"
-    assert run_kaggle.main(["--competition", "2018", "--input", str(competitions[0]),
-                            "--work", str(work), "--no-install", "--shards", "2", "--size", "32",
-                            "--config", "configs/demo.py:runlocal", "--config.tta=none",
-                            "--config.total_steps=2"]) == 0  # fmt: skip
+    assert (
+        run_kaggle.main(
+            [
+                "--competition",
+                "2018",
+                "--input",
+                str(competitions[0]),
+                "--work",
+                str(work),
+                "--no-install",
+                "--shards",
+                "2",
+                "--size",
+                "32",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--config.tta=none",
+                "--config.total_steps=2",
+            ]
+        )
+        == 0
+    )
     assert calls == ["data", "train", "data", "predict"]
     submission = work / "submission.csv"
     assert f"submission: {submission}" in capsys.readouterr().out
@@ -460,8 +568,17 @@ def test_run_kaggle_2018_writes_the_submission_in_its_work_folder(competitions, 
     assert not list(work.glob(".*.tmp"))  # written atomically, nothing left over
 
     # a 19-class (2021) test folder cannot be predicted by the 28-class run
-    argv = ["predict", "--workdir", str(work / "run"), "--submission", "2018",
-            "--data", str(work / "t2021"), "--out", str(tmp_path / "s.csv")]  # fmt: skip
+    argv = [
+        "predict",
+        "--workdir",
+        str(work / "run"),
+        "--submission",
+        "2018",
+        "--data",
+        str(work / "t2021"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    ]
     kaggle.convert(competitions[1] / "test", "sample_submission.csv", work / "t2021", shards=1)
     capsys.readouterr()
     assert main(argv) == 2

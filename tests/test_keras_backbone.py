@@ -26,19 +26,30 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _images(seed: int, channels: int, batch: int = 2) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 255, (batch, SIZE, SIZE, channels)).astype(
-        np.float32)
+    return (
+        np.random.default_rng(seed)
+        .uniform(0, 255, (batch, SIZE, SIZE, channels))
+        .astype(np.float32)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Preprocessing against keras.applications.<family>.preprocess_input
 
 FAMILIES = {
-    "ResNet152": "resnet", "ResNet152V2": "resnet_v2", "InceptionResNetV2": "inception_resnet_v2",
-    "EfficientNetB7": "efficientnet", "DenseNet121": "densenet", "VGG16": "vgg16",
-    "Xception": "xception", "MobileNetV2": "mobilenet_v2", "InceptionV3": "inception_v3",
-    "ConvNeXtTiny": "convnext", "EfficientNetV2B0": "efficientnet_v2",
-    "MobileNetV3Small": "mobilenet_v3", "NASNetMobile": "nasnet",
+    "ResNet152": "resnet",
+    "ResNet152V2": "resnet_v2",
+    "InceptionResNetV2": "inception_resnet_v2",
+    "EfficientNetB7": "efficientnet",
+    "DenseNet121": "densenet",
+    "VGG16": "vgg16",
+    "Xception": "xception",
+    "MobileNetV2": "mobilenet_v2",
+    "InceptionV3": "inception_v3",
+    "ConvNeXtTiny": "convnext",
+    "EfficientNetV2B0": "efficientnet_v2",
+    "MobileNetV3Small": "mobilenet_v3",
+    "NASNetMobile": "nasnet",
 }
 
 
@@ -58,9 +69,11 @@ def test_preprocess_extra_channel_uses_mean_constants(name):
     rgb = getattr(keras.applications, FAMILIES[name]).preprocess_input(x[..., :3].copy())
     np.testing.assert_allclose(got[..., :3], rgb, rtol=1e-5, atol=1e-4)
     y = x[..., 3]
-    yellow = {"caffe": y - np.mean([103.939, 116.779, 123.68]),
-              "torch": (y / 255 - np.mean([0.485, 0.456, 0.406])) / np.mean([0.229, 0.224, 0.225]),
-              "tf": y / 127.5 - 1}[mode]
+    yellow = {
+        "caffe": y - np.mean([103.939, 116.779, 123.68]),
+        "torch": (y / 255 - np.mean([0.485, 0.456, 0.406])) / np.mean([0.229, 0.224, 0.225]),
+        "tf": y / 127.5 - 1,
+    }[mode]
     np.testing.assert_allclose(got[..., 3], yellow, rtol=1e-5, atol=1e-4)
 
 
@@ -76,20 +89,29 @@ def test_unknown_application_lists_valid_names():
 # Named backbones build (abstractly: no memory, no compile) with Keras's published sizes
 
 
-@pytest.mark.parametrize("name,size,backbone_weights,dim", [
-    # Keras docs' totals minus their 1000-class top (D·1000 + 1000)
-    ("ResNet152", 32, 60_419_944 - 2_049_000, 2048),
-    ("ResNet152V2", 32, 60_380_648 - 2_049_000, 2048),
-    ("InceptionResNetV2", 75, 55_873_736 - 1_537_000, 1536),
-    ("EfficientNetB0", 32, 5_330_571 - 1_281_000, 1280),
-])
+@pytest.mark.parametrize(
+    "name,size,backbone_weights,dim",
+    [
+        # Keras docs' totals minus their 1000-class top (D·1000 + 1000)
+        ("ResNet152", 32, 60_419_944 - 2_049_000, 2048),
+        ("ResNet152V2", 32, 60_380_648 - 2_049_000, 2048),
+        ("InceptionResNetV2", 75, 55_873_736 - 1_537_000, 1536),
+        ("EfficientNetB0", 32, 5_330_571 - 1_281_000, 1280),
+    ],
+)
 def test_named_backbones_have_keras_weight_counts(name, size, backbone_weights, dim):
-    model = nnx.eval_shape(lambda: kb.KerasBackbone(
-        name, num_classes=19, in_channels=3, input_size=size, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: kb.KerasBackbone(
+            name, num_classes=19, in_channels=3, input_size=size, rngs=nnx.Rngs(0)
+        )
+    )
     state = nnx.filter_state(nnx.state(model), lambda path, _: path[0] != "head")
     weights = nnx.filter_state(state, nnx.Param, nnx.BatchStat)
-    seeds = [s for s, p in zip(model.non_trainable, model.non_trainable_paths, strict=True)
-             if p.endswith("seed_generator_state")]
+    seeds = [
+        s
+        for s, p in zip(model.non_trainable, model.non_trainable_paths, strict=True)
+        if p.endswith("seed_generator_state")
+    ]
     count = sum(x.size for x in jax.tree.leaves(weights)) - sum(s.size for s in seeds)
     assert count == backbone_weights
     assert model.feature_dim == dim
@@ -148,27 +170,42 @@ def weights_file(tmp_path_factory):
 
 def test_weights_file_loads_and_matches_keras_forward(weights_file):
     donor, path = weights_file
-    model = kb.KerasBackbone("EfficientNetB0", num_classes=2, in_channels=3, input_size=SIZE,
-                             weights=path, rngs=nnx.Rngs(0))
-    ours = {p: np.asarray(v[...]) for p, v in zip(model.variable_paths, model.trainable,
-                                                    strict=True)}
+    model = kb.KerasBackbone(
+        "EfficientNetB0",
+        num_classes=2,
+        in_channels=3,
+        input_size=SIZE,
+        weights=path,
+        rngs=nnx.Rngs(0),
+    )
+    ours = {
+        p: np.asarray(v[...]) for p, v in zip(model.variable_paths, model.trainable, strict=True)
+    }
     for var in donor.trainable_variables:
         np.testing.assert_array_equal(ours[var.path], np.asarray(var.value))
     x = _images(2, 3)
     graphdef, state = nnx.split(model)
-    features = jax.jit(lambda s, x: nnx.merge(graphdef, s).features(x),
-                       compiler_options=FAST_COMPILE)(state, jnp.asarray(x))
-    reference = jax.jit(lambda x: jnp.mean(donor(x, training=False), axis=(1, 2)),
-                        compiler_options=FAST_COMPILE)(x)
-    np.testing.assert_allclose(np.asarray(features), np.asarray(reference), rtol=1e-4,
-                               atol=1e-5)
+    features = jax.jit(
+        lambda s, x: nnx.merge(graphdef, s).features(x), compiler_options=FAST_COMPILE
+    )(state, jnp.asarray(x))
+    reference = jax.jit(
+        lambda x: jnp.mean(donor(x, training=False), axis=(1, 2)), compiler_options=FAST_COMPILE
+    )(x)
+    np.testing.assert_allclose(np.asarray(features), np.asarray(reference), rtol=1e-4, atol=1e-5)
 
 
 def test_weights_file_into_four_channels(weights_file):
     donor, path = weights_file
-    model = nnx.eval_shape(lambda: kb.KerasBackbone(
-        "EfficientNetB0", num_classes=2, in_channels=4, input_size=SIZE, weights=path,
-        rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: kb.KerasBackbone(
+            "EfficientNetB0",
+            num_classes=2,
+            in_channels=4,
+            input_size=SIZE,
+            weights=path,
+            rngs=nnx.Rngs(0),
+        )
+    )
     kernel = np.asarray(donor.get_layer("stem_conv").kernel.value)  # [3, 3, 3, 32]
     got = model.trainable[model.variable_paths.index("stem_conv/kernel")]
     assert got.shape == (3, 3, 4, 32)
@@ -185,8 +222,9 @@ def test_weights_file_into_four_channels(weights_file):
 
 def test_bad_weights_files(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        kb.load_weight_values("EfficientNetB0", tmp_path / "missing.h5", in_channels=3,
-                              input_size=SIZE)
+        kb.load_weight_values(
+            "EfficientNetB0", tmp_path / "missing.h5", in_channels=3, input_size=SIZE
+        )
     junk = tmp_path / "junk.weights.h5"
     junk.write_bytes(b"not hdf5")
     with pytest.raises(UserError, match="junk.weights.h5"):
@@ -198,8 +236,9 @@ def test_bad_weights_files(tmp_path):
 
 
 def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
-    model = kb.KerasBackbone("EfficientNetB0", num_classes=3, in_channels=4, input_size=SIZE,
-                             rngs=nnx.Rngs(0))
+    model = kb.KerasBackbone(
+        "EfficientNetB0", num_classes=3, in_channels=4, input_size=SIZE, rngs=nnx.Rngs(0)
+    )
     assert model.output_activation == "sigmoid"
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-2)
@@ -216,8 +255,7 @@ def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
             loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
             return loss, (new_rest, logits)
 
-        (loss, (new_rest, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params,
-                                                                                     rest)
+        (loss, (new_rest, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_rest, opt_state, loss, logits
 
@@ -227,8 +265,9 @@ def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
     assert np.isfinite(float(loss))
 
     old, new = jax.tree.leaves(params), jax.tree.leaves(new_params)
-    changed = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(old, new,
-                                                                             strict=True)]
+    changed = [
+        not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(old, new, strict=True)
+    ]
     assert sum(changed) >= 0.95 * len(changed)
     stem = model.variable_paths.index("stem_conv/kernel")
     assert changed[stem]
@@ -243,19 +282,22 @@ def test_train_step_updates_weights_and_batchnorm_and_restores(tmp_path):
         np.testing.assert_array_equal(np.asarray(before[i][...]), np.asarray(after[i][...]))
     seeds = [i for i, p in enumerate(nt_paths) if p.endswith("seed_generator_state")]
     assert seeds and all(
-        not np.array_equal(np.asarray(before[i][...]), np.asarray(after[i][...])) for i in seeds)
+        not np.array_equal(np.asarray(before[i][...]), np.asarray(after[i][...])) for i in seeds
+    )
 
     # Save the trained state with orbax; restore it into a differently seeded fresh model
     trained = nnx.merge(graphdef, new_params, new_rest)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp_path / "ckpt", nnx.state(trained))
     checkpointer.wait_until_finished()
-    fresh = kb.KerasBackbone("EfficientNetB0", num_classes=3, in_channels=4, input_size=SIZE,
-                             rngs=nnx.Rngs(7))
+    fresh = kb.KerasBackbone(
+        "EfficientNetB0", num_classes=3, in_channels=4, input_size=SIZE, rngs=nnx.Rngs(7)
+    )
     restored = checkpointer.restore(tmp_path / "ckpt", nnx.state(fresh))
     nnx.update(fresh, restored)
-    for a, b in zip(jax.tree.leaves(nnx.state(trained)), jax.tree.leaves(nnx.state(fresh)),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(trained)), jax.tree.leaves(nnx.state(fresh)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     # Same outputs: the next step from the trained and from the restored state (same compiled

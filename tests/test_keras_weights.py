@@ -32,8 +32,9 @@ def _random_keras_model(variant, seed):
     StatelessScope) because running them eagerly compiles once per weight shape (~20 s/model).
     """
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    model = keras_build.deferred_build(builder, include_top=False, weights=None,
-                                       input_shape=(SIZE, SIZE, 3), pooling="avg")
+    model = keras_build.deferred_build(
+        builder, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg"
+    )
     rng = np.random.default_rng(seed)
     done = set()
     for layer in model.layers:
@@ -53,8 +54,12 @@ def _random_values(layer, rng):
     shapes = [tuple(w.shape) for w in layer.weights]
     if isinstance(layer, keras.layers.BatchNormalization):
         c = shapes[0][0]
-        return [rng.uniform(0.7, 1.3, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                rng.uniform(0.6, 1.6, c)]
+        return [
+            rng.uniform(0.7, 1.3, c),
+            rng.normal(0, 0.1, c),
+            rng.normal(0, 0.1, c),
+            rng.uniform(0.6, 1.6, c),
+        ]
     if isinstance(layer, keras.layers.Normalization):
         return [[0.45, 0.5, 0.4], [0.06, 0.08, 0.05], 100]
     if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -63,7 +68,8 @@ def _random_values(layer, rng):
     if isinstance(layer, keras.layers.Conv2D):
         k = shapes[0]
         return [rng.normal(0, np.sqrt(2.0 / np.prod(k[:3])), k)] + [
-            rng.normal(0, 0.1, s) for s in shapes[1:]]
+            rng.normal(0, 0.1, s) for s in shapes[1:]
+        ]
     assert not shapes, f"unexpected weights in {layer.name}"
     return []
 
@@ -122,21 +128,25 @@ def test_four_channels_from_three(tmp):
     kernel = np.asarray(model.stem_conv.kernel[...])
     assert kernel.shape == (3, 3, 4, 32)
     np.testing.assert_array_equal(kernel[:, :, :3], three["stem_conv"]["kernel"])
-    np.testing.assert_allclose(kernel[:, :, 3], three["stem_conv"]["kernel"].mean(axis=2),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        kernel[:, :, 3], three["stem_conv"]["kernel"].mean(axis=2), rtol=1e-6
+    )
     np.testing.assert_allclose(model.input_mean[...], [0.45, 0.5, 0.4, 0.45], rtol=1e-6)
-    np.testing.assert_allclose(model.input_variance[...], [0.06, 0.08, 0.05, 0.19 / 3],
-                               rtol=1e-6)
+    np.testing.assert_allclose(model.input_variance[...], [0.06, 0.08, 0.05, 0.19 / 3], rtol=1e-6)
     # everything after the stem is the 3-channel model's
-    np.testing.assert_array_equal(model.blocks[3].dwconv.kernel[...],
-                                  three["blocks"][3]["dwconv"]["kernel"])
+    np.testing.assert_array_equal(
+        model.blocks[3].dwconv.kernel[...], three["blocks"][3]["dwconv"]["kernel"]
+    )
 
 
 def test_wrong_variant_refused(tmp):
     _, _, _, files = _keras_reference("b2", tmp)
     for path in files.values():
-        with pytest.raises(UserError, match=r"expected weights of EfficientNetB0.*"
-                                            r"found EfficientNetB2"):
+        with pytest.raises(
+            UserError,
+            match=r"expected weights of EfficientNetB0.*"
+            r"found EfficientNetB2",
+        ):
             kw.load_keras_weights(path, "b0")
     b0_model = _keras_reference("b0", tmp)[0]
     with pytest.raises(UserError, match="expected weights of EfficientNetB3"):
@@ -189,8 +199,9 @@ def test_imagenet_file_name_turns_on_keras_extra_rescale(tmp):
     named = f"{tmp}/efficientnetb0_notop.h5"
     shutil.copy(files["legacy"], named)
     state = kw.keras_backbone_state(named, "b0")
-    np.testing.assert_allclose(state["input_scale"],
-                               [1 / np.sqrt(s) for s in (0.229, 0.224, 0.225)], rtol=1e-6)
+    np.testing.assert_allclose(
+        state["input_scale"], [1 / np.sqrt(s) for s in (0.229, 0.224, 0.225)], rtol=1e-6
+    )
     off = kw.keras_backbone_state(named, "b0", imagenet_rescaling=False)
     np.testing.assert_array_equal(off["input_scale"], 1.0)
 
@@ -198,8 +209,12 @@ def test_imagenet_file_name_turns_on_keras_extra_rescale(tmp):
 def test_save_load_converted_and_cli(tmp):
     _, images, want, files = _keras_reference("b0", tmp)
     out = f"{tmp}/converted"
-    assert cli.main(["convert-weights", "--keras", files["weights.h5"], "--variant", "b0",
-                     "--out", out]) == 0
+    assert (
+        cli.main(
+            ["convert-weights", "--keras", files["weights.h5"], "--variant", "b0", "--out", out]
+        )
+        == 0
+    )
     meta = json.loads(open(f"{out}/meta.json").read())
     assert (meta["variant"], meta["in_channels"]) == ("b0", 3)
     state, meta = converted.load_converted(out)
@@ -219,8 +234,20 @@ def test_save_load_converted_and_cli(tmp):
     with pytest.raises(UserError, match="EfficientNet-b0 with 3 channels"):
         converted.apply_converted(tiny, state, meta)
     # CLI: a wrong variant exits 2 and writes nothing
-    assert cli.main(["convert-weights", "--keras", files["weights.h5"], "--variant", "b1",
-                     "--out", f"{tmp}/bad"]) == 2
+    assert (
+        cli.main(
+            [
+                "convert-weights",
+                "--keras",
+                files["weights.h5"],
+                "--variant",
+                "b1",
+                "--out",
+                f"{tmp}/bad",
+            ]
+        )
+        == 2
+    )
     assert not (pathlib.Path(tmp) / "bad").exists()
     with pytest.raises(UserError, match="not a converted-weights folder"):
         converted.load_converted(tmp)
@@ -236,8 +263,7 @@ def test_weights_file_and_converted_folder_on_gcs(tmp, gcs_bucket):
     remote = f"{gcs_bucket}/keras/b0.weights.h5"
     fileio.filesystem(remote).put_file(files["weights.h5"], remote)
     out = f"{gcs_bucket}/converted"
-    assert cli.main(["convert-weights", "--keras", remote, "--variant", "b0",
-                     "--out", out]) == 0
+    assert cli.main(["convert-weights", "--keras", remote, "--variant", "b0", "--out", out]) == 0
     state, meta = converted.load_converted(out)
     assert meta["source"] == remote
     model = EfficientNet("b0", num_classes=7, rngs=nnx.Rngs(5))

@@ -47,9 +47,9 @@ def test_ignored_labels_leave_the_loss_and_its_gradient():
     want = np.where(ignored, 0.0, elems).mean(axis=-1)
     ours = losses.per_example_loss(jnp.asarray(logits), jnp.asarray(marked), pos_weight=weights)
     np.testing.assert_allclose(np.asarray(ours), want, rtol=1e-5)
-    grad = jax.grad(lambda z: losses.per_example_loss(z, jnp.asarray(marked),
-                                                      pos_weight=weights).sum())(
-        jnp.asarray(logits))
+    grad = jax.grad(
+        lambda z: losses.per_example_loss(z, jnp.asarray(marked), pos_weight=weights).sum()
+    )(jnp.asarray(logits))
     assert np.all(np.asarray(grad)[ignored] == 0.0) and np.all(np.asarray(grad)[~ignored] != 0)
 
 
@@ -190,15 +190,19 @@ def test_min_weight_floors_the_scheme():
     # inverse gives 1/3, 1, 1, 1/4: the floor lifts the first and last to 1, keeps the others
     np.testing.assert_allclose(losses.class_weights_from_config(cfg, COUNTS, N), [1, 1, 1, 1])
     cfg = cfg_of(class_weights="inverse", beta=0.999, min_weight=0.5)
-    np.testing.assert_allclose(losses.class_weights_from_config(cfg, [3, 1, 0, 4], 8),
-                               [2 / 3, 2, 2, 0.5])  # 8 / (4 n_c): 2/3, 2, 2 (n_2 as 1), 1/2
+    np.testing.assert_allclose(
+        losses.class_weights_from_config(cfg, [3, 1, 0, 4], 8), [2 / 3, 2, 2, 0.5]
+    )  # 8 / (4 n_c): 2/3, 2, 2 (n_2 as 1), 1/2
     # without the key (older run configs) nothing is floored
     np.testing.assert_allclose(
         losses.class_weights_from_config(cfg_of(class_weights="inverse", beta=0.9), COUNTS, N),
-        _fractions("1/3", 1, 1, "1/4"), rtol=1e-6)
+        _fractions("1/3", 1, 1, "1/4"),
+        rtol=1e-6,
+    )
     with pytest.raises(UserError, match="min_weight"):
         losses.class_weights_from_config(
-            cfg_of(class_weights="inverse", beta=0.9, min_weight=-1.0), COUNTS, N)
+            cfg_of(class_weights="inverse", beta=0.9, min_weight=-1.0), COUNTS, N
+        )
 
 
 def test_label_counts_from_multi_hot_or_index_tuples():

@@ -30,9 +30,22 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
     env["PYTHONPATH"] = str(ROOT)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), "--out", str(out), "--coordinator",
-             f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(WORKER),
+                "--out",
+                str(out),
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]

@@ -52,9 +52,13 @@ from hpa_jax.train import preemption, writers
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launch" / "local_multiprocess.sh"
 TOTAL = 8
-OVERRIDES = (f"--config.total_steps={TOTAL}", "--config.eval_every_steps=4",
-             "--config.checkpoint_every_steps=4", "--config.log_every_steps=1",
-             "--config.optimizer.name=sgd")
+OVERRIDES = (
+    f"--config.total_steps={TOTAL}",
+    "--config.eval_every_steps=4",
+    "--config.checkpoint_every_steps=4",
+    "--config.log_every_steps=1",
+    "--config.optimizer.name=sgd",
+)
 TIMING = ("train/images_per_s",)  # wall-clock numbers, not results
 TIMEOUT_S = 300
 # rounding of two reduction orders (see the module docstring): relative to each array's largest
@@ -71,8 +75,18 @@ def data_dir(tmp_path_factory):
 
 
 def train_command(data_dir, workdir) -> list[str]:
-    return [sys.executable, "-m", "hpa_jax.cli", "train", "--config", "configs/demo.py:runlocal",
-            "--workdir", str(workdir), f"--config.data.dir={data_dir}", *OVERRIDES]
+    return [
+        sys.executable,
+        "-m",
+        "hpa_jax.cli",
+        "train",
+        "--config",
+        "configs/demo.py:runlocal",
+        "--workdir",
+        str(workdir),
+        f"--config.data.dir={data_dir}",
+        *OVERRIDES,
+    ]
 
 
 def base_env() -> dict:
@@ -82,17 +96,37 @@ def base_env() -> dict:
 
 def one_process(data_dir, workdir) -> None:
     env = {**base_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    proc = subprocess.run(train_command(data_dir, workdir), cwd=ROOT, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
+    proc = subprocess.run(
+        train_command(data_dir, workdir),
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def launch(data_dir, workdir, logdir) -> subprocess.Popen:
     """`launch/local_multiprocess.sh` with 2 processes x 2 devices (its output: a pipe)."""
     return subprocess.Popen(
-        ["bash", str(LAUNCHER), "--num-processes=2", "--devices-per-process=2",
-         f"--port={free_port()}", f"--logdir={logdir}", "--", *train_command(data_dir, workdir)],
-        cwd=ROOT, env=base_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            "bash",
+            str(LAUNCHER),
+            "--num-processes=2",
+            "--devices-per-process=2",
+            f"--port={free_port()}",
+            f"--logdir={logdir}",
+            "--",
+            *train_command(data_dir, workdir),
+        ],
+        cwd=ROOT,
+        env=base_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def finish(proc: subprocess.Popen, logdir: pathlib.Path) -> tuple[int, str]:
@@ -103,8 +137,9 @@ def finish(proc: subprocess.Popen, logdir: pathlib.Path) -> tuple[int, str]:
         if proc.poll() is None:  # the launcher passes the signal on to its processes
             proc.terminate()
             proc.communicate(timeout=60)
-    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}"
-                   for p in sorted(logdir.glob("process-*.log")))
+    logs = "".join(
+        f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logdir.glob("process-*.log"))
+    )
     return proc.returncode, out + logs
 
 
@@ -131,8 +166,10 @@ def checkpoint_arrays(workdir: pathlib.Path, step: int) -> dict:
     checkpointer = ocp.StandardCheckpointer()
     try:
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                              checkpointer.metadata(path).item_metadata)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+            checkpointer.metadata(path).item_metadata,
+        )
         flat = checkpointer.restore(path, target)
     finally:
         checkpointer.close()
@@ -163,8 +200,9 @@ def assert_close_records(got: dict, want: dict) -> None:
             if name.endswith("num_examples") or name == "step":
                 assert got[key][name] == value, (key, name)
             elif not any(part in name for part in RANKING):
-                np.testing.assert_allclose(got[key][name], value, rtol=METRIC_RTOL, atol=1e-7,
-                                           err_msg=f"{key} {name}")
+                np.testing.assert_allclose(
+                    got[key][name], value, rtol=METRIC_RTOL, atol=1e-7, err_msg=f"{key} {name}"
+                )
 
 
 # gloo's rendezvous for a collective waits a fixed 30 s for the other process; on a loaded shared

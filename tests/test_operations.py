@@ -23,13 +23,14 @@ def data_dir(tmp_path_factory):
 
 def test_tiny_grid_runs_reports_and_skips_finished(tmp_path, data_dir, capsys):
     spec = tmp_path / "seeds.py"
-    spec.write_text("BASE = 'configs/demo.py'\n"
-                    "def sweep(add, arg):\n"
-                    "    for seed in (0, 1):\n"
-                    "        add(seed=seed)\n")
+    spec.write_text(
+        "BASE = 'configs/demo.py'\n"
+        "def sweep(add, arg):\n"
+        "    for seed in (0, 1):\n"
+        "        add(seed=seed)\n"
+    )
     root = tmp_path / "grid"
-    argv = ["grid", "run", f"{spec}:runlocal", "--root", str(root),
-            f"--config.data.dir={data_dir}"]
+    argv = ["grid", "run", f"{spec}:runlocal", "--root", str(root), f"--config.data.dir={data_dir}"]
     assert cli.main(argv) == 0
     runs = grid.collect(root)
     assert [r["name"] for r in runs] == ["seed=0", "seed=1"]
@@ -52,15 +53,31 @@ def test_tiny_grid_runs_reports_and_skips_finished(tmp_path, data_dir, capsys):
 
 def test_train_dry_run_compiles_and_writes_nothing(tmp_path, data_dir, capsys):
     workdir = tmp_path / "run"
-    assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir",
-                     str(workdir), f"--config.data.dir={data_dir}", "--dry-run"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--workdir",
+                str(workdir),
+                f"--config.data.dir={data_dir}",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert not workdir.exists()
     assert report["global_batch"] == 8 and report["image"] == [32, 32, 4]
     assert report["devices"] == 8 and report["flops_per_step"] > 0
     # the parameter count is the config's model's; the compiled step's arguments hold them (f32)
-    model = create_model(load_config("configs/demo.py:runlocal").model, num_classes=19,
-                         in_channels=4, rngs=nnx.Rngs(0))  # fmt: skip
+    model = create_model(
+        load_config("configs/demo.py:runlocal").model,
+        num_classes=19,
+        in_channels=4,
+        rngs=nnx.Rngs(0),
+    )
     params = nnx.state(model, nnx.Param)
     assert report["parameters"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     assert report["argument_size_mb"] >= report["parameters"] * 4 / 2**20
@@ -68,8 +85,15 @@ def test_train_dry_run_compiles_and_writes_nothing(tmp_path, data_dir, capsys):
 
 
 def test_train_crop_sets_the_training_shape_and_is_checked(tmp_path, data_dir, capsys):
-    argv = ["train", "--config", "configs/demo.py:runlocal", "--workdir", str(tmp_path / "run"),
-            f"--config.data.dir={data_dir}", "--dry-run"]
+    argv = [
+        "train",
+        "--config",
+        "configs/demo.py:runlocal",
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.dir={data_dir}",
+        "--dry-run",
+    ]
     assert cli.main([*argv, "--config.data.train_crop=24"]) == 0
     assert json.loads(capsys.readouterr().out)["image"] == [24, 24, 4]
     assert cli.main([*argv, "--config.data.train_crop=40"]) != 0
@@ -79,8 +103,25 @@ def test_train_crop_sets_the_training_shape_and_is_checked(tmp_path, data_dir, c
 
 def test_bench_eval_reports_figures(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    assert cli.main(["bench", "eval", "--config", "configs/demo.py:runlocal", "--batch", "8",
-                     "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "eval",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--batch",
+                "8",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == line
     assert line["mode"] == "eval" and line["batch"] == 8 and line["resolution"] == 32
@@ -92,8 +133,24 @@ def test_bench_eval_reports_figures(tmp_path, capsys):
 
 def test_bench_embed_times_both_sides_in_alternating_rounds(tmp_path, capsys):
     out = tmp_path / "embed.jsonl"
-    assert cli.main(["bench", "embed", "--config", "configs/demo.py:runlocal", "--images", "20",
-                     "--repeats", "3", "--out", str(out), "--config.tta=d4"]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "embed",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--images",
+                "20",
+                "--repeats",
+                "3",
+                "--out",
+                str(out),
+                "--config.tta=d4",
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == line
     assert line["mode"] == "embed" and line["batch"] == 8 and line["resolution"] == 32
@@ -105,15 +162,34 @@ def test_bench_embed_times_both_sides_in_alternating_rounds(tmp_path, capsys):
     assert line["ratio_median"] == pytest.approx(sorted(line["ratio_per_round"])[1])
     with pytest.raises(ValueError, match="images >= batch"):
         from hpa_jax.bench import train as bench_train
+
         bench_train.measure_embed(load_config("configs/demo.py:runlocal"), batch=8, images=4)
 
 
 def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
     """`hpa-jax demo` at test size: data, train, eval, embed and the anomaly report."""
     root = tmp_path / "demo"
-    assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
-                     "--num-images", "48", "--size", "64", "--seed", "3", "--workers", "1",
-                     "--skip-cells"]) == 0  # the cell stage: tests/test_cells_pipeline.py
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--workdir",
+                str(root),
+                "--config",
+                "configs/demo.py:runlocal",
+                "--num-images",
+                "48",
+                "--size",
+                "64",
+                "--seed",
+                "3",
+                "--workers",
+                "1",
+                "--skip-cells",
+            ]
+        )
+        == 0
+    )  # the cell stage: tests/test_cells_pipeline.py
     out = capsys.readouterr().out
     assert "threshold 0.5): micro F1" in out and "tuned on it" in out
     assert (root / "train" / "eval_report.txt").is_file()
@@ -121,14 +197,39 @@ def test_demo_runs_every_step_and_prints_where_things_are(tmp_path, capsys):
     for name in ("anomalies.csv", "exclude.txt"):
         assert (root / "anomalies" / name).is_file()
     # a second run reuses the data and resumes the finished training
-    assert cli.main(["demo", "--workdir", str(root), "--config", "configs/demo.py:runlocal",
-                     "--skip-anomalies", "--skip-cells"]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--workdir",
+                str(root),
+                "--config",
+                "configs/demo.py:runlocal",
+                "--skip-anomalies",
+                "--skip-cells",
+            ]
+        )
+        == 0
+    )
     assert "exists, reused" in capsys.readouterr().out
 
 
 def test_bench_compile_warm_run_finds_every_executable_in_the_cache(capsys):
-    assert cli.main(["bench", "compile", "--config", "configs/demo.py:runlocal", "--batch", "8",
-                     "--repeats", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "compile",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--batch",
+                "8",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     cold, warm = result["cache_entries"]["cold"][0], result["cache_entries"]["warm"][0]
     assert cold > 0 and warm == cold  # the warm process compiled nothing the cold one had not

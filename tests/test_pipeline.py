@@ -160,8 +160,9 @@ def test_labels_out_of_range_name_the_record(tmp_path):
 # ------------------------------------------------------------------------------ decode and batches
 
 
-def _reference_image(index: int, size: int, channels, bits: int = 8,
-                     to_8bit: bool = False) -> np.ndarray:  # fmt: skip
+def _reference_image(
+    index: int, size: int, channels, bits: int = 8, to_8bit: bool = False
+) -> np.ndarray:
     """Decode-independent reference: the source planes (16-bit ones first rounded to x / 257
     when `to_8bit`), box-downscaled with numpy."""
     planes = _channels(index, 64, bits)
@@ -179,9 +180,15 @@ def _reference_image(index: int, size: int, channels, bits: int = 8,
 def test_eval_batches_decode_resize_and_pad(tmp_path, bits):
     root = write_dataset(tmp_path / "ds", n=10, size=64, shards=2, validation_every=1, bits=bits)
     it = pipeline.make_eval_iterator(
-        root, batch_size=4, image_size=32, channels="rgb", split="all",
-        process_index=0, process_count=1, num_threads=1,
-    )  # fmt: skip
+        root,
+        batch_size=4,
+        image_size=32,
+        channels="rgb",
+        split="all",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
     batches = list(it)
     assert len(batches) == it.num_batches == 3
     b = batches[0]
@@ -204,9 +211,17 @@ def test_eval_batches_decode_resize_and_pad(tmp_path, bits):
 
 
 def _batch(root, **kw):
-    it = pipeline.make_eval_iterator(root, batch_size=4, image_size=32, channels="rgby",
-                                     split="all", process_index=0, process_count=1,
-                                     num_threads=1, **kw)  # fmt: skip
+    it = pipeline.make_eval_iterator(
+        root,
+        batch_size=4,
+        image_size=32,
+        channels="rgby",
+        split="all",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+        **kw,
+    )
     return next(iter(it))
 
 
@@ -237,8 +252,9 @@ def test_16_bit_model_input_keeps_what_an_8_bit_truncation_loses(tmp_path):
     auto, forced = _batch(root8), _batch(root8, bit_depth=8)
     assert auto["image"].dtype == np.uint8
     np.testing.assert_array_equal(auto["image"], forced["image"])
-    np.testing.assert_array_equal(to_model_range(jnp.asarray(auto["image"]), jnp.float32),
-                                  auto["image"].astype(np.float32))  # fmt: skip
+    np.testing.assert_array_equal(
+        to_model_range(jnp.asarray(auto["image"]), jnp.float32), auto["image"].astype(np.float32)
+    )
     # forced to 16 bits, 8-bit channels scale by 257 (255 → 65535)
     promoted = _batch(root8, bit_depth=16)["image"]
     assert promoted.dtype == np.uint16
@@ -262,29 +278,52 @@ def test_a_records_ignored_classes_come_as_minus_one_and_are_checked(tmp_path):
     src = write_dataset(tmp_path / "ds", n=8, size=16, shards=2, validation_every=1)
     dst = tmp_path / "relabelled"
     write_relabelled(src, dst, {"img001": (4,)}, {"img001": (1, 3), "img005": (0,)})
-    it = pipeline.make_eval_iterator(dst, batch_size=8, image_size=16, channels="rgby",
-                                     split="all", process_index=0, process_count=1)
+    it = pipeline.make_eval_iterator(
+        dst,
+        batch_size=8,
+        image_size=16,
+        channels="rgby",
+        split="all",
+        process_index=0,
+        process_count=1,
+    )
     labels = dict(zip(_ids(b := next(iter(it))), b["labels"], strict=True))
     want = np.zeros(K, np.float32)
     want[4], want[[1, 3]] = 1.0, -1.0
     np.testing.assert_array_equal(labels["img001"], want)
     assert labels["img005"][0] == -1.0 and set(np.flatnonzero(labels["img005"] == 1)) == (
-        set(_labels(5)) - {0})
+        set(_labels(5)) - {0}
+    )
     for i in (0, 2, 3, 4, 6, 7):
         assert np.flatnonzero(labels[f"img{i:03d}"]).tolist() == list(_labels(i))
     # an ignored class out of range names the record
     bad = tmp_path / "bad"
     write_relabelled(src, bad, {}, {"img002": (K + 2,)})
     with pytest.raises(UserError, match=rf"ID 'img002'.*labels \[{K + 2}\] out of range"):
-        list(pipeline.make_eval_iterator(bad, batch_size=8, image_size=16, channels="rgby",
-                                         split="all", process_index=0, process_count=1))
+        list(
+            pipeline.make_eval_iterator(
+                bad,
+                batch_size=8,
+                image_size=16,
+                channels="rgby",
+                split="all",
+                process_index=0,
+                process_count=1,
+            )
+        )
 
 
 def test_non_integer_resize_and_channel_selection(data_dir):
     it = pipeline.make_eval_iterator(
-        data_dir, batch_size=2, image_size=(24, 40), channels="green", split="validation",
-        process_index=0, process_count=1, num_threads=1,
-    )  # fmt: skip
+        data_dir,
+        batch_size=2,
+        image_size=(24, 40),
+        channels="green",
+        split="validation",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
     b = next(it)
     assert b["image"].shape == (2, 24, 40, 1)
     ref = Image.fromarray(_channels(3, 64)["green"]).resize((40, 24), Image.Resampling.BILINEAR)
@@ -296,9 +335,15 @@ def test_eval_processes_yield_equal_batch_counts_and_cover_once(data_dir):
     counts = []
     for p in range(3):
         it = pipeline.make_eval_iterator(
-            data_dir, batch_size=2, image_size=8, channels="green", split="train",
-            process_index=p, process_count=3, num_threads=1,
-        )  # fmt: skip
+            data_dir,
+            batch_size=2,
+            image_size=8,
+            channels="green",
+            split="train",
+            process_index=p,
+            process_count=3,
+            num_threads=1,
+        )
         batches = list(it)
         counts.append(len(batches))
         for b in batches:
@@ -357,9 +402,15 @@ def test_augmentation_is_seeded_by_record_and_epoch(data_dir):
     plain = {
         str(i): im
         for b in pipeline.make_eval_iterator(
-            data_dir, batch_size=4, image_size=32, channels="rgby", split="all",
-            process_index=0, process_count=1, num_threads=1,
-        )  # fmt: skip
+            data_dir,
+            batch_size=4,
+            image_size=32,
+            channels="rgby",
+            split="all",
+            process_index=0,
+            process_count=1,
+            num_threads=1,
+        )
         for i, im in zip(b["id"], b["image"], strict=True)
     }
     it = _train(data_dir, seed=9)
@@ -486,9 +537,15 @@ def test_grain_orbax_checkpoint_handler_round_trip(data_dir, tmp_path):
 
 def test_stored_size_passes_through_unresized(data_dir):
     it = pipeline.make_eval_iterator(
-        data_dir, batch_size=3, image_size=64, channels=("yellow", "red"), split="validation",
-        process_index=0, process_count=1, num_threads=1,
-    )  # fmt: skip
+        data_dir,
+        batch_size=3,
+        image_size=64,
+        channels=("yellow", "red"),
+        split="validation",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
     b = next(it)
     planes = _channels(7, 64)
     np.testing.assert_array_equal(b["image"][1], np.stack([planes["yellow"], planes["red"]], -1))
@@ -505,16 +562,28 @@ def test_damaged_png_names_the_record(tmp_path):
             w.write(encode_example(f"img{i:03d}", _channels(i, 16), _labels(i)))
         w.write(encode_example("img003", channels, [1]))
     it = pipeline.make_eval_iterator(
-        root, batch_size=4, image_size=8, channels="rgb", split="all",
-        process_index=0, process_count=1, num_threads=1,
-    )  # fmt: skip
+        root,
+        batch_size=4,
+        image_size=8,
+        channels="rgb",
+        split="all",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
     with pytest.raises(UserError, match=r"record 3 \(ID 'img003'\).*PNG"):
         next(it)
     # the green-only model never decodes the damaged blue PNG
     ok = pipeline.make_eval_iterator(
-        root, batch_size=4, image_size=8, channels="green", split="all",
-        process_index=0, process_count=1, num_threads=1,
-    )  # fmt: skip
+        root,
+        batch_size=4,
+        image_size=8,
+        channels="green",
+        split="all",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
     assert (next(ok)["image"][3] == 7).all()
 
 
@@ -533,7 +602,7 @@ def test_processes_read_the_rows_of_one_process_global_batches(data_dir):
             np.testing.assert_array_equal(np.concatenate([b[key] for b in parts]), whole[key])
         rows += _ids(whole)
     train = sorted(f"img{i:03d}" for i in range(12) if i % 4 != 3)
-    epochs = [rows[i:i + 9] for i in range(0, 36, 9)]
+    epochs = [rows[i : i + 9] for i in range(0, 36, 9)]
     assert all(sorted(e) == train for e in epochs) and len({tuple(e) for e in epochs}) == 4
 
 

@@ -24,8 +24,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOTAL = 12
 # eval only at the end and no interval checkpoint: the stop's checkpoint is the only one before
 # the last; a log line every step, so the log windows after the stop are the same either way
-OVERRIDES = (f"--config.total_steps={TOTAL}", "--config.eval_every_steps=1000",
-             "--config.checkpoint_every_steps=1000", "--config.log_every_steps=1")
+OVERRIDES = (
+    f"--config.total_steps={TOTAL}",
+    "--config.eval_every_steps=1000",
+    "--config.checkpoint_every_steps=1000",
+    "--config.log_every_steps=1",
+)
 TIMING = ("train/images_per_s",)  # wall-clock numbers, not results
 
 
@@ -37,8 +41,15 @@ def data_dir(tmp_path_factory):
 
 
 def train_args(data_dir, workdir) -> list[str]:
-    return ["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir),
-            f"--config.data.dir={data_dir}", *OVERRIDES]
+    return [
+        "train",
+        "--config",
+        "configs/demo.py:runlocal",
+        "--workdir",
+        str(workdir),
+        f"--config.data.dir={data_dir}",
+        *OVERRIDES,
+    ]
 
 
 def logged_steps(workdir: pathlib.Path) -> list[int]:
@@ -50,9 +61,14 @@ def logged_steps(workdir: pathlib.Path) -> list[int]:
 
 def sigterm_after_first_step(data_dir, workdir, timeout=300) -> tuple[int, str]:
     """Run `hpa-jax train` in a subprocess, SIGTERM it once it has logged step 1."""
-    proc = subprocess.Popen([sys.executable, "-m", "hpa_jax.cli", *train_args(data_dir, workdir)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpa_jax.cli", *train_args(data_dir, workdir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         deadline = time.monotonic() + timeout
         while not logged_steps(workdir) and proc.poll() is None:
@@ -85,8 +101,11 @@ def test_sigterm_saves_exits_75_and_resumes_as_uninterrupted(data_dir, tmp_path)
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
     def after_stop(workdir):
-        return [{k: v for k, v in r.items() if k not in TIMING}
-                for r in writers.read_jsonl(workdir / "metrics.jsonl") if r["step"] > stop]
+        return [
+            {k: v for k, v in r.items() if k not in TIMING}
+            for r in writers.read_jsonl(workdir / "metrics.jsonl")
+            if r["step"] > stop
+        ]
 
     assert after_stop(full) == after_stop(preempted) and after_stop(full)
     assert logged_steps(preempted) == logged_steps(full) == list(range(1, TOTAL + 1))

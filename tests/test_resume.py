@@ -44,7 +44,10 @@ def snapshot(folder: pathlib.Path) -> dict:
     """{relative path: sha256 of a file's bytes, or "dir"} of everything under `folder`."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_file() else "dir" if p.is_dir() else "other"
+        if p.is_file()
+        else "dir"
+        if p.is_dir()
+        else "other"
         for p in sorted(folder.rglob("*"))
     }
 
@@ -94,16 +97,25 @@ def test_resumed_run_is_bitwise_identical(runs):
 def test_workdir_outputs(runs, data_dir):
     root, full, _ = runs
     workdir = root / "full"
-    for name in ("config.json", "config.py", "class_weights.json", "metrics.jsonl",
-                 "thresholds.json", "loss.png", "f1.png", "per_class_f1.png"):
+    for name in (
+        "config.json",
+        "config.py",
+        "class_weights.json",
+        "metrics.jsonl",
+        "thresholds.json",
+        "loss.png",
+        "f1.png",
+        "per_class_f1.png",
+    ):
         assert (workdir / name).is_file(), name
     assert list(workdir.glob("events.out.tfevents.*"))
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_classes"] == 19 and saved["mesh"] == {"data": 8, "fsdp": 1}
     weights = json.loads((workdir / "class_weights.json").read_text())
     # the demo's inverse-frequency weights, N / (C n_c) floored at 1, from the training split
-    train_ids = {r["ID"] for r in csv.DictReader((data_dir / "split.csv").open())
-                 if r["split"] == "train"}
+    train_ids = {
+        r["ID"] for r in csv.DictReader((data_dir / "split.csv").open()) if r["split"] == "train"
+    }
     counts = np.zeros(19)
     for row in csv.DictReader((data_dir / "train.csv").open()):
         if row["ID"] in train_ids:
@@ -130,8 +142,9 @@ def test_workdir_outputs(runs, data_dir):
 
 def exclude_file(folder: pathlib.Path, data_dir: pathlib.Path, count: int) -> pathlib.Path:
     path = folder / "exclude.txt"
-    path.write_text("# anomalies\n" + "".join(f"{i}\n" for i in
-                                                dataset.split_ids(data_dir)["train"][:count]))
+    path.write_text(
+        "# anomalies\n" + "".join(f"{i}\n" for i in dataset.split_ids(data_dir)["train"][:count])
+    )
     return path
 
 
@@ -139,25 +152,34 @@ def exclude_file(folder: pathlib.Path, data_dir: pathlib.Path, count: int) -> pa
 REFUSED = {
     "batch_size": (lambda tmp, data: ["--config.batch_size=16"], ["batch_size"]),
     "seed": (lambda tmp, data: ["--config.seed=1"], ["seed"]),
-    "exclude": (lambda tmp, data: [f"--config.data.exclude={exclude_file(tmp, data, 5)}"],
-                ["data.exclude"]),
+    "exclude": (
+        lambda tmp, data: [f"--config.data.exclude={exclude_file(tmp, data, 5)}"],
+        ["data.exclude"],
+    ),
     "optimizer": (lambda tmp, data: ["--config.optimizer.name=sgd"], ["optimizer.name"]),
     "model": (lambda tmp, data: ["--config.model.name=efficientnet_small"], ["model.name"]),
     "head": (lambda tmp, data: ["--config.model.head=gap_gmp_bn_dropout_dense"], ["model.head"]),
     # the saved mesh is resolved: 8 devices as (8, 1) before, (4, 2) now
     "mesh": (lambda tmp, data: ["--config.mesh.fsdp=2"], ["mesh.data", "mesh.fsdp"]),
     "channels": (lambda tmp, data: ["--config.data.channels=green"], ["data.channels"]),
-    "several": (lambda tmp, data: ["--config.optimizer.name=sgd", "--config.seed=1",
-                                   "--config.batch_size=16"],
-                ["seed", "batch_size", "optimizer.name"]),
+    "several": (
+        lambda tmp, data: [
+            "--config.optimizer.name=sgd",
+            "--config.seed=1",
+            "--config.batch_size=16",
+        ],
+        ["seed", "batch_size", "optimizer.name"],
+    ),
 }
 
 
 @pytest.fixture
 def no_compile(monkeypatch):
     """A refusal comes before the trainer compiles anything."""
+
     def fail(*args, **kwargs):
         raise AssertionError("compiled before refusing")
+
     monkeypatch.setattr(loop, "compile_run", fail)
 
 
@@ -197,8 +219,7 @@ def test_exclude_file_edited_since_is_refused_untouched(runs, data_dir, tmp_path
     exclude_file(tmp_path, data_dir, 5)
     before = snapshot(workdir)
     with pytest.raises(IncompatibleRun, match=r"the training records \(.*data\.exclude") as refused:
-        loop.train_and_evaluate(tiny_config(data_dir, f"--config.data.exclude={exclude}"),
-                                workdir)
+        loop.train_and_evaluate(tiny_config(data_dir, f"--config.data.exclude={exclude}"), workdir)
     assert len(refused.value.keys) == 1
     assert snapshot(workdir) == before
 
@@ -210,8 +231,20 @@ def test_cli_refusal_exits_2_naming_the_key(runs, data_dir, tmp_path, capsys, no
     workdir = tmp_path / "run"
     shutil.copytree(root / "full", workdir)
     before = snapshot(workdir)
-    assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir),
-                     f"--config.data.dir={data_dir}", "--config.seed=7"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--workdir",
+                str(workdir),
+                f"--config.data.dir={data_dir}",
+                "--config.seed=7",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "\n  seed: 0 -> 7 (the data order)\n" in err and "another --workdir" in err
     assert snapshot(workdir) == before
@@ -220,10 +253,17 @@ def test_cli_refusal_exits_2_naming_the_key(runs, data_dir, tmp_path, capsys, no
 def test_changeable_keys_resume(runs, data_dir, tmp_path):
     """The run's length, learning rate, loss and cadences may change on resume."""
     root, _, _ = runs
-    cfg = tiny_config(data_dir, "--config.total_steps=6", "--config.optimizer.lr=0.5",
-                      "--config.loss.focal_gamma=2.0", "--config.log_every_steps=5",
-                      "--config.eval_every_steps=3", "--config.data.worker_count=1",
-                      "--config.data.cache=false", "--config.tta=none")
+    cfg = tiny_config(
+        data_dir,
+        "--config.total_steps=6",
+        "--config.optimizer.lr=0.5",
+        "--config.loss.focal_gamma=2.0",
+        "--config.log_every_steps=5",
+        "--config.eval_every_steps=3",
+        "--config.data.worker_count=1",
+        "--config.data.cache=false",
+        "--config.tta=none",
+    )
     before = snapshot(root / "full")
     assert loop.prepare(cfg, root / "full").total_steps == 6
     assert snapshot(root / "full") == before
@@ -271,11 +311,11 @@ def test_bad_data_is_refused(data_dir, tmp_path):
     with pytest.raises(UserError, match="is empty"):
         loop.train_and_evaluate(tiny_config(tmp_path / "empty"), workdir)
     with pytest.raises(UserError, match="19 classes but config.data.label_table='hpa2018' has 28"):
-        loop.train_and_evaluate(tiny_config(data_dir, "--config.data.label_table=hpa2018"),
-                                workdir)
+        loop.train_and_evaluate(tiny_config(data_dir, "--config.data.label_table=hpa2018"), workdir)
     with pytest.raises(UserError, match="data.exclude"):
         loop.train_and_evaluate(
-            tiny_config(data_dir, f"--config.data.exclude={tmp_path / 'nope.txt'}"), workdir)
+            tiny_config(data_dir, f"--config.data.exclude={tmp_path / 'nope.txt'}"), workdir
+        )
     assert not workdir.exists()
 
 
@@ -283,8 +323,9 @@ def test_exclude_list_shrinks_the_training_split(data_dir, tmp_path):
     train_ids = dataset.split_ids(data_dir)["train"]
     exclude = tmp_path / "exclude.txt"
     exclude.write_text("# anomalies\n" + "\n".join(train_ids[:5]) + "\n")
-    setup = loop.prepare(tiny_config(data_dir, f"--config.data.exclude={exclude}"),
-                         tmp_path / "run")
+    setup = loop.prepare(
+        tiny_config(data_dir, f"--config.data.exclude={exclude}"), tmp_path / "run"
+    )
     assert setup.exclude == tuple(train_ids[:5])
     assert setup.num_train == len(train_ids) - 5
     assert not (tmp_path / "run").exists()  # prepare writes nothing
@@ -312,21 +353,25 @@ def test_init_from_another_run_keeps_backbone_and_reinitialises_other_head(tmp_p
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     tx = optax.adam(1e-3)
     _, source, _ = state_lib.create_train_state(
-        lambda rngs: test_step.TinyNet(5, rngs=rngs), tx, mesh, seed=1)
+        lambda rngs: test_step.TinyNet(5, rngs=rngs), tx, mesh, seed=1
+    )
     saver = ckpt_lib.Checkpointer(tmp_path / "source", every=1, keep=1)
     saver.save(3, source, jax.random.PRNGKey(0), {}, force=True)
     saver.wait()
     saver.close()
 
     graphdef, fresh, shardings = state_lib.create_train_state(
-        lambda rngs: test_step.TinyNet(7, rngs=rngs), tx, mesh, seed=2)
+        lambda rngs: test_step.TinyNet(7, rngs=rngs), tx, mesh, seed=2
+    )
     new = ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path / "source"))
-    np.testing.assert_array_equal(new.params["conv"]["kernel"][...],
-                                  source.params["conv"]["kernel"][...])
+    np.testing.assert_array_equal(
+        new.params["conv"]["kernel"][...], source.params["conv"]["kernel"][...]
+    )
     np.testing.assert_array_equal(new.rest["bn"]["mean"][...], source.rest["bn"]["mean"][...])
     assert new.params["head"]["kernel"][...].shape == (64, 7)  # 7 classes: fresh head kept
-    np.testing.assert_array_equal(new.params["head"]["kernel"][...],
-                                  fresh.params["head"]["kernel"][...])
+    np.testing.assert_array_equal(
+        new.params["head"]["kernel"][...], fresh.params["head"]["kernel"][...]
+    )
     assert int(new.step) == 0
     with pytest.raises(UserError, match="neither converted weights"):
         ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path))
@@ -343,15 +388,20 @@ def test_init_from_converted_weights(tmp_path):
     from hpa_jax.train import state as state_lib
 
     source = EfficientNet("tiny", num_classes=3, in_channels=4, rngs=nnx.Rngs(5))
-    converted.save_converted(backbone_state(source), tmp_path / "converted",
-                                 {"variant": "tiny", "in_channels": 4})
+    converted.save_converted(
+        backbone_state(source), tmp_path / "converted", {"variant": "tiny", "in_channels": 4}
+    )
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     tx = optax.adam(1e-3)
     graphdef, fresh, shardings = state_lib.create_train_state(
-        lambda rngs: EfficientNet("tiny", num_classes=19, in_channels=4, rngs=rngs), tx, mesh,
-        seed=0)
+        lambda rngs: EfficientNet("tiny", num_classes=19, in_channels=4, rngs=rngs),
+        tx,
+        mesh,
+        seed=0,
+    )
     head = np.asarray(fresh.params["head"]["dense"]["kernel"][...])
     new = ckpt_lib.initialize_from(fresh, shardings, graphdef, tx, str(tmp_path / "converted"))
-    np.testing.assert_array_equal(new.params["stem_conv"]["kernel"][...],
-                                  source.stem_conv.kernel[...])
+    np.testing.assert_array_equal(
+        new.params["stem_conv"]["kernel"][...], source.stem_conv.kernel[...]
+    )
     np.testing.assert_array_equal(new.params["head"]["dense"]["kernel"][...], head)

@@ -40,8 +40,11 @@ SYNTH = dict(num_images=24, size=32, shards=2, seed=5)
 def tree(folder) -> dict[str, bytes]:
     """{relative path: bytes} of every file under a local folder (the stage manifest aside)."""
     folder = pathlib.Path(folder)
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != stage.MANIFEST}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != stage.MANIFEST
+    }
 
 
 def objects(root: str) -> dict[str, bytes]:
@@ -49,7 +52,7 @@ def objects(root: str) -> dict[str, bytes]:
     fs = fileio.filesystem(root)
     fs.invalidate_cache()
     base = root.removeprefix("gs://").rstrip("/")
-    return {p[len(base) + 1:]: fs.cat_file(p) for p in sorted(fs.find(base))}
+    return {p[len(base) + 1 :]: fs.cat_file(p) for p in sorted(fs.find(base))}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +71,9 @@ def remote_data(gcs_emulator):
     return url
 
 
-def test_staged_dataset_is_the_local_one_byte_for_byte(local_data, remote_data, gcs_bucket,
-                                                       tmp_path):  # fmt: skip
+def test_staged_dataset_is_the_local_one_byte_for_byte(
+    local_data, remote_data, gcs_bucket, tmp_path
+):
     report = stage.stage(remote_data, tmp_path / "staged", progress=False)
     staged, local, remote = tree(tmp_path / "staged"), tree(local_data), objects(remote_data)
     assert sorted(staged) == sorted(local) == sorted(remote) == sorted(report.copied)
@@ -126,8 +130,12 @@ def test_a_checksum_mismatch_names_the_file(remote_data, gcs_bucket, tmp_path, m
 
     def corrupt(src):  # the stored checksum says other bytes than the object serves
         files = listing(src)
-        return [stage.SourceFile(f.rel, f.size, "AAAAAA==", f.md5, f.stamp)
-                if f.rel == dataset.SPLIT_CSV else f for f in files]  # fmt: skip
+        return [
+            stage.SourceFile(f.rel, f.size, "AAAAAA==", f.md5, f.stamp)
+            if f.rel == dataset.SPLIT_CSV
+            else f
+            for f in files
+        ]
 
     monkeypatch.setattr(stage, "list_source", corrupt)
     dest = tmp_path / "staged"
@@ -189,11 +197,13 @@ def _first_batch(config, data_dir):
         it.close()
 
 
-def test_a_gcs_data_dir_trains_on_the_same_batches(local_data, remote_data, gcs_bucket,
-                                                   tmp_path, monkeypatch):  # fmt: skip
+def test_a_gcs_data_dir_trains_on_the_same_batches(
+    local_data, remote_data, gcs_bucket, tmp_path, monkeypatch
+):
     monkeypatch.setenv(stage.CACHE_ENV, str(tmp_path / "cache"))
-    config = config_lib.load_config("configs/demo.py:runlocal",
-                                    [f"--config.data.dir={remote_data}"])  # fmt: skip
+    config = config_lib.load_config(
+        "configs/demo.py:runlocal", [f"--config.data.dir={remote_data}"]
+    )
     data_dir = inputs.input_data(config)
     assert data_dir == fileio.as_path(tmp_path / "cache" / remote_data.removeprefix("gs://"))
     remote_batch = _first_batch(config, data_dir)
@@ -214,8 +224,9 @@ def test_a_gcs_data_dir_trains_on_the_same_batches(local_data, remote_data, gcs_
 
 def test_the_record_reader_refuses_an_unstaged_gcs_folder(remote_data, gcs_bucket):
     with pytest.raises(UserError, match=f"{remote_data}: records are read from local disk"):
-        pipeline.make_train_iterator(remote_data, batch_size=4, image_size=32, channels="rgby",
-                                     seed=0)  # fmt: skip
+        pipeline.make_train_iterator(
+            remote_data, batch_size=4, image_size=32, channels="rgby", seed=0
+        )
 
 
 def test_split_and_inspect_on_gcs(local_data, gcs_bucket, tmp_path, capsys):
@@ -233,20 +244,39 @@ def test_split_and_inspect_on_gcs(local_data, gcs_bucket, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{source}/train-00000-of-00002.tfrecord: " in out and "OK" in out
     digest = hashlib.sha256(remote["train-00001-of-00002.tfrecord"]).hexdigest()
-    assert digest == hashlib.sha256((local / "train-00001-of-00002.tfrecord").read_bytes()
-                                    ).hexdigest()  # fmt: skip
+    assert (
+        digest == hashlib.sha256((local / "train-00001-of-00002.tfrecord").read_bytes()).hexdigest()
+    )
     assert cli.main(["data", "inspect", f"{gcs_bucket}/none/*.tfrecord"]) == 2
 
 
 def test_synth_command_writes_to_gcs(gcs_bucket, capsys):
     out = f"{gcs_bucket}/synth"
-    argv = ["data", "synth", "--out", out, "--num-images", "4", "--size", "16", "--shards", "1",
-            "--workers", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "synth",
+        "--out",
+        out,
+        "--num-images",
+        "4",
+        "--size",
+        "16",
+        "--shards",
+        "1",
+        "--workers",
+        "1",
+    ]
     assert cli.main(argv) == 0
     assert f"{out}/dataset.json" in capsys.readouterr().out
     names = set(objects(out))
-    assert {"dataset.json", "split.csv", "train.csv", "cells.csv",
-            "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.index"} <= names
+    assert {
+        "dataset.json",
+        "split.csv",
+        "train.csv",
+        "cells.csv",
+        "train-00000-of-00001.tfrecord",
+        "train-00000-of-00001.tfrecord.index",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
 
 
@@ -256,7 +286,8 @@ def test_default_stage_dir(monkeypatch, tmp_path):
     monkeypatch.delenv(stage.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert os.fspath(stage.default_stage_dir("gs://b/x")) == os.fspath(
-        tmp_path / "xdg" / "hpa-jax" / "datasets" / "b" / "x")
+        tmp_path / "xdg" / "hpa-jax" / "datasets" / "b" / "x"
+    )
     with pytest.raises(UserError, match="cannot name a cache folder"):
         stage.default_stage_dir("gs://b/../x")
     assert stage.local_data_dir(tmp_path) == fileio.as_path(tmp_path)

@@ -173,9 +173,11 @@ def test_metrics_are_sums_and_norms(one_device):
     tx = optax.sgd(0.0)
     graphdef = state_lib.model_graphdef(lambda rngs: TinyNet(rngs=rngs))
     fn = step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid)
-    new_state, metrics = jax.jit(fn)(state.replace(opt_state=tx.init(state.params)),
-                                     mesh_lib.to_global(batches(1, seed=5)[0], mesh),
-                                     jax.random.PRNGKey(0))
+    new_state, metrics = jax.jit(fn)(
+        state.replace(opt_state=tx.init(state.params)),
+        mesh_lib.to_global(batches(1, seed=5)[0], mesh),
+        jax.random.PRNGKey(0),
+    )
     assert float(metrics["loss"][1]) == B
     np.testing.assert_allclose(
         float(metrics["l2_params"]),
@@ -189,13 +191,12 @@ def test_metrics_are_sums_and_norms(one_device):
 
 
 def test_schedules():
-    cos = optim.make_schedule(
-        opt_cfg(lr=1.0), 10, warmup=2
-    )
+    cos = optim.make_schedule(opt_cfg(lr=1.0), 10, warmup=2)
     assert float(cos(0)) == 0.0 and float(cos(2)) == pytest.approx(1.0)
     assert float(cos(10)) == pytest.approx(0.0, abs=1e-6)
-    step = optim.make_schedule(opt_cfg(lr=1.0, schedule="step", decay_factor=0.5), 10,
-                               decay_every=3)
+    step = optim.make_schedule(
+        opt_cfg(lr=1.0, schedule="step", decay_factor=0.5), 10, decay_every=3
+    )
     assert [float(step(i)) for i in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
     const = optim.make_schedule(opt_cfg(lr=0.3, schedule="constant"), 10, warmup=3)
     assert float(const(0)) == 0.0 and float(const(5)) == pytest.approx(0.3)
@@ -222,15 +223,17 @@ def test_accumulation_updates_every_k_and_ema():
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     cfg = opt_cfg(lr=1e-2, grad_accum_steps=2)
     state0 = state_lib.create_train_state(
-        lambda rngs: TinyNet(rngs=rngs), optim.make_tx(cfg, 10)[0], mesh, seed=1,
+        lambda rngs: TinyNet(rngs=rngs),
+        optim.make_tx(cfg, 10)[0],
+        mesh,
+        seed=1,
         use_ema=True,
     )[1]
     start = jax.tree.map(np.asarray, state0.params)
     state1, _, _ = run(mesh, steps=1, opt_cfg_=cfg, use_ema=True)
     assert_trees_close(state1.params, start, rtol=0, atol=0)  # no update after 1 micro-batch
     state2, _, _ = run(mesh, steps=2, opt_cfg_=cfg, use_ema=True)
-    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state2.params,
-                         start)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state2.params, start)
     assert max(jax.tree.leaves(moved)) > 0
     # EMA with decay 0.5 after the single real update: halfway between start and new params
     expected = jax.tree.map(lambda s, p: 0.5 * s + 0.5 * np.asarray(p), start, state2.params)
@@ -242,9 +245,11 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(one_device):
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     tx, _ = optim.make_tx(opt_cfg(lr=1e-2), 10)
     graphdef, state, shardings = state_lib.create_train_state(
-        lambda rngs: TinyNet(rngs=rngs, dtype=jnp.bfloat16), tx, mesh, seed=1)
+        lambda rngs: TinyNet(rngs=rngs, dtype=jnp.bfloat16), tx, mesh, seed=1
+    )
     train = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid), mesh, shardings)
+        step_lib.make_train_step(graphdef, tx, bce, jax.nn.sigmoid), mesh, shardings
+    )
     state, metrics = train(state, mesh_lib.to_global(batches(1)[0], mesh), jax.random.PRNGKey(0))
     assert metrics["loss"][0].dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
@@ -279,11 +284,15 @@ def test_eval_step_with_tta_averages_the_views(one_device):
     def evaluate(tta, images):
         fn = step_lib.make_eval_step(graphdef, bce, jax.nn.sigmoid, tta=tta)
         out = step_lib.jit_eval_step(fn, mesh, shardings)(
-            state, mesh_lib.to_global(dict(batch, image=images), mesh))
+            state, mesh_lib.to_global(dict(batch, image=images), mesh)
+        )
         return np.asarray(out["probs"]), float(out["loss"][0]) / float(out["loss"][1])
 
-    views = [np.rot90(m, k, axes=(1, 2)) for m in (batch["image"], batch["image"][:, :, ::-1])
-             for k in range(4)]
+    views = [
+        np.rot90(m, k, axes=(1, 2))
+        for m in (batch["image"], batch["image"][:, :, ::-1])
+        for k in range(4)
+    ]
     singles = [evaluate("none", np.ascontiguousarray(v)) for v in views]
     probs, loss = evaluate("d4", batch["image"])
     np.testing.assert_allclose(probs, np.mean([p for p, _ in singles], 0), rtol=1e-5, atol=1e-6)

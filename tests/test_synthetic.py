@@ -171,8 +171,9 @@ def _read(out):
 
 
 def test_synthesize_writes_a_complete_dataset_folder(tmp_path):
-    summary = syn.synthesize(tmp_path, num_images=24, size=32, seed=3, anomaly_rate=0.25,
-                             shards=3, workers=1)  # fmt: skip
+    summary = syn.synthesize(
+        tmp_path, num_images=24, size=32, seed=3, anomaly_rate=0.25, shards=3, workers=1
+    )
     info, records = _read(tmp_path)
     assert info["num_records"] == len(records) == 24
     assert (info["height"], info["width"], info["num_classes"]) == (32, 32, 19)
@@ -201,8 +202,14 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     syn.synthesize(tmp_path / "a", workers=1, **kwargs)
     syn.synthesize(tmp_path / "b", workers=2, **kwargs)  # spawned worker processes
     syn.synthesize(tmp_path / "c", workers=1, **{**kwargs, "seed": 10})
-    for name in ("train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
-                 "train.csv", "split.csv", "truth.csv", "dataset.json"):  # fmt: skip
+    for name in (
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+        "train.csv",
+        "split.csv",
+        "truth.csv",
+        "dataset.json",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     a = (tmp_path / "a" / "train-00000-of-00002.tfrecord").read_bytes()
     assert a != (tmp_path / "c" / "train-00000-of-00002.tfrecord").read_bytes()
@@ -212,14 +219,31 @@ def test_rewriting_with_fewer_shards_removes_stale_ones(tmp_path):
     syn.synthesize(tmp_path, num_images=6, size=24, shards=3, workers=1)
     syn.synthesize(tmp_path, num_images=6, size=24, shards=2, workers=1)
     assert sorted(p.name for p in tmp_path.glob("*.tfrecord")) == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"
-    ]  # fmt: skip
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+    ]
     assert len(_read(tmp_path)[1]) == 6
 
 
 def test_synth_command_prints_a_summary(tmp_path, capsys):
-    argv = ["data", "synth", "--out", str(tmp_path), "--num-images", "8", "--size", "24",
-            "--shards", "2", "--workers", "1", "--anomaly-rate", "0.5", "--seed", "1"]  # fmt: skip
+    argv = [
+        "data",
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--num-images",
+        "8",
+        "--size",
+        "24",
+        "--shards",
+        "2",
+        "--workers",
+        "1",
+        "--anomaly-rate",
+        "0.5",
+        "--seed",
+        "1",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "synthesized 8 images of 24 px" in out
@@ -248,11 +272,14 @@ def _cells_csv(folder) -> dict[str, dict[int, tuple[int, ...]]]:
 def test_per_cell_truth_files_agree_with_the_images(tmp_path):
     from hpa_jax.data import dataset
 
-    syn.synthesize(tmp_path, num_images=40, size=48, seed=11, anomaly_rate=0.1, shards=2,
-                   heterogeneous=0.5)  # fmt: skip
+    syn.synthesize(
+        tmp_path, num_images=40, size=48, seed=11, anomaly_rate=0.1, shards=2, heterogeneous=0.5
+    )
     cells = _cells_csv(tmp_path)
-    truth = {r["ID"]: HPA_2021.parse(r["true_label"])
-             for r in csv.DictReader(open(tmp_path / "truth.csv"))}  # fmt: skip
+    truth = {
+        r["ID"]: HPA_2021.parse(r["true_label"])
+        for r in csv.DictReader(open(tmp_path / "truth.csv"))
+    }
     assert sorted(cells) == sorted(truth)
     varied = 0
     for image_id, labels in truth.items():
@@ -286,11 +313,16 @@ def test_uniform_images_keep_their_bytes_and_heterogeneity_changes_only_green(tm
         if not np.array_equal(uniform.channels["green"], mixed.channels["green"]):
             changed += 1
             # a cell that shows nothing is darker in green than in the uniform image
-            negative = [k for k, ls in mixed.cell_labels.items() if ls == (syn.NEGATIVE,)
-                        and uniform.cell_labels[k] != (syn.NEGATIVE,)]  # fmt: skip
+            negative = [
+                k
+                for k, ls in mixed.cell_labels.items()
+                if ls == (syn.NEGATIVE,) and uniform.cell_labels[k] != (syn.NEGATIVE,)
+            ]
             for k in negative:
                 region = mixed.cells == k
-                assert mixed.channels["green"][region].mean() <= \
-                    uniform.channels["green"][region].mean()
+                assert (
+                    mixed.channels["green"][region].mean()
+                    <= uniform.channels["green"][region].mean()
+                )
     labelled = sum(set(p.true_labels) != {syn.NEGATIVE} for p in plans)
     assert changed >= labelled // 2

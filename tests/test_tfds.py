@@ -51,7 +51,10 @@ def test_builds_without_tensorflow_as_array_record(built):
     assert tfds_source.tfds_info(ds)["splits"] == sizes and sum(sizes.values()) == 48
     # the registered configs; the derived config reads by its own name too
     assert {c.name for c in tfds_lib.HpaProteinAtlas.BUILDER_CONFIGS} == {
-        "kaggle2021", "kaggle2018", "synthetic"}
+        "kaggle2021",
+        "kaggle2018",
+        "synthetic",
+    }
     by_name = tfds_source.TfdsDataset("hpa_protein_atlas/synthetic_n48_px32_seed3", ds.data_dir)
     catalog_of = tfds_source.tfds_split_catalog
     assert catalog_of(by_name, "all") == catalog_of(ds, "all")
@@ -76,15 +79,20 @@ def test_same_records_splits_and_cell_truth_as_the_folder(built):
             assert [getattr(theirs, f) for f in fields] == [getattr(ours, f) for f in fields]
             assert labels[k] == ours.labels
     # the cell masks and per-cell labels, through TFDS's own decoding (uint16: skipped)
-    decoded = tfds.data_source(ds.name, split="validation", data_dir=ds.data_dir,
-                               decoders={"cells": tfds.decode.SkipDecoding(),
-                                         "nuclei": tfds.decode.SkipDecoding()})
+    decoded = tfds.data_source(
+        ds.name,
+        split="validation",
+        data_dir=ds.data_dir,
+        decoders={"cells": tfds.decode.SkipDecoding(), "nuclei": tfds.decode.SkipDecoding()},
+    )
     for example in decoded:
         image_id = example["id"].decode()
         cells = decode_png(example["cells"])
         assert np.array_equal(cells, dataset.read_mask(dataset.mask_path(folder, image_id)))
-        assert np.array_equal(decode_png(example["nuclei"]), dataset.read_mask(
-            dataset.mask_path(folder, image_id, dataset.NUCLEI_DIR)))
+        assert np.array_equal(
+            decode_png(example["nuclei"]),
+            dataset.read_mask(dataset.mask_path(folder, image_id, dataset.NUCLEI_DIR)),
+        )
         truth = cells_csv[image_id]
         assert example["cell_labels"].shape == (len(truth), 19) and cells.max() == len(truth)
         for cell, classes in truth.items():
@@ -108,12 +116,22 @@ def test_data_source_decodes_uint8_without_tensorflow_and_uint16_needs_opencv(bu
 
 def test_batches_equal_those_of_the_folder_by_id(built):
     ds, folder = built
-    kw = dict(batch_size=5, image_size=16, channels="rgby", process_index=0, process_count=1,
-              num_threads=1)  # fmt: skip
+    kw = dict(
+        batch_size=5,
+        image_size=16,
+        channels="rgby",
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
 
     def by_id(batches):
-        return {i: (im, lab) for b in batches for i, im, lab in
-                zip(b["id"], b["image"], b["labels"], strict=True) if i}  # fmt: skip
+        return {
+            i: (im, lab)
+            for b in batches
+            for i, im, lab in zip(b["id"], b["image"], b["labels"], strict=True)
+            if i
+        }
 
     ours = list(pipeline.make_eval_iterator(folder, split="validation", **kw))
     theirs = list(pipeline.make_eval_iterator(ds, split="validation", **kw))
@@ -147,7 +165,9 @@ def test_label_stats_and_class_checks_work_for_tfds(built):
         theirs = catalog.label_stats(ds, split=split, batch_size=4)
         assert np.array_equal(ours.counts, theirs.counts)
         assert (ours.num_records, ours.steps_per_epoch) == (
-            theirs.num_records, theirs.steps_per_epoch)
+            theirs.num_records,
+            theirs.steps_per_epoch,
+        )
     two = dataset.split_ids(folder)["train"][:2]
     excluded = catalog.select(ds, split="train", exclude=two)
     assert len(excluded.records) == 32
@@ -195,9 +215,16 @@ def test_catalog_comes_from_metadata_or_a_scan(built, tmp_path, monkeypatch):
 def test_record_transform_pickles_with_the_tfds_source(built):
     ds, _ = built
     chosen = catalog.select(ds, split="validation")
-    load = decode.LoadRecord(source=chosen.catalog.open_source(), where=str(ds),
-                             names=("green", "blue"), size=(8, 8), num_classes=19, seed=0,
-                             augment=None, parse=chosen.catalog.parse)  # fmt: skip
+    load = decode.LoadRecord(
+        source=chosen.catalog.open_source(),
+        where=str(ds),
+        names=("green", "blue"),
+        size=(8, 8),
+        num_classes=19,
+        seed=0,
+        augment=None,
+        parse=chosen.catalog.parse,
+    )
     copy = pickle.loads(pickle.dumps(load))
     a, b = load((0, 3)), copy((0, 3))
     assert a["id"] == b["id"] == chosen.catalog.ids[3]
@@ -207,8 +234,15 @@ def test_record_transform_pickles_with_the_tfds_source(built):
 def test_worker_processes_read_the_tfds_source(built):
     """worker_count=1: the TFDS data source travels (pickled) to a spawned Grain worker."""
     ds, _ = built
-    kw = dict(batch_size=4, image_size=16, channels="rgb", seed=1, split="all",
-              process_index=0, process_count=1)  # fmt: skip
+    kw = dict(
+        batch_size=4,
+        image_size=16,
+        channels="rgb",
+        seed=1,
+        split="all",
+        process_index=0,
+        process_count=1,
+    )
     here = pipeline.make_train_iterator(ds, **kw)
     there = pipeline.make_train_iterator(ds, worker_count=1, **kw)
     try:
@@ -229,8 +263,10 @@ def test_kaggle_configs_read_the_manual_folder(tmp_path):
     rng = np.random.default_rng(0)
     manual = tmp_path / "manual"
     written = {}
-    for config, header, labels in (("kaggle2021", ("ID", "Label"), ("0|5", "18", "2", "16")),
-                                   ("kaggle2018", ("Id", "Target"), ("0 27", "3", "1", "4"))):
+    for config, header, labels in (
+        ("kaggle2021", ("ID", "Label"), ("0|5", "18", "2", "16")),
+        ("kaggle2018", ("Id", "Target"), ("0 27", "3", "1", "4")),
+    ):
         images = manual / config / "train"
         images.mkdir(parents=True)
         rows = []
@@ -267,17 +303,27 @@ def test_kaggle_configs_read_the_manual_folder(tmp_path):
         assert tfds_source.tfds_info(ds)["num_classes"] == table.num_classes
     (manual / "kaggle2018" / "train.csv").write_text("ID,Label\nx,0\n")
     with pytest.raises(UserError, match="a hpa2021 labels file"):
-        tfds_lib.build("hpa_protein_atlas/kaggle2018", data_dir=tmp_path / "other",
-                       manual_dir=manual)
+        tfds_lib.build(
+            "hpa_protein_atlas/kaggle2018", data_dir=tmp_path / "other", manual_dir=manual
+        )
 
 
 def test_runlocal_training_reads_the_tfds_source(built, tmp_path, capsys):
     ds, _ = built
     workdir = tmp_path / "run"
-    code = cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir),
-                     f"--config.data.dir={tmp_path / 'no-such-folder'}",
-                     "--config.data.source=tfds", f"--config.data.tfds_name={ds.name}",
-                     f"--config.data.tfds_data_dir={ds.data_dir}"])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "configs/demo.py:runlocal",
+            "--workdir",
+            str(workdir),
+            f"--config.data.dir={tmp_path / 'no-such-folder'}",
+            "--config.data.source=tfds",
+            f"--config.data.tfds_name={ds.name}",
+            f"--config.data.tfds_data_dir={ds.data_dir}",
+        ]
+    )
     assert code == 0
     final = json.loads(capsys.readouterr().out)
     assert final["step"] == 4 and np.isfinite(final["loss"])
@@ -291,10 +337,18 @@ def test_plain_tfds_api_builds_offline_and_serves(tmp_path):
     name = "hpa_protein_atlas/synthetic/num_images=16,image_size=32,seed=5"
     tfds.builder(name, data_dir=str(tmp_path)).download_and_prepare()
     skip = {"cells": tfds.decode.SkipDecoding(), "nuclei": tfds.decode.SkipDecoding()}
-    source = tfds.data_source("hpa_protein_atlas/synthetic_n16_px32_seed5", split="train",
-                              data_dir=str(tmp_path), decoders=skip)
-    validation = tfds.data_source("hpa_protein_atlas/synthetic_n16_px32_seed5",
-                                  split="validation", data_dir=str(tmp_path), decoders=skip)
+    source = tfds.data_source(
+        "hpa_protein_atlas/synthetic_n16_px32_seed5",
+        split="train",
+        data_dir=str(tmp_path),
+        decoders=skip,
+    )
+    validation = tfds.data_source(
+        "hpa_protein_atlas/synthetic_n16_px32_seed5",
+        split="validation",
+        data_dir=str(tmp_path),
+        decoders=skip,
+    )
     assert len(source) + len(validation) == 16
     example = source[0]
     assert example["green"].shape == (32, 32, 1) and example["green"].dtype == np.uint8

@@ -24,23 +24,45 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workdir(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli") / "run"
-    code = cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir),
-                     f"--config.data.dir={data_dir}"])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "configs/demo.py:runlocal",
+            "--workdir",
+            str(workdir),
+            f"--config.data.dir={data_dir}",
+        ]
+    )
     assert code == 0
     return workdir
 
 
 def files(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_train_writes_a_run_and_rerun_resumes_nothing_to_do(workdir, data_dir, capsys):
     assert (workdir / "thresholds.json").is_file()
     capsys.readouterr()
     # the same command again: the run is complete, it resumes at step 4 and only re-evaluates
-    assert cli.main(["train", "--config", "configs/demo.py:runlocal", "--workdir",
-                     str(workdir), f"--config.data.dir={data_dir}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "configs/demo.py:runlocal",
+                "--workdir",
+                str(workdir),
+                f"--config.data.dir={data_dir}",
+            ]
+        )
+        == 0
+    )
     final = json.loads(capsys.readouterr().out)
     assert final["step"] == 4
 
@@ -57,11 +79,27 @@ def test_eval_report_matches_sklearn(workdir, data_dir, capsys):
     assert len(rows) == 20 and rows[0][1:] == list(HPA_2021.classes)
     # rebuild predictions from predict's probabilities and compare with scikit-learn
     out_csv = workdir.parent / "val_predictions.csv"
-    assert cli.main(["predict", "--workdir", str(workdir), "--data", str(data_dir),
-                     "--out", str(out_csv), "--split", "validation"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--workdir",
+                str(workdir),
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out_csv),
+                "--split",
+                "validation",
+            ]
+        )
+        == 0
+    )
     probs = np.load(out_csv.with_suffix(".npz"))
-    truth = {r["ID"]: HPA_2021.multi_hot(HPA_2021.parse(r["Label"]))
-             for r in csv.DictReader((data_dir / "train.csv").open())}
+    truth = {
+        r["ID"]: HPA_2021.multi_hot(HPA_2021.parse(r["Label"]))
+        for r in csv.DictReader((data_dir / "train.csv").open())
+    }
     labels = np.stack([truth[i] for i in probs["ids"]])
     preds = metrics_lib.predict(probs["probs"], 0.5)
     p, r, f, _ = precision_recall_fscore_support(labels, preds, average="macro", zero_division=0)
@@ -72,8 +110,9 @@ def test_eval_report_matches_sklearn(workdir, data_dir, capsys):
     np.testing.assert_array_equal(cooc, labels.T.astype(int) @ preds.astype(int))
 
 
-def test_eval_exclude_scores_the_rest_and_out_keeps_the_run_files(workdir, data_dir, tmp_path,
-                                                                   capsys):
+def test_eval_exclude_scores_the_rest_and_out_keeps_the_run_files(
+    workdir, data_dir, tmp_path, capsys
+):
     assert cli.main(["eval", "--workdir", str(workdir), "--threshold", "0.5"]) == 0
     whole = json.loads((workdir / "eval_metrics.json").read_text())
     before = files(workdir)
@@ -82,22 +121,52 @@ def test_eval_exclude_scores_the_rest_and_out_keeps_the_run_files(workdir, data_
     drop = tmp_path / "drop.txt"
     drop.write_text("# two validation images\n" + "\n".join(val[:2]) + "\n")
     out = tmp_path / "clean"
-    assert cli.main(["eval", "--workdir", str(workdir), "--threshold", "0.5", "--exclude",
-                     str(drop), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--workdir",
+                str(workdir),
+                "--threshold",
+                "0.5",
+                "--exclude",
+                str(drop),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "2 IDs excluded" in capsys.readouterr().out
     clean = json.loads((out / "eval_metrics.json").read_text())
     assert clean["num_examples"] == whole["num_examples"] - 2 == len(val) - 2
     assert clean["excluded"] == 2
     assert files(workdir) == before  # the run's own eval files are untouched
-    assert cli.main(["eval", "--workdir", str(workdir), "--exclude", str(tmp_path / "no.txt"),
-                     "--out", str(out)]) == 2
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--workdir",
+                str(workdir),
+                "--exclude",
+                str(tmp_path / "no.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "--exclude=" in capsys.readouterr().err
 
 
 def test_predict_writes_labels_with_tuned_thresholds(workdir, data_dir, capsys):
     out_csv = workdir.parent / "predictions.csv"
-    assert cli.main(["predict", "--workdir", str(workdir), "--data", str(data_dir),
-                     "--out", str(out_csv)]) == 0
+    assert (
+        cli.main(
+            ["predict", "--workdir", str(workdir), "--data", str(data_dir), "--out", str(out_csv)]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out_csv.open()))
     got = np.load(out_csv.with_suffix(".npz"))
     assert len(rows) == 48 == len(got["ids"]) and got["probs"].shape == (48, 19)
@@ -112,13 +181,27 @@ def test_bad_input_exits_2_and_leaves_workdir(workdir, data_dir, tmp_path, capsy
     before = files(workdir)
     base = ["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir)]
     assert cli.main(base + [f"--config.data.dir={tmp_path / 'missing'}"]) == 2
-    assert cli.main(base + [f"--config.data.dir={data_dir}", "--config.model.name=efficientnet_b0"]
-                    ) == 2
+    assert (
+        cli.main(base + [f"--config.data.dir={data_dir}", "--config.model.name=efficientnet_b0"])
+        == 2
+    )
     assert "incompatible config" in capsys.readouterr().err
     assert cli.main(base + ["--config.no_such_key=1"]) == 2
     assert cli.main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
-    assert cli.main(["predict", "--workdir", str(workdir), "--data", str(tmp_path),
-                     "--out", str(tmp_path / "p.csv")]) == 2  # empty data folder
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--workdir",
+                str(workdir),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 2
+    )  # empty data folder
     assert files(workdir) == before
 
 
@@ -128,9 +211,15 @@ def _validation_pixels(data_dir, config_path):
     from hpa_jax.data import pipeline
 
     config = config_lib.read_config(config_path)
-    it = pipeline.make_eval_iterator(data_dir, batch_size=8, image_size=config.data.image_size,
-                                     channels=config.data.channels, split="validation",
-                                     process_index=0, process_count=1)  # fmt: skip
+    it = pipeline.make_eval_iterator(
+        data_dir,
+        batch_size=8,
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        split="validation",
+        process_index=0,
+        process_count=1,
+    )
     images = {}
     for batch in it:
         for image_id, image, keep in zip(batch["id"], batch["image"], batch["mask"], strict=True):
@@ -143,8 +232,22 @@ def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, t
     import keras
 
     out_csv = tmp_path / "val.csv"
-    assert cli.main(["predict", "--workdir", str(workdir), "--data", str(data_dir),
-                     "--out", str(out_csv), "--split", "validation"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--workdir",
+                str(workdir),
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out_csv),
+                "--split",
+                "validation",
+            ]
+        )
+        == 0
+    )
     want = np.load(out_csv.with_suffix(".npz"))
     model_file = tmp_path / "model.keras"
     before = files(workdir)
@@ -161,18 +264,27 @@ def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, t
     assert np.abs(got - want["probs"]).max() <= 1e-4  # with the run's TTA ("flips")
 
     # model.fit continues training from the exported weights
-    labels = np.stack([HPA_2021.multi_hot(HPA_2021.parse(r["Label"]))
-                       for r in csv.DictReader((data_dir / "train.csv").open())
-                       if r["ID"] in pixels])[:len(images)]
-    order = {r["ID"]: k for k, r in enumerate(
-        r for r in csv.DictReader((data_dir / "train.csv").open()) if r["ID"] in pixels)}
+    labels = np.stack(
+        [
+            HPA_2021.multi_hot(HPA_2021.parse(r["Label"]))
+            for r in csv.DictReader((data_dir / "train.csv").open())
+            if r["ID"] in pixels
+        ]
+    )[: len(images)]
+    order = {
+        r["ID"]: k
+        for k, r in enumerate(
+            r for r in csv.DictReader((data_dir / "train.csv").open()) if r["ID"] in pixels
+        )
+    }
     labels = labels[[order[i] for i in want["ids"]]].astype(np.float32)
     weights = [np.asarray(v) for v in model.weights]
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    changed = [not np.array_equal(a, np.asarray(v)) for a, v in zip(weights, model.weights,
-                                                                     strict=True)]
+    changed = [
+        not np.array_equal(a, np.asarray(v)) for a, v in zip(weights, model.weights, strict=True)
+    ]
     names = [v.path for v in model.weights]
     assert changed[names.index("classifier/head.dense.kernel")]
     assert any(c for c, n in zip(changed, names, strict=True) if n.endswith(".bn.mean"))
@@ -181,6 +293,10 @@ def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, t
 
 def test_export_refuses_bad_out_and_missing_run(workdir, tmp_path):
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "m.h5")]) == 2
-    assert cli.main(["export", "--workdir", str(tmp_path / "none"),
-                     "--out", str(tmp_path / "m.keras")]) == 2
+    assert (
+        cli.main(
+            ["export", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "m.keras")]
+        )
+        == 2
+    )
     assert list(tmp_path.iterdir()) == []

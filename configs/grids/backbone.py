@@ -12,6 +12,10 @@ BASE = "configs/demo.py"
 
 
 def sweep(add, arg: str) -> None:
-    for name in ("efficientnet_b0", "keras:ResNet152", "keras:ResNet152V2",
-                 "keras:InceptionResNetV2"):
+    for name in (
+        "efficientnet_b0",
+        "keras:ResNet152",
+        "keras:ResNet152V2",
+        "keras:InceptionResNetV2",
+    ):
         add(**{"model.name": name, "data.image_size": 96})

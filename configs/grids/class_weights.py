@@ -10,7 +10,10 @@ BASE = "configs/demo.py"
 
 
 def sweep(add, arg: str) -> None:
-    schemes = ("none", "reference") if "runlocal" in arg else (
-        "none", "reference", "inverse", "sqrt_balanced", "effective_number")
+    schemes = (
+        ("none", "reference")
+        if "runlocal" in arg
+        else ("none", "reference", "inverse", "sqrt_balanced", "effective_number")
+    )
     for scheme in schemes:
         add(**{"loss.class_weights": scheme})

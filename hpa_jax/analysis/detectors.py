@@ -39,8 +39,16 @@ class Context:
     """What the detectors read: the scan, the embeddings, predictions and settings, with the
     costly intermediates (prepared features, nearest neighbours) computed once per embedding."""
 
-    def __init__(self, scan: DatasetScan, features: dict[str, np.ndarray], probs, *, k: float,
-                 neighbours_k: int, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        scan: DatasetScan,
+        features: dict[str, np.ndarray],
+        probs,
+        *,
+        k: float,
+        neighbours_k: int,
+        seed: int,
+    ):
         self.scan, self.features, self.probs = scan, features, probs
         self.k, self.neighbours_k, self.seed = k, neighbours_k, seed
         self._cache: dict[tuple[str, str], object] = {}
@@ -53,8 +61,11 @@ class Context:
 
     def prepared(self, embedding: str) -> np.ndarray:
         """Standardised, PCA ≤ 50 features (also what the maps show)."""
-        return self._once("prepared", embedding, lambda: projection.prepare_features(
-            self.features[embedding], dim=50, seed=self.seed))
+        return self._once(
+            "prepared",
+            embedding,
+            lambda: projection.prepare_features(self.features[embedding], dim=50, seed=self.seed),
+        )
 
     def k_for(self, embedding: str) -> int:
         """The neighbour count: `neighbours_k`, at most N - 1."""
@@ -62,13 +73,20 @@ class Context:
 
     def neighbours(self, embedding: str):
         """(distances, indices) of each image's k nearest neighbours in that embedding."""
-        return self._once("neighbours", embedding, lambda: neighbours.nearest_neighbours(
-            self.prepared(embedding), self.k_for(embedding)))
+        return self._once(
+            "neighbours",
+            embedding,
+            lambda: neighbours.nearest_neighbours(self.prepared(embedding), self.k_for(embedding)),
+        )
 
     def label_noise(self, embedding: str) -> dict[str, np.ndarray]:
-        return self._once("label_noise", embedding, lambda: label_noise.label_noise_scores(
-            self.scan.labels, neighbour_indices=self.neighbours(embedding)[1],
-            probs=self.probs))
+        return self._once(
+            "label_noise",
+            embedding,
+            lambda: label_noise.label_noise_scores(
+                self.scan.labels, neighbour_indices=self.neighbours(embedding)[1], probs=self.probs
+            ),
+        )
 
 
 # A detector function: (context, embedding name or None) → (scores, flags, notes or None).
@@ -124,7 +142,8 @@ def _label_knn(ctx: Context, embedding: str) -> Score:
     # the score's tail is long (most images agree with their neighbours exactly), so k robust σ
     # flags far too many; flag where the neighbours contradict the labels both ways instead
     contradict = label_noise.neighbours_contradict(
-        label_noise.neighbour_label_distribution(idx, labels), labels)
+        label_noise.neighbour_label_distribution(idx, labels), labels
+    )
     return ctx.label_noise(embedding)["knn"], contradict, notes
 
 
@@ -145,17 +164,29 @@ DETECTORS = (
     Detector("intensity_robust", (), _intensity(robust=True)),
     Detector("histogram", (), _histogram),
     Detector("label_model", (PROBS,), _label_model),
-    Detector("knn", (EMBEDDING,),
-             _neighbourhood(lambda ctx, e: ctx.neighbours(e)[0].mean(1))),
-    Detector("lof", (EMBEDDING,),
-             _neighbourhood(lambda ctx, e: neighbours.lof_scores(ctx.prepared(e), ctx.k_for(e)))),
-    Detector("iforest", (EMBEDDING,), _neighbourhood(
-        lambda ctx, e: neighbours.isolation_forest_scores(ctx.prepared(e), seed=ctx.seed))),
-    Detector("mahalanobis", (EMBEDDING,), _neighbourhood(
-        lambda ctx, e: neighbours.mahalanobis_scores(ctx.prepared(e), ctx.scan.labels))),
+    Detector("knn", (EMBEDDING,), _neighbourhood(lambda ctx, e: ctx.neighbours(e)[0].mean(1))),
+    Detector(
+        "lof",
+        (EMBEDDING,),
+        _neighbourhood(lambda ctx, e: neighbours.lof_scores(ctx.prepared(e), ctx.k_for(e))),
+    ),
+    Detector(
+        "iforest",
+        (EMBEDDING,),
+        _neighbourhood(
+            lambda ctx, e: neighbours.isolation_forest_scores(ctx.prepared(e), seed=ctx.seed)
+        ),
+    ),
+    Detector(
+        "mahalanobis",
+        (EMBEDDING,),
+        _neighbourhood(
+            lambda ctx, e: neighbours.mahalanobis_scores(ctx.prepared(e), ctx.scan.labels)
+        ),
+    ),
     Detector("label_knn", (EMBEDDING,), _label_knn),
     Detector("label_combined", (EMBEDDING, PROBS), _label_combined),
-)  # fmt: skip
+)
 
 
 def planned(embeddings: Sequence[str], has_probs: bool) -> list[tuple[str, Detector, str | None]]:

@@ -55,8 +55,9 @@ def label_disagreement(probs, labels, *, eps: float = 1e-3) -> np.ndarray:
     return bce.mean(axis=1).astype(np.float32)
 
 
-def neighbours_contradict(dist, labels, *, unsupported: float = 0.1, expected: float = 0.5
-                          ) -> np.ndarray:
+def neighbours_contradict(
+    dist, labels, *, unsupported: float = 0.1, expected: float = 0.5
+) -> np.ndarray:
     """Flag images whose neighbours contradict their labels both ways: a recorded class that
     fewer than `unsupported` of the neighbours carry, and a class the image lacks that more than
     `expected` of them carry. A wrong label usually does both (the recorded class does not fit,
@@ -68,8 +69,9 @@ def neighbours_contradict(dist, labels, *, unsupported: float = 0.1, expected: f
     labels = check_labels(labels) > 0
     dist = np.asarray(dist, np.float64)
     if dist.shape != labels.shape:
-        raise UserError(f"neighbour label frequencies {dist.shape} and labels {labels.shape} "
-                        "must match")
+        raise UserError(
+            f"neighbour label frequencies {dist.shape} and labels {labels.shape} must match"
+        )
     if not 0.0 <= unsupported <= expected <= 1.0:
         raise UserError(f"need 0 <= unsupported ({unsupported}) <= expected ({expected}) <= 1")
     lacking = (labels & (dist < unsupported)).any(axis=1)

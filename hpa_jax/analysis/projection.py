@@ -72,8 +72,7 @@ def umap(features, *, dim: int = 2, n_neighbors: int = 15, seed: int = 0) -> np.
     features = check_features(features)
     n_neighbors = max(2, min(n_neighbors, len(features) - 1))
     # a seeded UMAP runs on one thread anyway; saying so keeps umap-learn from warning about it
-    model = umap_learn.UMAP(n_components=dim, n_neighbors=n_neighbors, random_state=seed,
-                            n_jobs=1)
+    model = umap_learn.UMAP(n_components=dim, n_neighbors=n_neighbors, random_state=seed, n_jobs=1)
     return np.asarray(model.fit_transform(features), dtype=np.float32)
 
 

@@ -75,8 +75,9 @@ class ReportOptions:
     threads: int | None = None
 
 
-def run_anomaly_report(data_dir, out_dir, options: ReportOptions = ReportOptions(), *,
-                       log=print) -> dict:  # fmt: skip
+def run_anomaly_report(
+    data_dir, out_dir, options: ReportOptions = ReportOptions(), *, log=print
+) -> dict:
     """Run every detector on a dataset and write the report folder (see the module docstring).
 
     Returns the summary dict also written to summary.json.
@@ -102,8 +103,12 @@ def _run_report(data_dir, out_dir, opt: ReportOptions, log, sift_workers: int) -
     expected = ["sift_bovw"] * opt.with_sift + names
     check_names(exclude_by, expected, predictions is not None)  # before the long scan
     scan = scan_dataset(
-        data_dir, split=opt.split, image_size=opt.image_size, batch_size=opt.batch_size,
-        with_sift=opt.with_sift, sift_workers=sift_workers,
+        data_dir,
+        split=opt.split,
+        image_size=opt.image_size,
+        batch_size=opt.batch_size,
+        with_sift=opt.with_sift,
+        sift_workers=sift_workers,
     )
     n, num_classes = scan.labels.shape
     log(f"scanned {n} images, {num_classes} classes")

@@ -99,5 +99,3 @@ def device_memory_mb(device) -> float | None:
         return None
     peak = stats.get("peak_bytes_in_use")
     return None if peak is None else peak / 2**20
-
-

@@ -72,8 +72,15 @@ def write_benchmark_dataset(
         info = dataset.read_info(out_dir)
         if info.get("num_records") == num_images and info.get("height") == size:
             return out_dir
-    synthesize(out_dir, num_images=num_images, size=size, seed=seed, shards=shards,
-               workers=workers, val_fraction=0.2)  # fmt: skip
+    synthesize(
+        out_dir,
+        num_images=num_images,
+        size=size,
+        seed=seed,
+        shards=shards,
+        workers=workers,
+        val_fraction=0.2,
+    )
     return out_dir
 
 
@@ -82,13 +89,19 @@ def write_tfds_copy(data_dir: str | os.PathLike) -> tfds_lib.TfdsDataset | str:
     or why there is none: only a folder `write_benchmark_dataset` made (synthetic, its
     defaults) has a TFDS config that renders the same images."""
     info = dataset.read_info(data_dir)
-    expected = {"source": "synthetic", "anomaly_rate": 0.05,
-                "heterogeneous": HETEROGENEOUS_FRACTION, "width": info.get("height")}
+    expected = {
+        "source": "synthetic",
+        "anomaly_rate": 0.05,
+        "heterogeneous": HETEROGENEOUS_FRACTION,
+        "width": info.get("height"),
+    }
     differ = sorted(k for k, v in expected.items() if info.get(k) != v)
     if differ:
         return f"{data_dir} is not the benchmark's synthetic data ({', '.join(differ)} differ)"
-    name = (f"{tfds_lib.NAME}/synthetic/num_images={info['num_records']},"
-            f"image_size={info['height']},seed={info.get('seed', 0)}")
+    name = (
+        f"{tfds_lib.NAME}/synthetic/num_images={info['num_records']},"
+        f"image_size={info['height']},seed={info.get('seed', 0)}"
+    )
     ds = tfds_lib.TfdsDataset(name, str(fileio.as_path(data_dir) / "tfds"))
     tfds_lib.build(ds.name, data_dir=ds.data_dir)
     return ds
@@ -153,18 +166,29 @@ def grain_rate(
     """Images/s of `make_train_iterator` (shuffled, sharded, decoded, resized, batched) over a
     dataset folder's TFRecords or a TFDS dataset's ArrayRecords."""
     it = pipeline.make_train_iterator(
-        data_dir, batch_size=batch_size, image_size=image_size, channels=channels, seed=0,
-        split="all", augment=augment, worker_count=worker_count, num_threads=num_threads,
-        process_index=0, process_count=1,
-    )  # fmt: skip
+        data_dir,
+        batch_size=batch_size,
+        image_size=image_size,
+        channels=channels,
+        seed=0,
+        split="all",
+        augment=augment,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        process_index=0,
+        process_count=1,
+    )
     try:
-        result = tfdata.time_windows(lambda: next(it), batch_size=batch_size,
-                                     num_batches=num_batches, repeats=repeats,
-                                     warmup=warmup)  # fmt: skip
+        result = tfdata.time_windows(
+            lambda: next(it),
+            batch_size=batch_size,
+            num_batches=num_batches,
+            repeats=repeats,
+            warmup=warmup,
+        )
     finally:
         it.close()
-    return {**result, "worker_count": worker_count, "num_threads": num_threads,
-            "augment": augment}  # fmt: skip
+    return {**result, "worker_count": worker_count, "num_threads": num_threads, "augment": augment}
 
 
 # ---------------------------------------------------------------------------------- tf.data
@@ -185,13 +209,17 @@ def tfdata_rate(paths: list[str], *, tf_python: str | None = None, **kw) -> dict
 
 
 def _tfdata_subprocess(paths: list[str], tf_python: str, kw: dict) -> dict:
-    args = json.dumps({"paths": paths, **{k: list(v) if isinstance(v, tuple) else v
-                                          for k, v in kw.items()}})  # fmt: skip
+    args = json.dumps(
+        {"paths": paths, **{k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}}
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [tf_python, str(pathlib.Path(tfdata.__file__).resolve()), "--tfdata", args],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-2000:]
@@ -241,11 +269,14 @@ def staging_rates(src, scratch: str, *, repeats: int = 3) -> tuple[dict, fileio.
         assert not report.copied, f"staging an unchanged {src} copied {report.copied}"
     first = copies[0]
     return {
-        "source": first.source, "files": len(first.copied), "bytes": first.bytes_copied,
+        "source": first.source,
+        "files": len(first.copied),
+        "bytes": first.bytes_copied,
         "seconds": float(numpy.median([r.seconds for r in copies])),
         "mb_per_s": float(numpy.median([r.mb_per_s for r in copies])),
-        "restage_unchanged_seconds": float(numpy.median(again)), "repeats": repeats,
-    }, fileio.as_path(dest)  # fmt: skip
+        "restage_unchanged_seconds": float(numpy.median(again)),
+        "repeats": repeats,
+    }, fileio.as_path(dest)
 
 
 def run_input_benchmark(
@@ -286,22 +317,33 @@ def run_input_benchmark(
         if scratch:
             staging, data_dir = staging_rates(data_dir, scratch, repeats=repeats)
         workers = (os.cpu_count() or 1) if worker_count is None else worker_count
-        common = dict(image_size=image_size, batch_size=batch_size, num_batches=num_batches,
-                      repeats=repeats, channels=channels, worker_count=workers,
-                      num_threads=num_threads, augment=augment)  # fmt: skip
+        common = dict(
+            image_size=image_size,
+            batch_size=batch_size,
+            num_batches=num_batches,
+            repeats=repeats,
+            channels=channels,
+            worker_count=workers,
+            num_threads=num_threads,
+            augment=augment,
+        )
         result = {
             "machine": machine_info(),
             "dataset": {"dir": str(data_dir), **_dataset_summary(data_dir)},
             "settings": {k: v for k, v in common.items() if k != "num_threads"},
             "pillow_single_core": pillow_single_core_rate(
-                data_dir, image_size=image_size, channels=channels, repeats=repeats,
+                data_dir,
+                image_size=image_size,
+                channels=channels,
+                repeats=repeats,
                 num_images=min(64, num_images),
-            ),  # fmt: skip
+            ),
             "grain": grain_rate(data_dir, **common),
         }
         if staging is not None:
-            local = write_benchmark_dataset(os.path.join(scratch, "local"),
-                                            num_images=num_images, size=record_size)
+            local = write_benchmark_dataset(
+                os.path.join(scratch, "local"), num_images=num_images, size=record_size
+            )
             result["staging"] = staging
             result["grain_local"] = grain_rate(local, **common)
         _compare(result, data_dir, common, compare_tfds, compare_tfdata, tf_python)
@@ -314,30 +356,45 @@ def run_input_benchmark(
     return result
 
 
-def _compare(result: dict, data_dir, common: dict, compare_tfds: bool, compare_tfdata: bool,
-             tf_python: str | None) -> None:  # fmt: skip
+def _compare(
+    result: dict,
+    data_dir,
+    common: dict,
+    compare_tfds: bool,
+    compare_tfdata: bool,
+    tf_python: str | None,
+) -> None:
     """The TFDS ArrayRecord and tf.data rows of `result`."""
     if compare_tfds:
         copy = write_tfds_copy(data_dir)
-        result["tfds_arrayrecord"] = {"skipped": copy} if isinstance(copy, str) else {
-            **grain_rate(copy, **common),
-            "tfds": {"name": copy.name, "data_dir": copy.data_dir}}  # fmt: skip
+        result["tfds_arrayrecord"] = (
+            {"skipped": copy}
+            if isinstance(copy, str)
+            else {
+                **grain_rate(copy, **common),
+                "tfds": {"name": copy.name, "data_dir": copy.data_dir},
+            }
+        )
     if compare_tfdata:
         paths = [str(p) for p in dataset.shard_paths(data_dir)]
         tf_python = tf_python or os.environ.get("HPA_JAX_TF_PYTHON")
         timing = {k: common[k] for k in ("image_size", "batch_size", "num_batches", "repeats")}
-        result["tfdata"] = tfdata_rate(paths, tf_python=tf_python,
-                                       channels=channel_names(common["channels"]),
-                                       **timing)  # fmt: skip
+        result["tfdata"] = tfdata_rate(
+            paths, tf_python=tf_python, channels=channel_names(common["channels"]), **timing
+        )
 
 
 def _dataset_summary(data_dir) -> dict:
     info = dataset.read_info(data_dir)
     size = sum(os.stat(p).st_size for p in dataset.shard_paths(data_dir, info))
     n = info.get("num_records") or 1
-    return {"num_records": info.get("num_records"), "height": info.get("height"),
-            "width": info.get("width"), "source": info.get("source"),
-            "mean_record_kib": round(size / n / 1024, 1)}  # fmt: skip
+    return {
+        "num_records": info.get("num_records"),
+        "height": info.get("height"),
+        "width": info.get("width"),
+        "source": info.get("source"),
+        "mean_record_kib": round(size / n / 1024, 1),
+    }
 
 
 def _targets(result: dict) -> dict:
@@ -347,8 +404,11 @@ def _targets(result: dict) -> dict:
     1.0 means the pipeline spends no CPU beyond the plain single-core loop.
     """
     ours, single = result["grain"], result["pillow_single_core"]
-    out = {} if "grain_local" not in result else {
-        "staged_vs_local": ours["images_per_s"] / result["grain_local"]["images_per_s"]}
+    out = (
+        {}
+        if "grain_local" not in result
+        else {"staged_vs_local": ours["images_per_s"] / result["grain_local"]["images_per_s"]}
+    )
     out |= {
         "vs_two_cores": ours["images_per_s"] / (2 * single["images_per_s"]),
         "two_core_target_met": ours["images_per_s"] >= 1.6 * single["images_per_s"],
@@ -357,8 +417,9 @@ def _targets(result: dict) -> dict:
     arrayrecord = result.get("tfds_arrayrecord") or {}
     if "images_per_s" in arrayrecord:
         out["vs_tfds_arrayrecord"] = ours["images_per_s"] / arrayrecord["images_per_s"]
-        out["cpu_efficiency_vs_tfds_arrayrecord"] = (ours["images_per_cpu_s"]
-                                                     / arrayrecord["images_per_cpu_s"])
+        out["cpu_efficiency_vs_tfds_arrayrecord"] = (
+            ours["images_per_cpu_s"] / arrayrecord["images_per_cpu_s"]
+        )
     baseline = result.get("tfdata") or {}
     if "images_per_s" in baseline:
         out["vs_tfdata"] = ours["images_per_s"] / baseline["images_per_s"]

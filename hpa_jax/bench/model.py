@@ -49,11 +49,22 @@ from hpa_jax.train import step as step_lib
 from hpa_jax.train.dry_run import compiled_flops
 
 
-def run_model_benchmark(*, variant: str = "b0", image_size: int = 224, batch_size: int = 32,
-                        num_classes: int = 19, steps: int = 3, warmup: int = 1,
-                        depthwise: str = "auto", dtype: str = "float32", keras_baseline=True,
-                        inference: bool = True, tf_python: str | None = None, seed: int = 0,
-                        log=print) -> dict:
+def run_model_benchmark(
+    *,
+    variant: str = "b0",
+    image_size: int = 224,
+    batch_size: int = 32,
+    num_classes: int = 19,
+    steps: int = 3,
+    warmup: int = 1,
+    depthwise: str = "auto",
+    dtype: str = "float32",
+    keras_baseline=True,
+    inference: bool = True,
+    tf_python: str | None = None,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """Time one optimizer step and one feature pass of hpa-jax vs Keras-on-JAX; returns a dict.
 
     variant: our EfficientNet variant (Keras's `EfficientNet<variant.upper()>` is the baseline).
@@ -64,21 +75,30 @@ def run_model_benchmark(*, variant: str = "b0", image_size: int = 224, batch_siz
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 3)).astype(np.uint8)
     labels = (rng.random((batch_size, num_classes)) < 0.2).astype(np.float32)
-    shape = dict(variant=variant, image_size=image_size, batch_size=batch_size,
-                 num_classes=num_classes, steps=steps, warmup=warmup, dtype=dtype)
+    shape = dict(
+        variant=variant,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        steps=steps,
+        warmup=warmup,
+        dtype=dtype,
+    )
     result = {"config": shape, "machine": machine_info(), "results": {}}
     results = result["results"]
 
     log(f"hpa-jax train step: EfficientNet-{variant}, {image_size} px, batch {batch_size}")
-    train, depthwise_used, model_info = _hpa_jax_train(variant, images, labels, steps, warmup,
-                                                       depthwise, dtype, seed)
+    train, depthwise_used, model_info = _hpa_jax_train(
+        variant, images, labels, steps, warmup, depthwise, dtype, seed
+    )
     results["hpa_jax_train"] = train
     shape["depthwise"] = depthwise_used
     result["model"] = model_info
     if inference:
         log("hpa-jax features")
-        results["hpa_jax_features"] = _hpa_jax_features(variant, images, steps, warmup,
-                                                        depthwise, dtype, seed)
+        results["hpa_jax_features"] = _hpa_jax_features(
+            variant, images, steps, warmup, depthwise, dtype, seed
+        )
     if keras_baseline:
         log("Keras (JAX backend) train_on_batch")
         results["keras_jax_train"] = _keras_train(variant, images, labels, steps, warmup)
@@ -97,10 +117,17 @@ def machine_info() -> dict:
     """Where the numbers come from: CPU, cores, memory, versions, JAX backend."""
     import keras
 
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "jax": jax.__version__,
-            "keras": keras.__version__, "backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind, "load_avg_at_start": os.getloadavg()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "keras": keras.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "load_avg_at_start": os.getloadavg(),
+    }
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages / 2**30, 1)
@@ -143,9 +170,14 @@ def _timed(fn, steps: int, warmup: int) -> tuple[list[float], list[float], float
 def _entry(timing: tuple, batch: int, *, compile_s: float = 0.0, **extra) -> dict:
     walls, cpus, first = timing
     cpu = float(np.median(cpus))
-    out = {"first_call_s": compile_s + first, **core.step_stats(walls, batch),
-           "cpu_s_median": cpu, "images_per_cpu_s": batch / cpu if cpu > 0 else None,
-           "times_s": walls, "cpu_times_s": cpus}
+    out = {
+        "first_call_s": compile_s + first,
+        **core.step_stats(walls, batch),
+        "cpu_s_median": cpu,
+        "images_per_cpu_s": batch / cpu if cpu > 0 else None,
+        "times_s": walls,
+        "cpu_times_s": cpus,
+    }
     if compile_s:
         out["compile_s"] = compile_s
     out.update(extra)
@@ -159,8 +191,14 @@ def _entry(timing: tuple, batch: int, *, compile_s: float = 0.0, **extra) -> dic
 def _make_model_fn(variant, num_classes, depthwise, dtype):
 
     def make_model(rngs):
-        return EfficientNet(variant, num_classes=num_classes, in_channels=3, dtype=dtype,
-                            depthwise=depthwise, rngs=rngs)
+        return EfficientNet(
+            variant,
+            num_classes=num_classes,
+            in_channels=3,
+            dtype=dtype,
+            depthwise=depthwise,
+            rngs=rngs,
+        )
 
     return make_model
 
@@ -225,8 +263,12 @@ def _keras_train(variant, images, labels, steps, warmup):
     import keras
 
     t0 = time.perf_counter()
-    model = _keras_app(variant)(weights=None, input_shape=images.shape[1:],
-                                classes=labels.shape[1], classifier_activation="sigmoid")
+    model = _keras_app(variant)(
+        weights=None,
+        input_shape=images.shape[1:],
+        classes=labels.shape[1],
+        classifier_activation="sigmoid",
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     build_s = time.perf_counter() - t0
     x = images.astype(np.float32)
@@ -236,8 +278,9 @@ def _keras_train(variant, images, labels, steps, warmup):
 
 def _keras_features(variant, images, steps, warmup):
     t0 = time.perf_counter()
-    model = _keras_app(variant)(weights=None, include_top=False, pooling="avg",
-                                input_shape=images.shape[1:])
+    model = _keras_app(variant)(
+        weights=None, include_top=False, pooling="avg", input_shape=images.shape[1:]
+    )
     build_s = time.perf_counter() - t0
     x = images.astype(np.float32)
     timing = _timed(lambda: model.predict_on_batch(x), steps, warmup)
@@ -270,13 +313,21 @@ print(json.dumps({"first": first, "times": times, "cpus": cpus, "keras": keras._
 
 
 def _keras_tf_subprocess(tf_python: str, shape: dict) -> dict:
-    proc = subprocess.run([tf_python, "-c", _TF_SCRIPT, json.dumps(shape)], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [tf_python, "-c", _TF_SCRIPT, json.dumps(shape)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return _entry((out["times"], out["cpus"], out["first"]), shape["batch_size"],
-                  keras=out["keras"], tensorflow=out["tensorflow"])
+    return _entry(
+        (out["times"], out["cpus"], out["first"]),
+        shape["batch_size"],
+        keras=out["keras"],
+        tensorflow=out["tensorflow"],
+    )
 
 
 def _speedups(results: dict) -> dict:
@@ -294,7 +345,6 @@ def _speedups(results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
 
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="b0")
     parser.add_argument("--image-size", type=int, default=224)
@@ -308,10 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
     result = run_model_benchmark(
-        variant=args.variant, image_size=args.image_size, batch_size=args.batch_size,
-        steps=args.steps, warmup=args.warmup, depthwise=args.depthwise,
-        keras_baseline=not args.no_keras, inference=not args.no_inference,
-        tf_python=args.tf_python, log=lambda line: print(line, file=sys.stderr, flush=True))
+        variant=args.variant,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        depthwise=args.depthwise,
+        keras_baseline=not args.no_keras,
+        inference=not args.no_inference,
+        tf_python=args.tf_python,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         write_text(args.out, text + "\n")
@@ -320,5 +377,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-
     sys.exit(main())

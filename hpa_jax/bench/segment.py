@@ -28,9 +28,12 @@ def fields(count: int, base: int, size: int, seed: int = 0) -> list[dict[str, np
     out = []
     for plan in plan_dataset(count, seed, anomaly_rate=0.0):
         channels = render_image(plan, seed, base)
-        out.append({name: np.kron(image.astype(np.uint16) * 257,
-                                  np.ones((factor, factor), np.uint16))
-                    for name, image in channels.items()})  # fmt: skip
+        out.append(
+            {
+                name: np.kron(image.astype(np.uint16) * 257, np.ones((factor, factor), np.uint16))
+                for name, image in channels.items()
+            }
+        )
     return out
 
 
@@ -66,25 +69,40 @@ def images_per_s(images: list[dict], workers: int) -> float:
         return len(images) / (time.perf_counter() - t0)
 
 
-def segment_benchmark(*, size: int = 2048, base: int = 512, images: int = 3, repeats: int = 3,
-                      batch_images: int = 24, workers: int = 2, reference: bool = True,
-                      seed: int = 0) -> dict:  # fmt: skip
+def segment_benchmark(
+    *,
+    size: int = 2048,
+    base: int = 512,
+    images: int = 3,
+    repeats: int = 3,
+    batch_images: int = 24,
+    workers: int = 2,
+    reference: bool = True,
+    seed: int = 0,
+) -> dict:
     """The figures of the module docstring, as one JSON-able dict."""
     base = min(base, size)
     large = fields(images, base, size, seed)
     seconds = one_core(large, repeats=repeats)
     result = {
-        "size": size, "bits": 16, "images": images, "repeats": repeats,
+        "size": size,
+        "bits": 16,
+        "images": images,
+        "repeats": repeats,
         "seconds_per_image_one_core": seconds,
         "seconds_per_image_one_core_median": statistics.median(seconds),
         "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+    }
     if reference:
         full = one_core(large[:1], repeats=1, scale=1.0)
         result["reference_full_resolution_seconds"] = full
         result["reference_over_ours"] = statistics.median(full) / statistics.median(seconds)
     small = fields(batch_images, base, base, seed + 1)
-    result["multi_core"] = {"size": base, "images": batch_images, "workers": workers,
-                            "images_per_s_1_process": images_per_s(small, 1),
-                            "images_per_s": images_per_s(small, workers)}  # fmt: skip
+    result["multi_core"] = {
+        "size": base,
+        "images": batch_images,
+        "workers": workers,
+        "images_per_s_1_process": images_per_s(small, 1),
+        "images_per_s": images_per_s(small, workers),
+    }
     return result

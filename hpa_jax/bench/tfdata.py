@@ -101,8 +101,13 @@ def tfdata_rate_in_process(
     ds = ds.map(load, num_parallel_calls=autotune)
     ds = ds.padded_batch(batch_size).prefetch(autotune)
     it = ds.as_numpy_iterator()
-    result = time_windows(lambda: next(it), batch_size=batch_size, num_batches=num_batches,
-                          repeats=repeats, warmup=warmup)  # fmt: skip
+    result = time_windows(
+        lambda: next(it),
+        batch_size=batch_size,
+        num_batches=num_batches,
+        repeats=repeats,
+        warmup=warmup,
+    )
     return {**result, "tensorflow": tf.__version__}
 
 

@@ -38,11 +38,21 @@ def _setup(config, *, batch: int, resolution: int | None, steps: int):
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     mesh_lib.check_batch_divisible(batch, mesh)
     return Setup(
-        config=config, workdir=fileio.as_path(tempfile.gettempdir()), data_dir=fileio.as_path("."),
-        table=table, exclude=(), mesh=mesh, per_process_batch=batch // jax.process_count(),
-        counts=np.ones(table.num_classes, np.int64), num_train=batch * steps,
-        steps_per_epoch=steps, total_steps=max(steps, 1), eval_every=max(steps, 1),
-        warmup_steps=0, decay_every=None, resolved={},
+        config=config,
+        workdir=fileio.as_path(tempfile.gettempdir()),
+        data_dir=fileio.as_path("."),
+        table=table,
+        exclude=(),
+        mesh=mesh,
+        per_process_batch=batch // jax.process_count(),
+        counts=np.ones(table.num_classes, np.int64),
+        num_train=batch * steps,
+        steps_per_epoch=steps,
+        total_steps=max(steps, 1),
+        eval_every=max(steps, 1),
+        warmup_steps=0,
+        decay_every=None,
+        resolved={},
     )
 
 
@@ -63,8 +73,15 @@ def _synthetic_batch(setup, seed: int = 0, *, train: bool = False) -> dict:
     return mesh_lib.to_global(local, setup.mesh)
 
 
-def measure(config, *, mode: str = "train", batch: int, resolution: int | None = None,
-            steps: int = 5, warmup: int = 2) -> dict:
+def measure(
+    config,
+    *,
+    mode: str = "train",
+    batch: int,
+    resolution: int | None = None,
+    steps: int = 5,
+    warmup: int = 2,
+) -> dict:
     """One benchmark point: compile time, step time median/p90, images/s, FLOPs, memory."""
 
     setup = _setup(config, batch=batch, resolution=resolution, steps=steps + warmup)
@@ -105,14 +122,22 @@ def measure(config, *, mode: str = "train", batch: int, resolution: int | None =
     if peak is None and device.platform == "cpu":
         peak, peak_source = core.measured_matmul_flops(dtype="float32"), "measured matmul"
     result = {
-        "mode": mode, "model": setup.config.model.name, "batch": batch,
-        "resolution": int(setup.config.data.image_size), "channels": setup.config.data.channels,
-        "dtype": dtype, "devices": devices, "device_kind": device.device_kind,
-        "compile_s": compile_s, "first_step_s": first, **stats,
+        "mode": mode,
+        "model": setup.config.model.name,
+        "batch": batch,
+        "resolution": int(setup.config.data.image_size),
+        "channels": setup.config.data.channels,
+        "dtype": dtype,
+        "devices": devices,
+        "device_kind": device.device_kind,
+        "compile_s": compile_s,
+        "first_step_s": first,
+        **stats,
         "flops_per_image": None if flops is None else flops / batch,
         "peak_host_memory_mb": core.peak_host_memory_mb(),
         "device_memory_mb": core.device_memory_mb(device),
-        "peak_flops_per_device": peak, "peak_source": peak_source,
+        "peak_flops_per_device": peak,
+        "peak_source": peak_source,
     }
     if flops is not None and peak:
         achieved = flops / stats["step_time_median_s"] / devices
@@ -120,8 +145,15 @@ def measure(config, *, mode: str = "train", batch: int, resolution: int | None =
     return result
 
 
-def measure_embed(config, *, batch: int, resolution: int | None = None, images: int = 1024,
-                  repeats: int = 5, seed: int = 0) -> dict:
+def measure_embed(
+    config,
+    *,
+    batch: int,
+    resolution: int | None = None,
+    images: int = 1024,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict:
     """`analysis.embed` against the model's inference benchmark, alternating, in one process.
 
     Both sides see the same model state, mesh and batch size: `embed` maps `images` host images
@@ -145,13 +177,20 @@ def measure_embed(config, *, batch: int, resolution: int | None = None, images: 
     size = int(setup.config.data.image_size)
     channels = int(device_batch["image"].shape[-1])
     host = np.random.default_rng(seed).integers(
-        0, 256, (n_batches * batch, size, size, channels), dtype=np.uint8)
+        0, 256, (n_batches * batch, size, size, channels), dtype=np.uint8
+    )
     model_state = (state.params, state.rest)
     embed_fn = embed_lib.make_embed_fn(compiled.graphdef, mesh=setup.mesh)
 
     def run_embed():
-        embed_lib.embed(compiled.graphdef, model_state, host, mesh=setup.mesh, batch_size=batch,
-                        embed_fn=embed_fn)
+        embed_lib.embed(
+            compiled.graphdef,
+            model_state,
+            host,
+            mesh=setup.mesh,
+            batch_size=batch,
+            embed_fn=embed_fn,
+        )
 
     def run_inference():
         outs = [compiled.eval_step(state, device_batch) for _ in range(n_batches)]
@@ -166,11 +205,18 @@ def measure_embed(config, *, batch: int, resolution: int | None = None, images: 
             rates.append(n_batches * batch / (time.perf_counter() - t0))
     ratios = [e / i for e, i in zip(embed_rates, inference_rates, strict=True)]
     return {
-        "mode": "embed", "model": setup.config.model.name, "batch": batch,
-        "resolution": size, "channels": setup.config.data.channels, "images": n_batches * batch,
-        "devices": setup.mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
-        "embed_images_per_s": embed_rates, "inference_images_per_s": inference_rates,
+        "mode": "embed",
+        "model": setup.config.model.name,
+        "batch": batch,
+        "resolution": size,
+        "channels": setup.config.data.channels,
+        "images": n_batches * batch,
+        "devices": setup.mesh.devices.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "embed_images_per_s": embed_rates,
+        "inference_images_per_s": inference_rates,
         "embed_images_per_s_median": float(np.median(embed_rates)),
         "inference_images_per_s_median": float(np.median(inference_rates)),
-        "ratio_per_round": ratios, "ratio_median": float(np.median(ratios)),
+        "ratio_per_round": ratios,
+        "ratio_median": float(np.median(ratios)),
     }

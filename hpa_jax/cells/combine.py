@@ -24,8 +24,14 @@ COMBINE_MODES = ("cell", "image", "product", "mean")
 BOTH_MODELS = ("product", "mean")  # the modes that combine the cell and the image model
 
 
-def combine_probs(cell_probs, image_probs, mode: str, *, negative: int | None = None,
-                  negative_weight: bool = False) -> np.ndarray:  # fmt: skip
+def combine_probs(
+    cell_probs,
+    image_probs,
+    mode: str,
+    *,
+    negative: int | None = None,
+    negative_weight: bool = False,
+) -> np.ndarray:
     """float32[N, K] confidences. cell_probs, image_probs: float[N, K] (row i: cell i and its
     image; either may be None when `mode` does not use it). `negative`: the Negative class's
     index (None: the table has none); `negative_weight`: down-weight the others by it."""
@@ -33,16 +39,19 @@ def combine_probs(cell_probs, image_probs, mode: str, *, negative: int | None = 
         raise UserError(f"--combine {mode!r}: choose one of {', '.join(COMBINE_MODES)}")
     needs_cell, needs_image = mode != "image", mode != "cell"  # both: BOTH_MODELS
     if (needs_cell and cell_probs is None) or (needs_image and image_probs is None):
-        raise UserError(f"--combine {mode}: needs the "
-                        + ("image run's" if needs_image and image_probs is None else "cell run's")
-                        + " probabilities")  # fmt: skip
+        raise UserError(
+            f"--combine {mode}: needs the "
+            + ("image run's" if needs_image and image_probs is None else "cell run's")
+            + " probabilities"
+        )
     if negative_weight and negative is None:
         raise UserError("--negative-weight: the label table has no Negative class")
     cell = None if cell_probs is None else np.asarray(cell_probs, np.float32)
     image = None if image_probs is None else np.asarray(image_probs, np.float32)
     if cell is not None and image is not None and cell.shape != image.shape:
-        raise UserError(f"cell probabilities {cell.shape} and image probabilities "
-                        f"{image.shape} differ in shape")  # fmt: skip
+        raise UserError(
+            f"cell probabilities {cell.shape} and image probabilities {image.shape} differ in shape"
+        )
     if mode == "cell":
         out = cell
     elif mode == "image":

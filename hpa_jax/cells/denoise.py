@@ -110,8 +110,9 @@ def green_inside(data_dir) -> dict[str, float]:
     return out
 
 
-def out_of_fold(config_spec, overrides, round_dir: fileio.Path, data_dir, ids, parents,
-                folds: int) -> np.ndarray:  # fmt: skip
+def out_of_fold(
+    config_spec, overrides, round_dir: fileio.Path, data_dir, ids, parents, folds: int
+) -> np.ndarray:
     """float32[N, K]: each training cell's probabilities from the model trained without its
     image's fold."""
     fold = weak_labels.fold_of(parents, folds)
@@ -124,14 +125,14 @@ def out_of_fold(config_spec, overrides, round_dir: fileio.Path, data_dir, ids, p
         workdir = round_dir / f"fold{f}"
         _train(config_spec, overrides, workdir, data_dir, exclude)
         others = [c for c, g in zip(ids, fold, strict=True) if g != f]
-        preds = predict_dataset(restore_run(workdir), data_dir, split=dataset.TRAIN,
-                                exclude=others)  # fmt: skip
+        preds = predict_dataset(restore_run(workdir), data_dir, split=dataset.TRAIN, exclude=others)
         rows.update(zip(preds.ids, preds.probs, strict=True))
     return np.stack([rows[c] for c in ids]).astype(np.float32)
 
 
-def write_relabelled(src, dst, labels: dict[str, tuple[int, ...]],
-                     ignore: dict[str, tuple[int, ...]] | None = None) -> None:  # fmt: skip
+def write_relabelled(
+    src, dst, labels: dict[str, tuple[int, ...]], ignore: dict[str, tuple[int, ...]] | None = None
+) -> None:
     """A copy of the cell dataset `src` at `dst` with the labels of the cells in `labels`
     replaced (records, train.csv) and the classes in `ignore` set as the records' ignored
     classes (`labels_ignore`: out of the loss); its split, index and truth files copied."""
@@ -174,8 +175,11 @@ def read_truth(data_dir) -> dict[str, tuple[int, ...]] | None:
         return None
     table = get_table("hpa2021")
     with _open_csv(path) as f:
-        return {row["ID"]: table.parse(row["true_labels"]) for row in csv.DictReader(f)
-                if row["true_cell"]}  # fmt: skip
+        return {
+            row["ID"]: table.parse(row["true_labels"])
+            for row in csv.DictReader(f)
+            if row["true_cell"]
+        }
 
 
 def _open_csv(path: fileio.Path):
@@ -204,8 +208,11 @@ def choose(report: dict, root: fileio.Path, final_workdir, log=print) -> None:
     runs.update({f"round{e['round']}": fileio.as_path(e["workdir"]) for e in report["rounds"]})
     if scored:
         name = max(runs, key=lambda n: (scored[n], n == PLAIN))  # a tie keeps the weak labels
-        log(f"== best on the validation cells' truth: {name} (mAP " + ", ".join(
-            f"{n} {v:.3f}" for n, v in scored.items()) + ")")
+        log(
+            f"== best on the validation cells' truth: {name} (mAP "
+            + ", ".join(f"{n} {v:.3f}" for n, v in scored.items())
+            + ")"
+        )
     else:
         name = list(runs)[-1]
         log(f"== no per-cell truth to choose by: the last round's model ({name})")
@@ -219,9 +226,16 @@ def choose(report: dict, root: fileio.Path, final_workdir, log=print) -> None:
         report["best"] = str(final_workdir)
 
 
-def denoise(cells_dir, root, *, config: str, overrides=(),
-            options: DenoiseOptions = DenoiseOptions(), final_workdir=None,
-            log=print) -> dict:  # fmt: skip
+def denoise(
+    cells_dir,
+    root,
+    *,
+    config: str,
+    overrides=(),
+    options: DenoiseOptions = DenoiseOptions(),
+    final_workdir=None,
+    log=print,
+) -> dict:
     """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
     cleaning and retraining (see the module docstring); the model chosen on the validation
     cells is copied to `final_workdir` when given. Returns the denoise.json dict."""
@@ -236,8 +250,12 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
     if negative is None:
         raise UserError(f"{cells_dir}: denoising relabels cells Negative; the label table has none")
     truth = read_truth(cells_dir)
-    report = {"cells": str(cells_dir), "config": config, "options": dataclasses.asdict(options),
-              "rounds": []}  # fmt: skip
+    report = {
+        "cells": str(cells_dir),
+        "config": config,
+        "options": dataclasses.asdict(options),
+        "rounds": [],
+    }
     log("== plain: the cell model on the weak labels")
     report[PLAIN] = _train(config, overrides, root / PLAIN, cells_dir)
     scored = {}
@@ -261,36 +279,55 @@ def denoise(cells_dir, root, *, config: str, overrides=(),
         features = emb.features[[row[c] for c in ids]]
         knn = weak_labels.neighbour_support(features, oof, parents, k=options.k)
         signal = weak_labels.green_signal([green[c] for c in ids])
-        cleaned = weak_labels.clean_labels(ids, weak, parents, oof, knn, signal,
-                                           negative=negative,
-                                           threshold=options.threshold,
-                                           no_signal=options.no_signal)  # fmt: skip
+        cleaned = weak_labels.clean_labels(
+            ids,
+            weak,
+            parents,
+            oof,
+            knn,
+            signal,
+            negative=negative,
+            threshold=options.threshold,
+            no_signal=options.no_signal,
+        )
         scores = round_dir / "scores.npz"
         if not scores.is_file():
             with fileio.atomic_path(scores, suffix=".npz") as tmp:
-                np.savez(tmp, ids=np.asarray(ids), parents=np.asarray(parents), oof=oof,
-                         knn=knn, green=signal,
-                         weak=np.stack([np.isin(np.arange(oof.shape[1]), w) for w in weak]))
+                np.savez(
+                    tmp,
+                    ids=np.asarray(ids),
+                    parents=np.asarray(parents),
+                    oof=oof,
+                    knn=knn,
+                    green=signal,
+                    weak=np.stack([np.isin(np.arange(oof.shape[1]), w) for w in weak]),
+                )
         labels, ignore = cleaned.labels, None
         if options.doubtful == "ignore":  # earlier rounds' ignored pairs stay ignored
-            labels, ignore = weak_labels.ignore_doubtful(dict(zip(ids, weak, strict=True)),
-                                                         cleaned)  # fmt: skip
-            ignore = {c: tuple(sorted({*ignored.get(c, ()), *ignore.get(c, ())}))
-                      for c in {*ignored, *ignore}}  # fmt: skip
+            labels, ignore = weak_labels.ignore_doubtful(dict(zip(ids, weak, strict=True)), cleaned)
+            ignore = {
+                c: tuple(sorted({*ignored.get(c, ()), *ignore.get(c, ())}))
+                for c in {*ignored, *ignore}
+            }
             ignored = ignore
         cleaned_dir = round_dir / "data"
         if not dataset.has_info(cleaned_dir):
             write_relabelled(data, cleaned_dir, labels, ignore)
-        entry = {"round": r, "cells": len(ids), "dropped": len(cleaned.dropped),
-                 "relabelled_negative": len(cleaned.relabelled) if ignore is None else 0,
-                 "ignored": sum(map(len, (ignore or {}).values()))}  # fmt: skip
+        entry = {
+            "round": r,
+            "cells": len(ids),
+            "dropped": len(cleaned.dropped),
+            "relabelled_negative": len(cleaned.relabelled) if ignore is None else 0,
+            "ignored": sum(map(len, (ignore or {}).values())),
+        }
         if truth is not None:
-            noise = weak_labels.noise_report(dict(zip(ids, weak, strict=True)), labels,
-                                             truth)  # fmt: skip
+            noise = weak_labels.noise_report(dict(zip(ids, weak, strict=True)), labels, truth)
             entry["truth"] = noise.as_dict()
-            log(f"   dropped {noise.dropped} labels, precision {noise.precision:.3f}, recall "
+            log(
+                f"   dropped {noise.dropped} labels, precision {noise.precision:.3f}, recall "
                 f"{noise.recall:.3f}; wrong labels {noise.wrong_share_before:.3f} → "
-                f"{noise.wrong_share_after:.3f}")
+                f"{noise.wrong_share_after:.3f}"
+            )
         log(f"== round {r}: the cell model on the cleaned labels")
         model = round_dir / "model"
         entry["model"], entry["workdir"] = _train(config, overrides, model, cleaned_dir), str(model)

@@ -67,12 +67,15 @@ def cell_boxes(instances: np.ndarray) -> list[tuple[int, tuple[int, int, int, in
     """(cell, (y0, x0, y1, x1), area) of each cell of an instance image, by cell number."""
     instances = np.asarray(instances)
     if instances.dtype.kind not in "iu" or instances.ndim != 2 or instances.min(initial=0) < 0:
-        raise ValueError(f"an instance image is int[H, W] >= 0, got {instances.dtype}"
-                         f"{list(instances.shape)}")  # fmt: skip
+        raise ValueError(
+            f"an instance image is int[H, W] >= 0, got {instances.dtype}{list(instances.shape)}"
+        )
     areas = np.bincount(instances.ravel())
-    return [(k, (box[0].start, box[1].start, box[0].stop, box[1].stop), int(areas[k]))
-            for k, box in enumerate(ndimage.find_objects(instances), start=1)
-            if box is not None]  # fmt: skip
+    return [
+        (k, (box[0].start, box[1].start, box[0].stop, box[1].stop), int(areas[k]))
+        for k, box in enumerate(ndimage.find_objects(instances), start=1)
+        if box is not None
+    ]
 
 
 def crop_window(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, int]:
@@ -90,7 +93,7 @@ def cut(plane: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + side, plane.shape[0]), min(left + side, plane.shape[1])
     if y1 > y0 and x1 > x0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = plane[y0:y1, x0:x1]  # fmt: skip
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = plane[y0:y1, x0:x1]
     return out
 
 
@@ -110,17 +113,25 @@ def resize_plane(plane: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(image), 0, 65535).astype(np.uint16) if wide else np.asarray(image)
 
 
-def cell_crops(channels: Mapping[str, np.ndarray], instances: np.ndarray, *,
-               size: int = DEFAULT_SIZE, zero_background: bool = False, min_area: float = 0,
-               margin: float = DEFAULT_MARGIN) -> list[CellCrop]:  # fmt: skip
+def cell_crops(
+    channels: Mapping[str, np.ndarray],
+    instances: np.ndarray,
+    *,
+    size: int = DEFAULT_SIZE,
+    zero_background: bool = False,
+    min_area: float = 0,
+    margin: float = DEFAULT_MARGIN,
+) -> list[CellCrop]:
     """The crops of every cell of `instances` (int[H, W], 0 = background) with at least
     `min_area` pixels, by cell number; `channels` maps names → uint8|uint16[H, W] (any names,
     usually red, green, blue, yellow). Knows nothing of labels or files."""
     instances = np.asarray(instances)
     for name, plane in channels.items():
         if plane.shape != instances.shape or plane.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"channel {name} is {plane.dtype}{list(plane.shape)}, the "
-                             f"instances {list(instances.shape)}")  # fmt: skip
+            raise ValueError(
+                f"channel {name} is {plane.dtype}{list(plane.shape)}, the "
+                f"instances {list(instances.shape)}"
+            )
     crops = []
     for cell, bbox, area in cell_boxes(instances):
         if area < min_area:
@@ -128,8 +139,14 @@ def cell_crops(channels: Mapping[str, np.ndarray], instances: np.ndarray, *,
         top, left, side = window = crop_window(bbox, margin)
         inside = cut(instances, top, left, side) == cell
         if side != size:
-            inside = np.asarray(Image.fromarray(inside.astype(np.uint8) * 255)
-                                .resize((size, size), Image.Resampling.NEAREST)) > 0  # fmt: skip
+            inside = (
+                np.asarray(
+                    Image.fromarray(inside.astype(np.uint8) * 255).resize(
+                        (size, size), Image.Resampling.NEAREST
+                    )
+                )
+                > 0
+            )
         planes = {}
         for name, plane in channels.items():
             crop = resize_plane(cut(plane, top, left, side), size)
@@ -163,9 +180,13 @@ def parse_cell(parsed: ParsedExample) -> dict:
     if missing:
         raise UserError(f"record {parsed.id!r} is not a cell record: no {missing}")
     x = parsed.extra
-    return {"parent_id": x["parent_id"][0].decode(), "cell": int(x["cell"][0]),
-            "bbox": tuple(int(v) for v in x["bbox"]), "area": int(x["area"][0]),
-            "mask": decode_png(x["cell_mask"][0], what=f"record {parsed.id!r} cell_mask") > 0}
+    return {
+        "parent_id": x["parent_id"][0].decode(),
+        "cell": int(x["cell"][0]),
+        "bbox": tuple(int(v) for v in x["bbox"]),
+        "area": int(x["area"][0]),
+        "mask": decode_png(x["cell_mask"][0], what=f"record {parsed.id!r} cell_mask") > 0,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,16 +223,25 @@ class _Task:
     truth: dict[int, tuple[int, ...]] | None  # synthetic: {true cell: classes}
 
 
-def extract_cells(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  masks: str | os.PathLike | None = None, size: int = DEFAULT_SIZE,
-                  zero_background: bool = False, min_area: float | None = None,
-                  margin: float = DEFAULT_MARGIN, workers: int = 1) -> ExtractSummary:  # fmt: skip
+def extract_cells(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    masks: str | os.PathLike | None = None,
+    size: int = DEFAULT_SIZE,
+    zero_background: bool = False,
+    min_area: float | None = None,
+    margin: float = DEFAULT_MARGIN,
+    workers: int = 1,
+) -> ExtractSummary:
     """Write the cell dataset of `data_dir` to `out_dir` (see the module docstring).
     min_area: parent px (None: `default_min_area` of each image); workers: processes."""
     data_dir, out_dir = fileio.as_path(data_dir), fileio.as_path(out_dir)
     if size < 1 or margin < 1 or (min_area is not None and min_area < 0):
-        raise UserError(f"cells extract: need size >= 1, margin >= 1 and min_area >= 0; got "
-                        f"{size}, {margin}, {min_area}")  # fmt: skip
+        raise UserError(
+            f"cells extract: need size >= 1, margin >= 1 and min_area >= 0; got "
+            f"{size}, {margin}, {min_area}"
+        )
     check_out(data_dir, out_dir)
     if masks is not None and not fileio.as_path(masks).is_dir():
         raise UserError(f"--masks {masks}: no such folder")
@@ -219,28 +249,46 @@ def extract_cells(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     catalog = record_catalog(data_dir)
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated or not catalog.ids:
-        raise UserError(f"{data_dir}: IDs occur in more than one record: {repeated[:5]}"
-                        if repeated else f"{data_dir}: no records")  # fmt: skip
+        raise UserError(
+            f"{data_dir}: IDs occur in more than one record: {repeated[:5]}"
+            if repeated
+            else f"{data_dir}: no records"
+        )
     split_csv, cells_csv = data_dir / dataset.SPLIT_CSV, data_dir / dataset.CELLS_CSV
     split = dataset.read_split(split_csv) if split_csv.is_file() else None
     has_truth = (data_dir / dataset.CELLS_DIR).is_dir() and cells_csv.is_file()
     truth = dataset.read_cells_csv(cells_csv) if has_truth else None
-    options = {"size": size, "zero_background": zero_background, "min_area": min_area,
-               "margin": margin}  # fmt: skip
+    options = {
+        "size": size,
+        "zero_background": zero_background,
+        "min_area": min_area,
+        "margin": margin,
+    }
     with fileio.atomic_path(out_dir) as tmp:
         (tmp / dataset.MASKS_DIR).mkdir(parents=True)
-        tasks = [_Task(tuple(map(str, catalog.paths)), str(data_dir), str(tmp), i, image_id,
-                       tuple(catalog.labels[i]), None if masks is None else str(masks), options,
-                       None if truth is None else truth.get(image_id, {}))
-                 for i, image_id in enumerate(catalog.ids)]  # fmt: skip
+        tasks = [
+            _Task(
+                tuple(map(str, catalog.paths)),
+                str(data_dir),
+                str(tmp),
+                i,
+                image_id,
+                tuple(catalog.labels[i]),
+                None if masks is None else str(masks),
+                options,
+                None if truth is None else truth.get(image_id, {}),
+            )
+            for i, image_id in enumerate(catalog.ids)
+        ]
         count = max(1, math.ceil(len(tasks) / IMAGES_PER_SHARD))
         shards = [dataset.shard_name(k, count) for k in range(count)]
         results = _write_shards(tmp, tasks, shards, workers)
         cells = [row for r in results for row in r["rows"]]
         skipped = tuple(row for r in results for row in r["skipped"])
         if not cells:
-            reasons = "; ".join(f"{i}{' cell ' + c if c else ''}: {why}"
-                                for i, c, why in skipped[:5])  # fmt: skip
+            reasons = "; ".join(
+                f"{i}{' cell ' + c if c else ''}: {why}" for i, c, why in skipped[:5]
+            )
             raise UserError(f"{data_dir}: no cell extracted from {len(tasks)} images ({reasons})")
         labels = [catalog.labels[r["index"]] for r in results for _ in r["rows"]]
         dataset.write_labels_csv(tmp / dataset.LABELS_CSV, table, [c[0] for c in cells], labels)
@@ -254,22 +302,46 @@ def extract_cells(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             rows = [row for r in results for row in r["truth"]]
             _write_csv(tmp / dataset.CELL_TRUTH_CSV, dataset.CELL_TRUTH_COLUMNS, rows)
             pairs = tuple(np.sum([r["pairs"] for r in results], 0).tolist())
-        dataset.write_info(tmp, {
-            "label_table": table.name, "num_classes": table.num_classes,
-            "classes": list(table.classes), "num_records": len(cells), "height": size,
-            "width": size, "channels": list(CHANNELS), "shards": shards, "source": SOURCE,
-            "split": None if cell_split is None else {"by": "parent", "num_validation": sum(
-                v == dataset.VALIDATION for v in cell_split.values())},
-            "parent": str(absolute(data_dir)), "num_images": len(tasks), **options,
-            "masks": "segmented" if masks is None else str(absolute(masks)),
-            "masks_dir": dataset.MASKS_DIR, "record_keys": list(CELL_KEYS)})  # fmt: skip
+        dataset.write_info(
+            tmp,
+            {
+                "label_table": table.name,
+                "num_classes": table.num_classes,
+                "classes": list(table.classes),
+                "num_records": len(cells),
+                "height": size,
+                "width": size,
+                "channels": list(CHANNELS),
+                "shards": shards,
+                "source": SOURCE,
+                "split": None
+                if cell_split is None
+                else {
+                    "by": "parent",
+                    "num_validation": sum(v == dataset.VALIDATION for v in cell_split.values()),
+                },
+                "parent": str(absolute(data_dir)),
+                "num_images": len(tasks),
+                **options,
+                "masks": "segmented" if masks is None else str(absolute(masks)),
+                "masks_dir": dataset.MASKS_DIR,
+                "record_keys": list(CELL_KEYS),
+            },
+        )
         aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists() and not fileio.is_remote(out_dir):  # an earlier cell dataset
             out_dir.rename(aside)  # (checked): swapped out, then deleted; gs://: atomic_path
     if not fileio.is_remote(aside):
         shutil.rmtree(aside, ignore_errors=True)
-    return ExtractSummary(out_dir, len(tasks), sum(bool(r["rows"]) for r in results), len(cells),
-                          skipped, tuple(r["error"] for r in results if r["error"]), *pairs)
+    return ExtractSummary(
+        out_dir,
+        len(tasks),
+        sum(bool(r["rows"]) for r in results),
+        len(cells),
+        skipped,
+        tuple(r["error"] for r in results if r["error"]),
+        *pairs,
+    )
 
 
 def check_out(data_dir: fileio.Path, out_dir: fileio.Path) -> None:
@@ -277,14 +349,20 @@ def check_out(data_dir: fileio.Path, out_dir: fileio.Path) -> None:
     data, out = absolute(data_dir), absolute(out_dir)
     if data == out or out in data.parents:
         raise UserError(f"--out {out_dir} is (or holds) the dataset folder; give another folder")
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (
-            dataset.has_info(out_dir) and dataset.read_info(out_dir).get("source") == SOURCE)):
-        raise UserError(f"--out {out_dir} exists and is not a cell dataset; give a new or empty "
-                        "folder (an earlier cell dataset there is replaced)")  # fmt: skip
+    if out_dir.is_file() or (
+        out_dir.is_dir()
+        and any(out_dir.iterdir())
+        and not (dataset.has_info(out_dir) and dataset.read_info(out_dir).get("source") == SOURCE)
+    ):
+        raise UserError(
+            f"--out {out_dir} exists and is not a cell dataset; give a new or empty "
+            "folder (an earlier cell dataset there is replaced)"
+        )
 
 
-def _write_shards(out_dir: fileio.Path, tasks: list[_Task], shards: list[str],
-                  workers: int) -> list[dict]:  # fmt: skip
+def _write_shards(
+    out_dir: fileio.Path, tasks: list[_Task], shards: list[str], workers: int
+) -> list[dict]:
     """Run the tasks; write their records in image order, whatever order they finish in, the
     images split evenly over `shards`; return the results in image order, without records.
     (On an error the caller deletes `out_dir`, a half-written shard with it.)"""
@@ -340,8 +418,15 @@ def _instances(task: _Task, channels: dict[str, np.ndarray]) -> np.ndarray | Non
 def _extract_one(task: _Task) -> dict:
     """One image → its records, cell_index, skipped and truth rows, truth counts, error."""
     image_id, options = task.image_id, dict(task.options)
-    out = {"index": task.index, "records": [], "rows": [], "skipped": [], "truth": [],
-           "pairs": (0, 0, 0), "error": None}  # fmt: skip
+    out = {
+        "index": task.index,
+        "records": [],
+        "rows": [],
+        "skipped": [],
+        "truth": [],
+        "pairs": (0, 0, 0),
+        "error": None,
+    }
     try:
         channels = _read_channels(task)
         instances = _instances(task, channels)
@@ -357,13 +442,17 @@ def _extract_one(task: _Task) -> dict:
         options["min_area"] = default_min_area(instances.shape)
     boxes = cell_boxes(instances)
     out["skipped"] += [] if boxes else [(image_id, "", "no cells")]
-    out["skipped"] += [(image_id, str(cell), f"area {area} px < min_area {options['min_area']:g}")
-                       for cell, _, area in boxes if area < options["min_area"]]  # fmt: skip
+    out["skipped"] += [
+        (image_id, str(cell), f"area {area} px < min_area {options['min_area']:g}")
+        for cell, _, area in boxes
+        if area < options["min_area"]
+    ]
     crops = cell_crops(channels, instances, **options)
     for crop in crops:
         out["records"].append(cell_record(image_id, crop, task.labels))
-        out["rows"].append((cell_id(image_id, crop.cell), image_id, crop.cell, *crop.bbox,
-                            crop.area))  # fmt: skip
+        out["rows"].append(
+            (cell_id(image_id, crop.cell), image_id, crop.cell, *crop.bbox, crop.area)
+        )
     if task.truth is not None:
         out["truth"], out["pairs"] = _truth_rows(task, instances, [c.cell for c in crops])
     return out
@@ -378,8 +467,9 @@ def _truth_rows(task: _Task, instances: np.ndarray, cells: list[int]):
     if truth.shape != instances.shape:
         raise UserError(f"{path}: mask is {truth.shape}, the image {instances.shape}")
     true_ids, pred_ids, iou = iou_table(truth, instances)
-    match = {int(pred_ids[c]): (int(true_ids[r]), value)
-             for r, c, value in match_cells(iou, MATCH_IOU)}  # fmt: skip
+    match = {
+        int(pred_ids[c]): (int(true_ids[r]), value) for r, c, value in match_cells(iou, MATCH_IOU)
+    }
     rows, pairs = [], np.zeros(3, np.int64)
     for cell in cells:
         true_cell, value = match.get(cell, (None, None))
@@ -390,8 +480,16 @@ def _truth_rows(task: _Task, instances: np.ndarray, cells: list[int]):
         classes = task.truth[true_cell]
         wrong = sorted(set(task.labels) - set(classes))
         pairs += (1, len(task.labels), len(wrong))
-        rows.append((*row, true_cell, f"{value:.4f}", table.format(task.labels),
-                     table.format(classes), table.format(wrong)))  # fmt: skip
+        rows.append(
+            (
+                *row,
+                true_cell,
+                f"{value:.4f}",
+                table.format(task.labels),
+                table.format(classes),
+                table.format(wrong),
+            )
+        )
     return rows, tuple(int(n) for n in pairs)
 
 

@@ -21,8 +21,9 @@ def absolute(path: str | os.PathLike) -> fileio.Path:
     return path if fileio.is_remote(path) else path.resolve()
 
 
-def load_instances(masks_dir: str | os.PathLike, image_id: str,
-                   shape: tuple[int, int]) -> np.ndarray:  # fmt: skip
+def load_instances(
+    masks_dir: str | os.PathLike, image_id: str, shape: tuple[int, int]
+) -> np.ndarray:
     """The instance image of `image_id` from `masks_dir` → int32[H, W]; UserError naming the ID
     when it is missing, not an integer image, or not the image's size `shape`."""
     folder = fileio.as_path(masks_dir)
@@ -39,11 +40,15 @@ def load_instances(masks_dir: str | os.PathLike, image_id: str,
     else:
         raise UserError(f"{folder}: no mask for ID {image_id!r} ({png.name} or {npz.name})")
     if instances.dtype.kind not in "iu":
-        raise UserError(f"{folder}: masks of ID {image_id!r} are {instances.dtype}, not an "
-                        "integer instance image")  # fmt: skip
+        raise UserError(
+            f"{folder}: masks of ID {image_id!r} are {instances.dtype}, not an "
+            "integer instance image"
+        )
     if tuple(instances.shape) != tuple(shape):
-        raise UserError(f"{folder}: masks of ID {image_id!r} are {tuple(instances.shape)}, "
-                        f"the image is {tuple(shape)}")  # fmt: skip
+        raise UserError(
+            f"{folder}: masks of ID {image_id!r} are {tuple(instances.shape)}, "
+            f"the image is {tuple(shape)}"
+        )
     return instances.astype(np.int32)
 
 

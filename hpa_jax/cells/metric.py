@@ -31,8 +31,9 @@ def iou_table(truth: np.ndarray, pred: np.ndarray):
         raise ValueError(f"instance images differ in shape: {truth.shape} vs {pred.shape}")
     true_ids, t = np.unique(truth, return_inverse=True)
     pred_ids, p = np.unique(pred, return_inverse=True)
-    joint = np.bincount(t.ravel() * len(pred_ids) + p.ravel(),
-                        minlength=len(true_ids) * len(pred_ids))  # fmt: skip
+    joint = np.bincount(
+        t.ravel() * len(pred_ids) + p.ravel(), minlength=len(true_ids) * len(pred_ids)
+    )
     joint = joint.reshape(len(true_ids), len(pred_ids)).astype(np.float64)
     area_t, area_p = joint.sum(1), joint.sum(0)
     union = area_t[:, None] + area_p[None, :] - joint
@@ -80,8 +81,9 @@ def match_cells(iou: np.ndarray, threshold: float) -> list[tuple[int, int, float
     return pairs
 
 
-def image_quality(truth: np.ndarray, pred: np.ndarray,
-                  thresholds: Sequence[float]) -> list[SegmentationQuality]:  # fmt: skip
+def image_quality(
+    truth: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]
+) -> list[SegmentationQuality]:
     """One image's quality at each threshold, from one IoU table."""
     true_ids, pred_ids, iou = iou_table(truth, pred)
     out = []
@@ -94,13 +96,18 @@ def image_quality(truth: np.ndarray, pred: np.ndarray,
 def combine(parts: Iterable[SegmentationQuality], threshold: float) -> SegmentationQuality:
     """Qualities of several images at one threshold → their totals."""
     parts = list(parts)
-    return SegmentationQuality(threshold, sum(q.num_true for q in parts),
-                               sum(q.num_pred for q in parts), sum(q.matched for q in parts),
-                               sum(q.iou_sum for q in parts))  # fmt: skip
+    return SegmentationQuality(
+        threshold,
+        sum(q.num_true for q in parts),
+        sum(q.num_pred for q in parts),
+        sum(q.matched for q in parts),
+        sum(q.iou_sum for q in parts),
+    )
 
 
-def segmentation_quality(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-                         threshold: float) -> SegmentationQuality:  # fmt: skip
+def segmentation_quality(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], threshold: float
+) -> SegmentationQuality:
     """Instance recall/precision at `threshold` over (true, predicted) instance images."""
     return combine([image_quality(t, p, [threshold])[0] for t, p in pairs], threshold)
 
@@ -133,9 +140,12 @@ def average_precision(is_tp: np.ndarray, num_positives: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def cell_average_precisions(truth: Mapping[str, ImageCells], pred: Mapping[str, ImageCells],
-                            num_classes: int,
-                            threshold: float = IOU_THRESHOLD) -> np.ndarray:  # fmt: skip
+def cell_average_precisions(
+    truth: Mapping[str, ImageCells],
+    pred: Mapping[str, ImageCells],
+    num_classes: int,
+    threshold: float = IOU_THRESHOLD,
+) -> np.ndarray:
     """float64[K]: each class's AP (NaN for a class without true cells). `pred` may lack images
     (no detections there) but not hold images absent from `truth`."""
     unknown = sorted(set(pred) - set(truth))
@@ -150,8 +160,11 @@ def cell_average_precisions(truth: Mapping[str, ImageCells], pred: Mapping[str, 
         if image_id not in pred:
             continue
         true_ids, pred_ids, iou = iou_table(true_cells.instances, pred[image_id].instances)
-        tables[image_id] = ({int(t): i for i, t in enumerate(true_ids)},
-                            {int(p): j for j, p in enumerate(pred_ids)}, iou)  # fmt: skip
+        tables[image_id] = (
+            {int(t): i for i, t in enumerate(true_ids)},
+            {int(p): j for j, p in enumerate(pred_ids)},
+            iou,
+        )
         for cell, scores in pred[image_id].classes.items():
             for c, confidence in scores.items():
                 detections[c].append((-float(confidence), len(detections[c]), image_id, cell))
@@ -178,8 +191,12 @@ def cell_average_precisions(truth: Mapping[str, ImageCells], pred: Mapping[str, 
     return ap
 
 
-def cell_map(truth: Mapping[str, ImageCells], pred: Mapping[str, ImageCells], num_classes: int,
-             threshold: float = IOU_THRESHOLD) -> float:  # fmt: skip
+def cell_map(
+    truth: Mapping[str, ImageCells],
+    pred: Mapping[str, ImageCells],
+    num_classes: int,
+    threshold: float = IOU_THRESHOLD,
+) -> float:
     """Mean AP over the classes that have true cells (the 2021 challenge's score)."""
     ap = cell_average_precisions(truth, pred, num_classes, threshold)
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")

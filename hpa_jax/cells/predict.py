@@ -69,10 +69,16 @@ def crop_settings(cell_run: Restored) -> dict:
     data_dir = fileio.as_path(cell_run.config.data.dir)
     info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
     if info.get("source") != extract_lib.SOURCE:
-        raise UserError(f"--workdir {cell_run.workdir}: its config.data.dir={str(data_dir)!r} is "
-                        "not a cell dataset (from `hpa-jax cells extract`); give a cell run")
-    return {"size": int(info["size"]), "margin": float(info["margin"]),
-            "zero_background": bool(info["zero_background"]), "min_area": info.get("min_area")}
+        raise UserError(
+            f"--workdir {cell_run.workdir}: its config.data.dir={str(data_dir)!r} is "
+            "not a cell dataset (from `hpa-jax cells extract`); give a cell run"
+        )
+    return {
+        "size": int(info["size"]),
+        "margin": float(info["margin"]),
+        "zero_background": bool(info["zero_background"]),
+        "min_area": info.get("min_area"),
+    }
 
 
 def _check_same_classes(cell_run: Restored, image_run: Restored) -> None:
@@ -80,18 +86,30 @@ def _check_same_classes(cell_run: Restored, image_run: Restored) -> None:
         raise UserError(
             f"config.data.label_table: the cell run {cell_run.workdir} uses "
             f"{cell_run.table.name!r}, the image run {image_run.workdir} "
-            f"{image_run.table.name!r}; both must use one class table")
+            f"{image_run.table.name!r}; both must use one class table"
+        )
 
 
 def _rows_by_parent(image_probs, image_ids, parents) -> np.ndarray:
     index = {image_id: k for k, image_id in enumerate(image_ids)}
-    return np.stack([image_probs[index[p]] for p in parents]) if parents else np.zeros(
-        (0, image_probs.shape[1]), np.float32)
+    return (
+        np.stack([image_probs[index[p]] for p in parents])
+        if parents
+        else np.zeros((0, image_probs.shape[1]), np.float32)
+    )
 
 
-def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None,
-                  combine: str | None = None, negative_weight: bool | None = None,
-                  workers: int = 1) -> CellPredictionSummary:  # fmt: skip
+def predict_cells(
+    cell_workdir,
+    data_dir,
+    out,
+    *,
+    image_workdir=None,
+    masks=None,
+    combine: str | None = None,
+    negative_weight: bool | None = None,
+    workers: int = 1,
+) -> CellPredictionSummary:
     """Segment (or take `masks`), crop and score every cell of `data_dir`'s images; write the
     2021 submission `out` (.csv) and `out.npz`; see the module docstring."""
     out = fileio.as_path(out)
@@ -113,11 +131,14 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
     image_ids = record_catalog(data_dir).ids
     crops = out.with_name(out.stem + ".cells")
     with _work_folder(data_dir, crops) as work:
-        extracted = extract_lib.extract_cells(data_dir, work, masks=masks, workers=workers,
-                                              **settings)  # fmt: skip
+        extracted = extract_lib.extract_cells(
+            data_dir, work, masks=masks, workers=workers, **settings
+        )
         cell_preds = predict_dataset(cell_run, work, split="all")
-        with (work / dataset.CELL_INDEX_CSV).open("rb") as raw, \
-                io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+        with (
+            (work / dataset.CELL_INDEX_CSV).open("rb") as raw,
+            io.TextIOWrapper(raw, encoding="utf-8", newline="") as f,
+        ):
             index = {row["ID"]: row for row in csv.DictReader(f)}
         instances = {i: _instances(work, i, sizes[i]) for i in image_ids}
     parents = [index[i]["parent_id"] for i in cell_preds.ids]
@@ -128,40 +149,67 @@ def predict_cells(cell_workdir, data_dir, out, *, image_workdir=None, masks=None
         image_probs = _rows_by_parent(image_preds.probs, image_preds.ids, parents)
     negative = cell_run.table.exclusive
     if negative_weight and negative is None:
-        raise UserError(f"--negative-weight: the label table {cell_run.table.name!r} has no "
-                        "Negative class")
+        raise UserError(
+            f"--negative-weight: the label table {cell_run.table.name!r} has no Negative class"
+        )
     if negative_weight is None:  # the measured default where both models take part; `image`
         # stays the image model's own probabilities (the baseline) and `cell` the cell model's
-        negative_weight = (DEFAULT_NEGATIVE_WEIGHT and negative is not None
-                           and combine in BOTH_MODELS)
-    combined = combine_probs(cell_preds.probs, image_probs, combine, negative=negative,
-                             negative_weight=negative_weight)  # fmt: skip
+        negative_weight = (
+            DEFAULT_NEGATIVE_WEIGHT and negative is not None and combine in BOTH_MODELS
+        )
+    combined = combine_probs(
+        cell_preds.probs, image_probs, combine, negative=negative, negative_weight=negative_weight
+    )
 
     scores = _scores_by_image(parents, numbers, combined)
     rows = submission_rows((i, ImageCells(instances[i], scores.get(i, {}))) for i in image_ids)
     write_submission(out, rows)
     npz = out.with_suffix(".npz")
     with fileio.atomic_path(npz, suffix=".npz") as tmp:
-        np.savez(tmp, ids=np.asarray(cell_preds.ids), parent_ids=np.asarray(parents),
-                 cells=numbers, probs=combined, cell_probs=cell_preds.probs,
-                 image_probs=np.zeros((0,)) if image_probs is None else image_probs,
-                 classes=np.asarray(cell_run.table.classes), combine=combine,
-                 negative_weight=negative_weight)  # fmt: skip
-    fileio.write_text(out.with_suffix(PREDICTED_CELLS_SUFFIX), dataset.csv_text(
-        ("ID", "cell", "labels"), predicted_classes(parents, numbers, combined, cell_run.table)))
+        np.savez(
+            tmp,
+            ids=np.asarray(cell_preds.ids),
+            parent_ids=np.asarray(parents),
+            cells=numbers,
+            probs=combined,
+            cell_probs=cell_preds.probs,
+            image_probs=np.zeros((0,)) if image_probs is None else image_probs,
+            classes=np.asarray(cell_run.table.classes),
+            combine=combine,
+            negative_weight=negative_weight,
+        )
+    fileio.write_text(
+        out.with_suffix(PREDICTED_CELLS_SUFFIX),
+        dataset.csv_text(
+            ("ID", "cell", "labels"), predicted_classes(parents, numbers, combined, cell_run.table)
+        ),
+    )
     report = report_path = None
     if (data_dir / dataset.CELLS_DIR).is_dir() and (data_dir / dataset.CELLS_CSV).is_file():
-        report = score_combinations(data_dir, instances, parents, numbers, cell_preds.probs,
-                                    image_probs, negative=negative)  # fmt: skip
-        report = {"combine": combine, "negative_weight": negative_weight,
-                  "cell_map": report}  # fmt: skip
+        report = score_combinations(
+            data_dir, instances, parents, numbers, cell_preds.probs, image_probs, negative=negative
+        )
+        report = {"combine": combine, "negative_weight": negative_weight, "cell_map": report}
         report_path = out.with_suffix(".scores.json")
         fileio.write_text(report_path, json.dumps(report, indent=2))
-    unread = tuple(f"{image_id}: {reason}" for image_id, cell, reason in extracted.skipped
-                   if not cell and reason != "no cells")  # fmt: skip
+    unread = tuple(
+        f"{image_id}: {reason}"
+        for image_id, cell, reason in extracted.skipped
+        if not cell and reason != "no cells"
+    )
     empty = tuple(i for i, cell, reason in extracted.skipped if not cell and reason == "no cells")
-    return CellPredictionSummary(out, npz, crops, len(image_ids), len(cell_preds.ids), combine,
-                                 unread, empty, report, report_path)  # fmt: skip
+    return CellPredictionSummary(
+        out,
+        npz,
+        crops,
+        len(image_ids),
+        len(cell_preds.ids),
+        combine,
+        unread,
+        empty,
+        report,
+        report_path,
+    )
 
 
 @contextlib.contextmanager
@@ -206,8 +254,11 @@ def predicted_classes(parents, numbers, probs, table, threshold: float = 0.5) ->
         best = int(np.argmax(row))
         classes = np.flatnonzero(row >= threshold).tolist() or [best]
         if table.exclusive is not None and table.exclusive in classes and len(classes) > 1:
-            classes = ([table.exclusive] if best == table.exclusive
-                       else [c for c in classes if c != table.exclusive])  # fmt: skip
+            classes = (
+                [table.exclusive]
+                if best == table.exclusive
+                else [c for c in classes if c != table.exclusive]
+            )
         rows.append((parent, int(cell), table.format(classes)))
     return rows
 
@@ -216,12 +267,17 @@ def true_cells(data_dir: str | os.PathLike, image_ids) -> dict[str, ImageCells]:
     """The synthetic per-cell truth of `image_ids` (DIR/cells/<ID>.png, DIR/cells.csv)."""
     data_dir = fileio.as_path(data_dir)
     labels = dataset.read_cells_csv(data_dir / dataset.CELLS_CSV)
-    return {i: ImageCells(dataset.read_mask(data_dir / dataset.CELLS_DIR / f"{i}.png"),
-                          labels.get(i, {})) for i in image_ids}  # fmt: skip
+    return {
+        i: ImageCells(
+            dataset.read_mask(data_dir / dataset.CELLS_DIR / f"{i}.png"), labels.get(i, {})
+        )
+        for i in image_ids
+    }
 
 
-def score_combinations(data_dir, instances, parents, numbers, cell_probs, image_probs, *,
-                       negative: int | None) -> dict[str, float]:  # fmt: skip
+def score_combinations(
+    data_dir, instances, parents, numbers, cell_probs, image_probs, *, negative: int | None
+) -> dict[str, float]:
     """mAP@0.6 of every combination (and each with Negative down-weighting) on the images that
     have per-cell truth."""
     truth = true_cells(data_dir, list(instances))
@@ -229,11 +285,11 @@ def score_combinations(data_dir, instances, parents, numbers, cell_probs, image_
     results = {}
     for mode in modes:
         for weighted in (False, True) if negative is not None else (False,):
-            probs = combine_probs(cell_probs, image_probs, mode, negative=negative,
-                                  negative_weight=weighted)  # fmt: skip
+            probs = combine_probs(
+                cell_probs, image_probs, mode, negative=negative, negative_weight=weighted
+            )
             scores = _scores_by_image(parents, numbers, probs)
             pred = {i: ImageCells(instances[i], scores.get(i, {})) for i in truth}
             name = mode + ("+negative" if weighted else "")
             results[name] = cell_map(truth, pred, num_classes=probs.shape[1])
     return results
-

@@ -44,8 +44,9 @@ def decode_mask(text: str, height: int, width: int) -> np.ndarray:
     runs = _rle_runs(counts)
     covered = int(runs.sum())
     if covered != height * width:
-        raise MaskError(f"the RLE covers {covered} pixels, the image {height}x{width} "
-                        f"has {height * width}")  # fmt: skip
+        raise MaskError(
+            f"the RLE covers {covered} pixels, the image {height}x{width} has {height * width}"
+        )
     # runs alternate 0s and 1s, starting with 0s, down the columns (Fortran order)
     values = np.arange(len(runs)) % 2 == 1
     return np.repeat(values, runs).reshape(int(width), int(height)).T.copy()

@@ -141,13 +141,16 @@ def _nucleus_markers(blobs: np.ndarray, distance: np.ndarray, depth: float) -> n
     return markers
 
 
-def grow_cells(stains: Mapping[str, np.ndarray], nuclei: np.ndarray, unit: float,
-               params: SegmentParams = DEFAULT_PARAMS) -> np.ndarray:  # fmt: skip
+def grow_cells(
+    stains: Mapping[str, np.ndarray],
+    nuclei: np.ndarray,
+    unit: float,
+    params: SegmentParams = DEFAULT_PARAMS,
+) -> np.ndarray:
     """int32[h, w] cell instances grown from `nuclei` (their labels) over the cell stains."""
     if not nuclei.any():
         return np.zeros(nuclei.shape, np.int32)
-    signal = sum(_stretch(stains[name], params.stretch_floor)
-                 for name in ("red", "yellow", "blue"))  # fmt: skip
+    signal = sum(_stretch(stains[name], params.stretch_floor) for name in ("red", "yellow", "blue"))
     smooth = filters.gaussian(signal, sigma=params.smooth * unit, preserve_range=True)
     level = _otsu(smooth)
     foreground = nuclei > 0
@@ -166,8 +169,9 @@ def _unit_float(image: np.ndarray, name: str) -> np.ndarray:
     both divisions round the same real number)."""
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"channel {name} must be uint8|uint16[H, W], got "
-                         f"{image.dtype}{list(image.shape)}")  # fmt: skip
+        raise ValueError(
+            f"channel {name} must be uint8|uint16[H, W], got {image.dtype}{list(image.shape)}"
+        )
     return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
 
 
@@ -182,8 +186,9 @@ def _downscale(image: np.ndarray, scale: float) -> np.ndarray:
         blocks = image.reshape(height // factor, factor, width // factor, factor)
         return blocks.mean(axis=(1, 3), dtype=np.float32)
     shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return transform.resize(image, shape, order=1, anti_aliasing=True,
-                            preserve_range=True).astype(np.float32)  # fmt: skip
+    return transform.resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(
+        np.float32
+    )
 
 
 def _upscale(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

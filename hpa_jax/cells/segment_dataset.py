@@ -68,8 +68,13 @@ class _Task:
     truth: bool
 
 
-def segment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    workers: int = 1, truth: bool = False) -> SegmentSummary:  # fmt: skip
+def segment_dataset(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    truth: bool = False,
+) -> SegmentSummary:
     """Segment every record of `data_dir` into `out_dir` (see the module docstring), `workers`
     processes over images; with `truth`, compare with the dataset's own masks (DIR/cells/,
     DIR/nuclei/) and write OUT/quality.json."""
@@ -77,8 +82,10 @@ def segment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     if absolute(out_dir) == absolute(data_dir):
         raise UserError(f"--out {out_dir} is the dataset folder; give a folder of its own")
     if truth and not (data_dir / dataset.CELLS_DIR).is_dir():
-        raise UserError(f"{data_dir} has no {dataset.CELLS_DIR}/ folder of true cell masks "
-                        f"(synthetic datasets do); drop --truth")  # fmt: skip
+        raise UserError(
+            f"{data_dir} has no {dataset.CELLS_DIR}/ folder of true cell masks "
+            f"(synthetic datasets do); drop --truth"
+        )
     catalog = record_catalog(data_dir)
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated:
@@ -86,22 +93,32 @@ def segment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     if not fileio.is_remote(out_dir):  # an object store has no folders to make
         (out_dir / dataset.NUCLEI_DIR).mkdir(parents=True, exist_ok=True)
     paths = tuple(str(p) for p in catalog.paths)
-    tasks = [_Task(paths, str(data_dir), str(out_dir), i, image_id, truth)
-             for i, image_id in enumerate(catalog.ids)]  # fmt: skip
-    results = {r["id"]: r for r in run_tasks(_segment_one, tasks, workers=workers,
-                                             desc="segment", unit="image")}  # fmt: skip
+    tasks = [
+        _Task(paths, str(data_dir), str(out_dir), i, image_id, truth)
+        for i, image_id in enumerate(catalog.ids)
+    ]
+    results = {
+        r["id"]: r
+        for r in run_tasks(_segment_one, tasks, workers=workers, desc="segment", unit="image")
+    }
     rows = [row for image_id in catalog.ids for row in results[image_id]["rows"]]
     cells_csv = out_dir / dataset.CELLS_CSV
     fileio.write_text(cells_csv, dataset.csv_text(CELLS_CSV_HEADER, rows))
     quality = quality_json = None
     if truth:
-        quality = {kind: {t: combine([results[i]["quality"][kind][k] for i in catalog.ids], t)
-                          for k, t in enumerate(THRESHOLDS)} for kind in KINDS}  # fmt: skip
+        quality = {
+            kind: {
+                t: combine([results[i]["quality"][kind][k] for i in catalog.ids], t)
+                for k, t in enumerate(THRESHOLDS)
+            }
+            for kind in KINDS
+        }
         quality_json = out_dir / QUALITY_JSON
         fileio.write_text(quality_json, json.dumps(quality_dict(quality, len(tasks)), indent=2))
     skipped = sum(r["skipped"] for r in results.values())
-    return SegmentSummary(len(tasks), len(tasks) - skipped, skipped, len(rows), cells_csv,
-                          quality, quality_json)  # fmt: skip
+    return SegmentSummary(
+        len(tasks), len(tasks) - skipped, skipped, len(rows), cells_csv, quality, quality_json
+    )
 
 
 def _segment_one(task: _Task) -> dict:
@@ -164,8 +181,9 @@ def cell_rows(image_id: str, cells: np.ndarray) -> list[tuple]:
     rows = []
     for k, box in enumerate(ndimage.find_objects(cells), start=1):
         if box is not None:
-            rows.append((image_id, k, box[0].start, box[1].start, box[0].stop, box[1].stop,
-                         int(areas[k])))  # fmt: skip
+            rows.append(
+                (image_id, k, box[0].start, box[1].start, box[0].stop, box[1].stop, int(areas[k]))
+            )
     return rows
 
 
@@ -179,20 +197,28 @@ def quality_dict(quality: dict[str, dict[float, SegmentationQuality]], images: i
     out: dict = {"images": images, "thresholds": list(THRESHOLDS)}
     for kind, by_threshold in quality.items():
         out[kind] = {
-            str(t): {"recall": _finite(q.recall), "precision": _finite(q.precision),
-                     "mean_iou": _finite(q.mean_iou), "num_true": q.num_true,
-                     "num_pred": q.num_pred, "matched": q.matched}
+            str(t): {
+                "recall": _finite(q.recall),
+                "precision": _finite(q.precision),
+                "mean_iou": _finite(q.mean_iou),
+                "num_true": q.num_true,
+                "num_pred": q.num_pred,
+                "matched": q.matched,
+            }
             for t, q in by_threshold.items()
-        }  # fmt: skip
+        }
     return out
 
 
 def format_quality(quality: dict[str, dict[float, SegmentationQuality]]) -> str:
     """A table: one line per kind and IoU threshold."""
-    lines = [f"{'':8}{'IoU':>5}{'recall':>8}{'precision':>11}{'mean IoU':>10}{'true':>7}"
-             f"{'found':>7}"]  # fmt: skip
+    lines = [
+        f"{'':8}{'IoU':>5}{'recall':>8}{'precision':>11}{'mean IoU':>10}{'true':>7}{'found':>7}"
+    ]
     for kind, by_threshold in quality.items():
         for t, q in by_threshold.items():
-            lines.append(f"{kind:8}{t:>5.2f}{q.recall:>8.3f}{q.precision:>11.3f}"
-                         f"{q.mean_iou:>10.3f}{q.num_true:>7}{q.num_pred:>7}")  # fmt: skip
+            lines.append(
+                f"{kind:8}{t:>5.2f}{q.recall:>8.3f}{q.precision:>11.3f}"
+                f"{q.mean_iou:>10.3f}{q.num_true:>7}{q.num_pred:>7}"
+            )
     return "\n".join(lines)

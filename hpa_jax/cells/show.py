@@ -38,8 +38,12 @@ def composite(stains: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
     return to_rgb(stains[None], channel_names)[0]
 
 
-def outlined(rgb: np.ndarray, instances: np.ndarray, cell_classes: Mapping[int, Sequence[int]],
-             num_classes: int = 19) -> np.ndarray:
+def outlined(
+    rgb: np.ndarray,
+    instances: np.ndarray,
+    cell_classes: Mapping[int, Sequence[int]],
+    num_classes: int = 19,
+) -> np.ndarray:
     """`rgb` with every cell's outline drawn in the colour of its first class (white if the
     cell has no entry)."""
     out = rgb.copy()
@@ -52,9 +56,14 @@ def outlined(rgb: np.ndarray, instances: np.ndarray, cell_classes: Mapping[int, 
     return out
 
 
-def overlay_figure(rgb: np.ndarray, instances: np.ndarray,
-                   cell_classes: Mapping[int, Sequence[int]], class_names: Sequence[str], *,
-                   title: str = ""):  # fmt: skip
+def overlay_figure(
+    rgb: np.ndarray,
+    instances: np.ndarray,
+    cell_classes: Mapping[int, Sequence[int]],
+    class_names: Sequence[str],
+    *,
+    title: str = "",
+):
     """One field of view: the composite with outlined cells, each numbered and listing its
     classes, and a legend of the classes present."""
     fig = figure(6.5, 5.5)
@@ -63,24 +72,41 @@ def overlay_figure(rgb: np.ndarray, instances: np.ndarray,
     for cell, classes in cell_classes.items():
         ys, xs = np.nonzero(instances == cell)
         if len(ys):
-            ax.text(xs.mean(), ys.mean(), f"{cell}: {'|'.join(map(str, classes))}",
-                    color="white", fontsize=7, ha="center", va="center")  # fmt: skip
+            ax.text(
+                xs.mean(),
+                ys.mean(),
+                f"{cell}: {'|'.join(map(str, classes))}",
+                color="white",
+                fontsize=7,
+                ha="center",
+                va="center",
+            )
     present = sorted({c for cl in cell_classes.values() for c in cl})
-    ax.legend(handles=[Patch(color=class_colour(c, len(class_names)), label=f"{c} {class_names[c]}")
-                       for c in present],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)  # fmt: skip
+    ax.legend(
+        handles=[
+            Patch(color=class_colour(c, len(class_names)), label=f"{c} {class_names[c]}")
+            for c in present
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=7,
+        frameon=False,
+    )
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     return fig
 
 
-def transfer_classes(truth: np.ndarray, instances: np.ndarray,
-                     classes: Mapping[int, Sequence[int]]) -> dict[int, tuple[int, ...]]:
+def transfer_classes(
+    truth: np.ndarray, instances: np.ndarray, classes: Mapping[int, Sequence[int]]
+) -> dict[int, tuple[int, ...]]:
     """Classes of the true cells moved onto the cells of `instances` they match (IoU ≥ 0.5,
     one to one)."""
     true_ids, pred_ids, iou = iou_table(truth, instances)
-    return {int(pred_ids[c]): tuple(classes.get(int(true_ids[r]), ()))
-            for r, c, _ in match_cells(iou, 0.5)}  # fmt: skip
+    return {
+        int(pred_ids[c]): tuple(classes.get(int(true_ids[r]), ()))
+        for r, c, _ in match_cells(iou, 0.5)
+    }
 
 
 def cell_crop(rgb: np.ndarray, instances: np.ndarray, cell: int, size: int) -> np.ndarray:
@@ -91,8 +117,9 @@ def cell_crop(rgb: np.ndarray, instances: np.ndarray, cell: int, size: int) -> n
     side = max(y1 - y0, x1 - x0)
     rows = np.linspace((y0 + y1 - side) / 2, (y0 + y1 + side) / 2 - 1, size).round().astype(int)
     cols = np.linspace((x0 + x1 - side) / 2, (x0 + x1 + side) / 2 - 1, size).round().astype(int)
-    valid = ((rows >= 0) & (rows < rgb.shape[0]))[:, None] & \
-        ((cols >= 0) & (cols < rgb.shape[1]))[None, :]
+    valid = ((rows >= 0) & (rows < rgb.shape[0]))[:, None] & ((cols >= 0) & (cols < rgb.shape[1]))[
+        None, :
+    ]
     r, c = np.clip(rows, 0, rgb.shape[0] - 1), np.clip(cols, 0, rgb.shape[1] - 1)
     crop = np.where(valid[..., None], rgb[r][:, c], 0.0)
     inside = (valid & (instances[r][:, c] == cell))[..., None]
@@ -102,11 +129,13 @@ def cell_crop(rgb: np.ndarray, instances: np.ndarray, cell: int, size: int) -> n
 def contact_sheet(crops: Sequence[np.ndarray], *, title: str, per_row: int = 8):
     """Crops float32[s, s, 3] in rows of `per_row`, under a title."""
     crops = list(crops)
-    rows = [np.asarray(crops[i:i + per_row]) for i in range(0, len(crops), per_row)]
+    rows = [np.asarray(crops[i : i + per_row]) for i in range(0, len(crops), per_row)]
     size = crops[0].shape[0]
     width = per_row * (size + 2) - 2
-    strips = [np.pad(mosaic(r), ((0, 2), (0, width - mosaic(r).shape[1]), (0, 0)),
-                     constant_values=1.0) for r in rows]  # fmt: skip
+    strips = [
+        np.pad(mosaic(r), ((0, 2), (0, width - mosaic(r).shape[1]), (0, 0)), constant_values=1.0)
+        for r in rows
+    ]
     fig = figure(min(1.2 * per_row, 10), 1.2 * len(rows) + 0.4)
     ax = fig.add_subplot()
     ax.imshow(np.concatenate(strips), interpolation="nearest")
@@ -115,8 +144,16 @@ def contact_sheet(crops: Sequence[np.ndarray], *, title: str, per_row: int = 8):
     return fig
 
 
-def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, images: int = 6,
-                        per_class: int = 24, crop: int = 48) -> list[Path]:  # fmt: skip
+def write_cell_pictures(
+    data_dir,
+    out_dir,
+    *,
+    masks=None,
+    labels_csv=None,
+    images: int = 6,
+    per_class: int = 24,
+    crop: int = 48,
+) -> list[Path]:
     """`overlay_<ID>.png` for the first `images` images of a dataset and `class_<k>.png`
     contact sheets of up to `per_class` cells per class; returns the files written.
 
@@ -132,8 +169,11 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
     if masks:
         unknown = unknown_mask_ids(masks, catalog.ids)
         if unknown:
-            warnings.warn(f"{masks}: masks for {len(unknown)} IDs not in {data_dir} "
-                          f"(e.g. {', '.join(unknown[:5])}); they are not used", stacklevel=2)
+            warnings.warn(
+                f"{masks}: masks for {len(unknown)} IDs not in {data_dir} "
+                f"(e.g. {', '.join(unknown[:5])}); they are not used",
+                stacklevel=2,
+            )
     source = catalog.open_source()
     if not fileio.is_remote(out_dir):  # an object store has no folders to make
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,8 +183,9 @@ def write_cell_pictures(data_dir, out_dir, *, masks=None, labels_csv=None, image
         if full:
             break
         stains = decode_example(source[index])["image"]
-        instances = load_instances(masks or data_dir / dataset.CELLS_DIR, image_id,
-                                   stains.shape[:2])  # fmt: skip
+        instances = load_instances(
+            masks or data_dir / dataset.CELLS_DIR, image_id, stains.shape[:2]
+        )
         rgb = composite(stains, CHANNELS)
         cells = labels.get(image_id, {})
         if masks and labels_csv is None:  # other masks, the dataset's truth: match by IoU

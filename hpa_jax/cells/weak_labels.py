@@ -99,9 +99,18 @@ def relative_to_image(scores, parent_ids: Sequence[str]) -> np.ndarray:
     return out
 
 
-def clean_labels(ids: Sequence[str], weak: Sequence[Sequence[int]], parent_ids: Sequence[str],
-                 oof, knn, green, *, negative: int, threshold: float = 0.3,
-                 no_signal: float = 0.25) -> CleanedLabels:  # fmt: skip
+def clean_labels(
+    ids: Sequence[str],
+    weak: Sequence[Sequence[int]],
+    parent_ids: Sequence[str],
+    oof,
+    knn,
+    green,
+    *,
+    negative: int,
+    threshold: float = 0.3,
+    no_signal: float = 0.25,
+) -> CleanedLabels:
     """Drop the weak labels the signals do not support (see the module docstring).
 
     ids: N cell IDs; weak: each cell's inherited classes; parent_ids: each cell's image;
@@ -111,8 +120,9 @@ def clean_labels(ids: Sequence[str], weak: Sequence[Sequence[int]], parent_ids: 
     oof, knn = np.asarray(oof, np.float32), np.asarray(knn, np.float32)
     green = np.asarray(green, np.float32)
     if not (len(ids) == len(weak) == len(parent_ids) == len(oof) == len(knn) == len(green)):
-        raise UserError("clean_labels: ids, weak labels, parents, oof, knn and green must have "
-                        "N rows")
+        raise UserError(
+            "clean_labels: ids, weak labels, parents, oof, knn and green must have N rows"
+        )
     support = (oof + knn) / 2.0
     relative = relative_to_image(support, parent_ids)
     labels, dropped, relabelled = {}, set(), set()
@@ -132,15 +142,18 @@ def clean_labels(ids: Sequence[str], weak: Sequence[Sequence[int]], parent_ids: 
     return CleanedLabels(labels, frozenset(dropped), frozenset(relabelled), support)
 
 
-def ignore_doubtful(weak: Mapping[str, Sequence[int]], cleaned: CleanedLabels
-                    ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+def ignore_doubtful(
+    weak: Mapping[str, Sequence[int]], cleaned: CleanedLabels
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """({cell: kept classes}, {cell: ignored classes}): the pairs `cleaned` dropped become
     ignored pairs of the loss instead of negatives, and no cell becomes Negative."""
     ignored: dict[str, list[int]] = {}
     for cell, c in cleaned.dropped:
         ignored.setdefault(cell, []).append(int(c))
-    labels = {cell: tuple(sorted(int(c) for c in classes if (cell, int(c)) not in cleaned.dropped))
-              for cell, classes in weak.items()}  # fmt: skip
+    labels = {
+        cell: tuple(sorted(int(c) for c in classes if (cell, int(c)) not in cleaned.dropped))
+        for cell, classes in weak.items()
+    }
     return labels, {cell: tuple(sorted(cs)) for cell, cs in ignored.items()}
 
 
@@ -177,12 +190,16 @@ class NoiseReport:
         return dataclasses.asdict(self) | {
             "wrong_share_before": self.wrong_share_before,
             "wrong_share_after": self.wrong_share_after,
-            "precision": self.precision, "recall": self.recall,
-        }  # fmt: skip
+            "precision": self.precision,
+            "recall": self.recall,
+        }
 
 
-def noise_report(weak: Mapping[str, Sequence[int]], cleaned: Mapping[str, Sequence[int]],
-                 truth: Mapping[str, Sequence[int]]) -> NoiseReport:  # fmt: skip
+def noise_report(
+    weak: Mapping[str, Sequence[int]],
+    cleaned: Mapping[str, Sequence[int]],
+    truth: Mapping[str, Sequence[int]],
+) -> NoiseReport:
     """Compare weak and cleaned labels with the truth, over the cells that have truth."""
     ids = [i for i in weak if i in truth]
     if not ids:
@@ -192,7 +209,10 @@ def noise_report(weak: Mapping[str, Sequence[int]], cleaned: Mapping[str, Sequen
     true = {(i, int(c)) for i in ids for c in truth[i]}
     dropped = before - after
     return NoiseReport(
-        pairs_before=len(before), wrong_before=len(before - true),
-        pairs_after=len(after), wrong_after=len(after - true),
-        dropped=len(dropped), dropped_wrong=len(dropped - true),
-    )  # fmt: skip
+        pairs_before=len(before),
+        wrong_before=len(before - true),
+        pairs_after=len(after),
+        wrong_after=len(after - true),
+        dropped=len(dropped),
+        dropped_wrong=len(dropped - true),
+    )

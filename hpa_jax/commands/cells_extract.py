@@ -33,25 +33,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (TFRecord shards)")
     parser.add_argument("--out", required=True, help="folder for the cell dataset")
     parser.add_argument(
-        "--masks", default=None,
+        "--masks",
+        default=None,
         help="folder of <ID>.png (16-bit) or <ID>.npz cell instance images, e.g. from "
         "`hpa-jax segment` or a GPU segmenter (default: segment each image here); images "
         "without a mask are skipped",
-    )  # fmt: skip
+    )
     parser.add_argument("--size", type=int, default=64, help="crop side in px (default 64)")
-    parser.add_argument("--zero-background", action="store_true",
-                        help="zero the pixels outside the cell's mask")  # fmt: skip
     parser.add_argument(
-        "--min-area", type=float, default=None, metavar="PX",
+        "--zero-background", action="store_true", help="zero the pixels outside the cell's mask"
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=None,
+        metavar="PX",
         help="skip cells of fewer pixels (in the image; default: half the segmenter's "
         "smallest cell, 2750 px at 2048 px, scaled to the image size)",
-    )  # fmt: skip
-    parser.add_argument("--margin", type=float, default=1.15,
-                        help="window side / the cell's longer side (default 1.15)")  # fmt: skip
+    )
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        "--margin",
+        type=float,
+        default=1.15,
+        help="window side / the cell's longer side (default 1.15)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
         help="worker processes over images (default: min(4, CPUs); 1 = this process)",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,22 +70,36 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.data import dataset
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    summary = extract_cells(local_data_dir(args.data), args.out, masks=args.masks, size=args.size,
-                            zero_background=args.zero_background, min_area=args.min_area,
-                            margin=args.margin, workers=args.workers)  # fmt: skip
-    print(f"extracted {summary.num_cells} cells from {summary.images_with_cells} of "
-          f"{summary.num_images} images into {summary.out_dir}")  # fmt: skip
+    summary = extract_cells(
+        local_data_dir(args.data),
+        args.out,
+        masks=args.masks,
+        size=args.size,
+        zero_background=args.zero_background,
+        min_area=args.min_area,
+        margin=args.margin,
+        workers=args.workers,
+    )
+    print(
+        f"extracted {summary.num_cells} cells from {summary.images_with_cells} of "
+        f"{summary.num_images} images into {summary.out_dir}"
+    )
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} (images or cells; "
-              f"{summary.out_dir / dataset.SKIPPED_CSV}):", file=sys.stderr)  # fmt: skip
+        print(
+            f"skipped {len(summary.skipped)} (images or cells; "
+            f"{summary.out_dir / dataset.SKIPPED_CSV}):",
+            file=sys.stderr,
+        )
         for image_id, cell, reason in summary.skipped[:SHOWN]:
             print(f"  {image_id}{' cell ' + cell if cell else ''}: {reason}", file=sys.stderr)
         if len(summary.skipped) > SHOWN:
             print(f"  ... and {len(summary.skipped) - SHOWN} more", file=sys.stderr)
     if summary.wrong_label_share is not None:
-        print(f"weak labels against the synthetic truth: {summary.matched} cells matched, "
-              f"{summary.wrong_pairs} of {summary.weak_pairs} (cell, class) pairs wrong "
-              f"({100 * summary.wrong_label_share:.1f} %)")  # fmt: skip
+        print(
+            f"weak labels against the synthetic truth: {summary.matched} cells matched, "
+            f"{summary.wrong_pairs} of {summary.weak_pairs} (cell, class) pairs wrong "
+            f"({100 * summary.wrong_label_share:.1f} %)"
+        )
     for error in summary.errors:
         print(f"hpa-jax cells extract: error: {error}", file=sys.stderr)
     return 1 if summary.errors else 0

@@ -15,13 +15,20 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder")
     parser.add_argument("--out", required=True, help="folder for the pictures")
-    parser.add_argument("--masks", default=None,
-                        help="folder of <ID>.png cell instance images (default: DATA/cells)")
-    parser.add_argument("--labels", default=None,
-                        help="ID,cell,labels CSV of the cells' classes (default: DATA/cells.csv)")
+    parser.add_argument(
+        "--masks",
+        default=None,
+        help="folder of <ID>.png cell instance images (default: DATA/cells)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="ID,cell,labels CSV of the cells' classes (default: DATA/cells.csv)",
+    )
     parser.add_argument("--images", type=int, default=6, help="overlays to draw (default 6)")
-    parser.add_argument("--per-class", type=int, default=24,
-                        help="cells per class contact sheet (default 24)")
+    parser.add_argument(
+        "--per-class", type=int, default=24, help="cells per class contact sheet (default 24)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
     data = local_data_dir(args.data)
-    written = write_cell_pictures(data, args.out, masks=args.masks, labels_csv=args.labels,
-                                  images=args.images, per_class=args.per_class)
+    written = write_cell_pictures(
+        data,
+        args.out,
+        masks=args.masks,
+        labels_csv=args.labels,
+        images=args.images,
+        per_class=args.per_class,
+    )
     print(f"wrote {len(written)} pictures to {args.out}")
     return 0

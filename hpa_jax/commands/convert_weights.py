@@ -14,16 +14,33 @@ VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--keras", required=True, metavar="FILE|imagenet",
-                        help="Keras .weights.h5 or legacy .h5 file, or 'imagenet'")
+    parser.add_argument(
+        "--keras",
+        required=True,
+        metavar="FILE|imagenet",
+        help="Keras .weights.h5 or legacy .h5 file, or 'imagenet'",
+    )
     parser.add_argument("--variant", required=True, choices=VARIANTS)
-    parser.add_argument("--channels", type=int, default=3, choices=(3, 4),
-                        help="input channels of the converted model (4: yellow from mean RGB)")
-    parser.add_argument("--num-classes", type=int, default=1,
-                        help="classes of the model built for the check (the head is not saved)")
-    parser.add_argument("--imagenet-rescaling", choices=("auto", "on", "off"), default="auto",
-                        help="apply Keras's extra ImageNet input rescale (auto: for 'imagenet' "
-                             "and files named efficientnetbN[_notop].h5)")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=3,
+        choices=(3, 4),
+        help="input channels of the converted model (4: yellow from mean RGB)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=1,
+        help="classes of the model built for the check (the head is not saved)",
+    )
+    parser.add_argument(
+        "--imagenet-rescaling",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="apply Keras's extra ImageNet input rescale (auto: for 'imagenet' "
+        "and files named efficientnetbN[_notop].h5)",
+    )
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
 
 
@@ -33,11 +50,18 @@ def run(args) -> int:
 
     rescale = {"auto": None, "on": True, "off": False}[args.imagenet_rescaling]
     model = keras_weights.load_keras_weights(
-        args.keras, args.variant, in_channels=args.channels, num_classes=args.num_classes,
+        args.keras,
+        args.variant,
+        in_channels=args.channels,
+        num_classes=args.num_classes,
         imagenet_rescaling=rescale,
     )
-    meta = {"variant": args.variant, "in_channels": args.channels, "source": str(args.keras),
-            "imagenet_rescaling": bool(float(model.input_scale[...].min()) != 1.0)}
+    meta = {
+        "variant": args.variant,
+        "in_channels": args.channels,
+        "source": str(args.keras),
+        "imagenet_rescaling": bool(float(model.input_scale[...].min()) != 1.0),
+    }
     out = converted.save_converted(backbone_state(model), args.out, meta)
     print(f"wrote EfficientNet-{args.variant} ({args.channels} channels) backbone to {out}")
     return 0

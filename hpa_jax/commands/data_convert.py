@@ -27,26 +27,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--input", required=True, help="folder of {ID}_{red,green,blue,yellow}.*")
     parser.add_argument(
-        "--csv", default="train.csv",
+        "--csv",
+        default="train.csv",
         help="train.csv, or a test folder's sample_submission.csv (see above); a path, or a "
         "name inside --input or beside it (default train.csv)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--shards", type=int, default=8, help="TFRecord files (default 8)")
     parser.add_argument("--size", type=int, default=None, help="resize channels to PX x PX")
     parser.add_argument(
-        "--labels", default="auto", choices=("auto", "hpa2021", "hpa2018"),
+        "--labels",
+        default="auto",
+        choices=("auto", "hpa2021", "hpa2018"),
         help="label table; auto: from the CSV's header (see above)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
         help="worker processes, one shard per task (default: min(4, CPUs))",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--on-error", default=None, choices=("skip", "fail"),
+        "--on-error",
+        default=None,
+        choices=("skip", "fail"),
         help="a bad record: skip it (listed in skipped.csv) or fail the run naming it "
         "(default: skip for training images, fail for a test folder)",
-    )  # fmt: skip
+    )
     parser.add_argument("--val-fraction", type=float, default=0.2, help="validation share (0.2)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument(
@@ -73,11 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
     n = summary["num_records"]
     shards = len(summary["shards"])
-    print(f"converted {n} records into {shards} shards in {summary['out_dir']} "
-          f"({summary['resumed']} shards already complete, kept)")  # fmt: skip
+    print(
+        f"converted {n} records into {shards} shards in {summary['out_dir']} "
+        f"({summary['resumed']} shards already complete, kept)"
+    )
     if summary["unlabelled"]:
-        print(f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
-              "no split.csv (predict it with --split all, the default)")
+        print(
+            f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
+            "no split.csv (predict it with --split all, the default)"
+        )
     else:
         print(f"label table {summary['label_table']}; images per class:")
         print(format_counts(summary["class_counts"], n))

@@ -20,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "files",
         nargs="+",
         metavar="FILE",
-        help="TFRecord shards, folders (their *.tfrecord* files) or glob patterns; local or "
-        "gs://",
+        help="TFRecord shards, folders (their *.tfrecord* files) or glob patterns; local or gs://",
     )
     parser.add_argument(
         "--labels",

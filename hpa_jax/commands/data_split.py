@@ -15,8 +15,10 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.split import resplit_dataset
 
     summary = resplit_dataset(args.dir, val_fraction=args.val_fraction, seed=args.seed)
-    print(f"wrote {summary['path']}: {summary['num_train']} train, "
-          f"{summary['num_validation']} validation (seed {args.seed})")  # fmt: skip
+    print(
+        f"wrote {summary['path']}: {summary['num_train']} train, "
+        f"{summary['num_validation']} validation (seed {args.seed})"
+    )
     width = max(len(name) for name in summary["per_class"])
     print(f"  {'class':<{width}}  {'train':>6}  {'val':>6}")
     for name, (train, val) in summary["per_class"].items():

@@ -38,13 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("src", metavar="SRC", help="dataset folder to copy: gs://... or local")
     parser.add_argument("dest", metavar="DEST", help="local folder to copy it into")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list what would be copied and removed; copy nothing")
-    parser.add_argument("--verify", action="store_true",
-                        help="re-read every local copy against the source's checksum, rather "
-                        "than trusting copies whose size and mtime are as staged")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="files copied at once (threads; default 8)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be copied and removed; copy nothing"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read every local copy against the source's checksum, rather "
+        "than trusting copies whose size and mtime are as staged",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8, help="files copied at once (threads; default 8)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -54,8 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers={args.workers}: give 1 or more")
-    report = stage(args.src, args.dest, workers=args.workers, verify=args.verify,
-                   dry_run=args.dry_run, progress=not args.no_progress)  # fmt: skip
+    report = stage(
+        args.src,
+        args.dest,
+        workers=args.workers,
+        verify=args.verify,
+        dry_run=args.dry_run,
+        progress=not args.no_progress,
+    )
     if args.dry_run:
         for rel in report.copied:
             print(f"copy    {rel}")

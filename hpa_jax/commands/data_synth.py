@@ -12,24 +12,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     parser.add_argument(
-        "--anomaly-rate", type=float, default=0.05,
+        "--anomaly-rate",
+        type=float,
+        default=0.05,
         help="share of images with a planted fault, listed in truth.csv (default 0.05)",
-    )  # fmt: skip
+    )
     parser.add_argument("--shards", type=int, default=4, help="TFRecord files (default 4)")
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
         help="worker processes, one shard per task (default: min(4, CPUs))",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--val-fraction", type=float, default=0.2, help="validation share of split.csv (0.2)"
     )
     parser.add_argument(
-        "--heterogeneous", type=float, default=None,
+        "--heterogeneous",
+        type=float,
+        default=None,
         help="share of labelled images whose classes vary from cell to cell: each class shown "
         "by a random subset of the cells, some cells showing nothing (default: the "
         "generator's HETEROGENEOUS_FRACTION, 0.3; 0 = every cell shows every class it can); "
         "the per-cell truth is in cells.csv",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,14 +22,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="a run folder written by hpa-jax train")
     parser.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the run's)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step (default: best by validation metric, else latest)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="one threshold for all classes instead of thresholds.json")
-    parser.add_argument("--exclude", default=None, metavar="FILE",
-                        help="IDs (one per line) to leave out of the evaluation")
-    parser.add_argument("--out", default=None,
-                        help="folder for the eval_* files (default: the workdir)")
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: best by validation metric, else latest)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one threshold for all classes instead of thresholds.json",
+    )
+    parser.add_argument(
+        "--exclude",
+        default=None,
+        metavar="FILE",
+        help="IDs (one per line) to leave out of the evaluation",
+    )
+    parser.add_argument(
+        "--out", default=None, help="folder for the eval_* files (default: the workdir)"
+    )
     distributed.add_arguments(parser)
 
 
@@ -87,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
         write_text(workdir / "eval_cooccurrence.csv", cooccurrence_csv(matrix, names))
         plain = {k: v for k, v in metrics.items() if k != "per_class"}
         plain["per_class"] = {k: np.asarray(v).tolist() for k, v in metrics["per_class"].items()}
-        plain.update(step=restored.step, split=split, excluded=len(exclude),
-                     thresholds=np.asarray(threshold).tolist())
+        plain.update(
+            step=restored.step,
+            split=split,
+            excluded=len(exclude),
+            thresholds=np.asarray(threshold).tolist(),
+        )
         write_text(workdir / "eval_metrics.json", json.dumps(plain, indent=2) + "\n")
         print(report)
         print("co-occurrence (rows: true class, columns: predicted class):")

@@ -15,8 +15,12 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="a run folder written by hpa-jax train")
     parser.add_argument("--out", required=True, help="the Keras model file to write (.keras)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step (default: best by validation metric, else latest)")
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: best by validation metric, else latest)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     exported = export_run(args.workdir, args.out, step=args.step)
     height, width, channels = exported.input_shape
-    print(f"wrote {exported.path} (step {exported.step}): images float[batch, {height}, {width}, "
-          f"{channels}] in 0..255 → probabilities of {len(exported.classes)} classes")
+    print(
+        f"wrote {exported.path} (step {exported.step}): images float[batch, {height}, {width}, "
+        f"{channels}] in 0..255 → probabilities of {len(exported.classes)} classes"
+    )
     return 0

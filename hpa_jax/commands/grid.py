@@ -12,13 +12,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls = sub.add_parser("list", help="print every point with its overrides and run name")
     ls.add_argument("grid", help="grid module, e.g. configs/grids/lr.py[:arg]")
     run = sub.add_parser(
-        "run", help="run the points one after another (finished ones skipped, others resume)",
+        "run",
+        help="run the points one after another (finished ones skipped, others resume)",
         description="Run every point of GRID into ROOT/<run name>. Extra --config.KEY=VALUE "
-        "arguments apply to every point (e.g. --config.data.dir=DIR).")
+        "arguments apply to every point (e.g. --config.data.dir=DIR).",
+    )
     run.add_argument("grid", help="grid module, e.g. configs/grids/lr.py[:arg]")
     run.add_argument("--root", required=True, help="folder holding one workdir per point")
-    run.add_argument("--print-commands", action="store_true",
-                     help="print one `hpa-jax train` command per point instead of running")
+    run.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one `hpa-jax train` command per point instead of running",
+    )
     rep = sub.add_parser("report", help="collect final metrics into results.csv/.md/.png")
     rep.add_argument("root", help="the folder given to `grid run --root`")
     rep.add_argument("--metric", default="macro_f1", help="metric for the figure")

@@ -22,15 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="a run folder written by hpa-jax train")
     parser.add_argument("--data", required=True, help="dataset folder to predict")
     parser.add_argument("--out", required=True, help="predictions CSV to write")
-    parser.add_argument("--split", default="all",
-                        help="split of the dataset to predict (default: all records)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step (default: best by validation metric, else latest)")
-    parser.add_argument("--submission", default=None, choices=tuple(SUBMISSION_TABLES),
-                        help="write OUT as this Kaggle competition's submission: 2018 → "
-                             "Id,Predicted (classes space-separated; the top class where none "
-                             "passes its threshold), from a run with the hpa2018 table. The "
-                             "2021 submission is per cell: hpa-jax predict-cells")
+    parser.add_argument(
+        "--split", default="all", help="split of the dataset to predict (default: all records)"
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: best by validation metric, else latest)",
+    )
+    parser.add_argument(
+        "--submission",
+        default=None,
+        choices=tuple(SUBMISSION_TABLES),
+        help="write OUT as this Kaggle competition's submission: 2018 → "
+        "Id,Predicted (classes space-separated; the top class where none "
+        "passes its threshold), from a run with the hpa2018 table. The "
+        "2021 submission is per cell: hpa-jax predict-cells",
+    )
     distributed.add_arguments(parser)
 
 
@@ -62,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--submission {args.submission} needs a run trained with "
             f"config.data.label_table={SUBMISSION_TABLES[args.submission]}; {args.workdir} uses "
-            f"{restored.table.name} ({restored.num_classes} classes)")
+            f"{restored.table.name} ({restored.num_classes} classes)"
+        )
     if (as_path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
         thresholds = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
     else:
@@ -78,9 +88,13 @@ def run(args: argparse.Namespace) -> int:
         write_text(out, text)
         with atomic_path(out.with_suffix(".npz")) as tmp:
             with tmp.open("wb") as f:
-                np.savez(f, ids=np.asarray(preds.ids), probs=preds.probs,
-                         thresholds=np.asarray(thresholds, np.float64),
-                         classes=np.asarray(restored.table.classes))
+                np.savez(
+                    f,
+                    ids=np.asarray(preds.ids),
+                    probs=preds.probs,
+                    thresholds=np.asarray(thresholds, np.float64),
+                    classes=np.asarray(restored.table.classes),
+                )
         print(f"wrote {out} ({len(preds.ids)} images) and {out.with_suffix('.npz')}")
         if args.submission:
             empty = int((~decided.any(axis=1)).sum())

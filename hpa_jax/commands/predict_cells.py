@@ -22,20 +22,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--workdir", required=True, help="the cell classifier's run folder")
-    parser.add_argument("--image-workdir", default=None,
-                        help="an image-level run, for --combine image|product|mean")
+    parser.add_argument(
+        "--image-workdir", default=None, help="an image-level run, for --combine image|product|mean"
+    )
     parser.add_argument("--data", required=True, help="dataset folder of the images")
-    parser.add_argument("--masks", default=None,
-                        help="folder of cell instance masks (<ID>.png|npz); default: segment")
+    parser.add_argument(
+        "--masks",
+        default=None,
+        help="folder of cell instance masks (<ID>.png|npz); default: segment",
+    )
     parser.add_argument("--out", required=True, help="submission CSV to write")
-    parser.add_argument("--combine", default=None,
-                        choices=("cell", "image", "product", "mean"),
-                        help="how cell and image probabilities combine (default: the best "
-                             "measured, 'mean', with --image-workdir; else 'cell')")
-    parser.add_argument("--negative-weight", default=None, action=argparse.BooleanOptionalAction,
-                        help="multiply the other classes by 1 - p(Negative), the cell "
-                             "model's (default: on for product and mean where the label table "
-                             "has a Negative; off for image, the baseline, and cell)")
+    parser.add_argument(
+        "--combine",
+        default=None,
+        choices=("cell", "image", "product", "mean"),
+        help="how cell and image probabilities combine (default: the best "
+        "measured, 'mean', with --image-workdir; else 'cell')",
+    )
+    parser.add_argument(
+        "--negative-weight",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="multiply the other classes by 1 - p(Negative), the cell "
+        "model's (default: on for product and mean where the label table "
+        "has a Negative; off for image, the baseline, and cell)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes cutting cells")
 
 
@@ -44,18 +55,29 @@ def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
     data = local_data_dir(args.data)
-    summary = predict_cells(args.workdir, data, args.out, image_workdir=args.image_workdir,
-                            masks=args.masks, combine=args.combine,
-                            negative_weight=args.negative_weight, workers=args.workers)
-    print(f"wrote {summary.submission} ({summary.num_images} images, {summary.num_cells} cells, "
-          f"combine={summary.combine}) and {summary.probabilities}")
+    summary = predict_cells(
+        args.workdir,
+        data,
+        args.out,
+        image_workdir=args.image_workdir,
+        masks=args.masks,
+        combine=args.combine,
+        negative_weight=args.negative_weight,
+        workers=args.workers,
+    )
+    print(
+        f"wrote {summary.submission} ({summary.num_images} images, {summary.num_cells} cells, "
+        f"combine={summary.combine}) and {summary.probabilities}"
+    )
     if summary.scores is not None:
         print(f"cell mAP@0.6 on the per-cell truth ({summary.scores_json}):")
         for name, value in summary.scores["cell_map"].items():
             print(f"  {name:18s} {value:.4f}")
     if summary.without_cells:
-        print(f"no cells found in {len(summary.without_cells)} images (empty rows): "
-              + ", ".join(summary.without_cells[:10]))
+        print(
+            f"no cells found in {len(summary.without_cells)} images (empty rows): "
+            + ", ".join(summary.without_cells[:10])
+        )
     for error in summary.errors:
         print(f"error: {error} (its row is empty)")
     return 1 if summary.errors else 0

@@ -22,15 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (TFRecord shards)")
     parser.add_argument("--out", required=True, help="folder for the masks and cells.csv")
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
         help="worker processes over images (default: min(4, CPUs); 1 = this process)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--truth", action="store_true",
+        "--truth",
+        action="store_true",
         help="compare with the dataset's own masks (DATA/cells/, DATA/nuclei/, as synthetic "
         "datasets have): print instance recall/precision at IoU 0.5/0.6/0.75 and the mean IoU "
         "of matched cells and nuclei, and write OUT/quality.json",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     data = local_data_dir(args.data)
     summary = segment_dataset(data, args.out, workers=args.workers, truth=args.truth)
-    print(f"segmented {summary.segmented} images, skipped {summary.skipped} done before; "
-          f"{summary.num_cells} cells in {summary.cells_csv}")  # fmt: skip
+    print(
+        f"segmented {summary.segmented} images, skipped {summary.skipped} done before; "
+        f"{summary.num_cells} cells in {summary.cells_csv}"
+    )
     if summary.quality is not None:
         print(format_quality(summary.quality))
         print(f"wrote {summary.quality_json}")

@@ -27,14 +27,21 @@ EPILOG = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.add_argument("--config", required=True,
-                        help="config module and argument, e.g. configs/demo.py:runlocal")
-    parser.add_argument("--workdir", required=True,
-                        help="run folder: checkpoints, metrics, plots (resumed if present)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check data, mesh and workdir, build the model and the input "
-                             "pipeline, compile the train step for the configured batch, print "
-                             "its FLOPs and XLA's memory estimate, and exit (writes nothing)")
+    parser.add_argument(
+        "--config", required=True, help="config module and argument, e.g. configs/demo.py:runlocal"
+    )
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="run folder: checkpoints, metrics, plots (resumed if present)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check data, mesh and workdir, build the model and the input "
+        "pipeline, compile the train step for the configured batch, print "
+        "its FLOPs and XLA's memory estimate, and exit (writes nothing)",
+    )
     distributed.add_arguments(parser)
 
 

@@ -24,7 +24,18 @@ from hpa_jax.config.schema import (
 from hpa_jax.config.workdir import compatible, flatten, read_config, to_dict, write_config
 
 __all__ = [
-    "COMPATIBILITY_KEYS", "DURATION_UNITS", "ConfigError", "apply_overrides", "compatible",
-    "default_config", "flatten", "load_config", "parse_arg", "read_config", "runlocal", "steps",
-    "to_dict", "write_config",
-]  # fmt: skip
+    "COMPATIBILITY_KEYS",
+    "DURATION_UNITS",
+    "ConfigError",
+    "apply_overrides",
+    "compatible",
+    "default_config",
+    "flatten",
+    "load_config",
+    "parse_arg",
+    "read_config",
+    "runlocal",
+    "steps",
+    "to_dict",
+    "write_config",
+]

@@ -23,16 +23,35 @@ DURATION_UNITS = ("steps", "epochs", "examples")
 # ("model.keras_kwargs") covers every key under it. ("num_classes" is not a config key; the
 # trainer adds it to the saved config.)
 RESUME_KEYS: dict[str, tuple[str, ...]] = {
-    "the model": ("model.name", "model.head", "model.activation", "model.dtype",
-                  "model.drop_connect_rate", "model.dropout_rate", "model.image_size",
-                  "model.keras_kwargs"),
+    "the model": (
+        "model.name",
+        "model.head",
+        "model.activation",
+        "model.dtype",
+        "model.drop_connect_rate",
+        "model.dropout_rate",
+        "model.image_size",
+        "model.keras_kwargs",
+    ),
     "the device layout": ("mesh.data", "mesh.fsdp"),
     "the model's input": ("data.channels", "data.image_size", "data.label_table", "num_classes"),
-    "the data order": ("seed", "batch_size", "data.split_train", "data.exclude", "data.augment",
-                       "data.train_crop"),
-    "the optimizer": ("optimizer.name", "optimizer.weight_decay", "optimizer.momentum",
-                      "optimizer.clip_norm", "optimizer.grad_accum_steps", "optimizer.ema_decay"),
-}  # fmt: skip
+    "the data order": (
+        "seed",
+        "batch_size",
+        "data.split_train",
+        "data.exclude",
+        "data.augment",
+        "data.train_crop",
+    ),
+    "the optimizer": (
+        "optimizer.name",
+        "optimizer.weight_decay",
+        "optimizer.momentum",
+        "optimizer.clip_norm",
+        "optimizer.grad_accum_steps",
+        "optimizer.ema_decay",
+    ),
+}
 COMPATIBILITY_KEYS = tuple(key for keys in RESUME_KEYS.values() for key in keys)
 
 # The keys a resumed run may change (every key of `default_config` is in exactly one of the two
@@ -40,27 +59,51 @@ COMPATIBILITY_KEYS = tuple(key for keys in RESUME_KEYS.values() for key in keys)
 RESUME_CHANGEABLE = (
     # the run's length and learning-rate schedule: a run may be extended, or continue at a lower
     # rate after a divergence (the optimizer's state does not depend on them)
-    "total_steps", "total_epochs", "total_examples", "optimizer.lr", "optimizer.schedule",
-    "optimizer.warmup_steps", "optimizer.warmup_epochs", "optimizer.warmup_examples",
-    "optimizer.end_fraction", "optimizer.decay_every_steps", "optimizer.decay_every_epochs",
+    "total_steps",
+    "total_epochs",
+    "total_examples",
+    "optimizer.lr",
+    "optimizer.schedule",
+    "optimizer.warmup_steps",
+    "optimizer.warmup_epochs",
+    "optimizer.warmup_examples",
+    "optimizer.end_fraction",
+    "optimizer.decay_every_steps",
+    "optimizer.decay_every_epochs",
     "optimizer.decay_factor",
     # the loss: like the learning rate, it may change for the rest of a run (nothing in a
     # checkpoint depends on it; class_weights.json is written again for the resumed run)
-    "loss.class_weights", "loss.beta", "loss.min_weight", "loss.focal_gamma",
+    "loss.class_weights",
+    "loss.beta",
+    "loss.min_weight",
+    "loss.focal_gamma",
     "loss.label_smoothing",
     # where the data lives and how it is read: the same records in the same order (the
     # checkpoint's input position, which names the records, is compared instead); stage_dir
     # only says where a gs:// data.dir is copied to on local disk
-    "data.source", "data.dir", "data.tfds_name", "data.tfds_data_dir", "data.worker_count",
-    "data.cache", "data.stage_dir",
+    "data.source",
+    "data.dir",
+    "data.tfds_name",
+    "data.tfds_data_dir",
+    "data.worker_count",
+    "data.cache",
+    "data.stage_dir",
     # read only when a run starts at step 0: a resumed run restores its weights
-    "init_from", "model.weights",
+    "init_from",
+    "model.weights",
     # the same numbers by another implementation
     "model.depthwise",
     # evaluation, logging and checkpoint cadence
-    "data.split_eval", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-    "keep_checkpoints", "best_metric", "threshold", "tta", "log_every_steps",
-)  # fmt: skip
+    "data.split_eval",
+    "eval_every_steps",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "best_metric",
+    "threshold",
+    "tta",
+    "log_every_steps",
+)
 
 
 class ConfigError(UserError, ValueError):

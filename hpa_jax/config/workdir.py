@@ -128,7 +128,7 @@ def _setting(flat: dict, key: str):
     """A flattened config's value of `key`, or of the group `key` as a dict (None if absent)."""
     if key in flat:
         return flat[key]
-    inner = {k[len(key) + 1:]: v for k, v in flat.items() if k.startswith(f"{key}.")}
+    inner = {k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(f"{key}.")}
     return inner or None
 
 

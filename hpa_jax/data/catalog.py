@@ -102,8 +102,10 @@ class TfdsCatalog(_Catalog):
         """`tfds.data_source` of the split (serialized Examples), checked against the catalog."""
         source = open_tfds_source(self.dataset, self.split)
         if len(source) != len(self):
-            raise UserError(f"{self.where}: holds {len(source)} records but its catalog lists "
-                            f"{len(self)}; rebuild the dataset")  # fmt: skip
+            raise UserError(
+                f"{self.where}: holds {len(source)} records but its catalog lists "
+                f"{len(self)}; rebuild the dataset"
+            )
         return source
 
 
@@ -239,19 +241,22 @@ def select(
     return Selection(data_dir=data_dir, catalog=catalog, records=records, num_classes=k)
 
 
-def _select_tfds(ds: TfdsDataset, split: str, exclude: Iterable[str],
-                 num_classes: int | None) -> Selection:  # fmt: skip
+def _select_tfds(
+    ds: TfdsDataset, split: str, exclude: Iterable[str], num_classes: int | None
+) -> Selection:
     k = int(tfds_info(ds)["num_classes"])
     if num_classes is not None and int(num_classes) != k:
-        raise UserError(f"{ds}: dataset has {k} classes but the model expects "
-                        f"num_classes={num_classes}")  # fmt: skip
+        raise UserError(
+            f"{ds}: dataset has {k} classes but the model expects num_classes={num_classes}"
+        )
     expression, ids, labels = tfds_split_catalog(ds, split)
     catalog = TfdsCatalog(ds, expression, tuple(ids), tuple(labels))
     excluded = {exclude} if isinstance(exclude, str) else {str(x) for x in exclude}
     records = np.asarray([i for i, x in enumerate(ids) if x not in excluded], np.int64)
     if not len(records):
-        raise UserError(f"{catalog.where} is empty after excluding {len(excluded)} IDs "
-                        f"({len(ids)} records)")  # fmt: skip
+        raise UserError(
+            f"{catalog.where} is empty after excluding {len(excluded)} IDs ({len(ids)} records)"
+        )
     for i in records:
         catalog.checked_labels(int(i), k)
     return Selection(data_dir=ds, catalog=catalog, records=records, num_classes=k)

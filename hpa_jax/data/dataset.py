@@ -56,8 +56,16 @@ CELLS_CSV = "cells.csv"
 # a cell dataset (hpa_jax.cells.extract)
 CELL_INDEX_CSV, CELL_TRUTH_CSV, MASKS_DIR = "cell_index.csv", "cell_truth.csv", "masks"
 CELL_INDEX_COLUMNS = ("ID", "parent_id", "cell", "y0", "x0", "y1", "x1", "area")
-CELL_TRUTH_COLUMNS = ("ID", "parent_id", "cell", "true_cell", "iou", "weak_labels",
-                      "true_labels", "wrong_labels")  # fmt: skip
+CELL_TRUTH_COLUMNS = (
+    "ID",
+    "parent_id",
+    "cell",
+    "true_cell",
+    "iou",
+    "weak_labels",
+    "true_labels",
+    "wrong_labels",
+)
 CELL_SKIPPED_COLUMNS = ("ID", "cell", "reason")
 
 SHARD_PREFIX = "train"
@@ -224,8 +232,10 @@ def read_split(path: str | os.PathLike) -> dict[str, str]:
     """
     path = fileio.as_path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no split file (run `hpa-jax data split {path.parent}`, "
-                        "or use the split 'all')")  # fmt: skip
+        raise UserError(
+            f"{path}: no split file (run `hpa-jax data split {path.parent}`, "
+            "or use the split 'all')"
+        )
     try:
         reader = csv.reader(_csv_lines(path))
     except UnicodeDecodeError as err:
@@ -238,8 +248,7 @@ def read_split(path: str | os.PathLike) -> dict[str, str]:
         image_id = row[0].strip() if row else ""
         name = row[1].strip() if len(row) > 1 else ""
         if not image_id or name not in SPLIT_NAMES:
-            raise UserError(f"{path}:{line}: expected 'ID,{'|'.join(SPLIT_NAMES)}', "
-                            f"got {row!r}")  # fmt: skip
+            raise UserError(f"{path}:{line}: expected 'ID,{'|'.join(SPLIT_NAMES)}', got {row!r}")
         if image_id in out:
             raise UserError(f"{path}:{line}: ID {image_id!r} repeated")
         out[image_id] = name
@@ -289,10 +298,16 @@ def write_mask(path: str | os.PathLike, instances: np.ndarray) -> None:
     """An instance image (0 = background, k = cell k, at most 65535 cells) as a 16-bit PNG,
     written atomically."""
     instances = np.asarray(instances)
-    if instances.ndim != 2 or instances.dtype.kind not in "iu" or instances.min(initial=0) < 0 \
-            or instances.max(initial=0) > 65535:
-        raise ValueError(f"an instance image is int[H, W] in 0..65535, got {instances.dtype}"
-                         f"{list(instances.shape)}")  # fmt: skip
+    if (
+        instances.ndim != 2
+        or instances.dtype.kind not in "iu"
+        or instances.min(initial=0) < 0
+        or instances.max(initial=0) > 65535
+    ):
+        raise ValueError(
+            f"an instance image is int[H, W] in 0..65535, got {instances.dtype}"
+            f"{list(instances.shape)}"
+        )
     path = fileio.as_path(path)
     if not fileio.is_remote(path):  # an object store has no folders to make
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -216,13 +216,19 @@ def _check_extra(name: str, extra) -> dict[str, tuple[str, list]]:
         elif all(isinstance(v, str | bytes) for v in values):
             out[key] = ("bytes_list", [v.encode() if isinstance(v, str) else v for v in values])
         else:
-            raise SchemaError(f"record {name!r}: extra key {key!r} must hold ints or bytes, "
-                              f"got {value!r:.60}")  # fmt: skip
+            raise SchemaError(
+                f"record {name!r}: extra key {key!r} must hold ints or bytes, got {value!r:.60}"
+            )
     return out
 
 
-def _serialize(name: str, pngs: Mapping[str, bytes], size, labels: Sequence[int],
-               extra: Mapping[str, tuple[str, list]] | None = None) -> bytes:  # fmt: skip
+def _serialize(
+    name: str,
+    pngs: Mapping[str, bytes],
+    size,
+    labels: Sequence[int],
+    extra: Mapping[str, tuple[str, list]] | None = None,
+) -> bytes:
     example = _pb().Example()
     feature = example.features.feature
     feature["ID"].bytes_list.value.append(name.encode())
@@ -287,9 +293,12 @@ def parse_example(data: bytes) -> ParsedExample:
             if len(values) != 1:
                 raise SchemaError(f"{what}: key {channel!r} must hold one PNG, has {len(values)}")
             pngs[channel] = values[0]
-    extra = {key: tuple(_values(feature, key, feature[key].WhichOneof("kind") or "", what,
-                                optional=True))
-             for key in sorted(set(feature) - SCHEMA_KEYS)}  # fmt: skip
+    extra = {
+        key: tuple(
+            _values(feature, key, feature[key].WhichOneof("kind") or "", what, optional=True)
+        )
+        for key in sorted(set(feature) - SCHEMA_KEYS)
+    }
     return ParsedExample(name, labels, height, width, pngs, extra)
 
 

@@ -138,8 +138,9 @@ def inspect_records(
         local, names = _local_copies(paths, stack)
         report = _inspect_files(expand_paths(local), labels_lib.get_table(label_table), progress)
     report.records_per_file = {names.get(k, k): n for k, n in report.records_per_file.items()}
-    report.problems = [dataclasses.replace(p, path=names.get(p.path, p.path))
-                       for p in report.problems]  # fmt: skip
+    report.problems = [
+        dataclasses.replace(p, path=names.get(p.path, p.path)) for p in report.problems
+    ]
     return report
 
 

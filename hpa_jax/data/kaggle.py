@@ -87,8 +87,10 @@ def find_channels(files: dict[str, str], image_id: str) -> dict[str, str | None]
     """{channel: file name or None} for an ID, first matching extension in EXTENSIONS order."""
     out = {}
     for channel in CHANNELS:
-        names = (f"{image_id}_{channel}{ext}" for ext in EXTENSIONS + tuple(
-            e.upper() for e in EXTENSIONS))  # fmt: skip
+        names = (
+            f"{image_id}_{channel}{ext}"
+            for ext in EXTENSIONS + tuple(e.upper() for e in EXTENSIONS)
+        )
         out[channel] = next((n for n in names if n in files), None)
     return out
 
@@ -229,8 +231,9 @@ def finished_manifest(task: ShardTask) -> dict | None:
     """The manifest of a shard that is complete for these options, else None."""
     try:
         manifest = json.loads(task.manifest.read_text())
-        complete = manifest.get("options_hash") == task.options_hash \
-            and os.stat(task.path).st_size == manifest.get("num_bytes")  # fmt: skip
+        complete = manifest.get("options_hash") == task.options_hash and os.stat(
+            task.path
+        ).st_size == manifest.get("num_bytes")
     except (OSError, ValueError):
         return None
     return manifest if complete else None
@@ -331,8 +334,20 @@ def convert(
     todo = [t for t in tasks if manifests[t.path.name] is None]
     for manifest in writer_lib.run_tasks(convert_shard, todo, workers=workers, desc="convert"):
         manifests[manifest["shard"]] = manifest
-    return _finish(out_dir, table, tasks, manifests, bad_rows, len(tasks) - len(todo), size,
-                   val_fraction, seed, input_dir, csv_path, unlabelled)  # fmt: skip
+    return _finish(
+        out_dir,
+        table,
+        tasks,
+        manifests,
+        bad_rows,
+        len(tasks) - len(todo),
+        size,
+        val_fraction,
+        seed,
+        input_dir,
+        csv_path,
+        unlabelled,
+    )
 
 
 def _more(count: int) -> str:
@@ -356,13 +371,34 @@ def _make_tasks(input_dir, out_dir, rows, shards, size, on_error, digest) -> lis
     for k, span in enumerate(writer_lib.shard_ranges(len(rows), shards)):
         name = dataset.shard_name(k, shards)
         members = tuple((rows[i][0], rows[i][1], find_channels(files, rows[i][0])) for i in span)
-        tasks.append(ShardTask(out_dir / name, out_dir / MANIFEST_DIR / f"{name}.json", digest,
-                               input_dir, members, size, on_error))  # fmt: skip
+        tasks.append(
+            ShardTask(
+                out_dir / name,
+                out_dir / MANIFEST_DIR / f"{name}.json",
+                digest,
+                input_dir,
+                members,
+                size,
+                on_error,
+            )
+        )
     return tasks
 
 
-def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fraction, seed,
-            input_dir, csv_path, unlabelled) -> dict:  # fmt: skip
+def _finish(
+    out_dir,
+    table,
+    tasks,
+    manifests,
+    bad_rows,
+    resumed,
+    size,
+    val_fraction,
+    seed,
+    input_dir,
+    csv_path,
+    unlabelled,
+) -> dict:
     """Gather the shard manifests into train.csv, split.csv, skipped.csv and dataset.json."""
     ids, labels, sizes, skipped = [], [], set(), list(bad_rows)
     for task in tasks:
@@ -378,11 +414,23 @@ def _finish(out_dir, table, tasks, manifests, bad_rows, resumed, size, val_fract
     height, width = next(iter(sizes)) if len(sizes) == 1 else (None, None)
     names = [t.path.name for t in tasks]
     info = writer_lib.write_dataset_files(
-        out_dir, table=table, ids=ids, labels=labels, shards=names, height=height, width=width,
-        source="kaggle", val_fraction=val_fraction, seed=seed,
-        extra={"input_dir": str(input_dir), "csv": str(csv_path), "resized_to": size,
-               "num_skipped": len(skipped)},
-    )  # fmt: skip
+        out_dir,
+        table=table,
+        ids=ids,
+        labels=labels,
+        shards=names,
+        height=height,
+        width=width,
+        source="kaggle",
+        val_fraction=val_fraction,
+        seed=seed,
+        extra={
+            "input_dir": str(input_dir),
+            "csv": str(csv_path),
+            "resized_to": size,
+            "num_skipped": len(skipped),
+        },
+    )
     if unlabelled:  # test images are in no split: predicted whole, never trained on
         (out_dir / dataset.SPLIT_CSV).unlink(missing_ok=True)
         dataset.write_info(out_dir, {**info, "split": None, "unlabelled": True})

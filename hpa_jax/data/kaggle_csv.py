@@ -46,7 +46,8 @@ def read_listing(path: str | os.PathLike, labels: str = "auto") -> tuple[LabelTa
                 f"{path}: unknown columns {','.join(header)!r}; expected a train CSV "
                 "('ID,Label': hpa2021, 'Id,Target': hpa2018), a test folder's "
                 "sample_submission.csv ('Id,Predicted': 2018, "
-                f"'{','.join(dataset.SUBMISSION_COLUMNS)}': 2021), or pass --labels")
+                f"'{','.join(dataset.SUBMISSION_COLUMNS)}': 2021), or pass --labels"
+            )
         return (*dataset.read_labels_csv(path, labels), False)
     table = get_table(test_table if labels == "auto" else labels)
     # read with a table name, the first column is the ID whatever the header; the second is

@@ -105,13 +105,24 @@ def _threaded(ds, worker_count: int, num_threads: int | None):
     return it_ds
 
 
-def _fingerprint(kind: str, records: np.ndarray, batch_size: int, process_index: int,
-                 process_count: int, *, seed: int | None = None, crop=None) -> dict:
+def _fingerprint(
+    kind: str,
+    records: np.ndarray,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+    *,
+    seed: int | None = None,
+    crop=None,
+) -> dict:
     """A JSON-able summary of what a saved state is only valid for (train: with the seed; the
     crop only when cropping, so states saved before crops existed stay valid)."""
     fields = {"kind": kind} | ({} if seed is None else {"seed": int(seed)})
-    fields |= {"batch_size": int(batch_size), "process_index": process_index,
-               "process_count": process_count}  # fmt: skip
+    fields |= {
+        "batch_size": int(batch_size),
+        "process_index": process_index,
+        "process_count": process_count,
+    }
     fields |= {} if crop is None else {"crop": list(crop)}
     return fields | {"records": hashlib.sha256(records.tobytes()).hexdigest()[:16]}
 
@@ -153,8 +164,9 @@ class PipelineIterator(grain.DatasetIterator):
             # (priority 15), dropping what it has not done yet, then Grain's workers (1):
             # close before both
             _await_shared_memory_release_at_exit()
-            multiprocessing.util.Finalize(self, _close_if_alive, args=(weakref.ref(self),),
-                                          exitpriority=20)  # fmt: skip
+            multiprocessing.util.Finalize(
+                self, _close_if_alive, args=(weakref.ref(self),), exitpriority=20
+            )
 
     def _open(self, start: int):
         ds = self._batches[start:] if start else self._batches
@@ -276,7 +288,7 @@ def _bit_depth(chosen: catalog_lib.Selection, source, names, bit_depth) -> int:
     read here counts as 8-bit; the transform reports it when it reaches it."""
     if bit_depth != "auto":
         if bit_depth not in (8, 16):
-            raise UserError(f"bit_depth={bit_depth!r}: give \"auto\", 8 or 16")
+            raise UserError(f'bit_depth={bit_depth!r}: give "auto", 8 or 16')
         return int(bit_depth)
     if len(chosen.records) == 0:
         return 8
@@ -287,8 +299,9 @@ def _bit_depth(chosen: catalog_lib.Selection, source, names, bit_depth) -> int:
         return 8
 
 
-def _loader(chosen: catalog_lib.Selection, channels, image_size, bit_depth="auto",
-            **options) -> LoadRecord:  # fmt: skip
+def _loader(
+    chosen: catalog_lib.Selection, channels, image_size, bit_depth="auto", **options
+) -> LoadRecord:
     """The per-record transform over a selection's records."""
     source, names = chosen.catalog.open_source(), channel_names(channels)
     return LoadRecord(
@@ -333,8 +346,7 @@ def make_train_iterator(
     in memory (see `DecodedCache`): the same batches, without parsing and decoding each record again
     every epoch.
     """
-    p, n_proc, chosen = _select(data_dir, split, exclude, num_classes,
-                                process_index, process_count)  # fmt: skip
+    p, n_proc, chosen = _select(data_dir, split, exclude, num_classes, process_index, process_count)
     records = chosen.records
     per_process = len(records) // n_proc
     if batch_size <= 0 or per_process < batch_size:
@@ -344,19 +356,34 @@ def make_train_iterator(
         )
     if augment is True:
         augment = augment_lib.AugmentConfig()
-    load = _loader(chosen, channels, image_size, bit_depth, seed=int(seed),
-                   augment=augment or None, cache=DecodedCache() if cache else None)  # fmt: skip
+    load = _loader(
+        chosen,
+        channels,
+        image_size,
+        bit_depth,
+        seed=int(seed),
+        augment=augment or None,
+        cache=DecodedCache() if cache else None,
+    )
     order = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
-    ds = grain.MapDataset.range(1).repeat().map_with_index(
-        _GlobalBatchRows(order, records, batch_size, p, n_proc))
+    ds = (
+        grain.MapDataset.range(1)
+        .repeat()
+        .map_with_index(_GlobalBatchRows(order, records, batch_size, p, n_proc))
+    )
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
     crop = augment.crop if augment and augment.crop else None
     fingerprint = _fingerprint("train", records, batch_size, p, n_proc, seed=seed, crop=crop)
     if n_proc > 1:  # the order of 2026-12-04 on; one process reads the same stream as before
         fingerprint["rows"] = "process p: rows p*B..(p+1)*B-1 of every global batch"
-    return PipelineIterator(ds, fingerprint, worker_count=worker_count, num_threads=num_threads,
-                            num_records=per_process,
-                            steps_per_epoch=per_process // batch_size)  # fmt: skip
+    return PipelineIterator(
+        ds,
+        fingerprint,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        num_records=per_process,
+        steps_per_epoch=per_process // batch_size,
+    )
 
 
 def make_eval_iterator(
@@ -381,8 +408,7 @@ def make_eval_iterator(
     process yields `num_batches = ceil(ceil(N / P) / B)` batches. Has `get_state()`/`set_state()`
     (JSON).
     """
-    p, n_proc, chosen = _select(data_dir, split, exclude, num_classes,
-                                process_index, process_count)  # fmt: skip
+    p, n_proc, chosen = _select(data_dir, split, exclude, num_classes, process_index, process_count)
     records = chosen.records
     if batch_size <= 0:
         raise UserError(f"batch_size={batch_size} must be positive")
@@ -390,10 +416,15 @@ def make_eval_iterator(
     num_batches = math.ceil(math.ceil(len(records) / n_proc) / batch_size)
     padded = np.full(num_batches * batch_size, -1, np.int64)
     padded[: len(mine)] = mine
-    load = _loader(chosen, channels, image_size, bit_depth, seed=0, augment=None,
-                   with_mask=True)  # fmt: skip
+    load = _loader(chosen, channels, image_size, bit_depth, seed=0, augment=None, with_mask=True)
     ds = grain.MapDataset.source(padded).map(_eval_item)
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
     fingerprint = _fingerprint("eval", records, batch_size, p, n_proc)
-    return PipelineIterator(ds, fingerprint, worker_count=worker_count, num_threads=num_threads,
-                            num_records=len(mine), num_batches=num_batches)
+    return PipelineIterator(
+        ds,
+        fingerprint,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        num_records=len(mine),
+        num_batches=num_batches,
+    )

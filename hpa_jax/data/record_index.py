@@ -69,9 +69,11 @@ def cached_index(path: str | os.PathLike) -> RecordIndex | None:
 def local_only(path: str | os.PathLike) -> None:
     """UserError for records on object storage: they are read from local disk."""
     if fileio.is_remote(path):
-        raise UserError(f"{path}: records are read from local disk; stage the dataset first "
-                        "(hpa-jax data stage SRC DIR), or give its gs:// folder as "
-                        "config.data.dir, which stages it")
+        raise UserError(
+            f"{path}: records are read from local disk; stage the dataset first "
+            "(hpa-jax data stage SRC DIR), or give its gs:// folder as "
+            "config.data.dir, which stages it"
+        )
 
 
 def fingerprint(path: str | os.PathLike) -> Fingerprint:
@@ -139,8 +141,9 @@ def indexed_mtime(shard: str | os.PathLike, sidecar: str | os.PathLike) -> int |
     return mtime_ns if (size, sample_crc) == (found_size, found_crc) else None
 
 
-def try_save_index(path: str | os.PathLike, index: RecordIndex,
-                   shard_fingerprint: Fingerprint) -> None:  # fmt: skip
+def try_save_index(
+    path: str | os.PathLike, index: RecordIndex, shard_fingerprint: Fingerprint
+) -> None:
     """Write the sidecar of shard `path` atomically; in a read-only folder, quietly don't."""
     size, mtime_ns, sample_crc = shard_fingerprint
     head = _INDEX_HEAD.pack(_INDEX_MAGIC, _INDEX_VERSION, len(index), size, mtime_ns, sample_crc)

@@ -134,9 +134,12 @@ def _repair(y: np.ndarray, is_val: np.ndarray, rng) -> None:
 
 
 def stratified_split(
-    ids: Sequence[str], labels: Sequence[Sequence[int]], num_classes: int,
-    val_fraction: float = 0.2, seed: int = 0,
-) -> dict[str, str]:  # fmt: skip
+    ids: Sequence[str],
+    labels: Sequence[Sequence[int]],
+    num_classes: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, str]:
     """{ID: "train" | "validation"} for image IDs with their class-index tuples."""
     if len(ids) != len(labels):
         raise ValueError(f"{len(ids)} IDs but {len(labels)} label sets")

@@ -92,11 +92,12 @@ class StageReport:
 
     def summary(self) -> str:
         verb = "would copy" if self.dry_run else "copied"
-        return (f"{self.source} -> {self.dest}: {verb} {len(self.copied)} files "
-                f"({self.bytes_copied / 1e6:.1f} MB), kept {len(self.kept)} unchanged, "
-                f"removed {len(self.removed)}; {self.bytes_total / 1e6:.1f} MB in all"
-                + ("" if self.dry_run else f", {self.seconds:.1f} s "
-                   f"({self.mb_per_s:.1f} MB/s)"))  # fmt: skip
+        return (
+            f"{self.source} -> {self.dest}: {verb} {len(self.copied)} files "
+            f"({self.bytes_copied / 1e6:.1f} MB), kept {len(self.kept)} unchanged, "
+            f"removed {len(self.removed)}; {self.bytes_total / 1e6:.1f} MB in all"
+            + ("" if self.dry_run else f", {self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s)")
+        )
 
 
 def crc32c_text(value: bytes) -> str:
@@ -118,11 +119,19 @@ def list_source(src) -> list[SourceFile]:
         fs.invalidate_cache(url)
         prefix = url.split("://", 1)[1] + "/"
         found = fs.find(url, detail=True)
-        files = [SourceFile(name[len(prefix):], int(info["size"]), info.get("crc32c"),
-                            info.get("md5Hash"), ("generation", str(info.get("generation"))))
-                 for name, info in found.items()
-                 if name.startswith(prefix) and info.get("type") != "directory"
-                 and not name.endswith("/")]  # fmt: skip
+        files = [
+            SourceFile(
+                name[len(prefix) :],
+                int(info["size"]),
+                info.get("crc32c"),
+                info.get("md5Hash"),
+                ("generation", str(info.get("generation"))),
+            )
+            for name, info in found.items()
+            if name.startswith(prefix)
+            and info.get("type") != "directory"
+            and not name.endswith("/")
+        ]
     elif src.is_dir():
         files = []
         for root, _, names in os.walk(src):
@@ -153,9 +162,12 @@ def _read_manifest(dest) -> dict:
 
 def _entry_current(entry: dict | None, file: SourceFile, local: os.stat_result) -> bool:
     """The copy is the one recorded for this very source version, and untouched since."""
-    return bool(entry) and entry.get("stamp") == list(file.stamp) \
-        and entry.get("size") == local.st_size == file.size \
-        and entry.get("mtime_ns") == local.st_mtime_ns  # fmt: skip
+    return (
+        bool(entry)
+        and entry.get("stamp") == list(file.stamp)
+        and entry.get("size") == local.st_size == file.size
+        and entry.get("mtime_ns") == local.st_mtime_ns
+    )
 
 
 def _file_digests(path, what: tuple[str, ...]) -> dict:
@@ -169,8 +181,9 @@ def _file_digests(path, what: tuple[str, ...]) -> dict:
     return {"crc32c": crc32c_text(crc.digest()), "md5": base64.b64encode(md5.digest()).decode()}
 
 
-def _copy_still_good(file: SourceFile, entry: dict | None, local: os.stat_result,
-                     path) -> str | None:  # fmt: skip
+def _copy_still_good(
+    file: SourceFile, entry: dict | None, local: os.stat_result, path
+) -> str | None:
     """A copy with the source's size but no current record: its CRC32C if its checksum matches
     the source's (the store's, else the one recorded when it was staged), else None."""
     if local.st_size != file.size:
@@ -207,8 +220,9 @@ def _copy_one(src, dest, file: SourceFile, bar) -> dict:
     target = os.path.join(dest, *file.rel.split("/"))
     where = f"{os.fspath(src).rstrip('/')}/{file.rel}"
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=_TMP_SUFFIX,
-                               dir=os.path.dirname(target))  # fmt: skip
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=_TMP_SUFFIX, dir=os.path.dirname(target)
+    )
     try:
         crc, md5, size = google_crc32c.Checksum(), hashlib.md5(), 0
         with os.fdopen(fd, "wb") as out, _open_source(src, file.rel) as f:
@@ -221,13 +235,17 @@ def _copy_one(src, dest, file: SourceFile, bar) -> dict:
                 bar.update(len(chunk))
         got = crc32c_text(crc.digest())
         if size != file.size:
-            raise UserError(f"{where}: read {size} bytes, the listing said {file.size} (did it "
-                            "change while staging? stage again)")  # fmt: skip
+            raise UserError(
+                f"{where}: read {size} bytes, the listing said {file.size} (did it "
+                "change while staging? stage again)"
+            )
         if (file.crc32c and got != file.crc32c) or (
-                file.md5 and not file.crc32c
-                and base64.b64encode(md5.digest()).decode() != file.md5):
-            raise UserError(f"{where}: checksum mismatch: the copy in {target} differs from the "
-                            "stored object's checksum (a corrupt transfer; stage again)")
+            file.md5 and not file.crc32c and base64.b64encode(md5.digest()).decode() != file.md5
+        ):
+            raise UserError(
+                f"{where}: checksum mismatch: the copy in {target} differs from the "
+                "stored object's checksum (a corrupt transfer; stage again)"
+            )
         mtime = _shard_mtime(tmp, dest, file.rel)
         if mtime is None and file.stamp[:1] == ("mtime_ns",):
             mtime = file.stamp[1]  # a local source: keep its modification time, as `cp -p`
@@ -272,15 +290,26 @@ def _plan(src, dest, verify: bool) -> _Plan:
         if crc is None:
             todo.append(file)
         else:
-            kept[file.rel] = {"stamp": list(file.stamp), "size": file.size, "crc32c": crc,
-                              "mtime_ns": local.st_mtime_ns}  # fmt: skip
+            kept[file.rel] = {
+                "stamp": list(file.stamp),
+                "size": file.size,
+                "crc32c": crc,
+                "mtime_ns": local.st_mtime_ns,
+            }
     names = {f.rel for f in files}
     stale = sorted(rel for rel in staged if rel not in names)
     return _Plan(files, todo, kept, stale)
 
 
-def stage(src, dest, *, workers: int = 8, verify: bool = False, dry_run: bool = False,
-          progress: bool = True) -> StageReport:  # fmt: skip
+def stage(
+    src,
+    dest,
+    *,
+    workers: int = 8,
+    verify: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> StageReport:
     """Copy the dataset folder `src` (gs://, local, ...) into the local folder `dest`.
 
     See the module doc: checksums, resume (`DEST/.staged.json`), atomic renames, sidecars.
@@ -294,27 +323,50 @@ def stage(src, dest, *, workers: int = 8, verify: bool = False, dry_run: bool = 
     if os.fspath(src).rstrip("/") == os.fspath(dest).rstrip("/"):
         raise UserError(f"{src}: source and destination are the same folder")
     plan = _plan(src, dest, verify)
-    report = StageReport(os.fspath(src), os.fspath(dest), dry_run=dry_run,
-                         copied=[f.rel for f in plan.todo], kept=sorted(plan.kept),
-                         removed=plan.stale, bytes_total=sum(f.size for f in plan.files),
-                         bytes_copied=sum(f.size for f in plan.todo))  # fmt: skip
+    report = StageReport(
+        os.fspath(src),
+        os.fspath(dest),
+        dry_run=dry_run,
+        copied=[f.rel for f in plan.todo],
+        kept=sorted(plan.kept),
+        removed=plan.stale,
+        bytes_total=sum(f.size for f in plan.files),
+        bytes_copied=sum(f.size for f in plan.todo),
+    )
     if dry_run:
         report.seconds = time.perf_counter() - start
         return report
     os.makedirs(dest, exist_ok=True)
     entries = dict(plan.kept)
     # sidecars before shards: a shard's copy takes its mtime from its staged sidecar
-    phases = [[f for f in plan.todo if not f.rel.endswith(".tfrecord")],
-              [f for f in plan.todo if f.rel.endswith(".tfrecord")]]
-    with tqdm(total=report.bytes_copied, unit="B", unit_scale=True, unit_divisor=1024,
-              desc="stage", disable=None if progress else True) as bar:  # fmt: skip
+    phases = [
+        [f for f in plan.todo if not f.rel.endswith(".tfrecord")],
+        [f for f in plan.todo if f.rel.endswith(".tfrecord")],
+    ]
+    with tqdm(
+        total=report.bytes_copied,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="stage",
+        disable=None if progress else True,
+    ) as bar:
         for phase in phases:
             entries.update(_copy_all(src, dest, phase, bar, workers))
     for rel in plan.stale:
         fileio.remove(os.path.join(dest, *rel.split("/")))
-    fileio.write_text(dest / MANIFEST, json.dumps(
-        {"version": _MANIFEST_VERSION, "source": os.fspath(src),
-         "files": {rel: entries[rel] for rel in sorted(entries)}}, indent=1) + "\n")
+    fileio.write_text(
+        dest / MANIFEST,
+        json.dumps(
+            {
+                "version": _MANIFEST_VERSION,
+                "source": os.fspath(src),
+                "files": {rel: entries[rel] for rel in sorted(entries)},
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     report.seconds = time.perf_counter() - start
     log.info("stage %s", report.summary())
     return report
@@ -341,7 +393,9 @@ def default_stage_dir(data_dir) -> fileio.Path:
         raise UserError(f"{url}: cannot name a cache folder after it; set a staging folder")
     base = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "hpa-jax", "datasets")
+        "hpa-jax",
+        "datasets",
+    )
     return fileio.as_path(os.path.join(base, *parts))
 
 

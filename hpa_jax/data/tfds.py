@@ -60,8 +60,15 @@ from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2021, get_table
 
 NAME = "hpa_protein_atlas"
-__all__ = ["CONFIGS", "NAME", "HpaConfig", "HpaProteinAtlas", "TfdsDataset", "build",
-           "synthetic_config"]  # fmt: skip
+__all__ = [
+    "CONFIGS",
+    "NAME",
+    "HpaConfig",
+    "HpaProteinAtlas",
+    "TfdsDataset",
+    "build",
+    "synthetic_config",
+]
 _log = logging.getLogger(__name__)
 
 _INSTRUCTIONS = """\
@@ -96,13 +103,24 @@ class HpaConfig(tfds.core.BuilderConfig):
 
 
 CONFIGS = (
-    HpaConfig(name="kaggle2021", source="kaggle", bits=16,
-              description="Kaggle hpa-single-cell-image-classification train set (manual)"),
-    HpaConfig(name="kaggle2018", source="kaggle", label_table="hpa2018",
-              description="Kaggle human-protein-atlas-image-classification train set (manual)"),
-    HpaConfig(name="synthetic", description="synthetic HPA-like images made by hpa-jax, with "
-              "cell masks and per-cell labels (offline)"),
-)  # fmt: skip
+    HpaConfig(
+        name="kaggle2021",
+        source="kaggle",
+        bits=16,
+        description="Kaggle hpa-single-cell-image-classification train set (manual)",
+    ),
+    HpaConfig(
+        name="kaggle2018",
+        source="kaggle",
+        label_table="hpa2018",
+        description="Kaggle human-protein-atlas-image-classification train set (manual)",
+    ),
+    HpaConfig(
+        name="synthetic",
+        description="synthetic HPA-like images made by hpa-jax, with "
+        "cell masks and per-cell labels (offline)",
+    ),
+)
 
 
 _SYNTHETIC_NAME = re.compile(r"synthetic_n(\d+)_px(\d+)_seed(\d+)")
@@ -117,8 +135,10 @@ def synthetic_config(num_images: int, image_size: int, seed: int) -> HpaConfig:
     if values == {k: getattr(base, k) for k in values}:
         return base
     if values["num_images"] < 1 or values["image_size"] < 16:
-        raise UserError(f"{NAME}/synthetic: need num_images >= 1 and image_size >= 16, got "
-                        f"{num_images} and {image_size}")
+        raise UserError(
+            f"{NAME}/synthetic: need num_images >= 1 and image_size >= 16, got "
+            f"{num_images} and {image_size}"
+        )
     name = f"synthetic_n{num_images}_px{image_size}_seed{seed}"
     return dataclasses.replace(base, name=name, **values)
 
@@ -127,8 +147,10 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
     """Human Protein Atlas fields of view: four single-channel PNGs and image-level labels."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Kaggle 2021 and 2018 train sets (manual) and a synthetic set, "
-                              "in ArrayRecord files, with a stratified validation split."}
+    RELEASE_NOTES = {
+        "1.0.0": "Kaggle 2021 and 2018 train sets (manual) and a synthetic set, "
+        "in ArrayRecord files, with a stratified validation split."
+    }
     BUILDER_CONFIGS = list(CONFIGS)
     DEFAULT_BUILDER_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
@@ -137,17 +159,29 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
     # defined in a package fails to build (tensorflow/datasets#11212). This is what it finds.
     code_path = epath.Path(__file__)
 
-    def __init__(self, *, config=None, num_images=None, image_size=None, seed=None,
-                 file_format=None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        config=None,
+        num_images=None,
+        image_size=None,
+        seed=None,
+        file_format=None,
+        **kwargs,
+    ):
         """`num_images`, `image_size`, `seed` choose another synthetic set (`synthetic_config`)."""
         if (num_images, image_size, seed) != (None, None, None):
             if config not in (None, "synthetic"):
-                raise UserError(f"{NAME}/{config}: num_images, image_size and seed are options "
-                                "of the synthetic config only")
+                raise UserError(
+                    f"{NAME}/{config}: num_images, image_size and seed are options "
+                    "of the synthetic config only"
+                )
             base = CONFIGS[-1]
-            config = synthetic_config(base.num_images if num_images is None else num_images,
-                                      base.image_size if image_size is None else image_size,
-                                      base.seed if seed is None else seed).name  # fmt: skip
+            config = synthetic_config(
+                base.num_images if num_images is None else num_images,
+                base.image_size if image_size is None else image_size,
+                base.seed if seed is None else seed,
+            ).name
         super().__init__(config=config, file_format=file_format or "array_record", **kwargs)
 
     @classmethod
@@ -175,17 +209,20 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
             features |= {
                 "cells": image(np.uint16),
                 "nuclei": image(np.uint16),
-                "cell_labels": tfds.features.Tensor(shape=(None, table.num_classes),
-                                                    dtype=np.bool_),
+                "cell_labels": tfds.features.Tensor(
+                    shape=(None, table.num_classes), dtype=np.bool_
+                ),
                 "anomaly": tfds.features.Text(),
-            }  # fmt: skip
+            }
         return tfds.core.DatasetInfo(
-            builder=self, description="Human Protein Atlas fields of view: four single-channel "
+            builder=self,
+            description="Human Protein Atlas fields of view: four single-channel "
             "PNG stains (red, green, blue, yellow) with image-level labels (hpa_jax.data.tfds).",
             features=tfds.features.FeaturesDict(features),
-            homepage="https://www.proteinatlas.org/", metadata=tfds.core.MetadataDict(),
+            homepage="https://www.proteinatlas.org/",
+            metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # record order = generation order = the catalog's order
-        )  # fmt: skip
+        )
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
@@ -195,16 +232,31 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
             items = [(p.image_id, p.recorded_labels, p) for p in plans]
             skipped = []
         else:
-            items, skipped = _kaggle_rows(_kaggle_folder(fileio.as_path(dl_manager.manual_dir),
-                                                         cfg.name), table)  # fmt: skip
-        split = stratified_split([i[0] for i in items], [i[1] for i in items], table.num_classes,
-                                 cfg.val_fraction, cfg.seed)  # fmt: skip
+            items, skipped = _kaggle_rows(
+                _kaggle_folder(fileio.as_path(dl_manager.manual_dir), cfg.name), table
+            )
+        split = stratified_split(
+            [i[0] for i in items],
+            [i[1] for i in items],
+            table.num_classes,
+            cfg.val_fraction,
+            cfg.seed,
+        )
         meta = self.info.metadata
         meta.clear()
-        meta.update({"catalog_version": TFDS_CATALOG_VERSION, "source": cfg.source,
-                     "label_table": table.name, "records": {}, "skipped": skipped})  # fmt: skip
-        return {name: self._generate_examples(name, [i for i in items if split[i[0]] == name])
-                for name in dataset.SPLIT_NAMES}  # fmt: skip
+        meta.update(
+            {
+                "catalog_version": TFDS_CATALOG_VERSION,
+                "source": cfg.source,
+                "label_table": table.name,
+                "records": {},
+                "skipped": skipped,
+            }
+        )
+        return {
+            name: self._generate_examples(name, [i for i in items if split[i[0]] == name])
+            for name in dataset.SPLIT_NAMES
+        }
 
     def _generate_examples(self, split: str, items):
         cfg = self.builder_config
@@ -225,8 +277,13 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
 
 
 def _channels_example(image_id: str, pngs: dict, height: int, width: int, labels) -> dict:
-    return {"id": image_id, **{c: io.BytesIO(pngs[c]) for c in CHANNELS}, "height": height,
-            "width": width, "labels": sorted({int(c) for c in labels})}  # fmt: skip
+    return {
+        "id": image_id,
+        **{c: io.BytesIO(pngs[c]) for c in CHANNELS},
+        "height": height,
+        "width": width,
+        "labels": sorted({int(c) for c in labels}),
+    }
 
 
 def _synthetic_example(plan, cfg: HpaConfig) -> dict:
@@ -249,9 +306,11 @@ def _kaggle_folder(manual_dir: fileio.Path, config_name: str) -> fileio.Path:
     folder = manual_dir / config_name
     folder = folder if (folder / dataset.LABELS_CSV).is_file() else manual_dir
     if not (folder / dataset.LABELS_CSV).is_file() or not (folder / "train").is_dir():
-        raise UserError(f"{manual_dir}: no {dataset.LABELS_CSV} and train/ folder (looked also "
-                        f"in {manual_dir / config_name}); see MANUAL_DOWNLOAD_INSTRUCTIONS:\n"
-                        f"{_INSTRUCTIONS}")  # fmt: skip
+        raise UserError(
+            f"{manual_dir}: no {dataset.LABELS_CSV} and train/ folder (looked also "
+            f"in {manual_dir / config_name}); see MANUAL_DOWNLOAD_INSTRUCTIONS:\n"
+            f"{_INSTRUCTIONS}"
+        )
     return folder
 
 
@@ -260,8 +319,10 @@ def _kaggle_rows(folder: fileio.Path, table) -> tuple[list, list]:
     csv_path = folder / dataset.LABELS_CSV
     found, raw = dataset.read_labels_csv(csv_path)
     if found.name != table.name:
-        raise UserError(f"{csv_path}: a {found.name} labels file, but this config reads "
-                        f"{table.name} ({table.id_column},{table.label_column})")
+        raise UserError(
+            f"{csv_path}: a {found.name} labels file, but this config reads "
+            f"{table.name} ({table.id_column},{table.label_column})"
+        )
     rows, bad = kaggle.parse_rows(table, raw, csv_path)
     images = folder / "train"
     files = kaggle.index_files(images)

@@ -22,7 +22,6 @@ from hpa_jax.labels import HPA_2018, HPA_2021
 TFDS_CATALOG_VERSION = 1  # of the catalog `hpa_jax.data.tfds` writes into metadata.json
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TfdsDataset:
     """A built TFDS dataset (`hpa_protein_atlas/synthetic`, see `hpa_jax.data.tfds`) in
@@ -43,8 +42,10 @@ def open_tfds_builder(ds: TfdsDataset):
         first = (str(err).strip() or type(err).__name__).splitlines()[0]  # not the whole list
         raise UserError(f"{ds}: {first} (hpa_jax.data.tfds registers hpa_protein_atlas)") from None
     if not builder.is_prepared():
-        raise UserError(f"{ds}: not built in {builder.data_dir}; build it first: "
-                        f"hpa_jax.data.tfds.build({ds.name!r}, data_dir=...)")
+        raise UserError(
+            f"{ds}: not built in {builder.data_dir}; build it first: "
+            f"hpa_jax.data.tfds.build({ds.name!r}, data_dir=...)"
+        )
     if missing := [k for k in ("id", "labels", *CHANNELS) if k not in builder.info.features]:
         raise UserError(f"{ds}: not an HPA dataset, features {missing} missing")
     return builder
@@ -55,10 +56,17 @@ def tfds_info(ds: TfdsDataset) -> dict:
     builder = open_tfds_builder(ds)
     classes = tuple(builder.info.features["labels"].feature.names)
     table = (builder.info.metadata or {}).get("label_table") or next(
-        (t.name for t in (HPA_2021, HPA_2018) if t.classes == classes), None)
+        (t.name for t in (HPA_2021, HPA_2018) if t.classes == classes), None
+    )
     splits = {name: int(s.num_examples) for name, s in builder.info.splits.items()}
-    return {"label_table": table, "num_classes": len(classes), "classes": list(classes),
-            "num_records": sum(splits.values()), "splits": splits, "source": "tfds"}  # fmt: skip
+    return {
+        "label_table": table,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "num_records": sum(splits.values()),
+        "splits": splits,
+        "source": "tfds",
+    }
 
 
 def tfds_split_catalog(ds: TfdsDataset, split: str) -> tuple[str, list[str], list[tuple]]:
@@ -93,8 +101,13 @@ def _scan_tfds(ds: TfdsDataset, split: str) -> dict:
 def open_tfds_source(ds: TfdsDataset, split: str):
     """`tfds.data_source` of a split expression, serving each record as its serialized
     tf.train.Example (`RAW_BYTES`: the images are decoded by the pipeline, not by TFDS)."""
-    return tfds.data_source(ds.name, split=split, data_dir=ds.data_dir, download=False,
-                            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    return tfds.data_source(
+        ds.name,
+        split=split,
+        data_dir=ds.data_dir,
+        download=False,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+    )
 
 
 def parse_tfds_record(data: bytes) -> ParsedExample:

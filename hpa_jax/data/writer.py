@@ -117,9 +117,12 @@ def write_dataset_files(
         "channels": list(CHANNELS),
         "shards": list(shards),
         "source": source,
-        "split": {"val_fraction": val_fraction, "seed": seed,
-                  "num_validation": sum(v == dataset.VALIDATION for v in split.values())},
-    }  # fmt: skip
+        "split": {
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "num_validation": sum(v == dataset.VALIDATION for v in split.values()),
+        },
+    }
     info.update(extra or {})
     dataset.write_info(out_dir, info)
     return info
@@ -159,11 +162,12 @@ def written_locally(fn: Callable) -> Callable:
         if not fileio.is_remote(remote):
             return fn(*args, **kwargs)
         remote = fileio.as_path(remote)
-        if bound.arguments.get("overwrite") is False and remote.exists() \
-                and any(remote.iterdir()):  # fmt: skip
-            raise UserError(f"{remote} already holds files; output to object storage is "
-                            "written locally and uploaded whole (it does not resume there): "
-                            "pass --overwrite to replace it, or choose another --out")
+        if bound.arguments.get("overwrite") is False and remote.exists() and any(remote.iterdir()):
+            raise UserError(
+                f"{remote} already holds files; output to object storage is "
+                "written locally and uploaded whole (it does not resume there): "
+                "pass --overwrite to replace it, or choose another --out"
+            )
         with fileio.atomic_path(remote) as tmp:
             bound.arguments["out_dir"] = tmp
             summary = fn(*bound.args, **bound.kwargs)
@@ -175,7 +179,7 @@ def written_locally(fn: Callable) -> Callable:
 def _rebase(value, old: str, new: str):
     """`value` with every string that starts with the folder `old` starting with `new`."""
     if isinstance(value, str):
-        return new + value[len(old):] if value.startswith(old) else value
+        return new + value[len(old) :] if value.startswith(old) else value
     if isinstance(value, dict):
         return {k: _rebase(v, old, new) for k, v in value.items()}
     if isinstance(value, list | tuple):

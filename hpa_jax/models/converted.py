@@ -64,15 +64,16 @@ def load_converted(out_dir: str | os.PathLike) -> tuple[dict, dict]:
     out_dir = _absolute(out_dir)
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file() or not (out_dir / "state").is_dir():
-        raise WeightsError(f"{out_dir}: not a converted-weights folder (needs meta.json and "
-                           "state/, as `hpa-jax convert-weights` writes)")
+        raise WeightsError(
+            f"{out_dir}: not a converted-weights folder (needs meta.json and "
+            "state/, as `hpa-jax convert-weights` writes)"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise WeightsError(f"{meta_path}: not valid JSON: {err}") from None
     if meta.get("format") != META_FORMAT:
-        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected "
-                           f"{META_FORMAT!r}")
+        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
     checkpointer = ocp.StandardCheckpointer()
     try:
         pure = checkpointer.restore(out_dir / "state")
@@ -92,8 +93,10 @@ def apply_converted(model, state: dict, meta: dict, *, where: str = "converted w
 
     The head (absent from the state) keeps its fresh initialisation. Returns `model`.
     """
-    if meta.get("variant") != model.variant or int(meta.get("in_channels", -1)) != \
-            model.in_channels:
+    if (
+        meta.get("variant") != model.variant
+        or int(meta.get("in_channels", -1)) != model.in_channels
+    ):
         raise WeightsError(
             f"{where}: holds EfficientNet-{meta.get('variant')} with "
             f"{meta.get('in_channels')} channels, but the model is EfficientNet-{model.variant} "
@@ -130,12 +133,16 @@ def assign_pure_state(model, pure: dict, *, where: str) -> None:
     flat_new = _flatten(pure)
     for path, value in flat_new.items():
         if path not in flat_model:
-            raise WeightsError(f"{where}: {'/'.join(map(str, path))} is not a variable of "
-                               f"EfficientNet-{model.variant}")
+            raise WeightsError(
+                f"{where}: {'/'.join(map(str, path))} is not a variable of "
+                f"EfficientNet-{model.variant}"
+            )
         want = tuple(flat_model[path].shape)
         if tuple(np.shape(value)) != want:
-            raise WeightsError(f"{where}: {'/'.join(map(str, path))} has shape "
-                               f"{tuple(np.shape(value))}, expected {want}")
+            raise WeightsError(
+                f"{where}: {'/'.join(map(str, path))} has shape "
+                f"{tuple(np.shape(value))}, expected {want}"
+            )
     new = {path: jnp.asarray(value, flat_model[path].dtype) for path, value in flat_new.items()}
     nnx.replace_by_pure_dict(state, _unflatten(new))
     nnx.update(model, state)

@@ -123,15 +123,17 @@ def block_args(spec: Variant, drop_connect_rate: float) -> list[BlockArgs]:
         kernel = spec.kernel_size or kernel
         f_in, f_out = round_filters(f_in, spec), round_filters(f_out, spec)
         for j in range(round_repeats(repeats, spec)):
-            out.append(BlockArgs(
-                name=f"block{i + 1}{chr(j + 97)}_",
-                kernel_size=kernel,
-                filters_in=f_in if j == 0 else f_out,
-                filters_out=f_out,
-                expand_ratio=expand,
-                stride=stride if j == 0 else 1,
-                drop_rate=drop_connect_rate * len(out) / total,
-            ))
+            out.append(
+                BlockArgs(
+                    name=f"block{i + 1}{chr(j + 97)}_",
+                    kernel_size=kernel,
+                    filters_in=f_in if j == 0 else f_out,
+                    filters_out=f_out,
+                    expand_ratio=expand,
+                    stride=stride if j == 0 else 1,
+                    drop_rate=drop_connect_rate * len(out) / total,
+                )
+            )
     return out
 
 
@@ -155,10 +157,12 @@ class MBConv(nnx.Module):
             filters, args.kernel_size, args.stride, mode=depthwise, dtype=dtype, init=init
         )
         self.bn = layers.BatchNorm(filters)
-        self.se_reduce = layers.Pointwise(filters, filters_se, use_bias=True, dtype=dtype,
-                                          init=init)
-        self.se_expand = layers.Pointwise(filters_se, filters, use_bias=True, dtype=dtype,
-                                          init=init)
+        self.se_reduce = layers.Pointwise(
+            filters, filters_se, use_bias=True, dtype=dtype, init=init
+        )
+        self.se_expand = layers.Pointwise(
+            filters_se, filters, use_bias=True, dtype=dtype, init=init
+        )
         self.project_conv = layers.Pointwise(filters, args.filters_out, dtype=dtype, init=init)
         self.project_bn = layers.BatchNorm(args.filters_out)
 
@@ -186,8 +190,9 @@ class MBConv(nnx.Module):
 class GapDense(nnx.Module):
     """The study's head: global average pool → dropout → dense. `[B,H,W,D] → [B,K]`."""
 
-    def __init__(self, features: int, num_classes: int, dropout_rate: float, *, dtype,
-                 init: layers.InitBank):
+    def __init__(
+        self, features: int, num_classes: int, dropout_rate: float, *, dtype, init: layers.InitBank
+    ):
         self.dense = layers.Dense(features, num_classes, dtype=dtype, init=init)
         self.dropout_rate = dropout_rate
 
@@ -203,8 +208,9 @@ class GapGmpBnDropoutDense(nnx.Module):
     `[B, H, W, D] → [B, K]`; the dense layer sees 2·D features.
     """
 
-    def __init__(self, features: int, num_classes: int, dropout_rate: float, *, dtype,
-                 init: layers.InitBank):
+    def __init__(
+        self, features: int, num_classes: int, dropout_rate: float, *, dtype, init: layers.InitBank
+    ):
         self.bn = layers.BatchNorm(2 * features)
         self.dense = layers.Dense(2 * features, num_classes, dtype=dtype, init=init)
         self.dropout_rate = dropout_rate
@@ -242,10 +248,20 @@ class EfficientNet(heads.PooledClassifier, nnx.Module):
     drives dropout and drop-connect; `rng=None` turns both off.
     """
 
-    def __init__(self, variant: str, *, num_classes: int, in_channels: int = 3,
-                 head: str = "gap_dense", activation: str = "sigmoid", dtype="float32",
-                 drop_connect_rate: float = 0.2, dropout_rate: float | None = None,
-                 depthwise: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        variant: str,
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        head: str = "gap_dense",
+        activation: str = "sigmoid",
+        dtype="float32",
+        drop_connect_rate: float = 0.2,
+        dropout_rate: float | None = None,
+        depthwise: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         spec = _check_args(variant, num_classes, in_channels, head, activation, dtype)
         self.variant = variant
         self.num_classes = num_classes
@@ -267,17 +283,20 @@ class EfficientNet(heads.PooledClassifier, nnx.Module):
         stem = round_filters(spec.stem_filters, spec)
         self.stem_conv = layers.Conv2D(in_channels, stem, 3, 2, dtype=self.dtype, init=init)
         self.stem_bn = layers.BatchNorm(stem)
-        self.blocks = nnx.List([
-            MBConv(args, depthwise=self.depthwise, dtype=self.dtype, init=init)
-            for args in block_args(spec, self.drop_connect_rate)
-        ])
+        self.blocks = nnx.List(
+            [
+                MBConv(args, depthwise=self.depthwise, dtype=self.dtype, init=init)
+                for args in block_args(spec, self.drop_connect_rate)
+            ]
+        )
         last = self.blocks[-1].project_bn.num_features
         self.feature_dim = round_filters(spec.top_filters, spec)
         self.top_conv = layers.Pointwise(last, self.feature_dim, dtype=self.dtype, init=init)
         self.top_bn = layers.BatchNorm(self.feature_dim)
         head_cls = GapDense if head == "gap_dense" else GapGmpBnDropoutDense
-        self.head = head_cls(self.feature_dim, num_classes, self.dropout_rate, dtype=self.dtype,
-                             init=init)
+        self.head = head_cls(
+            self.feature_dim, num_classes, self.dropout_rate, dtype=self.dtype, init=init
+        )
 
     def normalize_input(self, images: jax.Array) -> jax.Array:
         """float[B, H, W, C] in 0..255 → float32 normalised as Keras's preprocessing layers."""
@@ -285,8 +304,9 @@ class EfficientNet(heads.PooledClassifier, nnx.Module):
         std = jnp.maximum(jnp.sqrt(self.input_variance[...]), 1e-7)
         return (x - self.input_mean[...]) / std * self.input_scale[...]
 
-    def feature_map(self, images: jax.Array, *, train: bool = False,
-                    rng: jax.Array | None = None) -> jax.Array:
+    def feature_map(
+        self, images: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
         """images float[B, H, W, C] in 0..255 → top activation [B, H/32, W/32, D], compute dtype."""
         if images.ndim != 4 or images.shape[-1] != self.in_channels:
             raise ValueError(
@@ -306,8 +326,9 @@ class EfficientNet(heads.PooledClassifier, nnx.Module):
 
 def _check_args(variant, num_classes, in_channels, head, activation, dtype) -> Variant:
     if variant not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet variant {variant!r}; choose one of "
-                         f"{', '.join(VARIANTS)}")
+        raise ValueError(
+            f"unknown EfficientNet variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
     if in_channels not in (3, 4):
         raise ValueError(f"in_channels must be 3 or 4, got {in_channels}")
     if head not in HEADS:

@@ -78,18 +78,30 @@ class ClassifierHead(nnx.Module):
     when training with an `rng`; BatchNorm uses batch statistics when `train`.
     """
 
-    def __init__(self, kind: str, features: int, num_classes: int, *,
-                 dropout_rate: float = 0.0, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        kind: str,
+        features: int,
+        num_classes: int,
+        *,
+        dropout_rate: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
         self.kind = check_head(kind)
         self.dropout_rate = float(dropout_rate)
         width = features if kind == "gap_dense" else 2 * features
-        self.bn = (nnx.BatchNorm(width, momentum=0.99, epsilon=1e-3, rngs=rngs)
-                   if kind == "gap_gmp_bn_dropout_dense" else None)
-        self.dense = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.glorot_uniform(),
-                                rngs=rngs)
+        self.bn = (
+            nnx.BatchNorm(width, momentum=0.99, epsilon=1e-3, rngs=rngs)
+            if kind == "gap_gmp_bn_dropout_dense"
+            else None
+        )
+        self.dense = nnx.Linear(
+            width, num_classes, kernel_init=nnx.initializers.glorot_uniform(), rngs=rngs
+        )
 
-    def __call__(self, fmap: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, fmap: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
         fmap = fmap.astype(jnp.float32)
         x = jnp.mean(fmap, axis=(1, 2))
         if self.bn is not None:
@@ -103,14 +115,16 @@ class PooledClassifier:
     """`features` and `__call__` of a model that has `feature_map(images, train=, rng=)` and a
     `head` (our EfficientNet, the Keras backbones): one place for how they pool and classify."""
 
-    def features(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
+    def features(
+        self, images: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
         """images [B, H, W, C] in 0..255 → float32[B, D] globally average-pooled features."""
         fmap = self.feature_map(images, train=train, rng=fold_rng(rng, 0))
         return jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))
 
-    def __call__(self, images: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
         """images [B, H, W, C] in 0..255 → logits float32[B, K] (before the activation)."""
         fmap = self.feature_map(images, train=train, rng=fold_rng(rng, 0))
         return self.head(fmap, train=train, rng=fold_rng(rng, 1))

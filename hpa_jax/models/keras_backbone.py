@@ -60,8 +60,9 @@ from hpa_jax.models.keras_build import (
 from hpa_jax.models.keras_init import initial_values, key_bits, seed_state_ids
 
 
-def load_weight_values(name: str, path: str | os.PathLike, *, in_channels: int, input_size: int,
-                       **kwargs) -> list[np.ndarray]:
+def load_weight_values(
+    name: str, path: str | os.PathLike, *, in_channels: int, input_size: int, **kwargs
+) -> list[np.ndarray]:
     """Values of `model.variables` of the [size, size, in_channels] backbone from a Keras file.
 
     The file (`.weights.h5` from `model.save_weights`, or Keras's legacy `.h5` ImageNet
@@ -85,8 +86,10 @@ def load_weight_values(name: str, path: str | os.PathLike, *, in_channels: int, 
     if in_channels == 3:
         return donor_values
     target = build_keras_model(name, input_size=input_size, in_channels=in_channels, **kwargs)
-    return [_adapt_channels(value, tuple(var.shape), var.path, path)
-            for value, var in zip(donor_values, target.variables, strict=True)]
+    return [
+        _adapt_channels(value, tuple(var.shape), var.path, path)
+        for value, var in zip(donor_values, target.variables, strict=True)
+    ]
 
 
 def _adapt_channels(value: np.ndarray, shape: tuple, var_path: str, file: str) -> np.ndarray:
@@ -147,11 +150,22 @@ class KerasBackbone(heads.PooledClassifier, nnx.Module):
     from `rng` when given (fresh every step); the head's dropout runs only when `rng` is given.
     """
 
-    def __init__(self, name: str, *, num_classes: int, in_channels: int = 3,
-                 input_size: int = 224, head: str = "gap_dense", activation: str = "sigmoid",
-                 weights: str | os.PathLike | None = None, dtype: str = "float32",
-                 dropout_rate: float | None = None, drop_connect_rate: float | None = None,
-                 rngs: nnx.Rngs, **kwargs):
+    def __init__(
+        self,
+        name: str,
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 224,
+        head: str = "gap_dense",
+        activation: str = "sigmoid",
+        weights: str | os.PathLike | None = None,
+        dtype: str = "float32",
+        dropout_rate: float | None = None,
+        drop_connect_rate: float | None = None,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
         _check_args(name, num_classes, in_channels, input_size, head, activation)
         self.app_name = name
         self.num_classes = int(num_classes)
@@ -160,8 +174,9 @@ class KerasBackbone(heads.PooledClassifier, nnx.Module):
         self.output_activation = activation
         self.preprocess_mode = preprocess_mode(name)
         self.dropout_rate = 0.0 if dropout_rate is None else float(dropout_rate)
-        model = build_keras_model(name, in_channels=in_channels, input_size=input_size,
-                                  dtype=dtype, **kwargs)
+        model = build_keras_model(
+            name, in_channels=in_channels, input_size=input_size, dtype=dtype, **kwargs
+        )
         if drop_connect_rate is not None:
             if not name.startswith("EfficientNetB"):
                 raise UserError(f"model.drop_connect_rate: keras:{name} has no drop-connect")
@@ -170,29 +185,36 @@ class KerasBackbone(heads.PooledClassifier, nnx.Module):
         if weights is None:
             values = initial_values(model, rngs.params())
         else:
-            values = load_weight_values(name, weights, in_channels=in_channels,
-                                        input_size=input_size, **kwargs)
+            values = load_weight_values(
+                name, weights, in_channels=in_channels, input_size=input_size, **kwargs
+            )
         by_id = {id(v): value for v, value in zip(model.variables, values, strict=True)}
         self.trainable = nnx.List(
-            [nnx.Param(jnp.asarray(by_id[id(v)])) for v in model.trainable_variables])
+            [nnx.Param(jnp.asarray(by_id[id(v)])) for v in model.trainable_variables]
+        )
         self.non_trainable = nnx.List(
-            [nnx.BatchStat(jnp.asarray(by_id[id(v)])) for v in model.non_trainable_variables])
+            [nnx.BatchStat(jnp.asarray(by_id[id(v)])) for v in model.non_trainable_variables]
+        )
         self.variable_paths = tuple(v.path for v in model.trainable_variables)
         self.non_trainable_paths = tuple(v.path for v in model.non_trainable_variables)
         self.feature_dim = int(model.output_shape[-1])
         self.head_kind = head
-        self.head = heads.ClassifierHead(head, self.feature_dim, self.num_classes,
-                                         dropout_rate=self.dropout_rate, rngs=rngs)
+        self.head = heads.ClassifierHead(
+            head, self.feature_dim, self.num_classes, dropout_rate=self.dropout_rate, rngs=rngs
+        )
 
     # -- forward ---------------------------------------------------------------------------
 
-    def feature_map(self, images: jax.Array, *, train: bool = False,
-                    rng: jax.Array | None = None) -> jax.Array:
+    def feature_map(
+        self, images: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
         """images [B, H, W, C] in 0..255 → the backbone's last feature map float32[B, h, w, D]."""
         expected = (self.input_size, self.input_size, self.in_channels)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"keras:{self.app_name} expects images [B, {expected[0]}, "
-                             f"{expected[1]}, {expected[2]}], got {tuple(images.shape)}")
+            raise ValueError(
+                f"keras:{self.app_name} expects images [B, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}], got {tuple(images.shape)}"
+            )
         model = self.keras.model
         x = preprocess(images, self.preprocess_mode)
         trainable = [p[...] for p in self.trainable]

@@ -77,7 +77,7 @@ def application(name: str):
 
 
 def preprocess_mode(name: str) -> str:
-    """"caffe" | "torch" | "tf" | "none": the input preprocessing of application `name`."""
+    """ "caffe" | "torch" | "tf" | "none": the input preprocessing of application `name`."""
     return PREPROCESS_MODES[_family(application(name))]
 
 
@@ -177,8 +177,9 @@ def fill_with_zeros(model) -> None:
             var.assign(np.zeros(var.shape, var.dtype))
 
 
-def build_keras_model(name: str, *, in_channels: int, input_size: int, dtype: str = "float32",
-                      **kwargs):
+def build_keras_model(
+    name: str, *, in_channels: int, input_size: int, dtype: str = "float32", **kwargs
+):
     """`keras.applications.<name>(include_top=False, weights=None)` for [size, size, C] input.
 
     Built in a Keras StatelessScope that defers variable initialisation: the graph is
@@ -188,8 +189,14 @@ def build_keras_model(name: str, *, in_channels: int, input_size: int, dtype: st
     fn = application(name)
     try:
         with _dtype_policy(dtype), _fresh_layer_names():
-            model = deferred_build(fn, include_top=False, weights=None, pooling=None,
-                                   input_shape=(input_size, input_size, in_channels), **kwargs)
+            model = deferred_build(
+                fn,
+                include_top=False,
+                weights=None,
+                pooling=None,
+                input_shape=(input_size, input_size, in_channels),
+                **kwargs,
+            )
     except (ValueError, TypeError) as err:
         raise UserError(
             f"model.name='keras:{name}' with image_size={input_size}, in_channels={in_channels}"

@@ -61,9 +61,17 @@ class HpaClassifier(keras.layers.Layer):
     the layer's variables).
     """
 
-    def __init__(self, model_config: dict, num_classes: int, in_channels: int,
-                 image_size: int, activation: str = "sigmoid", tta: str = "none",
-                 seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        model_config: dict,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        activation: str = "sigmoid",
+        tta: str = "none",
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.model_config = {k: v for k, v in dict(model_config).items() if k != "weights"}
         self.num_classes = int(num_classes)
@@ -75,9 +83,13 @@ class HpaClassifier(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def _make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return registry.create_model(self.model_config, num_classes=self.num_classes,
-                                     in_channels=self.in_channels, rngs=rngs,
-                                     image_size=self.image_size)  # fmt: skip
+        return registry.create_model(
+            self.model_config,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            rngs=rngs,
+            image_size=self.image_size,
+        )
 
     def build(self, input_shape):
         abstract = nnx.eval_shape(lambda: self._make_model(nnx.Rngs(0)))
@@ -90,16 +102,23 @@ class HpaClassifier(keras.layers.Layer):
     def _variables_for(self, state, *, trainable: bool) -> list:
         made = []
         for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-            made.append(self.add_weight(
-                shape=leaf.shape, dtype=str(leaf.dtype), initializer="zeros",
-                trainable=trainable, name=_variable_name(path),
-            ))  # fmt: skip
+            made.append(
+                self.add_weight(
+                    shape=leaf.shape,
+                    dtype=str(leaf.dtype),
+                    initializer="zeros",
+                    trainable=trainable,
+                    name=_variable_name(path),
+                )
+            )
         return made
 
     def set_state(self, params, rest) -> None:
         """Load an NNX state split as `nnx.split(model, nnx.Param, ...)` into the variables."""
-        for variables, state, tree in ((self._param_vars, params, self._param_tree),
-                                       (self._rest_vars, rest, self._rest_tree)):
+        for variables, state, tree in (
+            (self._param_vars, params, self._param_tree),
+            (self._rest_vars, rest, self._rest_tree),
+        ):
             leaves, got = jax.tree.flatten(state)
             if got != tree:
                 raise ValueError(f"the state does not fit this layer's model: {got} != {tree}")
@@ -132,21 +151,39 @@ class HpaClassifier(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return super().get_config() | {
-            "model_config": self.model_config, "num_classes": self.num_classes,
-            "in_channels": self.in_channels, "image_size": self.image_size,
-            "activation": self.activation, "tta": self.tta, "seed": self.seed,
-        }  # fmt: skip
+            "model_config": self.model_config,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "activation": self.activation,
+            "tta": self.tta,
+            "seed": self.seed,
+        }
 
 
-def keras_classifier(model_config: dict, *, num_classes: int, in_channels: int,
-                     image_size: int, activation: str = "sigmoid", tta: str = "none",
-                     name: str = "hpa_jax") -> keras.Model:
+def keras_classifier(
+    model_config: dict,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    activation: str = "sigmoid",
+    tta: str = "none",
+    name: str = "hpa_jax",
+) -> keras.Model:
     """A functional Keras model: Input float[None, image_size, image_size, in_channels]
     (0..255) → HpaClassifier → probabilities float32[None, num_classes]. Its weights are
     zeros until `classifier_layer(model).set_state(params, rest)`."""
     inputs = keras.Input((image_size, image_size, in_channels), name="images")
-    layer = HpaClassifier(model_config, num_classes, in_channels, image_size,
-                          activation=activation, tta=tta, name="classifier")  # fmt: skip
+    layer = HpaClassifier(
+        model_config,
+        num_classes,
+        in_channels,
+        image_size,
+        activation=activation,
+        tta=tta,
+        name="classifier",
+    )
     return keras.Model(inputs, layer(inputs), name=name)
 
 

@@ -37,8 +37,10 @@ def fans(shape: tuple, input_axes=None, output_axes=None) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight shape, as Keras's VarianceScaling counts them: kernels
     [..., in, out] multiply by the receptive field; explicit axes multiply those dimensions."""
     if input_axes is not None and output_axes is not None:
-        return (int(np.prod([shape[a] for a in input_axes])),
-                int(np.prod([shape[a] for a in output_axes])))  # fmt: skip
+        return (
+            int(np.prod([shape[a] for a in input_axes])),
+            int(np.prod([shape[a] for a in output_axes])),
+        )
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:

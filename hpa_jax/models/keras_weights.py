@@ -56,8 +56,11 @@ _IMAGENET_FILE = re.compile(r"^efficientnetb[0-7](_notop)?\.h5$")
 def variant_signature(variant: str) -> tuple[int, int, int]:
     """(stem filters, number of MBConv blocks, top filters) of an EfficientNet variant."""
     spec = VARIANTS[variant]
-    return (round_filters(spec.stem_filters, spec), len(block_args(spec, 0.0)),
-            round_filters(spec.top_filters, spec))
+    return (
+        round_filters(spec.stem_filters, spec),
+        len(block_args(spec, 0.0)),
+        round_filters(spec.top_filters, spec),
+    )
 
 
 def _describe_shapes(shapes: list[tuple[int, ...]]) -> dict:
@@ -69,8 +72,13 @@ def _describe_shapes(shapes: list[tuple[int, ...]]) -> dict:
     """
     stems = [s for s in shapes if len(s) == 4 and s[:2] == (3, 3) and s[3] != 1]
     depthwise = [s for s in shapes if len(s) == 4 and s[0] == s[1] and s[0] > 1 and s[3] == 1]
-    found = {"blocks": len(depthwise), "channels": None, "stem": None, "variant": None,
-             "top": any(len(s) == 2 for s in shapes)}  # a Dense kernel: the classifier top
+    found = {
+        "blocks": len(depthwise),
+        "channels": None,
+        "stem": None,
+        "variant": None,
+        "top": any(len(s) == 2 for s in shapes),
+    }  # a Dense kernel: the classifier top
     if len(stems) == 1:
         found["channels"], found["stem"] = stems[0][2], stems[0][3]
     for name in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"):
@@ -82,14 +90,18 @@ def _describe_shapes(shapes: list[tuple[int, ...]]) -> dict:
 
 def _found_text(found: dict) -> str:
     what = f"EfficientNet{found['variant'].upper()}" if found["variant"] else "no known variant"
-    return (f"{what} (stem {found['stem']} filters, {found['blocks']} blocks, "
-            f"{found['channels']} input channels)")
+    return (
+        f"{what} (stem {found['stem']} filters, {found['blocks']} blocks, "
+        f"{found['channels']} input channels)"
+    )
 
 
 def _expected_text(variant: str, channels) -> str:
     stem, blocks, _ = variant_signature(variant)
-    return (f"EfficientNet{variant.upper()} (stem {stem} filters, {blocks} blocks, "
-            f"{channels} input channels)")
+    return (
+        f"EfficientNet{variant.upper()} (stem {stem} filters, {blocks} blocks, "
+        f"{channels} input channels)"
+    )
 
 
 def inspect_h5(path: str | os.PathLike, *, where: str | None = None) -> tuple[str, dict]:
@@ -106,26 +118,35 @@ def inspect_h5(path: str | os.PathLike, *, where: str | None = None) -> tuple[st
     try:
         handle = h5py.File(os.fspath(path), "r")
     except OSError as err:
-        raise WeightsError(f"{where}: not an HDF5 file, expected Keras EfficientNet weights "
-                           f"(.weights.h5 or legacy .h5): {err}") from None
+        raise WeightsError(
+            f"{where}: not an HDF5 file, expected Keras EfficientNet weights "
+            f"(.weights.h5 or legacy .h5): {err}"
+        ) from None
     with handle as f:
-        if "layer_names" in f.attrs or ("model_weights" in f
-                                        and "layer_names" in f["model_weights"].attrs):
+        if "layer_names" in f.attrs or (
+            "model_weights" in f and "layer_names" in f["model_weights"].attrs
+        ):
             kind = "legacy"
         elif "layers" in f and isinstance(f["layers"], h5py.Group):
             kind = "weights.h5"
         else:
-            raise WeightsError(f"{where}: an HDF5 file but not Keras weights (neither a Keras 3 "
-                               "'.weights.h5' nor a legacy '.h5' with layer_names)")
+            raise WeightsError(
+                f"{where}: an HDF5 file but not Keras weights (neither a Keras 3 "
+                "'.weights.h5' nor a legacy '.h5' with layer_names)"
+            )
         # Only the model's own weights: files of compiled models also hold optimizer slots.
         if kind == "weights.h5":
             root = f["layers"]
         else:
             root = f["model_weights"] if "model_weights" in f else f
         shapes = []
-        root.visititems(lambda name, obj: shapes.append(tuple(obj.shape))
-                        if isinstance(obj, h5py.Dataset)
-                        and not name.startswith("optimizer") else None)
+        root.visititems(
+            lambda name, obj: (
+                shapes.append(tuple(obj.shape))
+                if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer")
+                else None
+            )
+        )
     return kind, _describe_shapes(shapes)
 
 
@@ -133,17 +154,26 @@ def _check_found(found: dict, variant: str, in_channels: int, where: str) -> int
     """Refuse weights of another variant or an impossible channel count; return their channels."""
     stem, blocks, _ = variant_signature(variant)
     if found["top"]:
-        raise WeightsError(f"{where}: holds a classifier top (include_top=True); expected "
-                           f"weights of {_expected_text(variant, '3 or 4')} without the top "
-                           "(Keras's '_notop' files, or a model built with include_top=False)")
+        raise WeightsError(
+            f"{where}: holds a classifier top (include_top=True); expected "
+            f"weights of {_expected_text(variant, '3 or 4')} without the top "
+            "(Keras's '_notop' files, or a model built with include_top=False)"
+        )
     if (found["stem"], found["blocks"]) != (stem, blocks):
-        raise WeightsError(f"{where}: expected weights of {_expected_text(variant, '3 or 4')}, "
-                           f"found {_found_text(found)}")
+        raise WeightsError(
+            f"{where}: expected weights of {_expected_text(variant, '3 or 4')}, "
+            f"found {_found_text(found)}"
+        )
     if found["channels"] not in (3, 4) or found["channels"] > in_channels:
-        allowed = "3-channel weights" if in_channels == 3 else \
-            "4-channel weights (or 3-channel weights, expanded to 4)"
-        raise WeightsError(f"{where}: expected {allowed} for "
-                           f"{_expected_text(variant, in_channels)}, found {_found_text(found)}")
+        allowed = (
+            "3-channel weights"
+            if in_channels == 3
+            else "4-channel weights (or 3-channel weights, expanded to 4)"
+        )
+        raise WeightsError(
+            f"{where}: expected {allowed} for "
+            f"{_expected_text(variant, in_channels)}, found {_found_text(found)}"
+        )
     return found["channels"]
 
 
@@ -161,8 +191,9 @@ def keras_skeleton(variant: str, channels: int):
     channel count: loading a file overwrites every weight anyway.
     """
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    model = deferred_build(builder, include_top=False, weights=None,
-                           input_shape=(None, None, channels))
+    model = deferred_build(
+        builder, include_top=False, weights=None, input_shape=(None, None, channels)
+    )
     fill_with_zeros(model)
     return model
 
@@ -191,8 +222,10 @@ def _keras_layers(model) -> dict:
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization):
             # What Keras computes with (set by finalize_state, which its loaders call).
-            out["normalization"] = [np.asarray(layer.mean).reshape(-1),
-                                    np.asarray(layer.variance).reshape(-1)]
+            out["normalization"] = [
+                np.asarray(layer.mean).reshape(-1),
+                np.asarray(layer.variance).reshape(-1),
+            ]
             seen_norm = True
         elif isinstance(layer, keras.layers.Rescaling) and seen_norm:
             rescales.append(np.asarray(layer.scale, np.float32))
@@ -259,8 +292,9 @@ def expand_stem(state: dict) -> dict:
     """
     out = dict(state)
     kernel = state["stem_conv"]["kernel"]
-    out["stem_conv"] = {"kernel": np.concatenate(
-        [kernel, kernel.mean(axis=2, keepdims=True)], axis=2)}
+    out["stem_conv"] = {
+        "kernel": np.concatenate([kernel, kernel.mean(axis=2, keepdims=True)], axis=2)
+    }
     for key in ("input_mean", "input_variance", "input_scale"):
         out[key] = np.append(state[key], state[key].mean()).astype(np.float32)
     return out
@@ -282,8 +316,10 @@ def _resolve_source(source, variant: str, in_channels: int):
         try:
             model = builder(include_top=False, weights="imagenet", input_shape=(None, None, 3))
         except Exception as err:  # noqa: BLE001 (download or hash failures: report, not crash)
-            raise WeightsError(f"imagenet: Keras could not fetch EfficientNet{variant.upper()} "
-                               f"ImageNet weights (network needed): {err}") from None
+            raise WeightsError(
+                f"imagenet: Keras could not fetch EfficientNet{variant.upper()} "
+                f"ImageNet weights (network needed): {err}"
+            ) from None
         return model, "imagenet", True
     path = fileio.as_path(source)  # a local file, or gs://... read through a local copy
     if not path.is_file():
@@ -296,8 +332,9 @@ def _resolve_source(source, variant: str, in_channels: int):
     return model, str(path), imagenet_name
 
 
-def keras_backbone_state(source, variant: str, *, in_channels: int = 3,
-                         imagenet_rescaling: bool | None = None) -> dict:
+def keras_backbone_state(
+    source, variant: str, *, in_channels: int = 3, imagenet_rescaling: bool | None = None
+) -> dict:
     """Read `source` (see module docstring) into our backbone state as a pure nested dict."""
     if variant not in VARIANTS or not VARIANTS[variant].keras:
         raise WeightsError(f"variant {variant!r}: Keras weights exist for b0..b7 only")
@@ -306,8 +343,9 @@ def keras_backbone_state(source, variant: str, *, in_channels: int = 3,
     model, where, default_rescale = _resolve_source(source, variant, in_channels)
     klayers = _keras_layers(model)
     if imagenet_rescaling is None:
-        imagenet_rescaling = bool(klayers["rescales"]) if default_rescale is None \
-            else default_rescale
+        imagenet_rescaling = (
+            bool(klayers["rescales"]) if default_rescale is None else default_rescale
+        )
     channels = klayers["normalization"][0].size
     if imagenet_rescaling:
         if klayers["rescales"]:
@@ -321,15 +359,24 @@ def keras_backbone_state(source, variant: str, *, in_channels: int = 3,
     try:
         pure = keras_to_pure_state(klayers, variant, scale)
     except KeyError as err:
-        raise WeightsError(f"{where}: layer {err} missing; expected "
-                           f"{_expected_text(variant, channels)}") from None
+        raise WeightsError(
+            f"{where}: layer {err} missing; expected {_expected_text(variant, channels)}"
+        ) from None
     if channels == 3 and in_channels == 4:
         pure = expand_stem(pure)
     return pure
 
 
-def load_keras_weights(source, variant: str, *, in_channels: int = 3, num_classes: int = 1,
-                       imagenet_rescaling: bool | None = None, seed: int = 0, **model_kwargs):
+def load_keras_weights(
+    source,
+    variant: str,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1,
+    imagenet_rescaling: bool | None = None,
+    seed: int = 0,
+    **model_kwargs,
+):
     """Build `EfficientNet(variant, ...)` and fill its backbone from Keras weights.
 
     Args:
@@ -343,11 +390,15 @@ def load_keras_weights(source, variant: str, *, in_channels: int = 3, num_classe
     Returns the NNX model. Raises WeightsError (a UserError) naming the source on a wrong
     format, variant or channel count; nothing partially loaded is returned.
     """
-    pure = keras_backbone_state(source, variant, in_channels=in_channels,
-                                imagenet_rescaling=imagenet_rescaling)
-    model = EfficientNet(variant, num_classes=num_classes, in_channels=in_channels,
-                         rngs=nnx.Rngs(seed), **model_kwargs)
+    pure = keras_backbone_state(
+        source, variant, in_channels=in_channels, imagenet_rescaling=imagenet_rescaling
+    )
+    model = EfficientNet(
+        variant,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        rngs=nnx.Rngs(seed),
+        **model_kwargs,
+    )
     assign_pure_state(model, pure, where=str(source))
     return model
-
-

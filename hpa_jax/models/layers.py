@@ -54,7 +54,7 @@ class InitBank:
                 chunk = np.asarray(chunk)
             pos, count = 0, count + 1
         self._streams[kind] = [chunk, pos + size, count]
-        return chunk[pos:pos + size]
+        return chunk[pos : pos + size]
 
     def conv(self, shape: tuple[int, ...], fan_out: int) -> jax.Array:
         """float32[shape] ~ truncated normal with std sqrt(2 / fan_out) (Keras's conv init)."""
@@ -90,7 +90,7 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def resolve_depthwise(mode: str) -> str:
-    """"auto" → "shifted" on CPU, "grouped" on GPU/TPU; other modes pass through (checked)."""
+    """ "auto" → "shifted" on CPU, "grouped" on GPU/TPU; other modes pass through (checked)."""
     if mode not in DEPTHWISE_MODES:
         raise ValueError(f"depthwise must be one of {DEPTHWISE_MODES}, got {mode!r}")
     if mode == "auto":
@@ -137,8 +137,12 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array
             window = jax.lax.slice(
                 xp,
                 (0, i, j, 0),
-                (xp.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1,
-                 xp.shape[3]),
+                (
+                    xp.shape[0],
+                    i + stride * (out_h - 1) + 1,
+                    j + stride * (out_w - 1) + 1,
+                    xp.shape[3],
+                ),
                 (1, stride, stride, 1),
             )
             term = window * kernel[i, j, 0]
@@ -152,8 +156,16 @@ class DepthwiseConv2D(nnx.Module):
     Parameter `kernel: float32[k, k, 1, C]`. Call: `x [B, H, W, C] → [B, Ho, Wo, C]` in `dtype`.
     """
 
-    def __init__(self, channels: int, kernel_size: int, stride: int, *, mode: str = "auto",
-                 dtype=jnp.float32, init: InitBank):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        mode: str = "auto",
+        dtype=jnp.float32,
+        init: InitBank,
+    ):
         # Keras's depthwise kernel is [k, k, C, 1]: its fan-out is k·k.
         self.kernel = nnx.Param(
             init.conv((kernel_size, kernel_size, 1, channels), kernel_size * kernel_size)
@@ -176,8 +188,16 @@ class Conv2D(nnx.Module):
     Parameter `kernel: float32[k, k, C_in, C_out]`. Call: `[B, H, W, C_in] → [B, Ho, Wo, C_out]`.
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *,
-                 dtype=jnp.float32, init: InitBank):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        dtype=jnp.float32,
+        init: InitBank,
+    ):
         shape = (kernel_size, kernel_size, in_features, out_features)
         self.kernel = nnx.Param(init.conv(shape, kernel_size * kernel_size * out_features))
         self.stride = stride
@@ -202,8 +222,15 @@ class Pointwise(nnx.Module):
     with `use_bias`, `bias: float32[C_out]`. Call: `[..., C_in] → [..., C_out]` in `dtype`.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = False,
-                 dtype=jnp.float32, init: InitBank):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = False,
+        dtype=jnp.float32,
+        init: InitBank,
+    ):
         # Keras's fan-out of a 1×1 kernel is C_out.
         self.kernel = nnx.Param(init.conv((in_features, out_features), out_features))
         self.bias = nnx.Param(constant((out_features,), 0.0)) if use_bias else None
@@ -260,8 +287,7 @@ class Dense(nnx.Module):
     Parameters `kernel: float32[C_in, K]`, `bias: float32[K]` (zeros).
     """
 
-    def __init__(self, in_features: int, out_features: int, *, dtype=jnp.float32,
-                 init: InitBank):
+    def __init__(self, in_features: int, out_features: int, *, dtype=jnp.float32, init: InitBank):
         self.kernel = nnx.Param(init.dense((in_features, out_features)))
         self.bias = nnx.Param(constant((out_features,), 0.0))
         self.dtype = dtype

@@ -36,8 +36,18 @@ from hpa_jax.models.keras_build import application, application_names
 
 EFFICIENTNET_VARIANTS = tuple(VARIANTS)
 KERAS_PREFIX = "keras:"
-OPTIONS = ("name", "head", "activation", "dtype", "drop_connect_rate", "dropout_rate",
-           "depthwise", "image_size", "weights", "keras_kwargs")
+OPTIONS = (
+    "name",
+    "head",
+    "activation",
+    "dtype",
+    "drop_connect_rate",
+    "dropout_rate",
+    "depthwise",
+    "image_size",
+    "weights",
+    "keras_kwargs",
+)
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -47,8 +57,9 @@ def list_models() -> list[str]:
     return ours + [KERAS_PREFIX + name for name in application_names()]
 
 
-def create_model(model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs,
-                 image_size: int | None = None) -> nnx.Module:
+def create_model(
+    model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs, image_size: int | None = None
+) -> nnx.Module:
     """Build the model `model_cfg` names for K = num_classes outputs and C = in_channels.
 
     `image_size` (pixels, e.g. `config.data.image_size`) is used by Keras backbones when
@@ -61,7 +72,7 @@ def create_model(model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rng
     if name.startswith("efficientnet_"):
         return _efficientnet(name, cfg, num_classes, in_channels, rngs)
     if name.startswith(KERAS_PREFIX):
-        return _keras(name[len(KERAS_PREFIX):], cfg, num_classes, in_channels, rngs, image_size)
+        return _keras(name[len(KERAS_PREFIX) :], cfg, num_classes, in_channels, rngs, image_size)
     raise _unknown(name)
 
 
@@ -78,36 +89,51 @@ def _as_dict(model_cfg) -> dict:
 
 
 def _unknown(name: str) -> UserError:
-    return UserError(f"model.name={name!r} is not a model; choose one of "
-                     + ", ".join(list_models()))
+    return UserError(
+        f"model.name={name!r} is not a model; choose one of " + ", ".join(list_models())
+    )
 
 
 def _efficientnet(name: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rngs):
-    variant = name[len("efficientnet_"):]
+    variant = name[len("efficientnet_") :]
     if variant not in EFFICIENTNET_VARIANTS:
         raise _unknown(name)
     if cfg.get("weights"):
-        raise UserError(f"model.weights={cfg['weights']!r}: {name} loads ImageNet weights from "
-                        "`hpa-jax convert-weights` output through config.init_from")
-    kwargs = {k: cfg[k] for k in ("head", "activation", "dtype", "drop_connect_rate",
-                                  "dropout_rate", "depthwise") if k in cfg}
+        raise UserError(
+            f"model.weights={cfg['weights']!r}: {name} loads ImageNet weights from "
+            "`hpa-jax convert-weights` output through config.init_from"
+        )
+    kwargs = {
+        k: cfg[k]
+        for k in ("head", "activation", "dtype", "drop_connect_rate", "dropout_rate", "depthwise")
+        if k in cfg
+    }
     try:
-        return EfficientNet(variant, num_classes=num_classes, in_channels=in_channels,
-                            rngs=rngs, **kwargs)
+        return EfficientNet(
+            variant, num_classes=num_classes, in_channels=in_channels, rngs=rngs, **kwargs
+        )
     except ValueError as err:  # EfficientNet checks its arguments with ValueError
         raise UserError(f"model {name}: {err}") from err
 
 
-def _keras(app: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rngs,
-           image_size: int | None):
+def _keras(
+    app: str, cfg: dict, num_classes: int, in_channels: int, rngs: nnx.Rngs, image_size: int | None
+):
     application(app)  # UserError listing valid names if unknown
     kwargs = dict(cfg.get("keras_kwargs") or {})
     if "drop_connect_rate" in cfg and app.startswith("EfficientNetB"):  # others have none
         kwargs["drop_connect_rate"] = float(cfg["drop_connect_rate"])
     size = cfg.get("image_size") or image_size or DEFAULT_IMAGE_SIZE
     return KerasBackbone(
-        app, num_classes=num_classes, in_channels=in_channels, input_size=int(size),
-        head=cfg.get("head", "gap_dense"), activation=cfg.get("activation", "sigmoid"),
-        weights=cfg.get("weights"), dtype=cfg.get("dtype", "float32"),
-        dropout_rate=cfg.get("dropout_rate"), rngs=rngs, **kwargs,
+        app,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=int(size),
+        head=cfg.get("head", "gap_dense"),
+        activation=cfg.get("activation", "sigmoid"),
+        weights=cfg.get("weights"),
+        dtype=cfg.get("dtype", "float32"),
+        dropout_rate=cfg.get("dropout_rate"),
+        rngs=rngs,
+        **kwargs,
     )

@@ -77,8 +77,17 @@ class Checkpointer:
                  kept too); best_mode "max" or "min".
     """
 
-    def __init__(self, workdir, *, every: int, keep: int, best_metric: str | None = None,
-                 best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir,
+        *,
+        every: int,
+        keep: int,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = absolute(workdir) / SUBDIR
         worst = float("inf") if best_mode == "min" else float("-inf")
 
@@ -88,18 +97,24 @@ class Checkpointer:
 
         keepers = [policies.LatestN(max(int(keep), 1))]
         if best_metric:
-            keepers.append(policies.BestN(
-                get_metric_fn=rank, reverse=best_mode == "min", n=1,
-                keep_checkpoints_without_metrics=False,
-            ))
+            keepers.append(
+                policies.BestN(
+                    get_metric_fn=rank,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
             # best_fn only ranks (best_step); which checkpoints stay is the preservation policy
             best_fn=rank if best_metric else None,
             best_mode=best_mode,
-            save_decision_policy=policies.AnySavePolicy([
-                policies.FixedIntervalPolicy(max(int(every), 1)),
-                policies.PreemptionCheckpointingPolicy(),
-            ]),
+            save_decision_policy=policies.AnySavePolicy(
+                [
+                    policies.FixedIntervalPolicy(max(int(every), 1)),
+                    policies.PreemptionCheckpointingPolicy(),
+                ]
+            ),
             preservation_policy=policies.AnyPreservationPolicy(keepers),
             enable_async_checkpointing=async_save,
             create=not read_only,
@@ -120,8 +135,16 @@ class Checkpointer:
         """Due by the interval, or the runtime reached a preemption sync point."""
         return self.manager.should_save(step)
 
-    def save(self, step: int, state, rng, data_state: dict | None, *,
-             metrics: dict | None = None, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        rng,
+        data_state: dict | None,
+        *,
+        metrics: dict | None = None,
+        force: bool = False,
+    ) -> bool:
         """Start saving; returns whether a save was started."""
         meta = {"step": int(step), "rng": [int(x) for x in np.asarray(jax.device_get(rng))]}
         args = ocp.args.Composite(
@@ -138,11 +161,14 @@ class Checkpointer:
         target = flatten_state(abstract_state)
         where = self.directory / str(step)
         try:
-            got = self.manager.restore(int(step), args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                meta=ocp.args.JsonRestore(),
-                data=ocp.args.JsonRestore(),
-            ))
+            got = self.manager.restore(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target),
+                    meta=ocp.args.JsonRestore(),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
         except CheckpointError:
             raise
         except Exception as err:  # orbax/tensorstore raise many kinds; all mean "unreadable"
@@ -162,8 +188,9 @@ class Checkpointer:
         """The input iterators' states saved with checkpoint `step` (its `data` item alone: a
         small JSON, no arrays), or None if it saved none; CheckpointError if unreadable."""
         try:
-            got = self.manager.restore(int(step), args=ocp.args.Composite(
-                data=ocp.args.JsonRestore()))
+            got = self.manager.restore(
+                int(step), args=ocp.args.Composite(data=ocp.args.JsonRestore())
+            )
         except Exception as err:  # as in `restore`: every failure means "unreadable"
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)}: its input position cannot be read "
@@ -223,7 +250,8 @@ def restore_backbone(state, shardings, source) -> tuple[Any, list[str]]:
             raise UserError(f"config.init_from={str(source)!r}: {workdir} has no checkpoint")
         try:
             saved = other.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )["state"]
         except Exception as err:
             raise CheckpointError(f"{workdir}: checkpoint {step} cannot be read: {err}") from err
     finally:
@@ -242,7 +270,8 @@ def restore_backbone(state, shardings, source) -> tuple[Any, list[str]]:
                 continue
             raise CheckpointError(
                 f"{workdir}: {name} has shape {value.shape} in checkpoint {step}, the model "
-                f"needs {tuple(leaf.shape)} (another model?)")
+                f"needs {tuple(leaf.shape)} (another model?)"
+            )
         got[name] = jax.device_put(value.astype(leaf.dtype), targets[name])
     merged = {**ours, **got}
     return unflatten_state(state, merged), fresh
@@ -259,7 +288,6 @@ def initialize_from(state, shardings, graphdef, tx, source: str):
     if not path.exists():
         raise UserError(f"config.init_from={source!r}: no such file or folder")
     if _is_converted_weights(path):
-
         pure, meta = converted.load_converted(path)
         model = merge_model(graphdef, state.params, state.rest)
         converted.apply_converted(model, pure, meta, where=str(path))

@@ -64,8 +64,11 @@ class Plan:
 
     def kwargs(self) -> dict:
         """Keyword arguments for `jax.distributed.initialize`: only those that are set."""
-        named = {"coordinator_address": self.coordinator, "num_processes": self.num_processes,
-                 "process_id": self.process_id}
+        named = {
+            "coordinator_address": self.coordinator,
+            "num_processes": self.num_processes,
+            "process_id": self.process_id,
+        }
         return {k: v for k, v in named.items() if v is not None}
 
 
@@ -73,13 +76,23 @@ def add_arguments(parser) -> None:
     """The multi-process flags shared by train/eval/predict."""
     group = parser.add_argument_group(
         "multi-process",
-        f"Pods, GKE, Slurm and mpirun are detected; ${ENV_DISTRIBUTED}=1/0 overrides that.")
-    group.add_argument("--coordinator", default=None,
-                       help=f"host:port of process 0 (or ${ENV_COORDINATOR})")
-    group.add_argument("--num-processes", type=int, default=None,
-                       help=f"number of processes (or ${ENV_NUM_PROCESSES})")
-    group.add_argument("--process-id", type=int, default=None,
-                       help=f"this process's id, 0-based (or ${ENV_PROCESS_ID})")
+        f"Pods, GKE, Slurm and mpirun are detected; ${ENV_DISTRIBUTED}=1/0 overrides that.",
+    )
+    group.add_argument(
+        "--coordinator", default=None, help=f"host:port of process 0 (or ${ENV_COORDINATOR})"
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help=f"number of processes (or ${ENV_NUM_PROCESSES})",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        help=f"this process's id, 0-based (or ${ENV_PROCESS_ID})",
+    )
 
 
 def _int_env(environ: Mapping[str, str], name: str) -> int | None:
@@ -138,7 +151,8 @@ def on_cloud_tpu_vm(environ: Mapping[str, str] | None = None, dev: str = "/dev")
     (/dev/accelN up to v4, /dev/vfio/N from v5) and libtpu is installed, as JAX checks too."""
     environ = os.environ if environ is None else environ
     chips = glob.glob(os.path.join(dev, "accel[0-9]*")) or glob.glob(
-        os.path.join(dev, "vfio", "[0-9]*"))
+        os.path.join(dev, "vfio", "[0-9]*")
+    )
     return bool(chips) and _libtpu_installed(environ)
 
 
@@ -147,7 +161,8 @@ def gce_metadata(key: str, timeout: float = METADATA_TIMEOUT_S) -> str | None:
     host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")  # as JAX reads it
     request = urllib.request.Request(
         f"http://{host}/computeMetadata/v1/instance/attributes/{key}",
-        headers={"Metadata-Flavor": "Google"})
+        headers={"Metadata-Flavor": "Google"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -167,8 +182,10 @@ def _from_environment(environ: Mapping[str, str]) -> tuple[str | None, bool]:
         return f"TPU multislice of {slices} slices (MEGASCALE_NUM_SLICES)", True
     if "SLURM_STEP_NODELIST" in environ and (tasks := _count(environ.get("SLURM_NTASKS"))) > 1:
         return f"Slurm step of {tasks} tasks", True
-    if "OMPI_MCA_orte_hnp_uri" in environ and (
-            ranks := _count(environ.get("OMPI_COMM_WORLD_SIZE"))) > 1:
+    if (
+        "OMPI_MCA_orte_hnp_uri" in environ
+        and (ranks := _count(environ.get("OMPI_COMM_WORLD_SIZE"))) > 1
+    ):
         return f"Open MPI run of {ranks} ranks", True
     for name in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):  # GKE lists the slice's hosts
         if environ.get(name):
@@ -197,16 +214,22 @@ def _from_metadata(metadata: Metadata) -> str | None:
     except OSError as err:
         # Some hosted TPU VMs (notebooks) wall the metadata server off; without it JAX cannot find
         # a pod's peers either, so a pod there needs explicit flags whatever we decide here.
-        print(f"hpa-jax: warning: this host has TPU chips and libtpu but its metadata server did "
-              f"not answer ({err}); running as a single process. On one host of a multi-host "
-              f"slice, give --coordinator/--num-processes/--process-id (or {ENV_DISTRIBUTED}=1 "
-              f"where JAX can find its peers); {ENV_DISTRIBUTED}=0 skips this question.",
-              file=sys.stderr)
+        print(
+            f"hpa-jax: warning: this host has TPU chips and libtpu but its metadata server did "
+            f"not answer ({err}); running as a single process. On one host of a multi-host "
+            f"slice, give --coordinator/--num-processes/--process-id (or {ENV_DISTRIBUTED}=1 "
+            f"where JAX can find its peers); {ENV_DISTRIBUTED}=0 skips this question.",
+            file=sys.stderr,
+        )
     return None
 
 
-def detect(environ: Mapping[str, str] | None = None, *, tpu_vm: bool | None = None,
-           metadata: Metadata | None = None) -> str | None:
+def detect(
+    environ: Mapping[str, str] | None = None,
+    *,
+    tpu_vm: bool | None = None,
+    metadata: Metadata | None = None,
+) -> str | None:
     """Why this process is one of several that JAX's cluster detection can join, or None.
 
     `tpu_vm` (default: `on_cloud_tpu_vm()`) and `metadata` (default: `gce_metadata`) are
@@ -223,21 +246,29 @@ def detect(environ: Mapping[str, str] | None = None, *, tpu_vm: bool | None = No
     return _from_metadata(gce_metadata if metadata is None else metadata)
 
 
-def plan(coordinator: str | None = None, num_processes: int | None = None,
-         process_id: int | None = None, *, environ: Mapping[str, str] | None = None,
-         tpu_vm: bool | None = None, metadata: Metadata | None = None) -> Plan | None:
+def plan(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    tpu_vm: bool | None = None,
+    metadata: Metadata | None = None,
+) -> Plan | None:
     """How to call `jax.distributed.initialize` here (see the module docstring), or None for a
     single process. Arguments as for `initialize`."""
     environ = os.environ if environ is None else environ
     coordinator = coordinator or environ.get(ENV_COORDINATOR) or None
-    num_processes = num_processes if num_processes is not None else _int_env(
-        environ, ENV_NUM_PROCESSES)
+    num_processes = (
+        num_processes if num_processes is not None else _int_env(environ, ENV_NUM_PROCESSES)
+    )
     process_id = process_id if process_id is not None else _int_env(environ, ENV_PROCESS_ID)
     if coordinator is not None:
         if num_processes is None or process_id is None:
             raise UserError(
                 f"--coordinator={coordinator} also needs --num-processes and --process-id "
-                f"(or ${ENV_NUM_PROCESSES} and ${ENV_PROCESS_ID})")
+                f"(or ${ENV_NUM_PROCESSES} and ${ENV_PROCESS_ID})"
+            )
         if not 0 <= process_id < num_processes:
             raise UserError(f"--process-id={process_id} is not in [0, {num_processes})")
         return Plan(f"coordinator {coordinator}", coordinator, num_processes, process_id)
@@ -256,7 +287,8 @@ def plan(coordinator: str | None = None, num_processes: int | None = None,
             raise UserError(
                 "--num-processes/--process-id (or their $HPA_JAX_* variables) without "
                 f"--coordinator, and no cluster here to find one: give --coordinator, or set "
-                f"{ENV_DISTRIBUTED}=1 where JAX can find its peers")
+                f"{ENV_DISTRIBUTED}=1 where JAX can find its peers"
+            )
         return None
     return Plan(reason, None, num_processes, process_id)
 
@@ -270,10 +302,16 @@ def _cpu_collectives_over_gloo() -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, environ: Mapping[str, str] | None = None,
-               tpu_vm: bool | None = None, metadata: Metadata | None = None,
-               jax_initialize: Callable[..., object] | None = None) -> bool:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    tpu_vm: bool | None = None,
+    metadata: Metadata | None = None,
+    jax_initialize: Callable[..., object] | None = None,
+) -> bool:
     """Start JAX's distributed runtime when this is one of several processes.
 
     Returns True if it was (or already had been) started, False for a single process.
@@ -283,8 +321,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     global _initialized
     if _initialized:
         return True
-    decided = plan(coordinator, num_processes, process_id, environ=environ, tpu_vm=tpu_vm,
-                   metadata=metadata)
+    decided = plan(
+        coordinator, num_processes, process_id, environ=environ, tpu_vm=tpu_vm, metadata=metadata
+    )
     if decided is None:
         return False
     if jax_initialize is None:
@@ -304,7 +343,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def from_args(args) -> bool:
     """`initialize` from an argparse namespace built with `add_arguments`."""
     return initialize(
-        getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+        getattr(args, "coordinator", None),
+        getattr(args, "num_processes", None),
         getattr(args, "process_id", None),
     )
 

@@ -36,11 +36,18 @@ def dry_run(config, workdir) -> dict:
     setup = prepare(config, workdir)
     compiled = loop.compile_run(setup, loop.class_weights(setup))
     abstract_state = jax.eval_shape(compiled.init)
-    iterator = inputs.train_iterator(config, setup.data_dir, batch_size=setup.per_process_batch,
-                                     num_classes=setup.num_classes, exclude=setup.exclude)
+    iterator = inputs.train_iterator(
+        config,
+        setup.data_dir,
+        batch_size=setup.per_process_batch,
+        num_classes=setup.num_classes,
+        exclude=setup.exclude,
+    )
     first = next(iterator)
-    batch = {k: jax.ShapeDtypeStruct((int(config.batch_size),) + first[k].shape[1:],
-                                     first[k].dtype) for k in step_lib.TRAIN_KEYS}
+    batch = {
+        k: jax.ShapeDtypeStruct((int(config.batch_size),) + first[k].shape[1:], first[k].dtype)
+        for k in step_lib.TRAIN_KEYS
+    }
     rng = jax.ShapeDtypeStruct((2,), np.uint32)
     t0 = time.perf_counter()
     executable = compiled.train_step.lower(abstract_state, batch, rng).compile()
@@ -48,16 +55,26 @@ def dry_run(config, workdir) -> dict:
     memory = executable.memory_analysis()
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     report = {
-        "mesh": dict(setup.mesh.shape), "devices": setup.mesh.devices.size,
-        "processes": jax.process_count(), "global_batch": int(config.batch_size),
-        "per_process_batch": setup.per_process_batch, "image": list(first["image"].shape[1:]),
-        "train_records": setup.num_train, "steps_per_epoch": setup.steps_per_epoch,
-        "total_steps": setup.total_steps, "parameters": params,
-        "compile_s": round(compile_s, 2), "flops_per_step": compiled_flops(executable),
+        "mesh": dict(setup.mesh.shape),
+        "devices": setup.mesh.devices.size,
+        "processes": jax.process_count(),
+        "global_batch": int(config.batch_size),
+        "per_process_batch": setup.per_process_batch,
+        "image": list(first["image"].shape[1:]),
+        "train_records": setup.num_train,
+        "steps_per_epoch": setup.steps_per_epoch,
+        "total_steps": setup.total_steps,
+        "parameters": params,
+        "compile_s": round(compile_s, 2),
+        "flops_per_step": compiled_flops(executable),
     }
     if memory is not None:
-        for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                     "generated_code_size_in_bytes"):
+        for name in (
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "temp_size_in_bytes",
+            "generated_code_size_in_bytes",
+        ):
             value = getattr(memory, name, None)
             if value is not None:
                 report[name.replace("_in_bytes", "_mb")] = round(value / 2**20, 1)

@@ -54,8 +54,7 @@ def predict_split(eval_step, state, iterator, mesh, num_classes: int) -> Predict
     probs, labels, masks, ids = [], [], [], []
     loss_sum = count = 0.0
     for batch in iterator:
-        out = eval_step(state, mesh_lib.to_global(step_lib.select(batch, step_lib.EVAL_KEYS),
-                                                  mesh))
+        out = eval_step(state, mesh_lib.to_global(step_lib.select(batch, step_lib.EVAL_KEYS), mesh))
         total, n = out["loss"]
         loss_sum += float(total)
         count += float(n)
@@ -87,8 +86,14 @@ def evaluate_predictions(preds: Predictions, threshold=0.5) -> dict:
 def predict_dataset(restored: Restored, data_dir, *, split: str, exclude=()) -> Predictions:
     """Predictions of a restored run over `split` ("all", "validation", ...) of a dataset,
     leaving out the image IDs in `exclude`."""
-    iterator = inputs.eval_iterator(restored.config, data_dir, batch_size=restored.batch_size,
-                                    split=split, exclude=exclude,
-                                    num_classes=restored.num_classes)  # fmt: skip
-    return predict_split(restored.eval_step, restored.state, iterator, restored.mesh,
-                         restored.num_classes)
+    iterator = inputs.eval_iterator(
+        restored.config,
+        data_dir,
+        batch_size=restored.batch_size,
+        split=split,
+        exclude=exclude,
+        num_classes=restored.num_classes,
+    )
+    return predict_split(
+        restored.eval_step, restored.state, iterator, restored.mesh, restored.num_classes
+    )

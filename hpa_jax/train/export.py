@@ -37,13 +37,16 @@ def keras_model_of(restored: Restored) -> keras.Model:
     state = restored.state
     params = state.inference_params()
     model = keras_export.keras_classifier(
-        config.model.to_dict(), num_classes=restored.num_classes,
+        config.model.to_dict(),
+        num_classes=restored.num_classes,
         in_channels=len(channel_names(config.data.channels)),
-        image_size=int(config.data.image_size), activation=str(config.model.activation),
+        image_size=int(config.data.image_size),
+        activation=str(config.model.activation),
         tta=str(config.tta),
-    )  # fmt: skip
-    keras_export.classifier_layer(model).set_state(jax.device_get(params),
-                                                   jax.device_get(state.rest))
+    )
+    keras_export.classifier_layer(model).set_state(
+        jax.device_get(params), jax.device_get(state.rest)
+    )
     return model
 
 
@@ -59,5 +62,9 @@ def export_run(workdir, out, *, step: int | None = None) -> Exported:
     model = keras_model_of(restored)
     with atomic_path(out, suffix=".keras") as tmp:
         model.save(tmp)
-    return Exported(path=out, step=restored.step, input_shape=tuple(model.input_shape[1:]),
-                    classes=tuple(restored.table.classes))
+    return Exported(
+        path=out,
+        step=restored.step,
+        input_shape=tuple(model.input_shape[1:]),
+        classes=tuple(restored.table.classes),
+    )

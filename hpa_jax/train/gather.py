@@ -35,5 +35,8 @@ def gather_strings(local: Sequence[str]) -> list[str]:
     for i, r in enumerate(raw):
         rows[i, : len(r)] = np.frombuffer(r, np.uint8)
     every = multihost_utils.process_allgather(rows)
-    return [bytes(row).rstrip(b"\0").decode()
-            for block, n in zip(every, counts, strict=True) for row in block[: int(n)]]  # fmt: skip
+    return [
+        bytes(row).rstrip(b"\0").decode()
+        for block, n in zip(every, counts, strict=True)
+        for row in block[: int(n)]
+    ]

@@ -52,8 +52,9 @@ def input_data(config) -> fileio.Path | TfdsDataset:
         raise UserError(f"config.data.source={source!r}: choose folder or tfds")
     name = str(config.data.get("tfds_name", ""))
     if not name:
-        raise UserError("config.data.source=tfds needs config.data.tfds_name, e.g. "
-                        "hpa_protein_atlas/synthetic")
+        raise UserError(
+            "config.data.source=tfds needs config.data.tfds_name, e.g. hpa_protein_atlas/synthetic"
+        )
     return TfdsDataset(name, str(config.data.get("tfds_data_dir", "")) or None)
 
 
@@ -74,8 +75,10 @@ def train_crop(config) -> int:
     crop = int(config.data.train_crop or 0)
     size = int(config.data.image_size)
     if crop and not 0 < crop <= size:
-        raise UserError(f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
-                        "or 0 for whole images")
+        raise UserError(
+            f"config.data.train_crop={crop}: give 1..{size} (data.image_size), "
+            "or 0 for whole images"
+        )
     return crop
 
 
@@ -87,35 +90,57 @@ def train_augment(config):
         return bool(config.data.augment)
     if config.data.augment:
         return augment_lib.AugmentConfig(crop=(crop, crop))
-    return augment_lib.AugmentConfig(flips=False, rotations=False, brightness=0.0,
-                                     contrast=0.0, crop=(crop, crop))
+    return augment_lib.AugmentConfig(
+        flips=False, rotations=False, brightness=0.0, contrast=0.0, crop=(crop, crop)
+    )
 
 
-def train_iterator(config, data_dir, *, batch_size: int, num_classes: int,
-                   exclude: Iterable[str] = ()):  # fmt: skip
+def train_iterator(
+    config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str] = ()
+):
     """This process's endless training batches of `config` (batch_size: per process)."""
     return pipeline.make_train_iterator(
-        _local(config, data_dir), batch_size=batch_size, image_size=config.data.image_size,
-        channels=config.data.channels, seed=int(config.seed), split=config.data.split_train,
-        exclude=exclude, augment=train_augment(config),
-        worker_count=int(config.data.worker_count), process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=num_classes,
+        _local(config, data_dir),
+        batch_size=batch_size,
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        seed=int(config.seed),
+        split=config.data.split_train,
+        exclude=exclude,
+        augment=train_augment(config),
+        worker_count=int(config.data.worker_count),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_classes=num_classes,
         cache=bool(config.data.cache),
-    )  # fmt: skip
+    )
 
 
-def eval_iterator(config, data_dir: str | os.PathLike | TfdsDataset, *, batch_size: int,
-                  split: str, num_classes: int | None = None, exclude: Iterable[str] = (),
-                  image_size: int | None = None, channels: str | None = None):  # fmt: skip
+def eval_iterator(
+    config,
+    data_dir: str | os.PathLike | TfdsDataset,
+    *,
+    batch_size: int,
+    split: str,
+    num_classes: int | None = None,
+    exclude: Iterable[str] = (),
+    image_size: int | None = None,
+    channels: str | None = None,
+):
     """One pass over this process's share of `split`, at the config's size and channels
     unless given (batch_size: per process)."""
     return pipeline.make_eval_iterator(
-        _local(config, data_dir), batch_size=batch_size,
+        _local(config, data_dir),
+        batch_size=batch_size,
         image_size=image_size or config.data.image_size,
-        channels=channels or config.data.channels, split=split, exclude=exclude,
-        worker_count=int(config.data.worker_count), process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=num_classes,
-    )  # fmt: skip
+        channels=channels or config.data.channels,
+        split=split,
+        exclude=exclude,
+        worker_count=int(config.data.worker_count),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_classes=num_classes,
+    )
 
 
 def _local(config, data_dir):

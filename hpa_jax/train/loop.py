@@ -113,16 +113,34 @@ _COMPILED: dict[str, Compiled] = {}
 def _compile_key(setup: Setup, weights: np.ndarray) -> str:
     # everything the jitted functions close over; where the data lives is not part of it
     plain = config_lib.flatten(setup.config)
-    for name in ("data.dir", "data.exclude", "data.worker_count", "data.cache", "data.augment",
-                 "data.split_train", "data.split_eval", "init_from", "log_every_steps",
-                 "checkpoint_every_steps", "keep_checkpoints", "best_metric",
-                 "eval_every_steps", "eval_every_epochs", "data.source", "data.tfds_name",
-                 "data.tfds_data_dir"):
+    for name in (
+        "data.dir",
+        "data.exclude",
+        "data.worker_count",
+        "data.cache",
+        "data.augment",
+        "data.split_train",
+        "data.split_eval",
+        "init_from",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "best_metric",
+        "eval_every_steps",
+        "eval_every_epochs",
+        "data.source",
+        "data.tfds_name",
+        "data.tfds_data_dir",
+    ):
         plain.pop(name, None)
     parts = {
-        "config": plain, "total": setup.total_steps,
-        "warmup": setup.warmup_steps, "decay": setup.decay_every, "weights": weights.tolist(),
-        "devices": [d.id for d in setup.mesh.devices.flat], "mesh": setup.mesh.axis_names,
+        "config": plain,
+        "total": setup.total_steps,
+        "warmup": setup.warmup_steps,
+        "decay": setup.decay_every,
+        "weights": weights.tolist(),
+        "devices": [d.id for d in setup.mesh.devices.flat],
+        "mesh": setup.mesh.axis_names,
         "shape": list(setup.mesh.devices.shape),
     }
     return json.dumps(parts, sort_keys=True, default=str)
@@ -137,9 +155,12 @@ def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
     activation = config.model.activation
     loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
     prob_fn = losses_lib.make_prob_fn(activation)
-    tx, schedule = optim.make_tx(config.optimizer, setup.total_steps,
-                                 warmup_steps=setup.warmup_steps,
-                                 decay_every_steps=setup.decay_every)
+    tx, schedule = optim.make_tx(
+        config.optimizer,
+        setup.total_steps,
+        warmup_steps=setup.warmup_steps,
+        decay_every_steps=setup.decay_every,
+    )
     ema = optim.ema_decay(config.optimizer)
     make_model = state_lib.model_factory(config, setup.num_classes)
     graphdef, init, shardings = state_lib.state_initializer(
@@ -148,10 +169,15 @@ def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
     train_fn = step_lib.make_train_step(
         graphdef, tx, loss_fn, prob_fn, ema_decay=ema, threshold=float(config.threshold)
     )
-    eval_fn = step_lib.make_eval_step(graphdef, loss_fn, prob_fn, use_ema=ema > 0,
-                                      tta=str(config.tta))
+    eval_fn = step_lib.make_eval_step(
+        graphdef, loss_fn, prob_fn, use_ema=ema > 0, tta=str(config.tta)
+    )
     compiled = Compiled(
-        graphdef=graphdef, init=init, shardings=shardings, tx=tx, schedule=schedule,
+        graphdef=graphdef,
+        init=init,
+        shardings=shardings,
+        tx=tx,
+        schedule=schedule,
         train_step=step_lib.jit_train_step(train_fn, setup.mesh, shardings),
         eval_step=step_lib.jit_eval_step(eval_fn, setup.mesh, shardings),
     )
@@ -177,8 +203,9 @@ def start(setup: Setup) -> Run:
         else:
             state = compiled.init()
             if config.init_from:
-                state = ckpt_lib.initialize_from(state, compiled.shardings, compiled.graphdef,
-                                                 compiled.tx, config.init_from)
+                state = ckpt_lib.initialize_from(
+                    state, compiled.shardings, compiled.graphdef, compiled.tx, config.init_from
+                )
     except BaseException:
         checkpointer.close()
         raise
@@ -186,9 +213,16 @@ def start(setup: Setup) -> Run:
         config_lib.write_config(ml_collections.ConfigDict(setup.resolved), setup.workdir)
         write_class_weights(setup, weights)
     return Run(
-        setup=setup, graphdef=compiled.graphdef, state=state, shardings=compiled.shardings,
-        train_step=compiled.train_step, eval_step=compiled.eval_step, rng=rng,
-        start_step=int(latest or 0), data_state=data_state, checkpointer=checkpointer,
+        setup=setup,
+        graphdef=compiled.graphdef,
+        state=state,
+        shardings=compiled.shardings,
+        train_step=compiled.train_step,
+        eval_step=compiled.eval_step,
+        rng=rng,
+        start_step=int(latest or 0),
+        data_state=data_state,
+        checkpointer=checkpointer,
         schedule=compiled.schedule,
     )
 
@@ -227,8 +261,11 @@ def _check_finite(step: int, metrics: dict) -> dict:
     host = jax.device_get(metrics)
     bad = {}
     total, _ = host["loss"]
-    for name, value in (("loss", total), ("l2_grads", host["l2_grads"]),
-                        ("l2_params", host["l2_params"])):
+    for name, value in (
+        ("loss", total),
+        ("l2_grads", host["l2_grads"]),
+        ("l2_params", host["l2_params"]),
+    ):
         if not math.isfinite(float(value)):
             bad[name] = float(value)
     if bad:
@@ -239,12 +276,16 @@ def _check_finite(step: int, metrics: dict) -> dict:
 def run_validation(run: Run, threshold) -> tuple[dict, eval_lib.Predictions]:
     """Validation metrics (loss, micro/macro/per-class P/R/F1, mAP) at `threshold`."""
     setup = run.setup
-    iterator = inputs.eval_iterator(setup.config, setup.data_dir,
-                                    batch_size=setup.per_process_batch,
-                                    split=setup.config.data.split_eval,
-                                    num_classes=setup.num_classes)  # fmt: skip
-    preds = eval_lib.predict_split(run.eval_step, run.state, iterator, setup.mesh,
-                                   setup.num_classes)
+    iterator = inputs.eval_iterator(
+        setup.config,
+        setup.data_dir,
+        batch_size=setup.per_process_batch,
+        split=setup.config.data.split_eval,
+        num_classes=setup.num_classes,
+    )
+    preds = eval_lib.predict_split(
+        run.eval_step, run.state, iterator, setup.mesh, setup.num_classes
+    )
     return eval_lib.evaluate_predictions(preds, threshold), preds
 
 
@@ -263,8 +304,13 @@ def train(run: Run, writer, stop_at: int | None = None):
     does the same at the next step that every process agrees on, then raises `Preempted`.
     """
     setup, cfg = run.setup, run.setup.config
-    iterator = inputs.train_iterator(cfg, setup.data_dir, batch_size=setup.per_process_batch,
-                                     num_classes=setup.num_classes, exclude=setup.exclude)
+    iterator = inputs.train_iterator(
+        cfg,
+        setup.data_dir,
+        batch_size=setup.per_process_batch,
+        num_classes=setup.num_classes,
+        exclude=setup.exclude,
+    )
     if run.data_state:
         iterator.set_state(inputs.my_data_state(run.data_state))
     log_every = max(int(cfg.log_every_steps), 1)
@@ -273,15 +319,22 @@ def train(run: Run, writer, stop_at: int | None = None):
     pending = None  # (step, device metrics) of the previous step, checked one step late
     global_batch = int(cfg.batch_size)
     last_step = setup.total_steps if stop_at is None else min(stop_at, setup.total_steps)
-    bar = tqdm(total=setup.total_steps, initial=run.start_step, desc="train", unit="step",
-               disable=None if jax.process_index() == 0 else True, dynamic_ncols=True)
+    bar = tqdm(
+        total=setup.total_steps,
+        initial=run.start_step,
+        desc="train",
+        unit="step",
+        disable=None if jax.process_index() == 0 else True,
+        dynamic_ncols=True,
+    )
     tick, tick_step = time.perf_counter(), run.start_step
     watcher, preempted = preemption.Watcher().start(), None
     try:
         for step in range(run.start_step + 1, last_step + 1):
             batch = next(iterator)
             global_batch_arrays = mesh_lib.to_global(
-                step_lib.select(batch, step_lib.TRAIN_KEYS), setup.mesh)
+                step_lib.select(batch, step_lib.TRAIN_KEYS), setup.mesh
+            )
             run.state, metrics = run.train_step(run.state, global_batch_arrays, run.rng)
             if pending is not None:
                 window.add(_check_finite(*pending))
@@ -298,9 +351,13 @@ def train(run: Run, writer, stop_at: int | None = None):
             if (step % log_every == 0 or due_ckpt) and window.steps:
                 now = time.perf_counter()
                 speed = (step - tick_step) * global_batch / max(now - tick, 1e-9)
-                values = {**window.summary(), "images_per_s": speed,
-                          "learning_rate": float(run.schedule(
-                              (step - 1) // int(cfg.optimizer.grad_accum_steps)))}
+                values = {
+                    **window.summary(),
+                    "images_per_s": speed,
+                    "learning_rate": float(
+                        run.schedule((step - 1) // int(cfg.optimizer.grad_accum_steps))
+                    ),
+                }
                 writer.write(step, {"train": values})
                 bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{speed:.0f}")
                 window, tick, tick_step = _StepMetrics(), now, step
@@ -310,11 +367,23 @@ def train(run: Run, writer, stop_at: int | None = None):
                 writer.write(step, {"val": _eval_log(eval_metrics)})
                 last_eval = (step, eval_metrics, preds)
             if due_ckpt or due_eval:
-                best = None if eval_metrics is None else {
-                    k: v for k, v in eval_metrics.items() if np.ndim(v) == 0
-                    and not isinstance(v, dict)}
-                run.checkpointer.save(step, run.state, run.rng, inputs.all_data_states(iterator),
-                                      metrics=best, force=due_eval or step == last_step)
+                best = (
+                    None
+                    if eval_metrics is None
+                    else {
+                        k: v
+                        for k, v in eval_metrics.items()
+                        if np.ndim(v) == 0 and not isinstance(v, dict)
+                    }
+                )
+                run.checkpointer.save(
+                    step,
+                    run.state,
+                    run.rng,
+                    inputs.all_data_states(iterator),
+                    metrics=best,
+                    force=due_eval or step == last_step,
+                )
                 writer.flush()  # on gs:// the logs are uploaded whole: keep up with checkpoints
             bar.update(1)
             if step == last_step:
@@ -345,17 +414,26 @@ def finish(run: Run, writer, last_eval=None) -> dict:
         _, metrics, preds = last_eval
     else:
         metrics, preds = run_validation(run, float(cfg.threshold))
-    tuned, tuned_f1 = thr_lib.tune_thresholds(preds.probs, preds.labels,
-                                              default=float(cfg.threshold))
+    tuned, tuned_f1 = thr_lib.tune_thresholds(
+        preds.probs, preds.labels, default=float(cfg.threshold)
+    )
     tuned_metrics = eval_lib.evaluate_predictions(preds, tuned)
     final = {k: v for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, dict)}
-    final.update({f"tuned_{k}": v for k, v in tuned_metrics.items()
-                  if k in ("micro_f1", "macro_f1", "micro_precision", "micro_recall")})
+    final.update(
+        {
+            f"tuned_{k}": v
+            for k, v in tuned_metrics.items()
+            if k in ("micro_f1", "macro_f1", "micro_precision", "micro_recall")
+        }
+    )
     final["step"] = final_step
     if jax.process_index() == 0:
         thr_lib.save_thresholds(
-            setup.workdir / thr_lib.THRESHOLDS_FILE, tuned, class_names=setup.table.classes,
-            f1=tuned_f1, extra={"step": final["step"], "split": cfg.data.split_eval},
+            setup.workdir / thr_lib.THRESHOLDS_FILE,
+            tuned,
+            class_names=setup.table.classes,
+            f1=tuned_f1,
+            extra={"step": final["step"], "split": cfg.data.split_eval},
         )
         writer.write(final["step"], {"final": final})
         writer.close()  # flush metrics.jsonl before plotting from it

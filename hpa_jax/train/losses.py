@@ -109,8 +109,7 @@ def class_weights_from_config(loss_cfg, counts, num_examples: int) -> np.ndarray
     predictions only pass 0.5 when the model is ~95 % sure (a weight w moves the 0.5 cut on the
     unweighted probability to 1/(1+w)), and its recall at the 0.5 threshold suffers.
     """
-    weights = class_weights(loss_cfg.class_weights, counts, num_examples,
-                            beta=float(loss_cfg.beta))
+    weights = class_weights(loss_cfg.class_weights, counts, num_examples, beta=float(loss_cfg.beta))
     floor = float(loss_cfg.get("min_weight", 0.0))
     if not (math.isfinite(floor) and floor >= 0.0):
         raise UserError(f"loss.min_weight={floor}: give a finite number >= 0")

@@ -19,8 +19,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def make_schedule(cfg, total_updates: int, *, warmup: int = 0,
-                  decay_every: int | None = None) -> optax.Schedule:
+def make_schedule(
+    cfg, total_updates: int, *, warmup: int = 0, decay_every: int | None = None
+) -> optax.Schedule:
     """Learning rate (float) as a function of the optimizer update count (int).
 
     warmup, decay_every: in optimizer updates.
@@ -41,8 +42,10 @@ def make_schedule(cfg, total_updates: int, *, warmup: int = 0,
     if kind == "step":
         every = int(decay_every or max(total_updates // 3, 1))
         after = optax.exponential_decay(
-            peak, transition_steps=max(every, 1),
-            decay_rate=float(cfg.decay_factor), staircase=True,
+            peak,
+            transition_steps=max(every, 1),
+            decay_rate=float(cfg.decay_factor),
+            staircase=True,
         )
     elif kind == "constant":
         after = optax.constant_schedule(peak)
@@ -54,9 +57,9 @@ def make_schedule(cfg, total_updates: int, *, warmup: int = 0,
     return optax.join_schedules([ramp, after], [warmup])
 
 
-def make_tx(cfg, total_steps: int, *, warmup_steps: int = 0,
-            decay_every_steps: int | None = None) -> tuple[optax.GradientTransformation,
-                                                          optax.Schedule]:
+def make_tx(
+    cfg, total_steps: int, *, warmup_steps: int = 0, decay_every_steps: int | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(the optax chain, its learning-rate schedule) for a run of `total_steps`.
 
     `total_steps`, `warmup_steps`, `decay_every_steps` count train steps (micro-batches); the
@@ -66,7 +69,9 @@ def make_tx(cfg, total_steps: int, *, warmup_steps: int = 0,
     if accumulate < 1:
         raise UserError(f"config.optimizer.grad_accum_steps={accumulate}: must be >= 1")
     schedule = make_schedule(
-        cfg, max(total_steps // accumulate, 1), warmup=warmup_steps // accumulate,
+        cfg,
+        max(total_steps // accumulate, 1),
+        warmup=warmup_steps // accumulate,
         decay_every=None if decay_every_steps is None else max(decay_every_steps // accumulate, 1),
     )
     return make_optimizer(cfg, schedule), schedule

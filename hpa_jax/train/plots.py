@@ -83,9 +83,7 @@ def plot_per_class_f1(
     return _save(fig, as_path(path))
 
 
-def write_plots(
-    workdir: str | os.PathLike, class_names: Sequence[str] | None = None
-) -> list[Path]:
+def write_plots(workdir: str | os.PathLike, class_names: Sequence[str] | None = None) -> list[Path]:
     """Plot what `workdir/metrics.jsonl` holds into the workdir; return the files written."""
     workdir = as_path(workdir)
     records = read_jsonl(workdir / METRICS_FILE)

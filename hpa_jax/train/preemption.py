@@ -79,8 +79,9 @@ class Watcher:
         """Restore the previous handler."""
         if self._installed:
             # None: the previous handler was not set from Python; SIG_DFL is the nearest
-            signal.signal(signal.SIGTERM,
-                          signal.SIG_DFL if self._previous is None else self._previous)
+            signal.signal(
+                signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous
+            )
             self._installed = False
 
     def reached(self, step: int) -> bool:

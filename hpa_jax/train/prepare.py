@@ -78,8 +78,9 @@ class IncompatibleRun(UserError):
         self.workdir = workdir
         self.differences = differences
         self.keys = [what for what, *_ in differences]
-        lines = "".join(f"\n  {what}: {old!r} -> {new!r} ({why})"
-                        for what, old, new, why in differences)
+        lines = "".join(
+            f"\n  {what}: {old!r} -> {new!r} ({why})" for what, old, new, why in differences
+        )
         super().__init__(
             f"{workdir} holds a run with an incompatible config: it resumes only with the same "
             f"data order, model and optimizer, and these differ (saved -> now):{lines}\n"
@@ -98,8 +99,10 @@ _INPUT_FIELDS = {
     "process_index": ("the process index", ()),
     "process_count": ("the number of processes", ()),
     "crop": ("data.train_crop", ("data.train_crop",)),
-    "records": ("the training records (data.split_train, the IDs in data.exclude, the dataset)",
-                ("data.split_train", "data.exclude")),
+    "records": (
+        "the training records (data.split_train, the IDs in data.exclude, the dataset)",
+        ("data.split_train", "data.exclude"),
+    ),
 }
 _DATA_ORDER = "the data order"
 
@@ -117,8 +120,9 @@ def saved_input_position(workdir: fileio.Path) -> dict | None:
         reader.close()
 
 
-def input_differences(saved: dict | None, current: dict,
-                      explained: Iterable[str] = ()) -> list[tuple[str, object, object, str]]:
+def input_differences(
+    saved: dict | None, current: dict, explained: Iterable[str] = ()
+) -> list[tuple[str, object, object, str]]:
     """How this process's input pipeline (`current`: its fingerprint) differs from the one the
     saved position was taken in; fields that a key in `explained` accounts for are left out."""
     if not saved:
@@ -141,8 +145,9 @@ def input_differences(saved: dict | None, current: dict,
     return out
 
 
-def check_workdir(workdir: fileio.Path, resolved: dict,
-                  current_input: Callable[[], dict] | None = None) -> None:
+def check_workdir(
+    workdir: fileio.Path, resolved: dict, current_input: Callable[[], dict] | None = None
+) -> None:
     """Refuse (IncompatibleRun, before anything is written) a workdir whose run this config
     cannot continue: a key of `config.schema.RESUME_KEYS` differs from its config.json, or its
     latest checkpoint's input position was taken in another pipeline than `current_input()`
@@ -153,8 +158,9 @@ def check_workdir(workdir: fileio.Path, resolved: dict,
         return
     old = config_lib.read_config(workdir)
     group = {key: why for why, keys in RESUME_KEYS.items() for key in keys}
-    differ = [(key, before, after, group[key])
-              for key, before, after in config_differences(old, resolved)]
+    differ = [
+        (key, before, after, group[key]) for key, before, after in config_differences(old, resolved)
+    ]
     saved = saved_input_position(workdir)
     if saved and current_input is not None:
         differ += input_differences(saved, current_input(), explained=[d[0] for d in differ])
@@ -162,14 +168,16 @@ def check_workdir(workdir: fileio.Path, resolved: dict,
         raise IncompatibleRun(workdir, differ)
 
 
-def input_fingerprint(config, data_dir, *, batch_size: int, num_classes: int,
-                      exclude: Iterable[str]) -> dict:
+def input_fingerprint(
+    config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str]
+) -> dict:
     """What this process's train iterator would record as its pipeline in a checkpoint (built
     without worker processes or a cache, read nothing)."""
     quiet = ml_collections.ConfigDict(config_lib.to_dict(config))
     quiet.data.worker_count, quiet.data.cache = 0, False  # the same batches, no processes
-    iterator = inputs.train_iterator(quiet, data_dir, batch_size=batch_size,
-                                     num_classes=num_classes, exclude=exclude)
+    iterator = inputs.train_iterator(
+        quiet, data_dir, batch_size=batch_size, num_classes=num_classes, exclude=exclude
+    )
     try:
         return iterator.get_state()["pipeline"]
     finally:
@@ -191,8 +199,12 @@ def prepare(config, workdir) -> Setup:
         raise UserError(f"config.batch_size={batch} must divide over {jax.process_count()} hosts")
     per_process = batch // jax.process_count()
     stats = catalog.label_stats(
-        data_dir, split=config.data.split_train, exclude=exclude, batch_size=per_process,
-        process_count=jax.process_count(), num_classes=table.num_classes,
+        data_dir,
+        split=config.data.split_train,
+        exclude=exclude,
+        batch_size=per_process,
+        process_count=jax.process_count(),
+        num_classes=table.num_classes,
     )
     if stats.steps_per_epoch < 1:
         raise UserError(
@@ -201,20 +213,37 @@ def prepare(config, workdir) -> Setup:
         )
 
     def steps(prefix, default):
-        return config_lib.steps(config, prefix, steps_per_epoch=stats.steps_per_epoch,
-                                global_batch=batch, default=default)
+        return config_lib.steps(
+            config,
+            prefix,
+            steps_per_epoch=stats.steps_per_epoch,
+            global_batch=batch,
+            default=default,
+        )
 
     total = steps("total", None)
     if total < 1:
         raise UserError("the run has no steps: set total_steps/total_epochs/total_examples > 0")
     resolved = resolved_config(config, table.num_classes, mesh)
-    check_workdir(workdir, resolved, lambda: input_fingerprint(
-        config, data_dir, batch_size=per_process, num_classes=table.num_classes,
-        exclude=exclude))
+    check_workdir(
+        workdir,
+        resolved,
+        lambda: input_fingerprint(
+            config, data_dir, batch_size=per_process, num_classes=table.num_classes, exclude=exclude
+        ),
+    )
     return Setup(
-        config=config, workdir=workdir, data_dir=data_dir, table=table, exclude=exclude,
-        mesh=mesh, per_process_batch=per_process, counts=stats.counts,
-        num_train=stats.num_records, steps_per_epoch=stats.steps_per_epoch, total_steps=total,
+        config=config,
+        workdir=workdir,
+        data_dir=data_dir,
+        table=table,
+        exclude=exclude,
+        mesh=mesh,
+        per_process_batch=per_process,
+        counts=stats.counts,
+        num_train=stats.num_records,
+        steps_per_epoch=stats.steps_per_epoch,
+        total_steps=total,
         eval_every=max(steps("eval_every", total), 1),
         warmup_steps=steps("optimizer.warmup", 0),
         decay_every=steps("optimizer.decay_every", 0) or None,

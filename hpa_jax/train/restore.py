@@ -32,11 +32,13 @@ def make_checkpointer(config, workdir, *, read_only=False) -> ckpt_lib.Checkpoin
     best."""
     metric = config.best_metric or None
     return ckpt_lib.Checkpointer(
-        workdir, every=int(config.checkpoint_every_steps), keep=int(config.keep_checkpoints),
-        best_metric=metric, best_mode="min" if metric == "loss" else "max", read_only=read_only,
+        workdir,
+        every=int(config.checkpoint_every_steps),
+        keep=int(config.keep_checkpoints),
+        best_metric=metric,
+        best_mode="min" if metric == "loss" else "max",
+        read_only=read_only,
     )
-
-
 
 
 @dataclasses.dataclass
@@ -109,15 +111,21 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
     graphdef = state_lib.model_graphdef(make_model)
     activation = config.model.activation
     loss_fn = losses_lib.make_loss_fn(
-        config.loss, class_weights=_saved_class_weights(workdir, table.num_classes),
-        activation=activation)
-    eval_fn = step_lib.make_eval_step(graphdef, loss_fn, losses_lib.make_prob_fn(activation),
-                                      use_ema=use_ema, tta=str(config.tta))
+        config.loss,
+        class_weights=_saved_class_weights(workdir, table.num_classes),
+        activation=activation,
+    )
+    eval_fn = step_lib.make_eval_step(
+        graphdef, loss_fn, losses_lib.make_prob_fn(activation), use_ema=use_ema, tta=str(config.tta)
+    )
     global_batch = -(-int(config.batch_size) // mesh.size) * mesh.size
     return Restored(
-        config=config, workdir=workdir, table=table, mesh=mesh, state=state,
-        eval_step=step_lib.jit_eval_step(eval_fn, mesh, shardings), step=int(step),
+        config=config,
+        workdir=workdir,
+        table=table,
+        mesh=mesh,
+        state=state,
+        eval_step=step_lib.jit_eval_step(eval_fn, mesh, shardings),
+        step=int(step),
         batch_size=global_batch // jax.process_count(),
     )
-
-

@@ -66,8 +66,11 @@ def _init_fn(make_model, tx: optax.GradientTransformation, use_ema: bool, seed: 
         _, params, rest = split_model(model)
         ema = jax.tree.map(jnp.copy, params) if use_ema else None
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-            opt_state=tx.init(params), ema=ema,
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            rest=rest,
+            opt_state=tx.init(params),
+            ema=ema,
         )
 
     return init
@@ -96,8 +99,7 @@ def create_train_state(make_model, tx, mesh, *, seed: int, use_ema: bool = False
 
     `make_model(rngs) -> nnx.Module` builds the model; `seed` fixes its initialisation.
     """
-    graphdef, init, shardings = state_initializer(make_model, tx, mesh, seed=seed,
-                                                  use_ema=use_ema)
+    graphdef, init, shardings = state_initializer(make_model, tx, mesh, seed=seed, use_ema=use_ema)
     return graphdef, init(), shardings
 
 
@@ -105,7 +107,8 @@ def as_abstract(state_shardings: TrainState, abstract_state: TrainState) -> Trai
     """ShapeDtypeStructs carrying their target shardings (what a checkpoint restores onto)."""
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, state_shardings,
+        abstract_state,
+        state_shardings,
     )
 
 
@@ -115,7 +118,12 @@ def model_factory(config, num_classes: int):
     in_channels = len(channel_names(config.data.channels))
 
     def make_model(rngs: nnx.Rngs) -> nnx.Module:
-        return create_model(config.model, num_classes=num_classes, in_channels=in_channels,
-                            rngs=rngs, image_size=int(config.data.image_size))
+        return create_model(
+            config.model,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            rngs=rngs,
+            image_size=int(config.data.image_size),
+        )
 
     return make_model

@@ -46,8 +46,13 @@ def _counts(probs: jax.Array, labels: jax.Array, weights: jax.Array, threshold: 
 
 
 def make_train_step(
-    graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, prob_fn: ProbFn, *,
-    ema_decay: float = 0.0, threshold: float = 0.5,
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    prob_fn: ProbFn,
+    *,
+    ema_decay: float = 0.0,
+    threshold: float = 0.5,
 ):
     """The pure train step `(state, batch, rng) -> (state, metrics)`.
 
@@ -105,8 +110,9 @@ def _update_ema(ema, params, opt_state, decay: float):
     return mixed
 
 
-def make_eval_step(graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool = False,
-                   tta: str = "none"):
+def make_eval_step(
+    graphdef, loss_fn: LossFn, prob_fn: ProbFn, *, use_ema: bool = False, tta: str = "none"
+):
     """The pure eval step `(state, batch) -> {"loss": (sum, count), "probs": float32[B, K]}`.
 
     batch: {"image", "labels", "mask": bool[B]} where masked-out rows are padding.
@@ -167,4 +173,3 @@ def jit_eval_step(step_fn, mesh, state_shardings):
 def select(batch: dict, keys) -> dict:
     """The entries of `batch` a step takes (IDs and other host-side fields left out)."""
     return {k: batch[k] for k in keys}
-

@@ -209,8 +209,7 @@ class EventWriter:
     """Scalars to `<logdir>/events.out.tfevents.<time>.<host>`, one Event per step (on object
     storage rewritten whole at each flush: see the module doc)."""
 
-    def __init__(self, logdir: str | os.PathLike, *,
-                 flush_seconds: float = REMOTE_FLUSH_SECONDS):
+    def __init__(self, logdir: str | os.PathLike, *, flush_seconds: float = REMOTE_FLUSH_SECONDS):
         logdir = as_path(logdir)
         now = time.time()
         name = f"{EVENTS_PREFIX}{int(now)}.{socket.gethostname()}"
@@ -267,14 +266,21 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True,
+        self,
+        workdir: str | os.PathLike,
+        *,
+        tensorboard: bool = True,
+        enabled: bool = True,
         flush_seconds: float = REMOTE_FLUSH_SECONDS,
     ):
         self.workdir = as_path(workdir)
         self.enabled = enabled
         self.flush_seconds = flush_seconds
-        self.jsonl = JsonlWriter(self.workdir / METRICS_FILE,
-                                 flush_seconds=flush_seconds) if enabled else None
+        self.jsonl = (
+            JsonlWriter(self.workdir / METRICS_FILE, flush_seconds=flush_seconds)
+            if enabled
+            else None
+        )
         self._tensorboard = tensorboard and enabled
         self.events: EventWriter | None = None
 

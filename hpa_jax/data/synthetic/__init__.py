@@ -35,8 +35,21 @@ from hpa_jax.data.synthetic.stains import Stains, green_pattern, render_stains
 from hpa_jax.data.synthetic.write import synthesize, truth_rows
 
 __all__ = [
-    "ANOMALY_KINDS", "CHANNELS", "MITOTIC_SPINDLE", "NEGATIVE", "Cells", "ImagePlan", "Stains",
-    "FieldOfView", "green_pattern", "image_id", "make_cells", "plan_dataset", "render_fov",
-    "render_image", "render_stains",
-    "synthesize", "truth_rows",
-]  # fmt: skip
+    "ANOMALY_KINDS",
+    "CHANNELS",
+    "MITOTIC_SPINDLE",
+    "NEGATIVE",
+    "Cells",
+    "ImagePlan",
+    "Stains",
+    "FieldOfView",
+    "green_pattern",
+    "image_id",
+    "make_cells",
+    "plan_dataset",
+    "render_fov",
+    "render_image",
+    "render_stains",
+    "synthesize",
+    "truth_rows",
+]

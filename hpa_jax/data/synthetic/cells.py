@@ -141,8 +141,22 @@ def make_cells(rng, size: int, mitotic: bool) -> Cells:
     mean_r = float(radii.mean())
     inside = _soft(d_cell, 1.5 / mean_r) * np.clip(d_gap * mean_r / 1.0, 0.0, 1.0) ** 0.5
     nucleus = _soft(d_nuc, 1.5 / float(nuc_axes.mean())) * (d_cell < 1)
-    return Cells(center, radii, nuc_center, nuc_axes, angle, mitotic_index, owner, d_cell,
-                 d_gap, d_nuc, phi, inside, nucleus, np.clip(inside - nucleus, 0, 1))  # fmt: skip
+    return Cells(
+        center,
+        radii,
+        nuc_center,
+        nuc_axes,
+        angle,
+        mitotic_index,
+        owner,
+        d_cell,
+        d_gap,
+        d_nuc,
+        phi,
+        inside,
+        nucleus,
+        np.clip(inside - nucleus, 0, 1),
+    )
 
 
 # ------------------------------------------------------------------------------ primitives
@@ -200,11 +214,13 @@ def _in_cytoplasm(cells: Cells, points: np.ndarray, cell: int) -> np.ndarray:
 
 def cyto_points(rng, cells: Cells, cell: int, count: int, r_max=0.95) -> np.ndarray:
     """About `count` random points in the cytoplasm of `cell` (rejection sampled)."""
-    pts = points_in_ellipse(rng, 3 * count, cells.center[cell], cells.radius[cell] * np.ones(2),
-                            0.0, 0.0, r_max)  # fmt: skip
+    pts = points_in_ellipse(
+        rng, 3 * count, cells.center[cell], cells.radius[cell] * np.ones(2), 0.0, 0.0, r_max
+    )
     return _in_cytoplasm(cells, pts, cell)[:count]
 
 
 def nuc_points(rng, cells: Cells, cell: int, count: int, r_max=0.8) -> np.ndarray:
-    return points_in_ellipse(rng, count, cells.nuc_center[cell], cells.nuc_axes[cell],
-                             cells.nuc_angle[cell], 0.0, r_max)  # fmt: skip
+    return points_in_ellipse(
+        rng, count, cells.nuc_center[cell], cells.nuc_axes[cell], cells.nuc_angle[cell], 0.0, r_max
+    )

@@ -17,10 +17,28 @@ ANOMALY_KINDS = ("dark", "saturated", "empty_channel", "label")
 # Target share of images carrying each class (HPA 2021 is similarly skewed: nucleoplasm and
 # cytosol common, mitotic spindle and aggresome rare). Class 18 (Negative) is handled apart.
 CLASS_FREQUENCY = np.array(
-    [0.50, 0.05, 0.10, 0.06, 0.08, 0.07, 0.05, 0.09, 0.06, 0.05,
-     0.05, 0.025, 0.07, 0.12, 0.12, 0.04, 0.25, 0.12],
+    [
+        0.50,
+        0.05,
+        0.10,
+        0.06,
+        0.08,
+        0.07,
+        0.05,
+        0.09,
+        0.06,
+        0.05,
+        0.05,
+        0.025,
+        0.07,
+        0.12,
+        0.12,
+        0.04,
+        0.25,
+        0.12,
+    ],
     np.float64,
-)  # fmt: skip
+)
 NEGATIVE_FREQUENCY = 0.03
 LABEL_COUNT_PROBS = (0.42, 0.36, 0.22)  # P(1, 2, 3 labels) for a non-negative image
 MITOTIC_DECOY_RATE = 0.06  # images without the spindle label that still show a mitotic cell
@@ -76,8 +94,11 @@ def _ensure_min_counts(rng, labels: list[tuple[int, ...]], min_count: int) -> No
                 if len(ls) == 1 and ls[0] != NEGATIVE and counts[ls[0]] > min_count + 1
             ]
         else:
-            ok = [i for i, ls in enumerate(labels)
-                  if len(ls) < 3 and NEGATIVE not in ls and cls not in ls]  # fmt: skip
+            ok = [
+                i
+                for i, ls in enumerate(labels)
+                if len(ls) < 3 and NEGATIVE not in ls and cls not in ls
+            ]
         for i in rng.permutation(ok)[:need]:
             if cls == NEGATIVE:
                 counts[labels[i][0]] -= 1

@@ -63,19 +63,22 @@ class _Expression:
     one a random non-empty subset of the capable cells, some cells showing nothing. Draws from
     its own stream, so uniform images keep their bytes."""
 
-    def __init__(self, plan: ImagePlan, seed: int, n: int, heterogeneous: float,
-                 negative_cells: float):  # fmt: skip
+    def __init__(
+        self, plan: ImagePlan, seed: int, n: int, heterogeneous: float, negative_cells: float
+    ):
         self.rng = np.random.default_rng([seed, plan.index, 1])
         self.varies = bool(set(plan.true_labels) - {NEGATIVE}) and (
-            self.rng.random() < heterogeneous)
+            self.rng.random() < heterogeneous
+        )
         self.silent = self.rng.random(n) < negative_cells if self.varies else np.zeros(n, bool)
 
     def cells_showing(self, capable: np.ndarray) -> np.ndarray:
         """bool[n] of the cells that show a class that `capable` cells could show."""
         if not self.varies:
             return capable
-        showing = capable & ~self.silent & (self.rng.random(len(capable))
-                                            < self.rng.uniform(0.3, 0.9))  # fmt: skip
+        showing = (
+            capable & ~self.silent & (self.rng.random(len(capable)) < self.rng.uniform(0.3, 0.9))
+        )
         if not showing.any() and capable.any():
             pool = np.flatnonzero(capable & ~self.silent)
             pool = pool if len(pool) else np.flatnonzero(capable)
@@ -83,9 +86,14 @@ class _Expression:
         return showing
 
 
-def render_fov(plan: ImagePlan, seed: int, size: int, *,
-               heterogeneous: float = HETEROGENEOUS_FRACTION,
-               negative_cells: float = NEGATIVE_CELL_RATE) -> FieldOfView:  # fmt: skip
+def render_fov(
+    plan: ImagePlan,
+    seed: int,
+    size: int,
+    *,
+    heterogeneous: float = HETEROGENEOUS_FRACTION,
+    negative_cells: float = NEGATIVE_CELL_RATE,
+) -> FieldOfView:
     """Render one field of view, a pure function of its arguments (the image's random stream is
     `default_rng([seed, plan.index])`, the cells' expression draws `[seed, plan.index, 1]`)."""
     rng = np.random.default_rng([seed, plan.index])
@@ -133,13 +141,13 @@ def _instances(cells, size: int) -> tuple[np.ndarray, np.ndarray]:
         plate = np.exp(-((along / (0.12 * r)) ** 2) - (across / (0.55 * r)) ** 6) > 0.5
         nucleus |= inside & (cells.owner == cells.mitotic) & plate
     return np.where(inside, number, 0).astype(np.uint16), np.where(nucleus, number, 0).astype(
-        np.uint16)
+        np.uint16
+    )
 
 
 def _cell_labels(shown: dict[int, np.ndarray], n: int) -> dict[int, tuple[int, ...]]:
     """{cell number: the classes it shows, or (18,) for none}."""
-    return {k + 1: tuple(c for c in sorted(shown) if shown[c][k]) or (NEGATIVE,)
-            for k in range(n)}  # fmt: skip
+    return {k + 1: tuple(c for c in sorted(shown) if shown[c][k]) or (NEGATIVE,) for k in range(n)}
 
 
 def _apply_fault(rng, plan: ImagePlan, channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,8 +159,9 @@ def _apply_fault(rng, plan: ImagePlan, channels: dict[str, np.ndarray]) -> dict[
         factor = rng.uniform(4.0, 7.0)
         return {k: v * factor + 0.25 for k, v in channels.items()}
     if plan.anomaly == "empty_channel":
-        return {k: (np.zeros_like(v) if k == plan.empty_channel else v)
-                for k, v in channels.items()}  # fmt: skip
+        return {
+            k: (np.zeros_like(v) if k == plan.empty_channel else v) for k, v in channels.items()
+        }
     return channels
 
 

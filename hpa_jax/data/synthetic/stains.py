@@ -134,8 +134,9 @@ def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.
     if cls == 10:  # microtubules: the radial red texture
         return 0.9 * stains.red * _not_mitotic(cells)
     if cls == 12:  # centrosome: one or two bright dots next to the nucleus
-        return splat(size, _per_cell(cells, lambda k: _centrosome(rng, cells, k)),
-                     max(0.8, 0.7 * scale), 2.5)  # fmt: skip
+        return splat(
+            size, _per_cell(cells, lambda k: _centrosome(rng, cells, k)), max(0.8, 0.7 * scale), 2.5
+        )
     if cls == 13:  # plasma membrane: the cell outline, including borders between cells
         outline = np.exp(-(((1 - cells.d_cell) * cells.radius.mean() / 1.1) ** 2))
         border = np.exp(-((cells.d_gap * cells.radius.mean() / 1.3) ** 2))

@@ -24,10 +24,12 @@ def _render_shard(task: tuple) -> dict:
             writer.write(encode_example(plan.image_id, fov.channels, plan.recorded_labels))
             data_dir = path.parent
             dataset.write_mask(dataset.mask_path(data_dir, plan.image_id), fov.cells)
-            dataset.write_mask(dataset.mask_path(data_dir, plan.image_id, dataset.NUCLEI_DIR),
-                               fov.nuclei)  # fmt: skip
-            rows += [(plan.image_id, k, HPA_2021.format(labels))
-                     for k, labels in fov.cell_labels.items()]  # fmt: skip
+            dataset.write_mask(
+                dataset.mask_path(data_dir, plan.image_id, dataset.NUCLEI_DIR), fov.nuclei
+            )
+            rows += [
+                (plan.image_id, k, HPA_2021.format(labels)) for k, labels in fov.cell_labels.items()
+            ]
     return {"path": str(path), "count": len(plans), "cells": rows}
 
 
@@ -73,8 +75,13 @@ def synthesize(
     Summary keys: out_dir, num_images, size, seed, shards (names), class_counts ({name: n} of
     recorded labels), anomalies ({kind: n}), files ({what: path}).
     """
-    if num_images < 1 or size < 16 or shards < 1 or not 0 <= anomaly_rate <= 1 \
-            or not 0 <= heterogeneous <= 1:
+    if (
+        num_images < 1
+        or size < 16
+        or shards < 1
+        or not 0 <= anomaly_rate <= 1
+        or not 0 <= heterogeneous <= 1
+    ):
         raise UserError(
             f"synth: need num_images >= 1, size >= 16, shards >= 1, 0 <= anomaly rate <= 1 and "
             f"0 <= heterogeneous <= 1; got {num_images}, {size}, {shards}, {anomaly_rate}, "
@@ -95,8 +102,9 @@ def synthesize(
     for done in writer_lib.run_tasks(_render_shard, tasks, workers=workers, desc="synth"):
         cells[done["path"]] = done["cells"]
     cell_rows = [row for task in tasks for row in cells[str(task[0])]]  # shard order
-    fileio.write_text(out_dir / dataset.CELLS_CSV,
-                      dataset.csv_text(("ID", "cell", "labels"), cell_rows))  # fmt: skip
+    fileio.write_text(
+        out_dir / dataset.CELLS_CSV, dataset.csv_text(("ID", "cell", "labels"), cell_rows)
+    )
     header = ("ID", "anomaly", "kind", "true_label", "recorded_label")
     fileio.write_text(out_dir / dataset.TRUTH_CSV, dataset.csv_text(header, truth_rows(plans)))
     anomalies = {kind: sum(p.anomaly == kind for p in plans) for kind in ANOMALY_KINDS}
@@ -112,10 +120,16 @@ def synthesize(
         source="synthetic",
         val_fraction=val_fraction,
         seed=seed,
-        extra={"seed": seed, "anomaly_rate": anomaly_rate, "anomalies": anomalies,
-               "generator": "hpa_jax.data.synthetic", "bit_depth": 8,
-               "heterogeneous": heterogeneous, "num_cells": len(cell_rows)},
-    )  # fmt: skip
+        extra={
+            "seed": seed,
+            "anomaly_rate": anomaly_rate,
+            "anomalies": anomalies,
+            "generator": "hpa_jax.data.synthetic",
+            "bit_depth": 8,
+            "heterogeneous": heterogeneous,
+            "num_cells": len(cell_rows),
+        },
+    )
     return {
         "out_dir": str(out_dir),
         "num_images": num_images,
