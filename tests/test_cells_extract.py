@@ -254,7 +254,7 @@ def test_masks_missing_malformed_empty_and_small_cells_are_named(data, tmp_path,
     masks = tmp_path / "masks"
     shutil.copytree(data / "cells", masks)
     (masks / f"{ids[0]}.png").unlink()  # missing
-    dataset.write_mask(masks / f"{ids[1]}.png", np.zeros((5, 5), np.int32))  # wrong size
+    dataset.write_mask(masks / f"{ids[1]}.png", np.zeros((5, 7), np.int32))  # wrong aspect
     dataset.write_mask(masks / f"{ids[2]}.png", np.zeros((112, 112), np.int32))  # no cells
     small = [
         (i, str(k))
@@ -282,7 +282,7 @@ def test_masks_missing_malformed_empty_and_small_cells_are_named(data, tmp_path,
     ]
     assert main(args) == 1  # written, but a mask is malformed
     err = capsys.readouterr().err
-    assert f"ID {ids[1]!r} are (5, 5), the image is (112, 112)" in err
+    assert f"ID {ids[1]!r} are (5, 7), the image is (112, 112): another aspect ratio" in err
     assert ids[0] in err and ids[2] in err
     skipped = [(r["ID"], r["cell"], r["reason"]) for r in _csv(out / dataset.SKIPPED_CSV)]
     assert [s[:2] for s in skipped] == [(ids[0], ""), (ids[1], ""), (ids[2], ""), *small]

@@ -6,13 +6,14 @@ show all of them) and split. `cell_crops` (pure, also for unlabelled images) cut
 square windows around their boxes (`crop_window`), zero past the border, resized as the training
 decode resizes (`resize_plane`), dtype kept. Records (`cell_record`, `parse_cell`): the schema
 of `data/example.py` plus the extra features `CELL_KEYS`. Masks are segmented (`segment_cells`)
-or read (`load_instances`) and kept in OUT/masks/. A missing mask, an image without cells and a
-cell under `min_area` go to skipped.csv; a malformed mask or an unreadable record too, and into
-`ExtractSummary.errors` (the command exits 1); no cell at all is a UserError. OUT is built in a
-temporary folder that replaces it when complete (OUT may only be new, empty or an earlier cell
-dataset), so runs never mix. Names and columns of its files: `data/dataset.py`. Synthetic
-parents (DIR/cells/ + cells.csv) add cell_truth.csv: each cell's true cell (largest IoU ≥ 0.5,
-`metric.match_cells`), its true labels and the weak labels it lacks.
+or read (`masks.load_fitted`: at the stored size or rescaled to it from the source image's) and
+kept in OUT/masks/. A missing mask, an image without cells, an instance that a rescaled mask
+lost and a cell under `min_area` go to skipped.csv; a malformed mask or an unreadable record
+too, and into `ExtractSummary.errors` (the command exits 1); no cell at all is a UserError. OUT
+is built in a temporary folder that replaces it when complete (OUT may only be new, empty or an
+earlier cell dataset), so runs never mix. Names and columns of its files: `data/dataset.py`.
+Synthetic parents (DIR/cells/ + cells.csv) add cell_truth.csv: each cell's true cell (largest
+IoU ≥ 0.5, `metric.match_cells`), its true labels and the weak labels it lacks.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from hpa_jax import fileio
-from hpa_jax.cells.masks import absolute, load_instances
+from hpa_jax.cells.masks import absolute, find_mask, load_fitted
 from hpa_jax.cells.metric import iou_table, match_cells
 from hpa_jax.cells.segment import DEFAULT_PARAMS, REFERENCE_SIDE, segment_cells
 from hpa_jax.data import dataset, example
@@ -402,17 +403,23 @@ def _read_channels(task: _Task) -> dict[str, np.ndarray]:
     return channels
 
 
-def _instances(task: _Task, channels: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The image's cells: segmented, or from `task.masks` (None: no mask there)."""
+def _instances(task: _Task, channels: dict[str, np.ndarray]):
+    """The image's cells and the skipped rows of instances a rescaled mask lost: segmented, or
+    from `task.masks` fitted to the stored size (None: no mask there)."""
     if task.masks is None:
-        return segment_cells(channels)[0]
+        return segment_cells(channels)[0], []
     folder = fileio.as_path(task.masks)
-    if not any((folder / f"{task.image_id}{ext}").is_file() for ext in (".png", ".npz")):
-        return None
-    instances = load_instances(folder, task.image_id, channels["blue"].shape)
-    if instances.min(initial=0) < 0 or instances.max(initial=0) > 65535:
+    if find_mask(folder, task.image_id) is None:
+        return None, []
+    fitted = load_fitted(folder, task.image_id, channels["blue"].shape)
+    if fitted.instances.max(initial=0) > 65535:
         raise UserError(f"{folder}: masks of ID {task.image_id!r} hold values outside 0..65535")
-    return instances
+    (h, w), (th, tw) = fitted.source_shape, fitted.instances.shape
+    lost = [
+        (task.image_id, str(k), f"vanished when its mask was rescaled from {h}x{w} to {th}x{tw}")
+        for k in fitted.vanished
+    ]
+    return fitted.instances, lost
 
 
 def _extract_one(task: _Task) -> dict:
@@ -429,7 +436,7 @@ def _extract_one(task: _Task) -> dict:
     }
     try:
         channels = _read_channels(task)
-        instances = _instances(task, channels)
+        instances, lost = _instances(task, channels)
     except UserError as err:
         out["error"] = str(err)
         out["skipped"].append((image_id, "", f"error: {err}"))
@@ -437,6 +444,7 @@ def _extract_one(task: _Task) -> dict:
     if instances is None:
         out["skipped"].append((image_id, "", f"no mask in {task.masks}"))
         return out
+    out["skipped"] += lost
     dataset.write_mask(os.path.join(task.out_dir, dataset.MASKS_DIR, f"{image_id}.png"), instances)
     if options["min_area"] is None:
         options["min_area"] = default_min_area(instances.shape)
