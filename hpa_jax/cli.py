@@ -38,6 +38,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("cells", "denoise"), "cells_denoise", "drop wrong weak labels of cells; train again"),
     (("predict-cells",), "predict_cells", "score every cell; write the HPA 2021 submission"),
     (("submission", "check"), "submission", "check an HPA 2021 submission CSV against a dataset"),
+    (("kaggle", "bundle"), "kaggle_bundle", "a folder for an internet-off Kaggle submission"),
+    (("kaggle", "submit"), "kaggle_submit", "the submission from a bundle's runs, offline"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
 ]
 

@@ -462,3 +462,32 @@ def _finish(
         "width": width,
         "bit_depths": sorted(depths),
     }
+
+
+# ------------------------------------------------------------------------------ test folders
+
+TEST_CSV = "sample_submission.csv"  # lists a competition folder's test images
+TEST_DIR = "test"
+
+
+def is_test_folder(folder) -> bool:
+    """Whether `folder` is a Kaggle competition folder: `sample_submission.csv` and `test/`."""
+    folder = fileio.as_path(folder)
+    return (folder / TEST_CSV).is_file() and (folder / TEST_DIR).is_dir()
+
+
+def test_folder_sizes(folder) -> tuple[str, dict[str, tuple[int, int]]]:
+    """(label table name, {ID: (height, width)}) of a competition folder's test images, in the
+    order of its sample_submission.csv; sizes from each image's red channel header (no decode).
+    UserError naming a missing image."""
+    folder = fileio.as_path(folder)
+    table, raw, _ = read_listing(folder / TEST_CSV)
+    files = index_files(folder / TEST_DIR)
+    sizes = {}
+    for _, image_id, _ in raw:
+        red = find_channels(files, image_id)["red"]
+        if red is None:
+            raise UserError(f"{folder / TEST_DIR}: no red channel of test image {image_id!r}")
+        with Image.open(folder / TEST_DIR / red) as image:
+            sizes[image_id] = (image.height, image.width)
+    return table.name, sizes
