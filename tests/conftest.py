@@ -73,6 +73,7 @@ SLOW_FILES = (
     "test_export.py",
     "test_operations.py",
     "test_kaggle.py",
+    "test_kaggle_bundle.py",
     "test_keras_backbone.py",
 )
 
