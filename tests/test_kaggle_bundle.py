@@ -388,3 +388,39 @@ def test_a_missing_dependency_wheel_or_a_wrong_pair_of_runs_is_refused(runs, stu
             find_links=(stubs,),
             no_index=True,
         )
+
+
+def test_predict_cells_takes_masks_at_the_source_resolution(runs, tmp_path, capsys):
+    """HPA-Cell-Segmentation masks come at the images' full resolution: `predict-cells --masks`
+    with the synthetic truth at 2x (uint16 PNG) and 4x (int32 .npz) writes the same submission
+    as with the truth at the stored size (this file's runs; the masks' rescaling itself is
+    tested in test_cells_masks.py)."""
+    from hpa_jax.data import dataset
+    from hpa_jax.data.catalog import record_catalog
+
+    data = tmp_path / "data"
+    synthesize(data, num_images=4, size=64, seed=9, shards=1, anomaly_rate=0.0)
+    ids = record_catalog(data).ids
+    stored, full = tmp_path / "stored", tmp_path / "full"
+    stored.mkdir()
+    full.mkdir()
+    for k, image_id in enumerate(ids):
+        truth = dataset.read_mask(data / dataset.CELLS_DIR / f"{image_id}.png")
+        dataset.write_mask(stored / f"{image_id}.png", truth)
+        if k % 2:
+            big = np.kron(truth, np.ones((4, 4), np.int32))
+            np.savez_compressed(full / f"{image_id}.npz", masks=big)
+        else:
+            big = np.kron(truth, np.ones((2, 2), np.int32)).astype(np.uint16)
+            Image.fromarray(big).save(full / f"{image_id}.png")
+    argv = ["predict-cells", "--workdir", str(runs / "cells"), "--image-workdir"]
+    argv += [str(runs / "image"), "--data", str(data)]
+    for masks in (stored, full):
+        assert (
+            main([*argv, "--masks", str(masks), "--out", str(tmp_path / f"{masks.name}.csv")]) == 0
+        )
+    assert (tmp_path / "full.csv").read_text() == (tmp_path / "stored.csv").read_text()
+    assert len(read_submission(tmp_path / "full.csv")) == len(ids)
+    for image_id in ids:
+        kept = dataset.read_mask(tmp_path / "full.cells" / dataset.MASKS_DIR / f"{image_id}.png")
+        np.testing.assert_array_equal(kept, dataset.read_mask(stored / f"{image_id}.png"))
