@@ -18,7 +18,7 @@ No test downloads anything, so the dependencies' wheels are handled like this, h
   them installed and takes only hpa-jax from the bundle; `hpa_jax` then imports from the new
   venv, not from the checkout.
 - A full bundle with the real wheels (`pip download` for CPython 3.11 manylinux x86_64) is made
-  and installed the same way outside the suite (docs/kaggle.md gives its size).
+  and installed the same way outside the suite (launch/kaggle/README.md gives its size).
 """
 
 import base64

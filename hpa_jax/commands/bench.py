@@ -1,4 +1,5 @@
-"""`hpa-jax bench train|eval|embed|input|segment|model`: throughput, measured the same way.
+"""`hpa-jax bench train|eval|embed|input|segment|predict-cells|model`: throughput, measured
+the same way.
 
 train/eval: warm-up, then timed steps of the trainer's own jitted step with the device
 synchronised; one JSON line per (batch, resolution) point with images/s (total, per device),
@@ -8,6 +9,8 @@ embed: `analysis.embed` on host images vs the eval step on device batches, alter
 input: the Grain pipeline over TFRecords and over a TFDS ArrayRecord copy vs a single-core
 Pillow loop (and tf.data where TensorFlow is found).
 model: EfficientNet train step and features, hpa-jax vs Keras 3 on the JAX backend.
+predict-cells: 2021 inference of full-size 16-bit images, seconds per stage and peak memory
+(`hpa_jax.bench.predict_cells`).
 compile: the first train step in a fresh process with an empty persistent compilation cache
 against one that finds the cache filled (`hpa_jax.bench.compile`).
 """
@@ -116,6 +119,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the full-resolution reference (slow: tens of seconds)",
     )
+    p.add_argument("--out", default=None, help="append the JSON line to this file")
+    p = sub.add_parser(
+        "predict-cells",
+        help="2021 inference at full size: s/image per stage (read, segment, crops, cell "
+        "model, image model), peak memory, the hours for 600 images",
+    )
+    p.add_argument("--sizes", type=_ints, default=[2048, 3072], help="image sides (2048,3072)")
+    p.add_argument("--images", type=int, default=3, help="images per size (median reported)")
+    p.add_argument("--cell-config", default="configs/cells.py", help="the cell model's config")
+    p.add_argument(
+        "--image-config",
+        default="configs/efficientnet.py:variant=b0,res=512",
+        help="the image model's config",
+    )
+    p.add_argument("--no-reference", action="store_true", help="skip full-resolution segment")
     p.add_argument("--out", default=None, help="append the JSON line to this file")
     p = sub.add_parser("model", help="EfficientNet step: hpa-jax vs Keras 3 on JAX")
     p.add_argument("--variant", default="b0")
@@ -232,6 +250,18 @@ def run(args: argparse.Namespace) -> int:
             ),
             args.out,
         )
+        return 0
+    if args.bench_command == "predict-cells":
+        from hpa_jax.bench.predict_cells import predict_cells_benchmark, projection
+
+        result = predict_cells_benchmark(
+            sizes=tuple(args.sizes),
+            images=args.images,
+            cell_config=args.cell_config,
+            image_config=args.image_config,
+            reference=not args.no_reference,
+        )
+        _emit({**result, "projection_600_images": projection(result)}, args.out)
         return 0
     if args.bench_command == "input":
         from hpa_jax.bench.input import run_input_benchmark
