@@ -32,7 +32,14 @@ def test_bench_predict_cells_times_every_stage(tmp_path, capsys):
     for size in ("512", "1024"):
         figures = result["sizes"][size]
         stages = figures["seconds_per_image"]
-        assert set(stages) == {"read", "segment", "crops", "cell_model", "image_model"}
+        assert set(stages) == {
+            "read",
+            "segment",
+            "crops",
+            "cell_model",
+            "image_input",
+            "image_model",
+        }
         assert all(v > 0 for v in stages.values())
         assert figures["seconds_per_image_total"] == pytest.approx(sum(stages.values()))
         assert figures["cells_per_image"] >= 1

@@ -9,8 +9,9 @@ Stages, as `predict-cells` runs them per image:
   crops     `cell_crops` + `cell_record` (the crops cut at the cell run's size and encoded)
   cell model   the cell config's eval step (its test-time views included) on batches of crops:
             per image, its cells' share of the median batch time
-  image model  the four channels decoded and resized to the image config's size, plus its
-            share of the median batch time of the image config's eval step
+  image input  the four channels decoded again and resized to the image config's size (what
+            the image run's input pipeline does)
+  image model  its share of the median batch time of the image config's eval step
 The models are initialised, not trained (their speed does not depend on their weights). Images
 are synthetic fields rendered at 512 px, upscaled to the size (nearest neighbour, so cells keep
 their shapes) and written as 16-bit with noise under the 8-bit step, so that PNG decoding costs
@@ -41,6 +42,8 @@ from hpa_jax.train import loop
 from hpa_jax.train import step as step_lib
 
 BASE = 512  # px the fields are rendered at before upscaling
+STAGES = ("read", "segment", "crops", "cell_model", "image_input", "image_model")
+CPU_STAGES = ("read", "segment", "crops", "image_input")  # stay on the CPU in a GPU notebook
 
 
 def full_size_fields(count: int, size: int, seed: int = 0):
@@ -142,7 +145,7 @@ def predict_cells_benchmark(
 
 def _one_size(size, images, seed, *, reference, crop_size, cell_batch, cell_batch_s, **image):
     fields = full_size_fields(images + 1, size, seed)  # the first one warms up
-    stages = {k: [] for k in ("read", "segment", "crops", "cell_model", "image_model")}
+    stages = {k: [] for k in STAGES}
     cells, pairs, png_bytes = [], [], []
     for k, (pngs, truth) in enumerate(fields):
         channels, t_read = _timed(lambda pngs=pngs: {c: decode_png(pngs[c]) for c in CHANNELS})
@@ -168,7 +171,8 @@ def _one_size(size, images, seed, *, reference, crop_size, cell_batch, cell_batc
         stages["segment"].append(t_seg)
         stages["crops"].append(t_crops)
         stages["cell_model"].append(len(records) / cell_batch * cell_batch_s)
-        stages["image_model"].append(t_resize + image["image_batch_s"] / image["img_batch"])
+        stages["image_input"].append(t_resize)
+        stages["image_model"].append(image["image_batch_s"] / image["img_batch"])
     medians = {k: statistics.median(v) for k, v in stages.items()}
     quality = segmentation_quality(pairs, 0.6)
     out = {
@@ -199,14 +203,15 @@ def _one_size(size, images, seed, *, reference, crop_size, cell_batch, cell_batc
 
 
 def projection(result: dict, count: int = 600) -> dict:
-    """Hours for `count` images per size: here (as measured), a 4-core CPU notebook (the CPU
-    stages in 4 processes, the models on 4 cores: at best half of here), a GPU notebook (the
-    CPU stages as on the 4-core notebook, the models' time taken as nil)."""
+    """Hours for `count` images per size: here (the stages one after another, as measured), a
+    4-core CPU notebook (the CPU stages in 4 processes and the models on 4 cores: at best half
+    of here), a GPU notebook with 4 cores (the CPU stages as there, the models' time taken as
+    nil)."""
     out = {}
     for size, figures in result["sizes"].items():
         s = figures["seconds_per_image"]
-        cpu = s["read"] + s["segment"] + s["crops"]
-        models = s["cell_model"] + s["image_model"]
+        cpu = sum(s[k] for k in CPU_STAGES)
+        models = sum(v for k, v in s.items() if k not in CPU_STAGES)
         out[size] = {
             "here_hours": count * (cpu + models) / 3600,
             "cpu4_hours": count * (cpu + models) / 2 / 3600,

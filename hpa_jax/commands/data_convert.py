@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--shards", type=int, default=8, help="TFRecord files (default 8)")
-    parser.add_argument("--size", type=int, default=None, help="resize channels to PX x PX")
+    parser.add_argument("--size", type=int, default=None, help="resize to PX x PX (16-bit kept)")
     parser.add_argument(
         "--labels",
         default="auto",
@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     )
     n = summary["num_records"]
     shards = len(summary["shards"])
+    depths = "/".join(str(b) for b in summary["bit_depths"])
     print(
         f"converted {n} records into {shards} shards in {summary['out_dir']} "
-        f"({summary['resumed']} shards already complete, kept)"
+        f"({summary['resumed']} shards already complete, kept; {depths}-bit channels)"
     )
     if summary["unlabelled"]:
         print(
