@@ -424,3 +424,29 @@ def test_predict_cells_takes_masks_at_the_source_resolution(runs, tmp_path, caps
     for image_id in ids:
         kept = dataset.read_mask(tmp_path / "full.cells" / dataset.MASKS_DIR / f"{image_id}.png")
         np.testing.assert_array_equal(kept, dataset.read_mask(stored / f"{image_id}.png"))
+
+
+def test_a_cell_run_with_a_relative_data_folder_keeps_its_crop_settings(
+    runs, tmp_path, monkeypatch
+):
+    """The demo records `config.data.dir` relative to the folder it ran in; the inference state
+    still finds that dataset.json (looked for above the workdir), whatever folder the bundle is
+    made from."""
+    import shutil
+
+    from hpa_jax.cells.predict import crop_settings
+    from hpa_jax.train.restore import restore_run, write_inference_state
+
+    project = tmp_path / "project"
+    shutil.copytree(runs / "cells", project / "runs" / "cell")
+    (project / "runs" / "crops").symlink_to(runs / "crops")
+    config = json.loads((project / "runs" / "cell" / "config.json").read_text())
+    config["data"]["dir"] = "runs/crops"
+    (project / "runs" / "cell" / "config.json").write_text(json.dumps(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    state = write_inference_state(restore_run(project / "runs" / "cell"), tmp_path / "state")
+    restored = restore_run(state)
+    assert restored.data_info["source"] == "cells"
+    assert crop_settings(restored) == crop_settings(restore_run(runs / "cells"))

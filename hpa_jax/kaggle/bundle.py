@@ -24,6 +24,7 @@ import pathlib
 import shutil
 
 from hpa_jax import fileio
+from hpa_jax.cells.predict import crop_settings
 from hpa_jax.errors import UserError
 from hpa_jax.kaggle import notebook, wheels
 from hpa_jax.kaggle.submit import BUNDLE_JSON, TABLES
@@ -130,6 +131,8 @@ def make_bundle(
     image = restore_run(image_run)
     cells = None if cell_run is None else restore_run(cell_run)
     competitions = competitions_of(image.table.name, None if cells is None else cells.table.name)
+    if cells is not None:
+        crop_settings(cells)  # the crop size etc. must travel with it: its dataset.json, read now
     requirement = wheels.PROJECT + (f"[{','.join(extras)}]" if extras else "")
     with fileio.atomic_path(out) as tmp:
         tmp = pathlib.Path(tmp)

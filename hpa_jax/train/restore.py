@@ -199,6 +199,25 @@ def _read_inference_state(workdir, make_model, mesh, step):
     return state, shardings, int(meta["step"]), meta.get("data_info")
 
 
+def _training_data_info(restored: Restored) -> dict | None:
+    """The dataset.json of the run's `config.data.dir`, or None. A relative folder (as the demo
+    writes it, from the folder it ran in) is looked for from here, then from each folder above
+    the workdir."""
+    name = str(restored.config.data.dir or "")
+    if not name:
+        return None
+    path = fileio.as_path(name)
+    candidates = [path]
+    if not fileio.is_remote(path) and not path.is_absolute():
+        workdir = fileio.as_path(restored.workdir)
+        if not fileio.is_remote(workdir):
+            candidates += [parent / name for parent in workdir.resolve().parents]
+    for candidate in candidates:
+        if dataset.has_info(candidate):
+            return dataset.read_info(candidate)
+    return None
+
+
 def write_inference_state(restored: Restored, out_dir: str | os.PathLike) -> fileio.Path:
     """What predictions need of `restored`, into the folder `out_dir` (see the module
     docstring), written in a temporary folder renamed when complete; returns `out_dir`."""
@@ -207,10 +226,7 @@ def write_inference_state(restored: Restored, out_dir: str | os.PathLike) -> fil
     params = state.inference_params()
     flat = ckpt_lib.flatten_state({"params": params, "rest": state.rest})
     arrays = {name: np.asarray(jax.device_get(leaf)) for name, leaf in flat.items()}
-    data_dir = fileio.as_path(restored.config.data.dir) if restored.config.data.dir else None
-    data_info = restored.data_info
-    if data_info is None and data_dir is not None and dataset.has_info(data_dir):
-        data_info = dataset.read_info(data_dir)
+    data_info = restored.data_info or _training_data_info(restored)
     meta = {
         "step": int(restored.step),
         "from": str(restored.workdir),
