@@ -16,6 +16,11 @@ what GCS does and the emulator does not:
   every other one, so a test would hang on the harness instead of failing on the code. Here a
   thread serves each connection; the requests themselves are handled one at a time (the
   emulator's storage is not thread-safe), as fast as before;
+- a finished resumable upload session that answers again: GCS answers a request to a session
+  whose upload has completed with 200 and the object's metadata, and a client whose answer to
+  the final chunk was lost (a dropped connection) sends that chunk again and is done; the
+  emulator forgets the session and answers 404, failing the upload (gcsfs writes every file
+  opened for writing, orbax's small metadata files included, through such a session);
 - the generation precondition `ifGenerationMatch` on uploads and deletes (0: only if the object
   does not exist yet; G: only if its live generation is G), answered 412 when it does not hold,
   as GCS does: `train/workdir_lock.py` takes a gs:// workdir's lock with it.
@@ -110,6 +115,24 @@ def _with_generation_headers(download):
     return handler
 
 
+def _with_finished_sessions(upload_partial):
+    """The emulator's resumable-chunk handler, answering a finished session as GCS does."""
+    finished: dict[str, str] = {}  # upload_id -> the final answer's JSON
+
+    def handler(request, response, storage, *args, **kwargs):
+        upload_id = request.query.get("upload_id", [None])[0]
+        if upload_id in finished:
+            response["Content-type"] = "application/json"
+            response._content = finished[upload_id]
+            return None
+        result = upload_partial(request, response, storage, *args, **kwargs)
+        if upload_id and response.status in (HTTPStatus.OK, HTTPStatus.CREATED):
+            finished[upload_id] = response._content
+        return result
+
+    return handler
+
+
 _HANDLING = threading.Lock()  # one request at a time: the emulator's storage is not thread-safe
 _PRECONDITION = threading.local()  # the ifGenerationMatch of the request being handled
 
@@ -187,6 +210,8 @@ def _serve(argv: list[str]) -> None:
     replaced = {objects.download: _with_generation_headers(objects.download)}
     insert, delete = _with_precondition(objects.insert, objects.delete, Storage)
     replaced[objects.insert], replaced[objects.delete] = insert, delete
+    replaced[objects.upload_partial] = _with_finished_sessions(objects.upload_partial)
+    objects.upload_partial = replaced[objects.upload_partial]  # insert calls it for POSTs
     for _, methods in server.HANDLERS:
         for method, handler in list(methods.items()):
             if handler in replaced:
