@@ -43,6 +43,7 @@ from hpa_jax.train.state import merge_model, split_model
 
 SUBDIR = "checkpoints"
 ITEMS = ("state", "meta", "data")
+COMMIT_FILE = "commit_success.txt"  # orbax on object storage: written last, marks a step whole
 log = logging.getLogger(__name__)
 
 
@@ -141,7 +142,36 @@ class Checkpointer:
         self._options = options
         self.remote = fileio.is_remote(self.directory)
         self.tries = fileio.RETRIES if self.remote else 1
+        if not read_only and jax.process_index() == 0:
+            self._remove_uncommitted()
         self.manager = self._open()
+
+    def _remove_uncommitted(self) -> list[str]:
+        """Remove the steps whose save never completed (a kill, a full disk, a failed upload):
+        orbax's temporary folders on local disk, step folders without `commit_success.txt` on
+        object storage. Orbax never restores them; this makes sure nothing is left of them
+        before the next save (orbax's own clean-up at open runs in the background)."""
+        if not fileio.retry(self.directory.exists, f"listing {self.directory}"):
+            return []
+        removed = []
+        for child in fileio.retry(
+            lambda: list(self.directory.iterdir()), f"listing {self.directory}"
+        ):
+            name = child.name
+            if ".orbax-checkpoint-tmp" in name:
+                uncommitted = True
+            elif self.remote and name.isdigit():
+                uncommitted = not fileio.retry(
+                    (child / COMMIT_FILE).exists, f"reading {child / COMMIT_FILE}"
+                )
+            else:
+                uncommitted = False
+            if uncommitted:
+                log.warning("removing the uncommitted checkpoint %s", child)
+                # (a failed save's last writes may still land while it goes: try again)
+                fileio.retry(lambda c=child: fileio.remove(c), f"removing {child}")
+                removed.append(name)
+        return removed
 
     def _open(self) -> ocp.CheckpointManager:
         return fileio.retry(
@@ -197,12 +227,17 @@ class Checkpointer:
                 started = self.manager.save(int(step), args=args, metrics=clean, force=force)
                 if self.remote:
                     self.manager.wait_until_finished()
+                elif started:
+                    self._in_flight = where
                 return started
             except StorageError:
                 raise
             except Exception as err:
                 # local disk: an error here may be the previous asynchronous save's
+                if not self.remote:
+                    where = getattr(self, "_in_flight", None) or where
                 if attempt == self.tries or fileio.is_local_disk_error(err):
+                    self._failed = True
                     raise fileio.storage_error(f"saving checkpoint {where}", err, attempt) from err
                 log.warning(
                     "saving checkpoint %s failed (%s: %s); removing it and saving again (%d/%d)",
@@ -277,10 +312,17 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as err:
-            raise fileio.storage_error(f"saving a checkpoint in {self.directory}", err) from err
+            where = getattr(self, "_in_flight", None) or self.directory
+            self._failed = True
+            raise fileio.storage_error(f"saving checkpoint {where}", err) from err
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as err:
+            if getattr(self, "_failed", False):
+                return  # the failed save was reported already (StorageError)
+            raise fileio.storage_error(f"saving a checkpoint in {self.directory}", err) from err
 
 
 # ------------------------------------------------------------------------------------------

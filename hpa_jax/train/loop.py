@@ -477,8 +477,9 @@ def _train_and_evaluate(config, workdir, stop_at: int | None) -> dict:
     run = start(setup)
     writer = writers.MetricsWriter(setup.workdir, enabled=jax.process_index() == 0)
     try:
-        if run.start_step:
-            writer.truncate_after(run.start_step)
+        # lines after the restored checkpoint (all, when none was) were written by a run that
+        # did not finish: this one writes them again
+        writer.truncate_after(run.start_step)
         last_eval = train(run, writer, stop_at)
         if stop_at is not None and stop_at < setup.total_steps:
             return {"step": float(stop_at)}
