@@ -38,6 +38,7 @@ from hpa_jax.train.event_proto import decode_event, encode_event
 METRICS_FILE = "metrics.jsonl"
 EVENTS_PREFIX = "events.out.tfevents."
 FILE_VERSION = "brain.Event:2"
+FINAL_PREFIX = "final/"  # the names of a finished run's last record (train/loop.py's finish)
 REMOTE_FLUSH_SECONDS = 30.0  # object storage: the longest a written line waits for its upload
 
 
@@ -113,13 +114,18 @@ class JsonlWriter:
             self._file.flush()
 
     def truncate_after(self, step: int) -> int:
-        """Drop the lines whose step is > `step` (atomically); return how many were dropped."""
+        """Drop the lines whose step is > `step`, and the run's final record (`final/...`:
+        a resumed run writes it again), atomically; return how many were dropped."""
         self.close()
         if not self.path.exists():
             return 0
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         # a line torn by a crash is not JSON: its step reads as inf and it is dropped too
-        keep = [line for line in lines if line.strip() and _line_step(line) <= step]
+        keep = [
+            line
+            for line in lines
+            if line.strip() and _line_step(line) <= step and f'"{FINAL_PREFIX}' not in line
+        ]
         if len(keep) != len(lines):
             text = "".join(line if line.endswith("\n") else line + "\n" for line in keep)
             write_text(self.path, text)
