@@ -11,5 +11,8 @@ class StorageError(OSError):
     message names the path; what was written before stays intact. The CLI exits with
     `STORAGE_EXIT` (74, EX_IOERR); the same command resumes once the storage works again."""
 
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
 
 STORAGE_EXIT = 74
