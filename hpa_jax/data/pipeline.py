@@ -350,7 +350,9 @@ def make_train_iterator(
     `close()` when done if worker_count > 0. Worker processes are spawned (not forked), so a script
     using them needs an `if __name__ == "__main__":` guard. `cache=True` keeps every decoded record
     in memory (see `DecodedCache`): the same batches, without parsing and decoding each record again
-    every epoch.
+    every epoch. `on_bad_record`: "fail" (a record that cannot be read raises `decode.BadRecord`
+    naming shard, offset and ID) or "skip" (its row kept blank, every label ignored, with
+    "skipped": bool[B] and "problem": str[B] in every batch; see `decode`).
     """
     p, n_proc, chosen = _select(data_dir, split, exclude, num_classes, process_index, process_count)
     records = chosen.records
