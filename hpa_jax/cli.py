@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from hpa_jax.errors import UserError
+from hpa_jax.errors import STORAGE_EXIT, StorageError, UserError
 
 # (command words, module under hpa_jax.commands, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"hpa-jax {args._words}: error: {err}", file=sys.stderr)
         return 2
+    except StorageError as err:  # named path, outputs before it intact: run again to resume
+        print(f"hpa-jax {args._words}: storage error: {err}", file=sys.stderr)
+        return STORAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

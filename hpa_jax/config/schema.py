@@ -88,6 +88,9 @@ RESUME_CHANGEABLE = (
     "data.worker_count",
     "data.cache",
     "data.stage_dir",
+    # what to do with an unreadable record: a run stopped by one resumes with "skip"; the
+    # records read, their order and positions are the same either way
+    "data.on_bad_record",
     # read only when a run starts at step 0: a resumed run restores its weights
     "init_from",
     "model.weights",
@@ -141,6 +144,9 @@ def default_config() -> ml_collections.ConfigDict:
         cache=False,  # keep decoded training images in memory (N·H·W·C bytes) after epoch 1
         augment=True,
         train_crop=0,  # train on random square windows of this many pixels; 0 = whole images
+        # a record that cannot be read: "fail" stops naming its shard, offset and ID; "skip"
+        # trains on without it (WORKDIR/skipped.csv, train/skipped_records; hpa_jax.data.decode)
+        on_bad_record="fail",
     )
     cfg.model = _group(
         name="efficientnet_tiny",  # efficientnet_b0..b7 | efficientnet_tiny | keras:<Application>

@@ -53,7 +53,7 @@ from grain.multiprocessing import SharedMemoryArray
 
 from hpa_jax.data import augment as augment_lib
 from hpa_jax.data import catalog as catalog_lib
-from hpa_jax.data.decode import DecodedCache, LoadRecord
+from hpa_jax.data.decode import BAD_RECORD_POLICIES, DecodedCache, LoadRecord
 from hpa_jax.data.example import SchemaError, channel_names, png_info
 from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
@@ -304,6 +304,10 @@ def _loader(
 ) -> LoadRecord:
     """The per-record transform over a selection's records."""
     source, names = chosen.catalog.open_source(), channel_names(channels)
+    if options.get("on_bad_record", "fail") not in BAD_RECORD_POLICIES:
+        raise UserError(
+            f"on_bad_record={options['on_bad_record']!r}: give one of {BAD_RECORD_POLICIES}"
+        )
     return LoadRecord(
         source=source,
         where=str(chosen.data_dir),
@@ -312,6 +316,7 @@ def _loader(
         num_classes=chosen.num_classes,
         parse=chosen.catalog.parse,
         bits=_bit_depth(chosen, source, names, bit_depth),
+        ids=tuple(chosen.catalog.ids),
         **options,
     )
 
@@ -333,6 +338,7 @@ def make_train_iterator(
     num_threads: int | None = None,
     cache: bool = False,
     bit_depth: int | str = "auto",
+    on_bad_record: str = "fail",
 ):
     """Endless, shuffled, augmented batches of this process's share of a split.
 
@@ -344,7 +350,9 @@ def make_train_iterator(
     `close()` when done if worker_count > 0. Worker processes are spawned (not forked), so a script
     using them needs an `if __name__ == "__main__":` guard. `cache=True` keeps every decoded record
     in memory (see `DecodedCache`): the same batches, without parsing and decoding each record again
-    every epoch.
+    every epoch. `on_bad_record`: "fail" (a record that cannot be read raises `decode.BadRecord`
+    naming shard, offset and ID) or "skip" (its row kept blank, every label ignored, with
+    "skipped": bool[B] and "problem": str[B] in every batch; see `decode`).
     """
     p, n_proc, chosen = _select(data_dir, split, exclude, num_classes, process_index, process_count)
     records = chosen.records
@@ -364,6 +372,7 @@ def make_train_iterator(
         seed=int(seed),
         augment=augment or None,
         cache=DecodedCache() if cache else None,
+        on_bad_record=on_bad_record,
     )
     order = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
     ds = (
@@ -400,6 +409,7 @@ def make_eval_iterator(
     num_classes: int | None = None,
     num_threads: int | None = None,
     bit_depth: int | str = "auto",
+    on_bad_record: str = "fail",
 ):
     """One pass over this process's share of a split, in file order, no augmentation.
 
@@ -416,7 +426,16 @@ def make_eval_iterator(
     num_batches = math.ceil(math.ceil(len(records) / n_proc) / batch_size)
     padded = np.full(num_batches * batch_size, -1, np.int64)
     padded[: len(mine)] = mine
-    load = _loader(chosen, channels, image_size, bit_depth, seed=0, augment=None, with_mask=True)
+    load = _loader(
+        chosen,
+        channels,
+        image_size,
+        bit_depth,
+        seed=0,
+        augment=None,
+        with_mask=True,
+        on_bad_record=on_bad_record,
+    )
     ds = grain.MapDataset.source(padded).map(_eval_item)
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
     fingerprint = _fingerprint("eval", records, batch_size, p, n_proc)

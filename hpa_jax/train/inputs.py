@@ -19,6 +19,7 @@ import jax
 from hpa_jax import fileio
 from hpa_jax.data import augment as augment_lib
 from hpa_jax.data import catalog, dataset, pipeline, stage
+from hpa_jax.data.decode import BAD_RECORD_POLICIES
 from hpa_jax.data.tfds import TfdsDataset  # and registers hpa_protein_atlas with TFDS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
@@ -95,6 +96,16 @@ def train_augment(config):
     )
 
 
+def on_bad_record(config) -> str:
+    """`data.on_bad_record` checked: "fail" or "skip" (`hpa_jax.data.decode`)."""
+    policy = str(config.data.on_bad_record)
+    if policy not in BAD_RECORD_POLICIES:
+        raise UserError(
+            f"config.data.on_bad_record={policy!r}: give one of {', '.join(BAD_RECORD_POLICIES)}"
+        )
+    return policy
+
+
 def train_iterator(
     config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str] = ()
 ):
@@ -113,6 +124,7 @@ def train_iterator(
         process_count=jax.process_count(),
         num_classes=num_classes,
         cache=bool(config.data.cache),
+        on_bad_record=on_bad_record(config),
     )
 
 
@@ -140,6 +152,7 @@ def eval_iterator(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_classes=num_classes,
+        on_bad_record=on_bad_record(config),
     )
 
 

@@ -34,7 +34,7 @@ from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
-from hpa_jax.train import inputs, optim, plots, preemption, writers
+from hpa_jax.train import inputs, optim, plots, preemption, skipped, workdir_lock, writers
 from hpa_jax.train import losses as losses_lib
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import state as state_lib
@@ -131,6 +131,7 @@ def _compile_key(setup: Setup, weights: np.ndarray) -> str:
         "data.source",
         "data.tfds_name",
         "data.tfds_data_dir",
+        "data.on_bad_record",
     ):
         plain.pop(name, None)
     parts = {
@@ -313,6 +314,11 @@ def train(run: Run, writer, stop_at: int | None = None):
     )
     if run.data_state:
         iterator.set_state(inputs.my_data_state(run.data_state))
+    skipping = None
+    if cfg.data.on_bad_record == "skip":
+        skipping = skipped.SkippedRecords(
+            setup.workdir, enabled=jax.process_index() == 0, resume_step=run.start_step
+        )
     log_every = max(int(cfg.log_every_steps), 1)
     window = _StepMetrics()
     last_eval = None
@@ -332,6 +338,8 @@ def train(run: Run, writer, stop_at: int | None = None):
     try:
         for step in range(run.start_step + 1, last_step + 1):
             batch = next(iterator)
+            if skipping is not None:
+                skipping.add(step, batch)
             global_batch_arrays = mesh_lib.to_global(
                 step_lib.select(batch, step_lib.TRAIN_KEYS), setup.mesh
             )
@@ -358,6 +366,8 @@ def train(run: Run, writer, stop_at: int | None = None):
                         run.schedule((step - 1) // int(cfg.optimizer.grad_accum_steps))
                     ),
                 }
+                if skipping is not None:  # every process logs at the same steps
+                    values["skipped_records"] = skipping.flush()
                 writer.write(step, {"train": values})
                 bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{speed:.0f}")
                 window, tick, tick_step = _StepMetrics(), now, step
@@ -452,13 +462,24 @@ def train_and_evaluate(config, workdir, *, stop_at: int | None = None) -> dict:
     `stop_at`: stop after that step with a checkpoint and return {"step": stop_at} (no final
     evaluation), as if the job had been preempted; running again resumes. SIGTERM stops the
     same way at the next step all processes agree on and raises `preemption.Preempted`.
+
+    The workdir is locked while this runs (`workdir_lock`): a second run on it refuses at once
+    with `WorkdirBusy` and writes nothing.
     """
+    with workdir_lock.workdir_lock(
+        workdir, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
+        return _train_and_evaluate(config, workdir, stop_at)
+
+
+def _train_and_evaluate(config, workdir, stop_at: int | None) -> dict:
     setup = prepare(config, workdir)
     run = start(setup)
     writer = writers.MetricsWriter(setup.workdir, enabled=jax.process_index() == 0)
     try:
-        if run.start_step:
-            writer.truncate_after(run.start_step)
+        # lines after the restored checkpoint (all, when none was) were written by a run that
+        # did not finish: this one writes them again
+        writer.truncate_after(run.start_step)
         last_eval = train(run, writer, stop_at)
         if stop_at is not None and stop_at < setup.total_steps:
             return {"step": float(stop_at)}

@@ -192,6 +192,7 @@ def prepare(config, workdir) -> Setup:
     inputs.check_classes(data_dir, table)
     exclude = dataset.read_exclude(config.data.exclude)
     inputs.train_augment(config)  # refuse a bad crop before any work
+    inputs.on_bad_record(config)
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     batch = int(config.batch_size)
     mesh_lib.check_batch_divisible(batch, mesh)
