@@ -167,7 +167,10 @@ class PlainProgress:
             parts[0] += f" {self.unit}"
         if elapsed > 0 and done > 0:
             rate = done / elapsed
-            rate = _scaled(rate, self.unit, True) if self.unit_scale else f"{rate:.3g}"
+            if self.unit_scale:
+                rate = _scaled(rate, self.unit, True)
+            else:
+                rate = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
             parts.append(f"{rate} {self.unit}/s")
         parts += [f"{k}={v}" for k, v in self.postfix.items()]
         parts.append(f"elapsed {_duration(elapsed)}")
