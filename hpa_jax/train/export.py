@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import shutil
+import warnings
 
 import jax
 import keras
@@ -81,7 +82,11 @@ def check_format(format: str, out: Path) -> None:
 def _write_saved_model(model: keras.Model, out: Path) -> None:
     """`model.export(..., format="tf_saved_model")` into a temporary folder that becomes `out`
     once complete (an earlier export there is replaced only then)."""
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # Keras 3.15 on JAX hands jax2tf an argument JAX has deprecated: theirs, not ours
+        warnings.filterwarnings(
+            "ignore", message=".*native_serialization.*", category=DeprecationWarning
+        )
         model.export(str(tmp), format="tf_saved_model", verbose=False)
         if not is_remote(out) and out.is_dir():
             shutil.rmtree(out)
