@@ -143,7 +143,9 @@ def exported(data, tmp_path_factory):
     for name, overrides in RUNS.items():
         workdir = root / name
         train = ["train", "--config", "configs/demo.py:runlocal", "--workdir", str(workdir)]
+        # two small steps: the demo's lr 1e-2 saturates MobileNetV3's outputs in two steps
         steps = ["--config.total_steps=2", "--config.eval_every_steps=2", start[name]]
+        steps.append("--config.optimizer.lr=1e-4")
         assert cli.main([*train, f"--config.data.dir={data}", *overrides, *steps]) == 0
         csv = root / f"{name}.csv"
         predict = ["predict", "--workdir", str(workdir), "--data", str(data), "--out", str(csv)]
@@ -220,8 +222,11 @@ def test_exports_load_without_hpa_jax_and_predict_as_predict(exported, backend, 
         assert got.shape == want.shape == (len(want), 19)
         print(name, "max |keras - predict|", np.abs(got - want).max())
         assert np.abs(got - want).max() <= 1e-4, name
-        spread = (want.max(axis=0) - want.min(axis=0)).max()  # across images
-        assert spread > 0.05, (name, spread)  # so agreeing to 1e-4 says something
+        # the runs answer differently per image, unsaturated: agreeing to 1e-4 says something
+        spread = (want.max(axis=0) - want.min(axis=0)).max()
+        unsaturated = ((want > 0.01) & (want < 0.99)).mean()
+        print(name, "spread", spread, "unsaturated", unsaturated)
+        assert spread > 0.05 and unsaturated > 0.5, (name, spread, unsaturated)
 
 
 def test_exported_model_is_plain_keras_with_the_runs_views(exported):
