@@ -27,7 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train",), "train", "train a config into a workdir (resumes if it has a checkpoint)"),
     (("eval",), "evaluate", "evaluate a run on its validation split"),
     (("predict",), "predict", "write predictions.csv for a dataset"),
-    (("export",), "export", "write a run as a Keras model file (model.keras)"),
+    (("export",), "export", "write a run as a standard Keras model (model.keras) or a SavedModel"),
     (("embed",), "embed", "write embeddings.npz (features before the head)"),
     (("anomalies",), "anomalies", "find anomalous images; write anomalies.csv, exclude.txt, plots"),
     (("bench",), "bench", "throughput benchmarks (train, eval, input)"),

@@ -34,7 +34,6 @@ import json
 import shutil
 
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax import fileio
@@ -48,6 +47,7 @@ from hpa_jax.data.example import IGNORE_KEY, decode_png, encode_example, parse_e
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import get_table
+from hpa_jax.progress import progress
 from hpa_jax.train.embeddings import embed_dataset
 from hpa_jax.train.evaluate import predict_dataset
 from hpa_jax.train.loop import train_and_evaluate
@@ -101,7 +101,7 @@ def green_inside(data_dir) -> dict[str, float]:
     catalog = record_catalog(data_dir)
     source = catalog.open_source()
     out = {}
-    for i in tqdm(range(len(catalog)), desc="green signal", unit="cell", disable=None):
+    for i in progress(range(len(catalog)), desc="green signal", unit="cell"):
         parsed = parse_example(source[i])
         mask = extract_lib.parse_cell(parsed)["mask"]
         green = decode_png(parsed.pngs["green"], what=f"record {parsed.id!r} green")

@@ -12,14 +12,13 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from tqdm import tqdm
-
 from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data import split as split_lib
 from hpa_jax.data.example import CHANNELS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
+from hpa_jax.progress import progress
 
 
 def shard_ranges(num_items: int, num_shards: int) -> list[range]:
@@ -61,14 +60,15 @@ def remove_temporaries(out_dir: str | os.PathLike) -> int:
 def run_tasks(
     fn: Callable, tasks: Sequence, *, workers: int, desc: str, unit: str = "shard"
 ) -> Iterator:
-    """Yield `fn(task)` for each task, in completion order, with a tqdm bar.
+    """Yield `fn(task)` for each task, in completion order, with progress (a bar, or plain
+    lines in a log: `hpa_jax.progress`).
 
     workers <= 1 runs in this process. Otherwise a pool of `spawn`ed processes runs the tasks
     (spawn, not fork: the caller may have started JAX's threads, which fork would copy
     mid-flight). `fn` must be a module-level function and tasks picklable. An exception in a
     task is re-raised here and the pool is stopped.
     """
-    bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=None)
+    bar = progress(total=len(tasks), desc=desc, unit=unit)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:

@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from hpa_jax.progress import progress
 from hpa_jax.train import inputs
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import metrics as metrics_lib
@@ -49,11 +50,16 @@ def local_rows(array: jax.Array) -> np.ndarray:
     return np.concatenate([shards[k] for k in sorted(shards)])
 
 
-def predict_split(eval_step, state, iterator, mesh, num_classes: int) -> Predictions:
-    """Run `eval_step` (from `step.jit_eval_step`) over every batch of `iterator`."""
+def predict_split(
+    eval_step, state, iterator, mesh, num_classes: int, *, desc: str = "predict"
+) -> Predictions:
+    """Run `eval_step` (from `step.jit_eval_step`) over every batch of `iterator`, with
+    progress named `desc` (`hpa_jax.progress`)."""
     probs, labels, masks, ids = [], [], [], []
     loss_sum = count = 0.0
-    for batch in iterator:
+    total = getattr(iterator, "num_batches", None)
+    bar = progress(iterator, total=total, desc=desc, unit="batch", enabled=jax.process_index() == 0)
+    for batch in bar:
         out = eval_step(state, mesh_lib.to_global(step_lib.select(batch, step_lib.EVAL_KEYS), mesh))
         total, n = out["loss"]
         loss_sum += float(total)

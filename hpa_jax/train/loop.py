@@ -28,10 +28,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
+from hpa_jax.progress import progress
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
 from hpa_jax.train import inputs, optim, plots, preemption, skipped, workdir_lock, writers
@@ -285,7 +285,7 @@ def run_validation(run: Run, threshold) -> tuple[dict, eval_lib.Predictions]:
         num_classes=setup.num_classes,
     )
     preds = eval_lib.predict_split(
-        run.eval_step, run.state, iterator, setup.mesh, setup.num_classes
+        run.eval_step, run.state, iterator, setup.mesh, setup.num_classes, desc="validate"
     )
     return eval_lib.evaluate_predictions(preds, threshold), preds
 
@@ -325,13 +325,12 @@ def train(run: Run, writer, stop_at: int | None = None):
     pending = None  # (step, device metrics) of the previous step, checked one step late
     global_batch = int(cfg.batch_size)
     last_step = setup.total_steps if stop_at is None else min(stop_at, setup.total_steps)
-    bar = tqdm(
+    bar = progress(
         total=setup.total_steps,
         initial=run.start_step,
         desc="train",
         unit="step",
-        disable=None if jax.process_index() == 0 else True,
-        dynamic_ncols=True,
+        enabled=jax.process_index() == 0,
     )
     tick, tick_step = time.perf_counter(), run.start_step
     watcher, preempted = preemption.Watcher().start(), None
