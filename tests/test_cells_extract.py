@@ -25,6 +25,7 @@ from PIL import Image
 from hpa_jax.cells import extract
 from hpa_jax.cells.segment import segment_cells
 from hpa_jax.cli import main
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import dataset, decode, example, pipeline
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.synthetic import synthesize
@@ -240,7 +241,7 @@ def test_truth_csv_names_each_cells_true_cell_and_wrong_weak_labels(data, segmen
 def test_the_pipeline_trains_on_the_cell_dataset(segmented):
     _, out = segmented
     iterator = pipeline.make_train_iterator(
-        out, batch_size=4, image_size=32, channels="rgby", seed=0
+        out, TrainInput(batch_size=4, image_size=32, channels="rgby", seed=0)
     )
     batch = next(iter(iterator))
     assert batch["image"].shape == (4, 32, 32, 4) and batch["labels"].shape == (4, 19)

@@ -30,6 +30,7 @@ from flax import nnx
 
 from hpa_jax import cli
 from hpa_jax import config as config_lib
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import pipeline
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
@@ -93,16 +94,8 @@ def _calibrate(model, images):
 
 
 def _train_images(data_dir, channels="rgby", count=32):
-    it = pipeline.make_train_iterator(
-        data_dir,
-        batch_size=count,
-        image_size=32,
-        channels=channels,
-        seed=0,
-        augment=False,
-        process_index=0,
-        process_count=1,
-    )
+    spec = TrainInput(batch_size=count, image_size=32, channels=channels, seed=0, augment=False)
+    it = pipeline.make_train_iterator(data_dir, spec, process_index=0, process_count=1)
     return np.asarray(next(it)["image"], np.float32)
 
 

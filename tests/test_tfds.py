@@ -18,6 +18,7 @@ from PIL import Image
 
 from hpa_jax import cli
 from hpa_jax.config import default_config
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import catalog, dataset, decode, pipeline, tfds_source
 from hpa_jax.data import tfds as tfds_lib
 from hpa_jax.data.example import decode_png, encode_png, parse_example, to_uint8
@@ -161,19 +162,21 @@ def test_batches_equal_those_of_the_folder_by_id(built):
         assert np.array_equal(a[image_id][1], b[image_id][1])
     # training: the same shuffle over the split, the same batches (augmentation is seeded by
     # the record's index, which differs between the sources: it is off here)
-    first = pipeline.make_train_iterator(folder, seed=7, augment=False, **kw)
-    second = pipeline.make_train_iterator(ds, seed=7, augment=False, **kw)
+    layout = {k: kw.pop(k) for k in ("process_index", "process_count")}
+    spec = TrainInput(seed=7, augment=False, **kw)
+    first = pipeline.make_train_iterator(folder, spec, **layout)
+    second = pipeline.make_train_iterator(ds, spec, **layout)
     assert first.steps_per_epoch == second.steps_per_epoch == 6  # 34 // 5
     for _ in range(7):  # into the second epoch
         x, y = next(first), next(second)
         assert list(x["id"]) == list(y["id"])
         assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["labels"], y["labels"])
     state = second.get_state()
-    resumed = pipeline.make_train_iterator(ds, seed=7, augment=False, **kw)
+    resumed = pipeline.make_train_iterator(ds, spec, **layout)
     resumed.set_state(state)
     assert list(next(resumed)["id"]) == list(next(second)["id"])
     # "all": both splits, one after the other
-    everything = pipeline.make_eval_iterator(ds, split="all", **kw)
+    everything = pipeline.make_eval_iterator(ds, split="all", **kw, **layout)
     assert everything.num_records == 48
 
 
@@ -262,8 +265,9 @@ def test_worker_processes_read_the_tfds_source(built):
         process_index=0,
         process_count=1,
     )
-    here = pipeline.make_train_iterator(ds, **kw)
-    there = pipeline.make_train_iterator(ds, worker_count=1, **kw)
+    layout = {k: kw.pop(k) for k in ("process_index", "process_count")}
+    here = pipeline.make_train_iterator(ds, TrainInput(**kw), **layout)
+    there = pipeline.make_train_iterator(ds, TrainInput(worker_count=1, **kw), **layout)
     try:
         for _ in range(3):
             x, y = next(here), next(there)

@@ -210,6 +210,36 @@ class ExtractSummary:
     def wrong_label_share(self) -> float | None:
         return self.wrong_pairs / self.weak_pairs if self.weak_pairs else None
 
+    def report(self, shown: int = 10) -> list[tuple[str, bool]]:
+        """The lines `hpa-jax cells extract` prints, each with True where it goes to stderr:
+        what was extracted, the first `shown` skipped entries, the weak labels against the
+        truth, the errors."""
+        lines = [
+            (
+                f"extracted {self.num_cells} cells from {self.images_with_cells} of "
+                f"{self.num_images} images into {self.out_dir}",
+                False,
+            )
+        ]
+        if self.skipped:
+            where = self.out_dir / dataset.SKIPPED_CSV
+            lines.append((f"skipped {len(self.skipped)} (images or cells; {where}):", True))
+            for image_id, cell, reason in self.skipped[:shown]:
+                lines.append((f"  {image_id}{' cell ' + cell if cell else ''}: {reason}", True))
+            if len(self.skipped) > shown:
+                lines.append((f"  ... and {len(self.skipped) - shown} more", True))
+        if self.wrong_label_share is not None:
+            lines.append(
+                (
+                    f"weak labels against the synthetic truth: {self.matched} cells matched, "
+                    f"{self.wrong_pairs} of {self.weak_pairs} (cell, class) pairs wrong "
+                    f"({100 * self.wrong_label_share:.1f} %)",
+                    False,
+                )
+            )
+        lines += [(f"hpa-jax cells extract: error: {error}", True) for error in self.errors]
+        return lines
+
 
 @dataclasses.dataclass(frozen=True)
 class _Task:

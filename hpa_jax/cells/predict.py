@@ -62,6 +62,23 @@ class CellPredictionSummary:
     scores: dict[str, float] | None
     scores_json: fileio.Path | None
 
+    def lines(self) -> list[str]:
+        """What `hpa-jax predict-cells` prints: the files, the scores against per-cell truth,
+        the images without cells and the errors."""
+        out = [
+            f"wrote {self.submission} ({self.num_images} images, {self.num_cells} cells, "
+            f"combine={self.combine}) and {self.probabilities}"
+        ]
+        if self.scores is not None:
+            out.append(f"cell mAP@0.6 on the per-cell truth ({self.scores_json}):")
+            out += [f"  {name:18s} {value:.4f}" for name, value in self.scores["cell_map"].items()]
+        if self.without_cells:
+            out.append(
+                f"no cells found in {len(self.without_cells)} images (empty rows): "
+                + ", ".join(self.without_cells[:10])
+            )
+        return out + [f"error: {error} (its row is empty)" for error in self.errors]
+
 
 def crop_settings(cell_run: Restored) -> dict:
     """How the cell run's training crops were cut (size, margin, background), from the

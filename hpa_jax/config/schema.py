@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from hpa_jax.config.inputs import DATA_ORDER, MODEL_INPUT, TrainInput
 from hpa_jax.errors import UserError
 
 DURATION_UNITS = ("steps", "epochs", "examples")
@@ -34,15 +35,9 @@ RESUME_KEYS: dict[str, tuple[str, ...]] = {
         "model.keras_kwargs",
     ),
     "the device layout": ("mesh.data", "mesh.fsdp"),
-    "the model's input": ("data.channels", "data.image_size", "data.label_table", "num_classes"),
-    "the data order": (
-        "seed",
-        "batch_size",
-        "data.split_train",
-        "data.exclude",
-        "data.augment",
-        "data.train_crop",
-    ),
+    # the input pipeline's keys come from its specification (config/inputs.py)
+    MODEL_INPUT: (*TrainInput.resume_keys(MODEL_INPUT), "data.label_table", "num_classes"),
+    DATA_ORDER: TrainInput.resume_keys(DATA_ORDER),
     "the optimizer": (
         "optimizer.name",
         "optimizer.weight_decay",

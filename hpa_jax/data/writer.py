@@ -185,3 +185,43 @@ def _rebase(value, old: str, new: str):
     if isinstance(value, list | tuple):
         return type(value)(_rebase(v, old, new) for v in value)
     return value
+
+
+def synthesis_lines(summary: dict) -> list[str]:
+    """What `hpa-jax data synth` prints of `synthetic.synthesize`'s summary: size, seed, images
+    per class, planted anomalies and the files written."""
+    n = summary["num_images"]
+    planted = ", ".join(f"{kind} {count}" for kind, count in summary["anomalies"].items())
+    lines = [
+        f"synthesized {n} images of {summary['size']} px (seed {summary['seed']})",
+        "images per class (recorded labels):",
+        format_counts(summary["class_counts"], n),
+        f"anomalies planted: {sum(summary['anomalies'].values())} ({planted})",
+    ]
+    return lines + [f"  {what:<7} {path}" for what, path in summary["files"].items()]
+
+
+def conversion_lines(summary: dict, out, shown: int = 20) -> list[str]:
+    """What `hpa-jax data convert` prints of `kaggle.convert`'s summary: records and shards,
+    the label table and images per class (or that the folder is unlabelled), the first `shown`
+    skipped records (all of them in `out`/skipped.csv)."""
+    n = summary["num_records"]
+    lines = [
+        f"converted {n} records into {len(summary['shards'])} shards in {summary['out_dir']} "
+        f"({summary['resumed']} shards already complete, kept; "
+        f"{'/'.join(str(b) for b in summary['bit_depths'])}-bit channels)"
+    ]
+    if summary["unlabelled"]:
+        lines.append(
+            f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
+            "no split.csv (predict it with --split all, the default)"
+        )
+    else:
+        lines.append(f"label table {summary['label_table']}; images per class:")
+        lines.append(format_counts(summary["class_counts"], n))
+    skipped = summary["skipped"]
+    lines.append(f"skipped {len(skipped)} records (listed in {os.path.join(out, 'skipped.csv')})")
+    lines += [f"  {image_id}: {reason}" for image_id, reason in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more")
+    return lines
