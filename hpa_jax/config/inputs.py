@@ -37,8 +37,8 @@ class TrainInput:
     batch over the processes); `exclude` the image IDs left out (the config names a file of
     them); `crop` the (h, w) of random training windows, None for whole images; `augment` the
     usual augmentation on or off (a crop is drawn either way); `num_classes` checks the labels
-    (None: the dataset's); `bit_depth` "auto", 8 or 16 (see `data/pipeline.py`); `on_bad_record` "fail" or "skip"
-    (`data/decode.py`)."""
+    (None: the dataset's); `bit_depth` "auto", 8 or 16 (see `data/pipeline.py`);
+    `on_bad_record` "fail" or "skip" (`data/decode.py`)."""
 
     channels: str | Sequence[str] = _option("data.channels", MODEL_INPUT)
     image_size: int | tuple[int, int] = _option("data.image_size", MODEL_INPUT)
