@@ -62,8 +62,11 @@ OVERRIDES = (
 TIMING = ("train/images_per_s",)  # wall-clock numbers, not results
 TIMEOUT_S = 300
 # rounding of two reduction orders (see the module docstring): relative to each array's largest
-# magnitude, and to each logged number
-ARRAY_RTOL, METRIC_RTOL = 2e-5, 2e-5
+# magnitude, and to each logged number. Measured on an AMD EPYC (AVX2) VM on 2026-12-07, code
+# before and after that day's changes alike: 1 element in 384 of one momentum trace 9.6e-6 apart,
+# 3.9e-5 of its array's largest magnitude (2e-5 had held on earlier VMs); still orders of
+# magnitude under what a wrong batch or a lost step does (the module docstring)
+ARRAY_RTOL, METRIC_RTOL = 1e-4, 2e-5
 
 
 @pytest.fixture(scope="module")
