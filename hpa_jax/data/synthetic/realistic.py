@@ -80,10 +80,12 @@ class RealisticParams:
     debris_rate: float = 0.1  # fields with dust or cell debris: bright blobs in 1-4 stains
     # -- the camera (16-bit)
     peak_electrons: tuple[float, float] = (150.0, 3000.0)  # photo-electrons at stain level 1
-    #   (log-uniform): from a dim, noisy exposure to a bright one; Poisson shot noise
+    #   (log-uniform): from a dim, noisy exposure to a bright one; Poisson shot noise, then
+    #   amplified (a confocal's PMT: many ADU per photo-electron)
     peak_adu: tuple[float, float] = (4000.0, 40000.0)  # ADU at stain level 1 (log-uniform)
-    offset_adu: tuple[float, float] = (100.0, 1000.0)  # camera offset / bias
-    read_noise_electrons: tuple[float, float] = (1.5, 4.0)  # Gaussian read noise
+    offset_adu: tuple[float, float] = (100.0, 1000.0)  # detector offset / bias, set (as on a
+    #   real camera) well above the read noise, so that no pixel clips at 0
+    read_noise_adu: tuple[float, float] = (2.0, 12.0)  # Gaussian read / amplifier noise
 
 
 REALISTIC = RealisticParams()
@@ -394,7 +396,7 @@ def optics_and_camera(
     peak_e = _loguniform(rng, params.peak_electrons)
     gain = _loguniform(rng, params.peak_adu) / peak_e
     offset = rng.uniform(*params.offset_adu)
-    read = rng.uniform(*params.read_noise_electrons) * gain
+    read = rng.uniform(*params.read_noise_adu)
     out = {}
     for name in names:
         signal = channels[name]
