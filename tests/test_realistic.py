@@ -11,7 +11,7 @@
 - On a few crowded fields (256 px, a seed tuning never saw) the crowded segmenter beats the
   classical one at IoU 0.6, both scored here against the truth.
 - `data synth --preset` and `segment --method` parse; `auto` picks classical for the default
-  preset and crowded for the realistic one.
+  preset and crowded for the realistic one; a rerun into OUT with another method is refused.
 """
 
 import csv
@@ -130,6 +130,8 @@ def test_synth_preset_and_segment_method_flags(tmp_path, capsys):
     argv2 = ["segment", "--data", str(data), "--out", str(out2), "--method", "classical"]
     assert cli.main([*argv2, "--workers", "1"]) == 0
     assert "(segmentation: classical)" in capsys.readouterr().out
+    assert cli.main([*argv2[:-1], "crowded", "--workers", "1"]) == 2  # would mix two methods
+    assert "classical segmentation, not crowded" in capsys.readouterr().err
     default = tmp_path / "default"
     assert cli.main([*argv[:3], str(default), *argv[4:], "--workers", "1"]) == 0
     assert resolve_method("auto", default) == "classical"

@@ -6,8 +6,10 @@ OUT/<ID>.png           uint16 cell instances (0 = background, k = cell k), datas
 OUT/nuclei/<ID>.png    nucleus k of cell k
 OUT/cells.csv          ID,cell,y0,x0,y1,x1,area  (box rows y0..y1-1, columns x0..x1-1; area px)
 OUT/quality.json       with truth=True: recall, precision and mean IoU against DIR/cells, nuclei
+OUT/method.txt         the segmentation method (classical | crowded) of these masks
 ```
 Resumable: an ID whose two PNGs exist is not segmented again (each PNG is written atomically);
+a rerun with another method is refused (it would mix two segmentations);
 cells.csv is rebuilt from all the PNGs at the end, so it always matches them.
 """
 
@@ -35,6 +37,7 @@ from hpa_jax.fileio import Path
 
 CELLS_CSV_HEADER = ("ID", "cell", "y0", "x0", "y1", "x1", "area")
 QUALITY_JSON = "quality.json"
+METHOD_TXT = "method.txt"  # the segmentation method of the masks in OUT
 THRESHOLDS = (0.5, 0.6, 0.75)
 KINDS = (dataset.CELLS_DIR, dataset.NUCLEI_DIR)
 
@@ -95,6 +98,7 @@ def segment_dataset(
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated:
         raise UserError(f"{data_dir}: IDs occur in more than one record: {repeated[:5]}")
+    _claim(out_dir, method)
     if not fileio.is_remote(out_dir):  # an object store has no folders to make
         (out_dir / dataset.NUCLEI_DIR).mkdir(parents=True, exist_ok=True)
     paths = tuple(str(p) for p in catalog.paths)
@@ -132,6 +136,21 @@ def segment_dataset(
         quality,
         quality_json,
     )
+
+
+def _claim(out_dir: Path, method: str) -> None:
+    """OUT/method.txt names the segmentation of the masks in OUT; a rerun with another method
+    would mix two segmentations (finished IDs are skipped), so it is refused."""
+    marker = out_dir / METHOD_TXT
+    if marker.is_file():
+        before = marker.read_text().strip()
+        if before != method:
+            raise UserError(
+                f"{out_dir} holds masks of the {before} segmentation, not {method}; give "
+                f"another --out, or delete it to start again"
+            )
+        return
+    fileio.write_text(marker, method + "\n")
 
 
 def _segment_one(task: _Task) -> dict:
