@@ -5,6 +5,11 @@ Each subcommand lives in `hpa_jax/commands/<module>.py` with two functions:
 `CONFIG_OVERRIDES = True` also receives `--config.KEY=VALUE` arguments as
 `args.config_overrides`. Modules are imported when the parser is built, so they keep JAX and
 other heavy imports inside `run` and `hpa-jax --help` stays fast.
+
+Process-wide settings belong to the console command alone (`entry`, what `hpa-jax` runs): it
+re-runs itself once with huge-page malloc and turns JAX's persistent compilation cache on
+(README, "What the hpa-jax command changes in its process"). `main(argv)`, for tests and
+notebooks, parses and dispatches and changes nothing else in the process.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import importlib
 import os
 import sys
 
-from hpa_jax.errors import UserError
+from hpa_jax.errors import STORAGE_EXIT, StorageError, UserError
 
 # (command words, module under hpa_jax.commands, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
@@ -27,7 +32,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train",), "train", "train a config into a workdir (resumes if it has a checkpoint)"),
     (("eval",), "evaluate", "evaluate a run on its validation split"),
     (("predict",), "predict", "write predictions.csv for a dataset"),
-    (("export",), "export", "write a run as a Keras model file (model.keras)"),
+    (("export",), "export", "write a run as a standard Keras model (model.keras) or a SavedModel"),
     (("embed",), "embed", "write embeddings.npz (features before the head)"),
     (("anomalies",), "anomalies", "find anomalous images; write anomalies.csv, exclude.txt, plots"),
     (("bench",), "bench", "throughput benchmarks (train, eval, input)"),
@@ -38,6 +43,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("cells", "denoise"), "cells_denoise", "drop wrong weak labels of cells; train again"),
     (("predict-cells",), "predict_cells", "score every cell; write the HPA 2021 submission"),
     (("submission", "check"), "submission", "check an HPA 2021 submission CSV against a dataset"),
+    (("kaggle", "bundle"), "kaggle_bundle", "a folder for an internet-off Kaggle submission"),
+    (("kaggle", "submit"), "kaggle_submit", "the submission from a bundle's runs, offline"),
     (("demo",), "demo", "the whole job on the synthetic dataset"),
 ]
 
@@ -79,10 +86,18 @@ def compilation_cache_dir(environ) -> str | None:
     return os.path.join(base, "hpa-jax", "jax")
 
 
+def use_compilation_cache(environ=os.environ) -> str | None:
+    """Point JAX at `compilation_cache_dir` (set JAX_COMPILATION_CACHE_DIR in `environ`) unless
+    JAX is imported already; returns the folder set, or None."""
+    cache = compilation_cache_dir(environ)
+    if cache is None or "jax" in sys.modules:
+        return None
+    environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    return cache
+
+
 def main(argv: list[str] | None = None) -> int:
-    cache = compilation_cache_dir(os.environ)
-    if cache is not None and "jax" not in sys.modules:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    """Run the `hpa-jax` command `argv` in this process; the exit status."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     module = importlib.import_module(f"hpa_jax.commands.{args._module}")
@@ -98,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"hpa-jax {args._words}: error: {err}", file=sys.stderr)
         return 2
+    except StorageError as err:  # named path, outputs before it intact: run again to resume
+        print(f"hpa-jax {args._words}: storage error: {err}", file=sys.stderr)
+        return STORAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -124,7 +142,9 @@ def huge_page_env(environ) -> dict | None:
 
 
 def entry() -> None:
-    """The `hpa-jax` console command: `main()` in a process with huge-page malloc (see above)."""
+    """The `hpa-jax` console command: `main()` in a process with huge-page malloc and JAX's
+    persistent compilation cache (both above; HPA_JAX_HUGEPAGES=0 and
+    HPA_JAX_COMPILATION_CACHE=0 turn them off)."""
     env = huge_page_env(os.environ)
     if env is not None:
         sys.stdout.flush()
@@ -133,6 +153,7 @@ def entry() -> None:
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
         except OSError:
             pass  # run on without it
+    use_compilation_cache()
     sys.exit(main())
 
 

@@ -8,8 +8,10 @@ A grid is a module `configs/grids/NAME.py` with
             add(**{"optimizer.lr": lr})
 
 `product(add, {"optimizer.lr": [...], "model.activation": [...]})` adds the Cartesian product.
-Each point is a dict of dotted config keys → values; it becomes `--config.KEY=VALUE` overrides and
-a run name such as `lr=0.001,activation=tanh` (the last part of each varied key).
+Each point is a dict of dotted config keys → values; its config is the base config with them set
+(`config.override`), and its run name reads like `lr=0.001,activation=tanh` (the last part of
+each varied key). `grid list`, grid.json and `--print-commands` show a point as the
+`--config.KEY=VALUE` arguments that would set the same values.
 The grid's argument (`configs/grids/lr.py:runlocal`) goes to `sweep` and to the base config
 (`configs/demo.py:runlocal`), so one switch shrinks the whole grid for tests.
 """
@@ -26,8 +28,8 @@ import os
 import pathlib
 from typing import Any
 
-from hpa_jax.config import apply_overrides, load_config
-from hpa_jax.config.loading import split_spec
+from hpa_jax.config import apply_overrides, load_config, override, override_strings
+from hpa_jax.config.loading import format_value, split_spec
 from hpa_jax.errors import UserError
 from hpa_jax.fileio import Path, as_path, atomic_path, is_remote, local_copy, write_text
 from hpa_jax.train.loop import train_and_evaluate
@@ -92,15 +94,11 @@ def load_grid(spec: str) -> Grid:
     return Grid(name=file.stem, base=base, points=tuple(points))
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def override_args(point: dict[str, Any]) -> list[str]:
-    """{"optimizer.lr": 0.001} → ["--config.optimizer.lr=0.001"]."""
-    return [f"--config.{key}={_format_value(value)}" for key, value in point.items()]
+def point_config(grid: Grid, point: dict[str, Any], extra: list[str] = ()):
+    """The config of one point: the grid's base with the point's values set, then the command
+    line's `extra` overrides (which apply to every point)."""
+    config = override(load_config(grid.base), point)
+    return apply_overrides(config, extra, explicit=point)
 
 
 def point_name(point: dict[str, Any], points=None) -> str:
@@ -116,14 +114,14 @@ def point_name(point: dict[str, Any], points=None) -> str:
     parts = []
     for key, name in zip(keys, short, strict=True):
         label = key if short.count(name) > 1 else name
-        value = _format_value(point[key]).replace("/", "_").replace(":", "-") or "none"
+        value = format_value(point[key]).replace("/", "_").replace(":", "-") or "none"
         parts.append(f"{label}={value}")
     return ",".join(parts) or "base"
 
 
 def describe(grid: Grid) -> list[tuple[str, list[str]]]:
     """Every point's run name and override list, in order."""
-    return [(point_name(p, grid.points), override_args(p)) for p in grid.points]
+    return [(point_name(p, grid.points), override_strings(p)) for p in grid.points]
 
 
 def point_commands(grid: Grid, root: str, extra: list[str]) -> list[str]:
@@ -160,7 +158,7 @@ def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> 
         ),
     )
     results = []
-    for i, (point, (name, overrides)) in enumerate(zip(grid.points, describe(grid), strict=True)):
+    for i, (point, (name, _)) in enumerate(zip(grid.points, describe(grid), strict=True)):
         workdir = root / name
         done = workdir / DONE_FILE
         if done.exists():
@@ -168,7 +166,7 @@ def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> 
             results.append(json.loads(done.read_text()))
             continue
         log(f"[{i + 1}/{len(grid.points)}] {name}: training")
-        config = apply_overrides(load_config(grid.base), overrides + list(extra))
+        config = point_config(grid, point, extra)
         write_text(workdir / POINT_FILE, json.dumps({"name": name, "point": point}, indent=2))
         metrics = train_and_evaluate(config, str(workdir))
         record = {"name": name, "point": point, "metrics": _scalars(metrics)}
@@ -212,7 +210,7 @@ def report(root: str | Path, metric: str = "macro_f1") -> dict[str, Path]:
         metric_keys += [k for k in run["metrics"] if k not in metric_keys]
     rows = [
         [run["name"]]
-        + [_format_value(run["point"].get(k, "")) for k in keys]
+        + [format_value(run["point"].get(k, "")) for k in keys]
         + [f"{run['metrics'][m]:.4f}" if m in run["metrics"] else "" for m in metric_keys]
         for run in runs
     ]
@@ -241,7 +239,7 @@ def _plot(runs: list[dict], keys: list[str], metric: str, path: Path) -> None:
     for ax, key in zip(axes[0], keys, strict=True):
         groups: dict[str, list[float]] = {}
         for run in runs:
-            label = run["name"] if key == "run" else _format_value(run["point"].get(key, ""))
+            label = run["name"] if key == "run" else format_value(run["point"].get(key, ""))
             groups.setdefault(label, []).append(run["metrics"].get(metric, float("nan")))
         labels = list(groups)
         for x, label in enumerate(labels):

@@ -64,6 +64,8 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
 # order; the longest files go first, so that neither worker is left alone with one at the end.
 SLOW_FILES = (
+    "test_kill9.py",
+    "test_flaky_storage.py",
     "test_cells_pipeline.py",
     "test_multiprocess_loop.py",
     "test_resume.py",
@@ -71,8 +73,11 @@ SLOW_FILES = (
     "test_preemption.py",
     "test_train_cli.py",
     "test_export.py",
+    "test_full_disk.py",
+    "test_bad_record.py",
     "test_operations.py",
     "test_kaggle.py",
+    "test_kaggle_bundle.py",
     "test_keras_backbone.py",
 )
 

@@ -5,11 +5,25 @@ returns the environment that points every client at it: gcsfs (`STORAGE_EMULATOR
 `etils.epath`) and tensorstore, which Orbax uses for arrays (`TENSORSTORE_GCS_HTTP_URL`, with a
 fake token). No real bucket and no network beyond the loopback are ever touched.
 
-The emulator is run through this file (`python tests/gcs_emulator.py start ...`), which adds the
-`x-goog-generation`/`x-goog-metageneration` headers that GCS sends with every object download
-and the emulator leaves out: tensorstore reads an object's generation from them, and without
-them an Orbax (OCDBT) checkpoint of more than a few arrays fails ("Malformed StorageGeneration"
-reading its manifest).
+The emulator is run through this file (`python tests/gcs_emulator.py start ...`), which adds
+what GCS does and the emulator does not:
+- the `x-goog-generation`/`x-goog-metageneration` headers that GCS sends with every object
+  download: tensorstore reads an object's generation from them, and without them an Orbax
+  (OCDBT) checkpoint of more than a few arrays fails ("Malformed StorageGeneration" reading its
+  manifest);
+- concurrent connections: the emulator's `http.server.HTTPServer` serves one connection at a
+  time, and a client holding an idle keep-alive connection (gcsfs uploads over several) blocks
+  every other one, so a test would hang on the harness instead of failing on the code. Here a
+  thread serves each connection; the requests themselves are handled one at a time (the
+  emulator's storage is not thread-safe), as fast as before;
+- a finished resumable upload session that answers again: GCS answers a request to a session
+  whose upload has completed with 200 and the object's metadata, and a client whose answer to
+  the final chunk was lost (a dropped connection) sends that chunk again and is done; the
+  emulator forgets the session and answers 404, failing the upload (gcsfs writes every file
+  opened for writing, orbax's small metadata files included, through such a session);
+- the generation precondition `ifGenerationMatch` on uploads and deletes (0: only if the object
+  does not exist yet; G: only if its live generation is G), answered 412 when it does not hold,
+  as GCS does: `train/workdir_lock.py` takes a gs:// workdir's lock with it.
 """
 
 from __future__ import annotations
@@ -17,8 +31,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http import HTTPStatus
 
 BUCKET = "hpa-test"
 
@@ -99,17 +115,108 @@ def _with_generation_headers(download):
     return handler
 
 
+def _with_finished_sessions(upload_partial):
+    """The emulator's resumable-chunk handler, answering a finished session as GCS does."""
+    finished: dict[str, str] = {}  # upload_id -> the final answer's JSON
+
+    def handler(request, response, storage, *args, **kwargs):
+        upload_id = request.query.get("upload_id", [None])[0]
+        if upload_id in finished:
+            response["Content-type"] = "application/json"
+            response._content = finished[upload_id]
+            return None
+        result = upload_partial(request, response, storage, *args, **kwargs)
+        if upload_id and response.status in (HTTPStatus.OK, HTTPStatus.CREATED):
+            finished[upload_id] = response._content
+        return result
+
+    return handler
+
+
+_HANDLING = threading.Lock()  # one request at a time: the emulator's storage is not thread-safe
+_PRECONDITION = threading.local()  # the ifGenerationMatch of the request being handled
+
+
+def _precondition_failed(response) -> None:
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+
+
+def _generation_of(storage, bucket: str, name: str) -> str | None:
+    try:
+        return str(storage.get_file_obj(bucket, name)["generation"])
+    except Exception:  # not found
+        return None
+
+
+def _with_precondition(insert, delete, storage_class):
+    """`insert` and `delete` that honour `ifGenerationMatch` as GCS does (412 when it fails)."""
+
+    def checked_insert(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        _PRECONDITION.value = wanted[0] if wanted else None
+        try:
+            return insert(request, response, storage, *args, **kwargs)
+        except _PreconditionFailed:
+            _precondition_failed(response)
+        finally:
+            _PRECONDITION.value = None
+
+    def checked_delete(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if wanted:
+            bucket, name = request.params["bucket_name"], request.params["object_id"]
+            if _generation_of(storage, bucket, name) != wanted[0]:
+                return _precondition_failed(response)
+        return delete(request, response, storage, *args, **kwargs)
+
+    create_file = storage_class.create_file
+
+    def checked_create_file(self, bucket_name, file_name, *args, **kwargs):
+        wanted = getattr(_PRECONDITION, "value", None)
+        if wanted is not None:
+            live = _generation_of(self, bucket_name, file_name)
+            if (live is None and wanted != "0") or (live is not None and live != wanted):
+                raise _PreconditionFailed(file_name)
+        return create_file(self, bucket_name, file_name, *args, **kwargs)
+
+    storage_class.create_file = checked_create_file
+    return checked_insert, checked_delete
+
+
+class _PreconditionFailed(Exception):
+    pass
+
+
 def _serve(argv: list[str]) -> None:
+    from http import server as http_server
+
     from gcp_storage_emulator import server
     from gcp_storage_emulator.__main__ import main
     from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.storage import Storage
 
-    original = objects.download
-    objects.download = _with_generation_headers(original)  # objects.get(alt=media) calls it
+    class ThreadingServer(http_server.ThreadingHTTPServer):
+        daemon_threads = True
+
+    server.server.HTTPServer = ThreadingServer  # the emulator's `server.HTTPServer(...)`
+    handle = server.Router.handle
+
+    def serialized(self, method):
+        with _HANDLING:
+            return handle(self, method)
+
+    server.Router.handle = serialized
+    replaced = {objects.download: _with_generation_headers(objects.download)}
+    insert, delete = _with_precondition(objects.insert, objects.delete, Storage)
+    replaced[objects.insert], replaced[objects.delete] = insert, delete
+    replaced[objects.upload_partial] = _with_finished_sessions(objects.upload_partial)
+    objects.upload_partial = replaced[objects.upload_partial]  # insert calls it for POSTs
     for _, methods in server.HANDLERS:
         for method, handler in list(methods.items()):
-            if handler is original:
-                methods[method] = objects.download
+            if handler in replaced:
+                methods[method] = replaced[handler]
+    objects.insert = insert  # the router falls back to objects.insert for some upload paths
     main(argv)
 
 

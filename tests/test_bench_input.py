@@ -170,6 +170,7 @@ import os
 import sys
 
 from hpa_jax.bench import input as bench_input
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import pipeline
 
 
@@ -180,9 +181,9 @@ def main(data):
     # an iterator never closed (as a training loop may leave it), after one batch only: the
     # second worker's iterator still waits in Grain's interleave, both workers keep going
     global ITERATOR
-    ITERATOR = pipeline.make_train_iterator(
-        data, batch_size=2, image_size=16, channels="rgby", seed=0, split="all",
-        augment=False, worker_count=2, num_threads=1, process_index=0, process_count=1)
+    spec = TrainInput(batch_size=2, image_size=16, channels="rgby", seed=0, split="all",
+                      augment=False, worker_count=2, num_threads=1)
+    ITERATOR = pipeline.make_train_iterator(data, spec, process_index=0, process_count=1)
     batch = next(ITERATOR)
     name = batch["image"].shm.name.lstrip("/")
     print(batch["image"].shape, os.path.exists(os.path.join("/dev/shm", name)))

@@ -54,11 +54,11 @@ def test_bench_out_on_gs_keeps_every_line(gcs_bucket, capsys):
     """`--out gs://...`: each point rewrites the object with one more line (an object cannot be
     appended to), as the local file is appended to."""
     from hpa_jax import fileio
-    from hpa_jax.commands.bench import _emit
+    from hpa_jax.bench.suite import emit
 
     out = f"{gcs_bucket}/bench.jsonl"
-    _emit({"point": 1}, out)
-    _emit({"point": 2}, out)
+    emit({"point": 1}, out)
+    emit({"point": 2}, out)
     lines = fileio.as_path(out).read_text().splitlines()
     assert [json.loads(line) for line in lines] == [{"point": 1}, {"point": 2}]
     assert capsys.readouterr().out.splitlines() == lines

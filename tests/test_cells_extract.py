@@ -25,6 +25,7 @@ from PIL import Image
 from hpa_jax.cells import extract
 from hpa_jax.cells.segment import segment_cells
 from hpa_jax.cli import main
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import dataset, decode, example, pipeline
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.synthetic import synthesize
@@ -240,7 +241,7 @@ def test_truth_csv_names_each_cells_true_cell_and_wrong_weak_labels(data, segmen
 def test_the_pipeline_trains_on_the_cell_dataset(segmented):
     _, out = segmented
     iterator = pipeline.make_train_iterator(
-        out, batch_size=4, image_size=32, channels="rgby", seed=0
+        out, TrainInput(batch_size=4, image_size=32, channels="rgby", seed=0)
     )
     batch = next(iter(iterator))
     assert batch["image"].shape == (4, 32, 32, 4) and batch["labels"].shape == (4, 19)
@@ -254,7 +255,7 @@ def test_masks_missing_malformed_empty_and_small_cells_are_named(data, tmp_path,
     masks = tmp_path / "masks"
     shutil.copytree(data / "cells", masks)
     (masks / f"{ids[0]}.png").unlink()  # missing
-    dataset.write_mask(masks / f"{ids[1]}.png", np.zeros((5, 5), np.int32))  # wrong size
+    dataset.write_mask(masks / f"{ids[1]}.png", np.zeros((5, 7), np.int32))  # wrong aspect
     dataset.write_mask(masks / f"{ids[2]}.png", np.zeros((112, 112), np.int32))  # no cells
     small = [
         (i, str(k))
@@ -282,7 +283,7 @@ def test_masks_missing_malformed_empty_and_small_cells_are_named(data, tmp_path,
     ]
     assert main(args) == 1  # written, but a mask is malformed
     err = capsys.readouterr().err
-    assert f"ID {ids[1]!r} are (5, 5), the image is (112, 112)" in err
+    assert f"ID {ids[1]!r} are (5, 7), the image is (112, 112): another aspect ratio" in err
     assert ids[0] in err and ids[2] in err
     skipped = [(r["ID"], r["cell"], r["reason"]) for r in _csv(out / dataset.SKIPPED_CSV)]
     assert [s[:2] for s in skipped] == [(ids[0], ""), (ids[1], ""), (ids[2], ""), *small]

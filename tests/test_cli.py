@@ -1,6 +1,7 @@
 """The `hpa-jax` entry point: help, argument errors, exit codes, the Keras backend guard."""
 
 import importlib
+import json
 import os
 import pathlib
 import subprocess
@@ -93,23 +94,58 @@ def test_compilation_cache_is_on_by_default_and_the_users_choice_wins():
     assert cli.compilation_cache_dir({"HPA_JAX_COMPILATION_CACHE": "0"}) is None
 
 
-def test_a_second_process_loads_its_executables_from_the_cache(tmp_path):
-    """`hpa-jax` turns the cache on before JAX is imported: a second process compiling the same
-    function writes no new entry (it loaded what the first one wrote)."""
+ENTRY = (
+    "sys.argv = ['hpa-jax', 'demo', '--help']\n"
+    "try:\n    cli.entry()\nexcept SystemExit:\n    pass\n"
+)
+MAIN = "try:\n    cli.main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
+
+
+def _compile_after(start: str, tmp_path, **env) -> list[str]:
+    """Run `start` (the console entry or `cli.main`) in a fresh process, then compile a function
+    there; the entries of the default compilation cache folder afterwards (None: no folder)."""
     cache = tmp_path / "hpa-jax" / "jax"
     code = (
-        "from hpa_jax import cli\n"
-        "try:\n    cli.main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
-        "import jax, jax.numpy as jnp\n"
+        "import sys\nfrom hpa_jax import cli\n" + start + "import jax, jax.numpy as jnp\n"
         "print(jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env |= {"XDG_CACHE_HOME": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    first = sorted(p.name for p in cache.iterdir())
+    environ = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    environ |= {"XDG_CACHE_HOME": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    subprocess.run([sys.executable, "-c", code], env=environ | env, check=True, capture_output=True)
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else None
+
+
+def test_the_console_command_loads_its_executables_from_the_cache(tmp_path):
+    """`hpa-jax` turns the cache on before JAX is imported: a second process compiling the same
+    function writes no new entry (it loaded what the first one wrote)."""
+    first = _compile_after(ENTRY, tmp_path)
     assert first, "the first process wrote no cache entry"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-    assert sorted(p.name for p in cache.iterdir()) == first
+    assert _compile_after(ENTRY, tmp_path) == first
+
+
+def test_the_cache_is_off_with_its_switch_and_outside_the_console_command(tmp_path):
+    """HPA_JAX_COMPILATION_CACHE=0 turns it off; `cli.main` (tests, notebooks) and `import
+    hpa_jax` never turn it on."""
+    assert _compile_after(ENTRY, tmp_path, HPA_JAX_COMPILATION_CACHE="0") is None
+    assert _compile_after(MAIN, tmp_path) is None
+    assert _compile_after("", tmp_path) is None
+
+
+def test_importing_the_package_sets_only_the_keras_backend():
+    """`import hpa_jax`: KERAS_BACKEND defaults to jax; nothing else in the environment changes
+    and neither JAX nor Keras is imported."""
+    code = (
+        "import json, os, sys\nbefore = dict(os.environ)\nimport hpa_jax\n"
+        "keys = {*before, *os.environ}\n"
+        "changed = sorted(k for k in keys if before.get(k) != os.environ.get(k))\n"
+        "print(json.dumps([changed, os.environ['KERAS_BACKEND'], "
+        "'jax' in sys.modules, 'keras' in sys.modules]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout) == [["KERAS_BACKEND"], "jax", False, False]
 
 
 def test_console_entry_reruns_itself_with_the_tunable():
@@ -128,3 +164,24 @@ def test_console_entry_reruns_itself_with_the_tunable():
     rerun = ["tunables: glibc.malloc.hugetlb=1 ['x']"] if sys.platform.startswith("linux") else []
     assert lines == ["tunables: None ['x']", *rerun]
     assert "usage: hpa-jax" in proc.stdout
+    # HPA_JAX_HUGEPAGES=0: no re-run
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "x"],
+        env=env | {"HPA_JAX_HUGEPAGES": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("tunables:")] == [
+        "tunables: None ['x']"
+    ]
+
+
+def test_help_imports_no_jax():
+    """Every command module is imported to build the parser; none may pull in JAX (or Keras)."""
+    code = (
+        "import sys\nfrom hpa_jax import cli\ncli.build_parser()\n"
+        "print(sorted(m for m in ('jax', 'keras', 'grain') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

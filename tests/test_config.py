@@ -11,6 +11,8 @@ from hpa_jax.config import (
     default_config,
     flatten,
     load_config,
+    override,
+    override_strings,
     parse_arg,
     read_config,
     steps,
@@ -163,3 +165,30 @@ def test_compatible_lists_the_keys_that_matter():
     assert compatible(old, new) == ["model.name", "mesh.fsdp", "data.channels", "data.image_size"]
     with_classes = dict(flatten(new), num_classes=19)
     assert "num_classes" in compatible(new, with_classes)
+
+
+def test_override_derives_a_locked_copy_by_value():
+    """`override` (what library code uses instead of `--config.` text): a copy with the values
+    set, typed by ml-collections, durations as `apply_overrides` handles them."""
+    base = load_config("configs/demo.py:runlocal")
+    before = base.to_dict()
+    derived = override(base, {"data.dir": "/d", "optimizer.lr": 1, "total_epochs": 2})
+    assert base.to_dict() == before  # the original is untouched
+    assert derived.data.dir == "/d" and derived.optimizer.lr == 1.0
+    assert isinstance(derived.optimizer.lr, float)
+    assert derived.total_epochs == 2 and derived.total_steps is None  # siblings unset
+    as_text = load_config(
+        "configs/demo.py:runlocal",
+        ["--config.data.dir=/d", "--config.optimizer.lr=1", "--config.total_epochs=2"],
+    )
+    assert derived.to_dict() == as_text.to_dict()
+    with pytest.raises(AttributeError):
+        derived.new_key = 1  # locked
+    with pytest.raises(ConfigError, match="batch_size"):
+        override(base, {"batch_size": "eight"})
+    with pytest.raises(ConfigError, match="no_such_key"):
+        override(base, {"data.no_such_key": 1})
+    assert override_strings({"optimizer.lr": 0.001, "data.dir": "/d"}) == [
+        "--config.optimizer.lr=0.001",
+        "--config.data.dir=/d",
+    ]

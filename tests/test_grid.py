@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hpa_jax import cli, grid
+from hpa_jax.config import load_config, to_dict
 from hpa_jax.errors import UserError
 
 
@@ -37,11 +38,18 @@ def test_product_names_and_overrides(tmp_path):
         "lr=0.001,activation=sigmoid",
         "lr=0.001,activation=tanh",
     ]
-    assert grid.override_args(g.points[1]) == [
+    assert grid.describe(g)[1][1] == [
         "--config.optimizer.lr=0.1",
         "--config.model.activation=tanh",
         "--config.loss.class_weights=none",
     ]
+    # a point's config is set by value; it equals the one its printed overrides would give
+    extra = ["--config.total_steps=3", "--config.data.dir=/data"]
+    for point, (_, shown) in zip(g.points, grid.describe(g), strict=True):
+        by_value = grid.point_config(g, point, extra)
+        by_text = load_config(g.base, shown + extra)
+        assert to_dict(by_value) == to_dict(by_text)
+        assert by_value.optimizer.lr == point["optimizer.lr"] and by_value.total_steps == 3
 
 
 def test_print_commands(capsys):

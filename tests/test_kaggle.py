@@ -3,6 +3,7 @@ competitions' test folders (unlabelled), the 2018 submission and launch/kaggle's
 
 import csv
 import importlib.util
+import io
 import json
 import pathlib
 import shutil
@@ -16,7 +17,8 @@ from PIL import Image
 from hpa_jax.cli import main
 from hpa_jax.data import dataset, kaggle, kaggle_csv
 from hpa_jax.data.catalog import select_records
-from hpa_jax.data.example import decode_example, parse_example, to_uint8
+from hpa_jax.data.decode import decode_channels
+from hpa_jax.data.example import decode_example, decode_png, parse_example, to_uint8
 from hpa_jax.data.tfrecord import iter_records
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2018, HPA_2021
@@ -148,25 +150,53 @@ def test_pixels_survive_conversion(folder, tmp_path):
     assert parse_example(records["d_jpg"]).labels == (7, 16)
 
 
-def test_resize_to_8_bit(folder, tmp_path):
+def test_resize_keeps_each_source_depth(folder, tmp_path):
     root, written = folder
-    kaggle.convert(root / "train", root / "train.csv", tmp_path, shards=1, size=8)
+    summary = kaggle.convert(root / "train", root / "train.csv", tmp_path, shards=1, size=8)
     info, records = _records(tmp_path)
     assert info["height"] == info["width"] == 8
+    assert info["resized_to"] == 8 and info["bit_depths"] == [8, 16] == summary["bit_depths"]
     for image_id in GOOD:
-        image = decode_example(records[image_id])["image"]
-        assert image.shape == (8, 8, 4) and image.dtype == np.uint8
-        for k, c in enumerate(CHANNELS):
+        sixteen = "16" in image_id or "tif" in image_id
+        for c in CHANNELS:
             stored = parse_example(records[image_id]).pngs[c]
-            assert Image.open(__import__("io").BytesIO(stored)).mode == "L"
-            # a 3x downscale keeps the mean (of the 8-bit view) within rounding
-            source = to_uint8(
-                np.asarray(
-                    written[image_id][c],
-                    np.uint16 if "16" in image_id or "tif" in image_id else np.uint8,
-                )
-            )
-            assert abs(image[..., k].mean() - source.mean()) < 3.0
+            assert Image.open(io.BytesIO(stored)).mode == ("I;16" if sixteen else "L")
+            image = decode_png(stored)
+            assert image.shape == (8, 8)
+            assert image.dtype == (np.uint16 if sixteen else np.uint8)
+            # a 3x downscale keeps the mean within rounding (of the source's own depth)
+            source = np.asarray(written[image_id][c], image.dtype)
+            step = 257.0 if sixteen else 1.0
+            assert abs(image.astype(float).mean() - source.astype(float).mean()) < 3.0 * step
+
+
+def test_a_16_bit_image_resized_keeps_what_8_bits_lose(tmp_path):
+    """A 16-bit field of view whose signal lives below 1/255 of full scale (a dim HPA stain:
+    values 1000..1250): `data convert --size` keeps it in 16 bits, so the record read back equals
+    an independent float resize of the source within 1 (of 65535), and its levels stay distinct;
+    the 8-bit path (round(x / 257), what a uint8 record would hold) maps them onto 2 levels."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = np.linspace(1000, 1250, 64 * 64).reshape(64, 64).astype(np.uint16)
+    for c in CHANNELS:
+        _save(folder / f"dim_{c}.png", ramp)
+    _write_csv(tmp_path / "train.csv", ["ID", "Label"], [("dim", "0")])
+    summary = kaggle.convert(folder, tmp_path / "train.csv", tmp_path / "out", shards=1, size=32)
+    assert summary["bit_depths"] == [16]
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["bit_depths"] == [16]
+    _, records = _records(tmp_path / "out")
+    stored = decode_png(parse_example(records["dim"]).pngs["green"])
+    assert stored.dtype == np.uint16 and stored.shape == (32, 32)
+    reference = np.asarray(
+        Image.fromarray(ramp.astype(np.float32), mode="F").resize((32, 32), Image.BILINEAR)
+    )
+    assert np.abs(stored.astype(np.float64) - reference).max() <= 1.0
+    # the 16-bit records read back as uint16 by the training pipeline's decoder too
+    decoded = decode_channels(parse_example(records["dim"]).pngs, ("green",), (32, 32), bits=16)
+    np.testing.assert_array_equal(decoded[..., 0], stored)
+    eight_bit = to_uint8(stored)
+    assert len(np.unique(stored)) > 100 and len(np.unique(eight_bit)) <= 2
+    assert np.abs(eight_bit.astype(np.float64) * 257 - reference).max() > 100
 
 
 def test_2018_csv_is_detected_and_written_back(folder, tmp_path):

@@ -1,6 +1,8 @@
 """The package's shape, read from its source (AST), not from what happens to be imported:
 
-- no import cycle between hpa_jax's modules, counting imports inside functions;
+- no import cycle between hpa_jax's modules, counting imports inside functions and modules loaded
+  by name (`importlib.import_module("hpa_jax.x")`; an f-string `f"hpa_jax.commands.{name}"`
+  counts as importing every module under its constant prefix);
 - every import of another part of the package points down the layer table written in
   docs/architecture.md (the table is parsed from there, so the docs and this test cannot part);
 - outside the command layer, the package's own modules are imported at module top;
@@ -34,12 +36,43 @@ def module_files() -> dict[str, pathlib.Path]:
     return out
 
 
-def imports_of(name: str, path: pathlib.Path, modules: set[str]):
+def loaded_by_name(node: ast.AST, modules: set[str]) -> list[str] | None:
+    """The package modules an `importlib.import_module(...)` / `import_module(...)` call loads:
+    its string literal, or every module under an f-string's constant prefix; None if `node`
+    is no such call."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name != "import_module":
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return [arg.value] if arg.value in modules else []
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        prefix = arg.values[0].value
+        return sorted(m for m in modules if m.startswith(prefix) and m != prefix.rstrip("."))
+    return []
+
+
+def imports_of(name: str, path: pathlib.Path, modules: set[str], text: str | None = None):
     """(imported module, line, at module top?) for each import of a package module."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text() if text is None else text, str(path))
     top = {id(node) for node in tree.body}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(tree):
+        loaded = loaded_by_name(node, modules)
+        if loaded is not None:
+            # loaded when the call runs: at import time only outside functions and classes
+            at_top = any(
+                node in ast.walk(t)
+                for t in tree.body
+                if not isinstance(t, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            )
+            for target in loaded:
+                if target != name:
+                    yield target, node.lineno, at_top
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -114,8 +147,15 @@ def unit_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+# The package root runs before any of its modules (Python imports a package first), so what it
+# imports, everything imports: it may import only these, each loaded lazily, with its reason.
+# None today: exported models are plain Keras files, so no layer needs registering.
+ROOT_IMPORTS: frozenset[str] = frozenset()
+
+
 def layering_errors(graph: dict[str, list], table: list[list[str]]) -> list[str]:
-    """Imports that go up the table or sideways between units, and modules of no unit."""
+    """Imports that go up the table or sideways between units, and modules of no unit; the
+    package root may import only ROOT_IMPORTS, lazily."""
     where = {}  # name → (layer number, counted from the bottom, unit)
     for height, row in enumerate(reversed(table)):
         for unit in row:
@@ -124,13 +164,21 @@ def layering_errors(graph: dict[str, list], table: list[list[str]]) -> list[str]
     errors = []
     for module, targets in sorted(graph.items()):
         source = unit_of(module)
-        if source and source not in where:
+        if not source:
+            errors += [
+                f"{module}:{line} imports {target} (the package root imports only "
+                f"{sorted(ROOT_IMPORTS)}, lazily)"
+                for target, line, at_top in targets
+                if target not in ROOT_IMPORTS or at_top
+            ]
+            continue
+        if source not in where:
             errors.append(f"{module}: its part {source!r} is in no layer of the table")
             continue
         for target, line, _ in targets:
             goal = unit_of(target)
             if not goal or goal not in where:
-                continue  # the package root (imports nothing), or reported as its own module
+                continue  # the package root, or reported as its own module
             (a, unit_a), (b, unit_b) = where[source], where[goal]
             if unit_a != unit_b and a <= b:
                 way = "sideways" if a == b else "up"
@@ -178,9 +226,42 @@ def test_the_package_imports_its_own_modules_at_module_top():
         for module, targets in import_graph().items()
         if unit_of(module) not in ("cli", "commands")
         for target, line, at_top in targets
-        if not at_top
+        if not at_top and not (module == "hpa_jax" and target in ROOT_IMPORTS)
     ]
     assert lazy == []
+
+
+def test_modules_loaded_by_name_are_imports():
+    """`importlib.import_module` with a literal or an f-string prefix is an import too."""
+    graph = import_graph()
+    commands = {t for t, *_ in graph["hpa_jax.cli"] if t.startswith("hpa_jax.commands.")}
+    assert {"hpa_jax.commands.train", "hpa_jax.commands.demo"} <= commands
+    assert "hpa_jax.commands" not in commands  # the prefix's own package is not loaded by it
+
+
+def test_a_planted_loop_through_importlib_is_found():
+    """The loop the house issue named: a command that runs other commands through `cli.main`
+    closes a cycle, since cli loads every command by name; without those importlib edges it
+    would stay invisible."""
+    files = module_files()
+    graph = import_graph()
+    planted = 'def run(args):\n    from hpa_jax import cli\n\n    return cli.main(["eval"])\n'
+    demo = "hpa_jax.commands.demo"
+    graph[demo] = list(imports_of(demo, files[demo], set(files), planted))
+    assert any({"hpa_jax.cli", demo} <= set(c) for c in find_cycles(graph))
+    graph["hpa_jax.cli"] = [e for e in graph["hpa_jax.cli"] if e[0] != demo]
+    assert find_cycles(graph) == []
+    # a literal module name loaded against the table is found as an import against the table
+    planted = 'import importlib\n\ndef f():\n    importlib.import_module("hpa_jax.train.loop")\n'
+    source = "hpa_jax.data.dataset"
+    graph[source] = list(imports_of(source, files[source], set(files), planted))
+    errors = layering_errors(graph, layer_table())
+    assert f"{source}:4 imports hpa_jax.train.loop (up the layer table)" in errors
+    graph["hpa_jax"] = [("hpa_jax.train.loop", 3, False)]
+    assert any(
+        e.startswith("hpa_jax:3 imports hpa_jax.train.loop")
+        for e in layering_errors(graph, layer_table())
+    )
 
 
 def test_pyproject_installs_every_package():
@@ -234,3 +315,55 @@ def test_a_module_without_a_job_or_too_long_is_found():
     )
     assert module_shape_errors(pathlib.Path("m.py"), kept) == []
     assert module_shape_errors(pathlib.Path("m.py"), '"""Does one thing."""\nx = 1\n') == []
+
+
+COMMAND_LINES = 100  # a command module is argparse, one library call and printing
+CLI_SYNTAX = {"hpa_jax/cli.py", "hpa_jax/config/loading.py"}  # where `--config.` text lives
+
+
+def command_line_errors(path: str, text: str) -> list[str]:
+    """Library code that talks through command lines: a call of `cli.main`, or a string built
+    starting with `--config.` (outside the CLI's own parsing, CLI_SYNTAX)."""
+    if path in CLI_SYNTAX:
+        return []
+    errors = []
+    tree = ast.parse(text, path)
+    parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "main" and getattr(node.func.value, "id", None) == "cli":
+                errors.append((node.lineno, f"{path}:{node.lineno} calls cli.main"))
+        if id(node) in parts:
+            continue  # judged with its f-string
+        first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+        if isinstance(first, ast.Constant) and str(first.value).startswith("--config."):
+            errors.append((node.lineno, f"{path}:{node.lineno} builds a --config. string"))
+    return [error for _, error in sorted(errors)]
+
+
+def test_commands_are_thin_and_layers_pass_no_command_lines():
+    long = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in sorted((PACKAGE / "commands").glob("*.py"))
+        if (n := len(p.read_text().splitlines())) > COMMAND_LINES
+    ]
+    assert long == []
+    errors = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        errors += command_line_errors(rel, path.read_text())
+    assert errors == []
+
+
+def test_a_planted_command_line_is_found():
+    planted = (
+        "from hpa_jax import cli\n\n"
+        "def f(data):\n"
+        '    extra = [f"--config.data.dir={data}"]\n'
+        '    return cli.main(["train", *extra])\n'
+    )
+    assert command_line_errors("hpa_jax/x.py", planted) == [
+        "hpa_jax/x.py:4 builds a --config. string",
+        "hpa_jax/x.py:5 calls cli.main",
+    ]
+    assert command_line_errors("hpa_jax/config/loading.py", planted) == []

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import augment as aug
 from hpa_jax.data import catalog as catalog_lib
 from hpa_jax.data import dataset, decode, pipeline
@@ -81,7 +82,8 @@ def _train(data_dir, **kw):
     args = dict(batch_size=3, image_size=32, channels="rgby", seed=5, process_index=0)
     args.update(process_count=1, num_threads=1)
     args.update(kw)
-    return pipeline.make_train_iterator(data_dir, **args)
+    layout = {k: args.pop(k) for k in ("process_index", "process_count")}
+    return pipeline.make_train_iterator(data_dir, TrainInput(**args), **layout)
 
 
 # ------------------------------------------------------------------------------ folder helpers
@@ -610,7 +612,7 @@ def test_process_defaults_come_from_jax(data_dir):
     import jax
 
     it = pipeline.make_train_iterator(
-        data_dir, batch_size=3, image_size=8, channels="green", seed=0, num_threads=1
+        data_dir, TrainInput(batch_size=3, image_size=8, channels="green", seed=0, num_threads=1)
     )
     state = it.get_state()["pipeline"]
     assert (state["process_index"], state["process_count"]) == (

@@ -90,6 +90,8 @@ def test_sigterm_saves_exits_75_and_resumes_as_uninterrupted(data_dir, tmp_path)
     assert len(steps) == 1 and 1 <= steps[0] < TOTAL, (steps, out[-3000:])
     stop = steps[0]
     assert f"stopped after step {stop} with a checkpoint" in out
+    # its output was a pipe: plain progress lines (hpa_jax.progress), the first at step 1
+    assert f"train: 1/{TOTAL} step" in out and "\r" not in out
     assert logged_steps(preempted)[-1] == stop  # metrics written up to the stop, flushed
 
     assert cli.main(train_args(data_dir, preempted)) == 0  # the same command resumes

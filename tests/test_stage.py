@@ -28,6 +28,7 @@ import pytest
 
 from hpa_jax import cli, fileio
 from hpa_jax import config as config_lib
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import dataset, pipeline, record_index, stage
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
@@ -225,7 +226,7 @@ def test_a_gcs_data_dir_trains_on_the_same_batches(
 def test_the_record_reader_refuses_an_unstaged_gcs_folder(remote_data, gcs_bucket):
     with pytest.raises(UserError, match=f"{remote_data}: records are read from local disk"):
         pipeline.make_train_iterator(
-            remote_data, batch_size=4, image_size=32, channels="rgby", seed=0
+            remote_data, TrainInput(batch_size=4, image_size=32, channels="rgby", seed=0)
         )
 
 

@@ -3,10 +3,11 @@ as the TFRecord dataset folder of the same arguments, read by the same Grain pip
 by `hpa-jax train --config.data.source=tfds`."""
 
 import csv
-import importlib.util
 import io
 import json
+import pathlib
 import pickle
+import re
 import shutil
 import sys
 
@@ -17,9 +18,10 @@ from PIL import Image
 
 from hpa_jax import cli
 from hpa_jax.config import default_config
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import catalog, dataset, decode, pipeline, tfds_source
 from hpa_jax.data import tfds as tfds_lib
-from hpa_jax.data.example import decode_png, parse_example, to_uint8
+from hpa_jax.data.example import decode_png, encode_png, parse_example, to_uint8
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2018, HPA_2021
@@ -78,19 +80,15 @@ def test_same_records_splits_and_cell_truth_as_the_folder(built):
             fields = ("id", "labels", "height", "width", "pngs")  # every PNG byte equal
             assert [getattr(theirs, f) for f in fields] == [getattr(ours, f) for f in fields]
             assert labels[k] == ours.labels
-    # the cell masks and per-cell labels, through TFDS's own decoding (uint16: skipped)
-    decoded = tfds.data_source(
-        ds.name,
-        split="validation",
-        data_dir=ds.data_dir,
-        decoders={"cells": tfds.decode.SkipDecoding(), "nuclei": tfds.decode.SkipDecoding()},
-    )
+    # the cell masks and per-cell labels, through TFDS's own numpy decoding (uint16 included)
+    decoded = tfds.data_source(ds.name, split="validation", data_dir=ds.data_dir)
     for example in decoded:
         image_id = example["id"].decode()
-        cells = decode_png(example["cells"])
+        assert example["cells"].dtype == example["nuclei"].dtype == np.uint16
+        cells = example["cells"][..., 0]
         assert np.array_equal(cells, dataset.read_mask(dataset.mask_path(folder, image_id)))
         assert np.array_equal(
-            decode_png(example["nuclei"]),
+            example["nuclei"][..., 0],
             dataset.read_mask(dataset.mask_path(folder, image_id, dataset.NUCLEI_DIR)),
         )
         truth = cells_csv[image_id]
@@ -99,19 +97,41 @@ def test_same_records_splits_and_cell_truth_as_the_folder(built):
             assert tuple(np.flatnonzero(example["cell_labels"][cell - 1])) == classes
 
 
-def test_data_source_decodes_uint8_without_tensorflow_and_uint16_needs_opencv(built):
+def test_data_source_decodes_every_feature_without_opencv_or_tensorflow(built, monkeypatch):
     ds, folder = built
-    if importlib.util.find_spec("cv2") is None:  # what the module docstring reports
-        with pytest.raises(ValueError, match="PIL does not handle"):
-            tfds.data_source(ds.name, split="train", data_dir=ds.data_dir)[0]
-    skip = {"cells": tfds.decode.SkipDecoding(), "nuclei": tfds.decode.SkipDecoding()}
-    example = tfds.data_source(ds.name, split="train", data_dir=ds.data_dir, decoders=skip)[0]
+    # TFDS would use OpenCV where installed: make sure it cannot, so Pillow is what decodes
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    example = tfds.data_source(ds.name, split="train", data_dir=ds.data_dir)[0]
     assert "tensorflow" not in sys.modules
     parsed = tfds_source.parse_tfds_record(tfds_source.open_tfds_source(ds, "train")[0])
     assert example["id"].decode() == parsed.id and tuple(example["labels"]) == parsed.labels
     for c in ("red", "green", "blue", "yellow"):
         assert example[c].dtype == np.uint8 and example[c].shape == (32, 32, 1)
         assert np.array_equal(example[c][..., 0], decode_png(parsed.pngs[c]))
+    for mask in ("cells", "nuclei"):
+        assert example[mask].dtype == np.uint16 and example[mask].shape == (32, 32, 1)
+    assert example["cells"].max() == len(example["cell_labels"])
+    # a 16-bit channel feature (kaggle2021's) decodes the same way, values as stored
+    feature = tfds_lib.PngImage(shape=(None, None, 1), dtype=np.uint16, encoding_format="png")
+    wide = np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000
+    assert np.array_equal(feature.decode_example_np(encode_png(wide))[..., 0], wide)
+
+
+def test_readme_tfds_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's TFDS example, executed as it stands there (in a fresh folder)."""
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (code,) = [b for b in blocks if "tfds.data_source" in b]
+    assert "SkipDecoding" not in code and "decoders" not in code
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    example = namespace["example"]
+    assert example["green"].shape == (64, 64, 1) and example["green"].dtype == np.uint8
+    assert example["cells"].shape == (64, 64, 1) and example["cells"].dtype == np.uint16
+    assert example["nuclei"].dtype == np.uint16 and example["cells"].max() >= 1
+    assert (tmp_path / "data" / "tfds").is_dir()
 
 
 def test_batches_equal_those_of_the_folder_by_id(built):
@@ -142,19 +162,21 @@ def test_batches_equal_those_of_the_folder_by_id(built):
         assert np.array_equal(a[image_id][1], b[image_id][1])
     # training: the same shuffle over the split, the same batches (augmentation is seeded by
     # the record's index, which differs between the sources: it is off here)
-    first = pipeline.make_train_iterator(folder, seed=7, augment=False, **kw)
-    second = pipeline.make_train_iterator(ds, seed=7, augment=False, **kw)
+    layout = {k: kw.pop(k) for k in ("process_index", "process_count")}
+    spec = TrainInput(seed=7, augment=False, **kw)
+    first = pipeline.make_train_iterator(folder, spec, **layout)
+    second = pipeline.make_train_iterator(ds, spec, **layout)
     assert first.steps_per_epoch == second.steps_per_epoch == 6  # 34 // 5
     for _ in range(7):  # into the second epoch
         x, y = next(first), next(second)
         assert list(x["id"]) == list(y["id"])
         assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["labels"], y["labels"])
     state = second.get_state()
-    resumed = pipeline.make_train_iterator(ds, seed=7, augment=False, **kw)
+    resumed = pipeline.make_train_iterator(ds, spec, **layout)
     resumed.set_state(state)
     assert list(next(resumed)["id"]) == list(next(second)["id"])
     # "all": both splits, one after the other
-    everything = pipeline.make_eval_iterator(ds, split="all", **kw)
+    everything = pipeline.make_eval_iterator(ds, split="all", **kw, **layout)
     assert everything.num_records == 48
 
 
@@ -243,8 +265,9 @@ def test_worker_processes_read_the_tfds_source(built):
         process_index=0,
         process_count=1,
     )
-    here = pipeline.make_train_iterator(ds, **kw)
-    there = pipeline.make_train_iterator(ds, worker_count=1, **kw)
+    layout = {k: kw.pop(k) for k in ("process_index", "process_count")}
+    here = pipeline.make_train_iterator(ds, TrainInput(**kw), **layout)
+    there = pipeline.make_train_iterator(ds, TrainInput(worker_count=1, **kw), **layout)
     try:
         for _ in range(3):
             x, y = next(here), next(there)
@@ -336,18 +359,11 @@ def test_plain_tfds_api_builds_offline_and_serves(tmp_path):
     """What a TFDS user types: tfds.builder(...).download_and_prepare(), tfds.data_source(...)."""
     name = "hpa_protein_atlas/synthetic/num_images=16,image_size=32,seed=5"
     tfds.builder(name, data_dir=str(tmp_path)).download_and_prepare()
-    skip = {"cells": tfds.decode.SkipDecoding(), "nuclei": tfds.decode.SkipDecoding()}
     source = tfds.data_source(
-        "hpa_protein_atlas/synthetic_n16_px32_seed5",
-        split="train",
-        data_dir=str(tmp_path),
-        decoders=skip,
+        "hpa_protein_atlas/synthetic_n16_px32_seed5", split="train", data_dir=str(tmp_path)
     )
     validation = tfds.data_source(
-        "hpa_protein_atlas/synthetic_n16_px32_seed5",
-        split="validation",
-        data_dir=str(tmp_path),
-        decoders=skip,
+        "hpa_protein_atlas/synthetic_n16_px32_seed5", split="validation", data_dir=str(tmp_path)
     )
     assert len(source) + len(validation) == 16
     example = source[0]

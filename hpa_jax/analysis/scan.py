@@ -9,7 +9,6 @@ import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax.analysis import intensity, sift
 from hpa_jax.data import dataset
@@ -17,6 +16,7 @@ from hpa_jax.data.example import CHANNELS
 from hpa_jax.data.pipeline import make_eval_iterator
 from hpa_jax.errors import UserError
 from hpa_jax.labels import get_table
+from hpa_jax.progress import progress
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ def scan_dataset(
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=sift_workers, mp_context=context)
     with pool or contextlib.nullcontext():
-        for batch in tqdm(batches, total=total, desc="scan images", unit="batch", disable=None):
+        for batch in progress(batches, total=total, desc="scan images", unit="batch"):
             keep = np.asarray(batch["mask"], bool)
             if not keep.any():
                 continue

@@ -1,2 +1,3 @@
-"""Benchmarks behind `hpa-jax bench`: shared timing plumbing (core.py) and the input pipeline
-benchmark (input.py). Library functions only; the command module parses flags and calls them."""
+"""Benchmarks behind `hpa-jax bench`: shared timing plumbing (core.py), one module per
+benchmark (train.py, compile.py, input.py, segment.py, model.py), their flags (flags.py, light:
+what `hpa-jax --help` imports) and `suite.run_benchmark`, which runs one by name."""

@@ -38,6 +38,7 @@ import PIL
 
 from hpa_jax import fileio
 from hpa_jax.bench import tfdata
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import dataset, decode, pipeline, stage
 from hpa_jax.data import tfds as tfds_lib
 from hpa_jax.data.example import channel_names, parse_example
@@ -165,8 +166,7 @@ def grain_rate(
 ) -> dict:
     """Images/s of `make_train_iterator` (shuffled, sharded, decoded, resized, batched) over a
     dataset folder's TFRecords or a TFDS dataset's ArrayRecords."""
-    it = pipeline.make_train_iterator(
-        data_dir,
+    spec = TrainInput(
         batch_size=batch_size,
         image_size=image_size,
         channels=channels,
@@ -175,9 +175,8 @@ def grain_rate(
         augment=augment,
         worker_count=worker_count,
         num_threads=num_threads,
-        process_index=0,
-        process_count=1,
     )
+    it = pipeline.make_train_iterator(data_dir, spec, process_index=0, process_count=1)
     try:
         result = tfdata.time_windows(
             lambda: next(it),

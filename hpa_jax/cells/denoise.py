@@ -33,8 +33,8 @@ import io
 import json
 import shutil
 
+import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax import fileio
@@ -48,6 +48,7 @@ from hpa_jax.data.example import IGNORE_KEY, decode_png, encode_example, parse_e
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import get_table
+from hpa_jax.progress import progress
 from hpa_jax.train.embeddings import embed_dataset
 from hpa_jax.train.evaluate import predict_dataset
 from hpa_jax.train.loop import train_and_evaluate
@@ -75,11 +76,17 @@ class DenoiseOptions:
     doubtful: str = "ignore"
 
 
-def _train(config_spec: str, overrides, workdir: fileio.Path, data_dir, exclude=None) -> dict:
-    extra = [f"--config.data.dir={data_dir}"]
-    extra += [f"--config.data.exclude={exclude}"] if exclude else []
-    config = config_lib.load_config(config_spec, [*overrides, *extra])
-    return train_and_evaluate(config, workdir)
+def round_config(config: ml_collections.ConfigDict, data_dir, exclude=None):
+    """The config of one training: `config` reading `data_dir`, without the IDs listed in the
+    file `exclude` when given."""
+    values = {"data.dir": str(data_dir)}
+    if exclude:
+        values["data.exclude"] = str(exclude)
+    return config_lib.override(config, values)
+
+
+def _train(config, workdir: fileio.Path, data_dir, exclude=None) -> dict:
+    return train_and_evaluate(round_config(config, data_dir, exclude), workdir)
 
 
 def train_cells(data_dir) -> tuple[list[str], list[tuple[int, ...]], list[str]]:
@@ -101,7 +108,7 @@ def green_inside(data_dir) -> dict[str, float]:
     catalog = record_catalog(data_dir)
     source = catalog.open_source()
     out = {}
-    for i in tqdm(range(len(catalog)), desc="green signal", unit="cell", disable=None):
+    for i in progress(range(len(catalog)), desc="green signal", unit="cell"):
         parsed = parse_example(source[i])
         mask = extract_lib.parse_cell(parsed)["mask"]
         green = decode_png(parsed.pngs["green"], what=f"record {parsed.id!r} green")
@@ -110,9 +117,7 @@ def green_inside(data_dir) -> dict[str, float]:
     return out
 
 
-def out_of_fold(
-    config_spec, overrides, round_dir: fileio.Path, data_dir, ids, parents, folds: int
-) -> np.ndarray:
+def out_of_fold(config, round_dir: fileio.Path, data_dir, ids, parents, folds: int) -> np.ndarray:
     """float32[N, K]: each training cell's probabilities from the model trained without its
     image's fold."""
     fold = weak_labels.fold_of(parents, folds)
@@ -123,7 +128,7 @@ def out_of_fold(
         if not exclude.is_file():
             fileio.write_text(exclude, "\n".join(held) + "\n")
         workdir = round_dir / f"fold{f}"
-        _train(config_spec, overrides, workdir, data_dir, exclude)
+        _train(config, workdir, data_dir, exclude)
         others = [c for c, g in zip(ids, fold, strict=True) if g != f]
         preds = predict_dataset(restore_run(workdir), data_dir, split=dataset.TRAIN, exclude=others)
         rows.update(zip(preds.ids, preds.probs, strict=True))
@@ -230,15 +235,16 @@ def denoise(
     cells_dir,
     root,
     *,
-    config: str,
-    overrides=(),
+    config: ml_collections.ConfigDict,
+    config_spec: str = "",
     options: DenoiseOptions = DenoiseOptions(),
     final_workdir=None,
     log=print,
 ) -> dict:
     """Train the plain cell model, then `options.rounds` rounds of out-of-fold scoring,
     cleaning and retraining (see the module docstring); the model chosen on the validation
-    cells is copied to `final_workdir` when given. Returns the denoise.json dict."""
+    cells is copied to `final_workdir` when given. Every training is `config` with its data
+    (`round_config`); `config_spec` names it in the report. Returns the denoise.json dict."""
     cells_dir, root = fileio.as_path(cells_dir), fileio.as_path(root)
     if dataset.read_info(cells_dir).get("source") != extract_lib.SOURCE:
         raise UserError(f"--data {cells_dir}: not a cell dataset (from `hpa-jax cells extract`)")
@@ -252,12 +258,12 @@ def denoise(
     truth = read_truth(cells_dir)
     report = {
         "cells": str(cells_dir),
-        "config": config,
+        "config": config_spec,
         "options": dataclasses.asdict(options),
         "rounds": [],
     }
     log("== plain: the cell model on the weak labels")
-    report[PLAIN] = _train(config, overrides, root / PLAIN, cells_dir)
+    report[PLAIN] = _train(config, root / PLAIN, cells_dir)
     scored = {}
     if truth is not None:
         scored[PLAIN] = validation_map(root / PLAIN, cells_dir, truth)
@@ -270,7 +276,7 @@ def denoise(
             round_dir.mkdir(parents=True, exist_ok=True)
         ids, weak, parents = train_cells(data)
         log(f"== round {r}: out-of-fold probabilities ({options.folds} folds)")
-        oof = out_of_fold(config, overrides, round_dir, data, ids, parents, options.folds)
+        oof = out_of_fold(config, round_dir, data, ids, parents, options.folds)
         embeddings = round_dir / "embeddings.npz"
         if not embeddings.is_file():
             embed_dataset(data, embeddings, workdir=previous, split=dataset.TRAIN, log=log)
@@ -330,7 +336,7 @@ def denoise(
             )
         log(f"== round {r}: the cell model on the cleaned labels")
         model = round_dir / "model"
-        entry["model"], entry["workdir"] = _train(config, overrides, model, cleaned_dir), str(model)
+        entry["model"], entry["workdir"] = _train(config, model, cleaned_dir), str(model)
         if truth is not None:
             scored[f"round{r}"] = validation_map(model, cells_dir, truth)
         report["rounds"].append(entry)

@@ -6,13 +6,14 @@ show all of them) and split. `cell_crops` (pure, also for unlabelled images) cut
 square windows around their boxes (`crop_window`), zero past the border, resized as the training
 decode resizes (`resize_plane`), dtype kept. Records (`cell_record`, `parse_cell`): the schema
 of `data/example.py` plus the extra features `CELL_KEYS`. Masks are segmented (`segment_cells`)
-or read (`load_instances`) and kept in OUT/masks/. A missing mask, an image without cells and a
-cell under `min_area` go to skipped.csv; a malformed mask or an unreadable record too, and into
-`ExtractSummary.errors` (the command exits 1); no cell at all is a UserError. OUT is built in a
-temporary folder that replaces it when complete (OUT may only be new, empty or an earlier cell
-dataset), so runs never mix. Names and columns of its files: `data/dataset.py`. Synthetic
-parents (DIR/cells/ + cells.csv) add cell_truth.csv: each cell's true cell (largest IoU ≥ 0.5,
-`metric.match_cells`), its true labels and the weak labels it lacks.
+or read (`masks.load_fitted`: at the stored size or rescaled to it from the source image's) and
+kept in OUT/masks/. A missing mask, an image without cells, an instance that a rescaled mask
+lost and a cell under `min_area` go to skipped.csv; a malformed mask or an unreadable record
+too, and into `ExtractSummary.errors` (the command exits 1); no cell at all is a UserError. OUT
+is built in a temporary folder that replaces it when complete (OUT may only be new, empty or an
+earlier cell dataset), so runs never mix. Names and columns of its files: `data/dataset.py`.
+Synthetic parents (DIR/cells/ + cells.csv) add cell_truth.csv: each cell's true cell (largest
+IoU ≥ 0.5, `metric.match_cells`), its true labels and the weak labels it lacks.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from hpa_jax import fileio
-from hpa_jax.cells.masks import absolute, load_instances
+from hpa_jax.cells.masks import absolute, find_mask, load_fitted
 from hpa_jax.cells.metric import iou_table, match_cells
 from hpa_jax.cells.segment import DEFAULT_PARAMS, REFERENCE_SIDE
 from hpa_jax.cells.segmenters import resolve_method, segment_image
@@ -209,6 +210,36 @@ class ExtractSummary:
     @property
     def wrong_label_share(self) -> float | None:
         return self.wrong_pairs / self.weak_pairs if self.weak_pairs else None
+
+    def report(self, shown: int = 10) -> list[tuple[str, bool]]:
+        """The lines `hpa-jax cells extract` prints, each with True where it goes to stderr:
+        what was extracted, the first `shown` skipped entries, the weak labels against the
+        truth, the errors."""
+        lines = [
+            (
+                f"extracted {self.num_cells} cells from {self.images_with_cells} of "
+                f"{self.num_images} images into {self.out_dir}",
+                False,
+            )
+        ]
+        if self.skipped:
+            where = self.out_dir / dataset.SKIPPED_CSV
+            lines.append((f"skipped {len(self.skipped)} (images or cells; {where}):", True))
+            for image_id, cell, reason in self.skipped[:shown]:
+                lines.append((f"  {image_id}{' cell ' + cell if cell else ''}: {reason}", True))
+            if len(self.skipped) > shown:
+                lines.append((f"  ... and {len(self.skipped) - shown} more", True))
+        if self.wrong_label_share is not None:
+            lines.append(
+                (
+                    f"weak labels against the synthetic truth: {self.matched} cells matched, "
+                    f"{self.wrong_pairs} of {self.weak_pairs} (cell, class) pairs wrong "
+                    f"({100 * self.wrong_label_share:.1f} %)",
+                    False,
+                )
+            )
+        lines += [(f"hpa-jax cells extract: error: {error}", True) for error in self.errors]
+        return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,17 +438,23 @@ def _read_channels(task: _Task) -> dict[str, np.ndarray]:
     return channels
 
 
-def _instances(task: _Task, channels: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The image's cells: segmented, or from `task.masks` (None: no mask there)."""
+def _instances(task: _Task, channels: dict[str, np.ndarray]):
+    """The image's cells and the skipped rows of instances a rescaled mask lost: segmented, or
+    from `task.masks` fitted to the stored size (None: no mask there)."""
     if task.masks is None:
-        return segment_image(channels, task.method)[0]
+        return segment_image(channels, task.method)[0], []
     folder = fileio.as_path(task.masks)
-    if not any((folder / f"{task.image_id}{ext}").is_file() for ext in (".png", ".npz")):
-        return None
-    instances = load_instances(folder, task.image_id, channels["blue"].shape)
-    if instances.min(initial=0) < 0 or instances.max(initial=0) > 65535:
+    if find_mask(folder, task.image_id) is None:
+        return None, []
+    fitted = load_fitted(folder, task.image_id, channels["blue"].shape)
+    if fitted.instances.max(initial=0) > 65535:
         raise UserError(f"{folder}: masks of ID {task.image_id!r} hold values outside 0..65535")
-    return instances
+    (h, w), (th, tw) = fitted.source_shape, fitted.instances.shape
+    lost = [
+        (task.image_id, str(k), f"vanished when its mask was rescaled from {h}x{w} to {th}x{tw}")
+        for k in fitted.vanished
+    ]
+    return fitted.instances, lost
 
 
 def _extract_one(task: _Task) -> dict:
@@ -434,7 +471,7 @@ def _extract_one(task: _Task) -> dict:
     }
     try:
         channels = _read_channels(task)
-        instances = _instances(task, channels)
+        instances, lost = _instances(task, channels)
     except UserError as err:
         out["error"] = str(err)
         out["skipped"].append((image_id, "", f"error: {err}"))
@@ -442,6 +479,7 @@ def _extract_one(task: _Task) -> dict:
     if instances is None:
         out["skipped"].append((image_id, "", f"no mask in {task.masks}"))
         return out
+    out["skipped"] += lost
     dataset.write_mask(os.path.join(task.out_dir, dataset.MASKS_DIR, f"{image_id}.png"), instances)
     if options["min_area"] is None:
         options["min_area"] = default_min_area(instances.shape)

@@ -62,12 +62,31 @@ class CellPredictionSummary:
     scores: dict[str, float] | None
     scores_json: fileio.Path | None
 
+    def lines(self) -> list[str]:
+        """What `hpa-jax predict-cells` prints: the files, the scores against per-cell truth,
+        the images without cells and the errors."""
+        out = [
+            f"wrote {self.submission} ({self.num_images} images, {self.num_cells} cells, "
+            f"combine={self.combine}) and {self.probabilities}"
+        ]
+        if self.scores is not None:
+            out.append(f"cell mAP@0.6 on the per-cell truth ({self.scores_json}):")
+            out += [f"  {name:18s} {value:.4f}" for name, value in self.scores["cell_map"].items()]
+        if self.without_cells:
+            out.append(
+                f"no cells found in {len(self.without_cells)} images (empty rows): "
+                + ", ".join(self.without_cells[:10])
+            )
+        return out + [f"error: {error} (its row is empty)" for error in self.errors]
+
 
 def crop_settings(cell_run: Restored) -> dict:
     """How the cell run's training crops were cut (size, margin, background), from the
-    dataset.json of its `config.data.dir`."""
+    dataset.json of its `config.data.dir` (an inference state carries a copy)."""
     data_dir = fileio.as_path(cell_run.config.data.dir)
-    info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
+    info = cell_run.data_info
+    if info is None:
+        info = dataset.read_info(data_dir) if dataset.has_info(data_dir) else {}
     if info.get("source") != extract_lib.SOURCE:
         raise UserError(
             f"--workdir {cell_run.workdir}: its config.data.dir={str(data_dir)!r} is "
@@ -111,7 +130,9 @@ def predict_cells(
     workers: int = 1,
 ) -> CellPredictionSummary:
     """Segment (or take `masks`), crop and score every cell of `data_dir`'s images; write the
-    2021 submission `out` (.csv) and `out.npz`; see the module docstring."""
+    2021 submission `out` (.csv) and `out.npz`; see the module docstring. The runs are
+    workdirs (or inference states), or runs restored already (`Restored`: restored once for
+    many calls, as `hpa_jax.kaggle.submit` does chunk by chunk)."""
     out = fileio.as_path(out)
     if out.suffix != ".csv":
         raise UserError(f"--out {out}: the submission is a .csv file")
@@ -121,8 +142,8 @@ def predict_cells(
     if combine != "cell" and image_workdir is None:
         raise UserError(f"--combine {combine}: needs --image-workdir (an image-level run)")
     data_dir = fileio.as_path(data_dir)
-    cell_run = restore_run(cell_workdir)
-    image_run = None if image_workdir is None else restore_run(image_workdir)
+    cell_run = _restored(cell_workdir)
+    image_run = None if image_workdir is None else _restored(image_workdir)
     if image_run is not None:
         _check_same_classes(cell_run, image_run)
     settings = crop_settings(cell_run)
@@ -210,6 +231,10 @@ def predict_cells(
         report,
         report_path,
     )
+
+
+def _restored(run) -> Restored:
+    return run if isinstance(run, Restored) else restore_run(run)
 
 
 @contextlib.contextmanager

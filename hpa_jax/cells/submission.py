@@ -38,7 +38,7 @@ import numpy as np
 from hpa_jax import fileio
 from hpa_jax.cells.metric import ImageCells
 from hpa_jax.cells.rle import MaskError, decode_mask, encode_mask
-from hpa_jax.data import dataset
+from hpa_jax.data import dataset, kaggle, kaggle_csv
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import parse_example
 from hpa_jax.errors import UserError
@@ -258,7 +258,10 @@ def read_submission(path: str | os.PathLike) -> dict[str, tuple[int, int, list[T
 
 def image_sizes(data_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """{ID: (height, width)} of every record of a dataset folder: dataset.json's size when all
-    records share it, else each record's own (parsing every record, no PNG decode)."""
+    records share it, else each record's own (parsing every record, no PNG decode). A Kaggle
+    competition folder (sample_submission.csv + test/) gives its test images' own sizes."""
+    if not dataset.has_info(data_dir) and kaggle.is_test_folder(data_dir):
+        return kaggle.test_folder_sizes(data_dir)[1]
     info = dataset.read_info(data_dir)
     catalog = record_catalog(data_dir, info)
     if info.get("height") and info.get("width"):
@@ -316,6 +319,21 @@ def check_submission(path: str | os.PathLike, data_dir: str | os.PathLike) -> li
                 )
             )
     return problems
+
+
+def check_any_submission(path: str | os.PathLike, data: str | os.PathLike) -> list[Problem]:
+    """`check_submission` for a 2021 file; for a 2018 one (`Id,Predicted`), its IDs against
+    the images of `data` and its classes (0..27). `data`: a dataset folder or a Kaggle
+    competition folder (sample_submission.csv + test/)."""
+    with fileio.as_path(path).open("rb") as f:
+        first = f.readline().decode("utf-8", "replace").strip().split(",")
+    if tuple(h.strip() for h in first) != kaggle_csv.SUBMISSION_2018_COLUMNS:
+        return check_submission(path, data)
+    if not dataset.has_info(data) and kaggle.is_test_folder(data):
+        ids = list(kaggle.test_folder_sizes(data)[1])
+    else:
+        ids = list(record_catalog(data).ids)
+    return [Problem(*p) for p in kaggle_csv.check_submission_2018(path, ids)]
 
 
 def _row_problems(image_id: str, row: list[str], size: tuple[int, int] | None) -> list[Problem]:

@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names as a tuple (empty ones dropped)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder")
     parser.add_argument("--out", required=True, help="report folder to write (replaced whole)")
@@ -46,18 +51,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--neighbours",
+        dest="neighbours_k",
+        metavar="NEIGHBOURS",
         type=int,
         default=20,
         help="k of the nearest-neighbour detectors (default 20)",
     )
     parser.add_argument(
         "--exclude-by",
+        type=_names,
         default="intensity",
         help="comma-separated detectors whose flags go to exclude.txt "
         "(default: intensity, the study's 3σ rule)",
     )
     parser.add_argument(
         "--projection",
+        dest="projections",
+        metavar="PROJECTION",
+        type=_names,
         default=None,
         help="comma-separated maps: tsne, umap, pca (default: tsne, and umap "
         "when umap-learn is installed)",
@@ -77,31 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of t-SNE, k-means, forests")
 
 
-def _names(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.analysis.report import ReportOptions, run_anomaly_report
+    from hpa_jax.commands import options_from
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
-    options = ReportOptions(
-        embeddings=args.embeddings,
-        predictions=args.predictions,
-        truth=args.truth,
-        split=args.split,
-        image_size=args.image_size,
-        k=args.k,
-        neighbours_k=args.neighbours,
-        exclude_by=_names(args.exclude_by) or (),
-        projections=_names(args.projection),
-        with_sift=not args.no_sift,
-        sift_words=args.sift_words,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    options = options_from(ReportOptions, args, with_sift=not args.no_sift)
     run_anomaly_report(local_data_dir(args.data), args.out, options)
     return 0

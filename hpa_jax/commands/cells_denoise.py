@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpa_jax import config as config_lib
     from hpa_jax.cells.denoise import DenoiseOptions, denoise
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     report = denoise(
         local_data_dir(args.data),
         args.root,
-        config=args.config,
-        overrides=args.config_overrides,
+        config=config_lib.load_config(args.config, args.config_overrides),
+        config_spec=args.config,
         options=options,
         final_workdir=args.final_workdir,
     )

@@ -67,7 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.cells.extract import extract_cells
-    from hpa_jax.data import dataset
     from hpa_jax.data.stage import local_data_dir  # a gs:// dataset is read from a local copy
 
     summary = extract_cells(
@@ -80,26 +79,6 @@ def run(args: argparse.Namespace) -> int:
         margin=args.margin,
         workers=args.workers,
     )
-    print(
-        f"extracted {summary.num_cells} cells from {summary.images_with_cells} of "
-        f"{summary.num_images} images into {summary.out_dir}"
-    )
-    if summary.skipped:
-        print(
-            f"skipped {len(summary.skipped)} (images or cells; "
-            f"{summary.out_dir / dataset.SKIPPED_CSV}):",
-            file=sys.stderr,
-        )
-        for image_id, cell, reason in summary.skipped[:SHOWN]:
-            print(f"  {image_id}{' cell ' + cell if cell else ''}: {reason}", file=sys.stderr)
-        if len(summary.skipped) > SHOWN:
-            print(f"  ... and {len(summary.skipped) - SHOWN} more", file=sys.stderr)
-    if summary.wrong_label_share is not None:
-        print(
-            f"weak labels against the synthetic truth: {summary.matched} cells matched, "
-            f"{summary.wrong_pairs} of {summary.weak_pairs} (cell, class) pairs wrong "
-            f"({100 * summary.wrong_label_share:.1f} %)"
-        )
-    for error in summary.errors:
-        print(f"hpa-jax cells extract: error: {error}", file=sys.stderr)
+    for line, to_stderr in summary.report(shown=SHOWN):
+        print(line, file=sys.stderr if to_stderr else sys.stdout)
     return 1 if summary.errors else 0

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--shards", type=int, default=8, help="TFRecord files (default 8)")
-    parser.add_argument("--size", type=int, default=None, help="resize channels to PX x PX")
+    parser.add_argument("--size", type=int, default=None, help="resize to PX x PX (16-bit kept)")
     parser.add_argument(
         "--labels",
         default="auto",
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.kaggle import convert
-    from hpa_jax.data.writer import format_counts
+    from hpa_jax.data.writer import conversion_lines
 
     summary = convert(
         args.input,
@@ -78,24 +78,5 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    n = summary["num_records"]
-    shards = len(summary["shards"])
-    print(
-        f"converted {n} records into {shards} shards in {summary['out_dir']} "
-        f"({summary['resumed']} shards already complete, kept)"
-    )
-    if summary["unlabelled"]:
-        print(
-            f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
-            "no split.csv (predict it with --split all, the default)"
-        )
-    else:
-        print(f"label table {summary['label_table']}; images per class:")
-        print(format_counts(summary["class_counts"], n))
-    skipped = summary["skipped"]
-    print(f"skipped {len(skipped)} records (listed in {os.path.join(args.out, 'skipped.csv')})")
-    for image_id, reason in skipped[:20]:
-        print(f"  {image_id}: {reason}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more")
+    print("\n".join(conversion_lines(summary, args.out)))
     return 0

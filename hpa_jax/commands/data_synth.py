@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.synthetic import synthesize
-    from hpa_jax.data.writer import format_counts
+    from hpa_jax.data.writer import synthesis_lines
 
     summary = synthesize(
         args.out,
@@ -65,15 +65,5 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         **({} if args.heterogeneous is None else {"heterogeneous": args.heterogeneous}),
     )
-    n = summary["num_images"]
-    print(
-        f"synthesized {n} images of {summary['size']} px (seed {summary['seed']}, "
-        f"preset {summary['preset']})"
-    )
-    print("images per class (recorded labels):")
-    print(format_counts(summary["class_counts"], n))
-    planted = ", ".join(f"{kind} {count}" for kind, count in summary["anomalies"].items())
-    print(f"anomalies planted: {sum(summary['anomalies'].values())} ({planted})")
-    for what, path in summary["files"].items():
-        print(f"  {what:<7} {path}")
+    print("\n".join(synthesis_lines(summary)))
     return 0

@@ -46,68 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     distributed.add_arguments(parser)
 
 
-def cooccurrence_csv(matrix, class_names) -> str:
-    """Rows: true class; columns: predicted class; cells: number of images."""
-    lines = ["true\\predicted," + ",".join(class_names)]
-    for name, row in zip(class_names, matrix, strict=True):
-        lines.append(f"{name}," + ",".join(str(int(v)) for v in row))
-    return "\n".join(lines) + "\n"
-
-
 def run(args: argparse.Namespace) -> int:
     distributed.from_args(args)
 
-    import json
+    from hpa_jax.train.evaluate import cooccurrence_csv, evaluate_run
 
-    import numpy as np
-
-    from hpa_jax.data.dataset import read_exclude
-    from hpa_jax.errors import UserError
-    from hpa_jax.fileio import as_path, write_text
-    from hpa_jax.train import evaluate as eval_lib
-    from hpa_jax.train import metrics as metrics_lib
-    from hpa_jax.train import thresholds as thr_lib
-    from hpa_jax.train.inputs import check_data_dir
-    from hpa_jax.train.restore import restore_run
-
-    restored = restore_run(args.workdir, step=args.step)
-    cfg = restored.config
-    data_dir = check_data_dir(args.data or cfg.data.dir, cfg.data.get("stage_dir", ""))
-    split = args.split or cfg.data.split_eval
-    if args.threshold is not None:
-        threshold, source = args.threshold, f"threshold {args.threshold}"
-    elif (as_path(args.workdir) / thr_lib.THRESHOLDS_FILE).is_file():
-        threshold = thr_lib.load_thresholds(args.workdir, num_classes=restored.num_classes)
-        source = "tuned per-class thresholds (thresholds.json)"
-    else:
-        threshold, source = float(cfg.threshold), f"threshold {cfg.threshold} (not tuned)"
-    exclude = read_exclude(args.exclude, "--exclude")
-    preds = eval_lib.predict_dataset(restored, data_dir, split=split, exclude=exclude)
-    if not len(preds.ids):
-        raise UserError(f"no images left to evaluate in split {split!r} of {data_dir}")
-    metrics = eval_lib.evaluate_predictions(preds, threshold)
-    names = restored.table.classes
-    report = (
-        f"run {args.workdir}, checkpoint step {restored.step}, split {split!r} "
-        f"({len(preds.ids)} images{f', {len(exclude)} IDs excluded' if exclude else ''}), "
-        f"{source}; loss {metrics['loss']:.4f}\n\n"
-        + metrics_lib.classification_report(metrics, names)
+    report = evaluate_run(
+        args.workdir,
+        data=args.data,
+        split=args.split,
+        step=args.step,
+        threshold=args.threshold,
+        exclude=args.exclude,
+        out=args.out,
     )
-    matrix = metrics_lib.cooccurrence(preds.labels, metrics_lib.predict(preds.probs, threshold))
     if distributed.is_main_process():
-        workdir = as_path(args.out or args.workdir)  # write_text makes local folders
-        write_text(workdir / "eval_report.txt", report)
-        write_text(workdir / "eval_cooccurrence.csv", cooccurrence_csv(matrix, names))
-        plain = {k: v for k, v in metrics.items() if k != "per_class"}
-        plain["per_class"] = {k: np.asarray(v).tolist() for k, v in metrics["per_class"].items()}
-        plain.update(
-            step=restored.step,
-            split=split,
-            excluded=len(exclude),
-            thresholds=np.asarray(threshold).tolist(),
-        )
-        write_text(workdir / "eval_metrics.json", json.dumps(plain, indent=2) + "\n")
-        print(report)
+        print(report.text)
         print("co-occurrence (rows: true class, columns: predicted class):")
-        print(cooccurrence_csv(matrix, [str(i) for i in range(len(names))]))
+        print(cooccurrence_csv(report.matrix, [str(i) for i in range(len(report.class_names))]))
     return 0

@@ -65,19 +65,5 @@ def run(args: argparse.Namespace) -> int:
         negative_weight=args.negative_weight,
         workers=args.workers,
     )
-    print(
-        f"wrote {summary.submission} ({summary.num_images} images, {summary.num_cells} cells, "
-        f"combine={summary.combine}) and {summary.probabilities}"
-    )
-    if summary.scores is not None:
-        print(f"cell mAP@0.6 on the per-cell truth ({summary.scores_json}):")
-        for name, value in summary.scores["cell_map"].items():
-            print(f"  {name:18s} {value:.4f}")
-    if summary.without_cells:
-        print(
-            f"no cells found in {len(summary.without_cells)} images (empty rows): "
-            + ", ".join(summary.without_cells[:10])
-        )
-    for error in summary.errors:
-        print(f"error: {error} (its row is empty)")
+    print("\n".join(summary.lines()))
     return 1 if summary.errors else 0

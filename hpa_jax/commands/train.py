@@ -1,9 +1,11 @@
 """`hpa-jax train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]`.
 
 Trains into DIR, or resumes the run DIR holds. Exit status: 0 done, 1 the loss diverged (the
-step is named; earlier checkpoints are kept), 2 bad input (config, data, workdir, checkpoint),
+step is named; earlier checkpoints are kept), 2 bad input (config, data, workdir, checkpoint, a
+bad record, a workdir another run is training), 74 storage failed (a full disk, an object store
+failing past its retries: the path is named, earlier checkpoints are kept; run again to resume),
 75 preempted (SIGTERM: every process saved a checkpoint at the same step; run the same command
-again to resume; `launch/tpu/run.sh --restart-on-preemption` does).
+again to resume; `launch/tpu/run.sh --restart-on-preemption` does). docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ CONFIG_OVERRIDES = True  # the CLI passes --config.KEY=VALUE arguments as args.c
 
 EPILOG = (
     "Exit status: 0 done; 1 the loss diverged (the step is named, earlier checkpoints are kept); "
-    "2 bad input (config, data, workdir, checkpoint); 75 (EX_TEMPFAIL) preempted: on SIGTERM "
+    "2 bad input (config, data, workdir, checkpoint, a bad record, a workdir another run is "
+    "training); 74 (EX_IOERR) storage failed: a full disk or an object store failing past its "
+    "retries (the path is named, earlier checkpoints are kept; run again to resume); "
+    "75 (EX_TEMPFAIL) preempted: on SIGTERM "
     "every process stops after the same step and saves a checkpoint there; the same command "
     "resumes from it (launch/tpu/run.sh --restart-on-preemption reruns it)."
 )

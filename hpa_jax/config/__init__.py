@@ -12,7 +12,13 @@ Durations are given in the unit that is natural for them (`total_epochs`, `eval_
 derived numbers, so an override cannot leave them stale.
 """
 
-from hpa_jax.config.loading import apply_overrides, load_config, parse_arg
+from hpa_jax.config.loading import (
+    apply_overrides,
+    load_config,
+    override,
+    override_strings,
+    parse_arg,
+)
 from hpa_jax.config.schema import (
     COMPATIBILITY_KEYS,
     DURATION_UNITS,
@@ -32,6 +38,8 @@ __all__ = [
     "default_config",
     "flatten",
     "load_config",
+    "override",
+    "override_strings",
     "parse_arg",
     "read_config",
     "runlocal",

@@ -1,14 +1,21 @@
-"""Config modules (`configs/<name>.py[:arg]`), their argument strings, and `--config.a.b=v`
-overrides parsed by the type of the field they replace."""
+"""Config modules (`configs/<name>.py[:arg]`), their argument strings, `--config.a.b=v`
+overrides parsed by the type of the field they replace, and configs derived by value.
+
+Library code derives a config with `override(config, {"data.dir": path})` (a locked copy, the
+values checked by ml-collections' types); the `--config.` text is the command line's alone:
+`apply_overrides` parses it, `override_strings` writes it for people (command lines to copy).
+"""
 
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import os
 import pathlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -120,14 +127,15 @@ _OVERRIDE = re.compile(r"^(?:--)?(?:config\.)?([A-Za-z_][\w.]*)=(.*)$", re.S)
 
 
 def apply_overrides(
-    cfg: ml_collections.ConfigDict, argv: Iterable[str]
+    cfg: ml_collections.ConfigDict, argv: Iterable[str], *, explicit: Iterable[str] = ()
 ) -> ml_collections.ConfigDict:
     """Apply `--config.a.b=value` strings to `cfg` in place and return it.
 
     Values are parsed by the type of the field they replace (bool accepts true/false/1/0/yes/no;
     tuples accept `a,b` or `(a, b)`); `None` unsets an optional (placeholder) field. Setting one
     duration of a family (`total_epochs`) unsets its siblings (`total_steps`, `total_examples`)
-    unless the same argv sets them too. Unknown keys and wrong types raise ConfigError.
+    unless the same argv (or `explicit`, keys set just before) sets them too. Unknown keys and
+    wrong types raise ConfigError.
     """
     parsed = []
     for item in argv:
@@ -135,7 +143,7 @@ def apply_overrides(
         if not match:
             raise ConfigError(f"override {item!r} is not of the form --config.key=value")
         parsed.append(match.groups())
-    explicit = {key for key, _ in parsed}
+    explicit = {key for key, _ in parsed} | set(explicit)
     for key, text in parsed:
         parent, leaf = _lookup(cfg, key)
         optional = parent[leaf] is None or isinstance(
@@ -144,10 +152,45 @@ def apply_overrides(
         value = _parse_value(
             f"--config.{key}", text, parent.get_type(leaf), parent[leaf], optional=optional
         )
-        with parent.unlocked():
-            parent[leaf] = value
-        _clear_sibling_durations(parent, key, leaf, explicit)
+        _set(parent, key, leaf, value, explicit)
     return cfg
+
+
+def override(
+    cfg: ml_collections.ConfigDict, values: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A locked copy of `cfg` with each dotted key of `values` set (`{"data.dir": path}`), in
+    order, as `apply_overrides` sets parsed text: ml-collections checks and casts the type (an
+    int for a float field is cast; a str for an int field is refused, naming the key), and a
+    duration unsets its siblings unless `values` sets them too. `cfg` itself is unchanged."""
+    out = copy.deepcopy(cfg)
+    out.lock()
+    for key, value in values.items():
+        parent, leaf = _lookup(out, key)
+        try:
+            _set(parent, key, leaf, value, set(values))
+        except TypeError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
+    return out
+
+
+def _set(parent: ml_collections.ConfigDict, key: str, leaf: str, value, explicit: set) -> None:
+    with parent.unlocked():
+        parent[leaf] = value
+    _clear_sibling_durations(parent, key, leaf, explicit)
+
+
+def format_value(value: Any) -> str:
+    """A value as an override or a run name writes it (floats `%g`: 0.001, 1e-05)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def override_strings(values: Mapping[str, Any]) -> list[str]:
+    """{"optimizer.lr": 0.001} → ["--config.optimizer.lr=0.001"]: the command-line form of
+    `override`'s values, for command lines printed for people (never parsed back here)."""
+    return [f"--config.{key}={format_value(value)}" for key, value in values.items()]
 
 
 def _lookup(cfg: ml_collections.ConfigDict, key: str):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from hpa_jax.config.inputs import DATA_ORDER, MODEL_INPUT, TrainInput
 from hpa_jax.errors import UserError
 
 DURATION_UNITS = ("steps", "epochs", "examples")
@@ -34,15 +35,9 @@ RESUME_KEYS: dict[str, tuple[str, ...]] = {
         "model.keras_kwargs",
     ),
     "the device layout": ("mesh.data", "mesh.fsdp"),
-    "the model's input": ("data.channels", "data.image_size", "data.label_table", "num_classes"),
-    "the data order": (
-        "seed",
-        "batch_size",
-        "data.split_train",
-        "data.exclude",
-        "data.augment",
-        "data.train_crop",
-    ),
+    # the input pipeline's keys come from its specification (config/inputs.py)
+    MODEL_INPUT: (*TrainInput.resume_keys(MODEL_INPUT), "data.label_table", "num_classes"),
+    DATA_ORDER: TrainInput.resume_keys(DATA_ORDER),
     "the optimizer": (
         "optimizer.name",
         "optimizer.weight_decay",
@@ -88,6 +83,9 @@ RESUME_CHANGEABLE = (
     "data.worker_count",
     "data.cache",
     "data.stage_dir",
+    # what to do with an unreadable record: a run stopped by one resumes with "skip"; the
+    # records read, their order and positions are the same either way
+    "data.on_bad_record",
     # read only when a run starts at step 0: a resumed run restores its weights
     "init_from",
     "model.weights",
@@ -141,6 +139,9 @@ def default_config() -> ml_collections.ConfigDict:
         cache=False,  # keep decoded training images in memory (N·H·W·C bytes) after epoch 1
         augment=True,
         train_crop=0,  # train on random square windows of this many pixels; 0 = whole images
+        # a record that cannot be read: "fail" stops naming its shard, offset and ID; "skip"
+        # trains on without it (WORKDIR/skipped.csv, train/skipped_records; hpa_jax.data.decode)
+        on_bad_record="fail",
     )
     cfg.model = _group(
         name="efficientnet_tiny",  # efficientnet_b0..b7 | efficientnet_tiny | keras:<Application>

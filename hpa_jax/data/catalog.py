@@ -20,7 +20,6 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import fileio
 from hpa_jax.data import dataset
@@ -35,6 +34,7 @@ from hpa_jax.data.tfds_source import (
     tfds_split_catalog,
 )
 from hpa_jax.errors import UserError
+from hpa_jax.progress import progress
 
 _SIDECAR_VERSION = 1
 
@@ -122,7 +122,7 @@ def _scan_records(paths: Sequence[fileio.Path]) -> tuple[list[str], list[list[in
     """Parse every Example (no PNG decode) for its ID and labels."""
     source = TFRecordSource([str(p) for p in paths])
     ids, labels = [], []
-    for i in tqdm(range(len(source)), desc="index IDs", unit="rec", disable=None):
+    for i in progress(range(len(source)), desc="index IDs", unit="rec"):
         parsed = parse_example(source[i])
         ids.append(str(parsed.id))
         labels.append([int(c) for c in parsed.labels])

@@ -1,5 +1,14 @@
 """Per-record work of the input pipeline: parse, decode the chosen PNGs at the target size,
 augment. `LoadRecord` is the picklable transform Grain runs in its threads and worker processes.
+
+A record that cannot be read (a CRC or framing error, a malformed Example, an undecodable PNG,
+labels out of range) is a `BadRecord` naming its shard, byte offset and ID
+(`config.data.on_bad_record="fail"`, the default), or, with `on_bad_record="skip"`, becomes a
+row that counts for nothing: a blank image, every label ignored (`example.IGNORED`: no loss,
+no micro count), `"skipped": True` and the problem in `"problem"`. The row keeps its place in
+the batch, so every other record keeps its position and a resumed run skips the same records
+at the same steps; BatchNorm's batch statistics do see the blank image. Bad records are never
+cached: a later epoch meets them again and decides again.
 """
 
 from __future__ import annotations
@@ -22,6 +31,14 @@ from hpa_jax.data.example import (
     to_uint8,
 )
 from hpa_jax.data.record_source import TFRecordSource
+from hpa_jax.errors import UserError
+
+BAD_RECORD_POLICIES = ("fail", "skip")
+
+
+class BadRecord(UserError):
+    """A record that cannot be read; the message names its shard, byte offset and ID."""
+
 
 _GREY_16 = ("I;16", "I;16B", "I;16L", "I")
 BIT_DEPTHS = {8: np.uint8, 16: np.uint16}
@@ -130,6 +147,8 @@ class LoadRecord:
     cache: DecodedCache | None = None
     parse: Callable[[bytes], ParsedExample] = parse_example
     bits: int = 8
+    on_bad_record: str = "fail"  # "fail" | "skip" (module doc)
+    ids: Sequence[str] = ()  # the catalog's ID of each record, to name one that cannot parse
 
     def _decode(self, record_index: int) -> tuple[np.ndarray, np.ndarray, str]:
         parsed = self.parse(self.source[record_index])
@@ -158,7 +177,15 @@ class LoadRecord:
             return self._padding()
         decoded = None if self.cache is None else self.cache.get(record_index)
         if decoded is None:
-            decoded = self._decode(record_index)
+            try:
+                decoded = self._decode(record_index)
+            except UserError as err:  # RecordError, SchemaError: this record's bytes
+                problem = self._locate(record_index, err)
+                if self.on_bad_record != "skip":
+                    raise BadRecord(
+                        f"{problem}; set config.data.on_bad_record=skip to train past it"
+                    ) from err
+                return self._skipped(record_index, problem)
             if self.cache is not None:
                 self.cache.put(record_index, decoded)
         image, labels, image_id = decoded
@@ -168,12 +195,37 @@ class LoadRecord:
         out = {"image": image, "labels": labels, "id": image_id}
         if self.with_mask:
             out["mask"] = np.bool_(True)
+        if self.on_bad_record == "skip":
+            out["skipped"], out["problem"] = np.bool_(False), ""
+        return out
+
+    def _locate(self, record_index: int, err: Exception) -> str:
+        """'shard S, byte offset O, record J (ID X): problem' for a bad record."""
+        image_id = self.ids[record_index] if record_index < len(self.ids) else "?"
+        if isinstance(self.source, TFRecordSource):
+            path, j, offset = self.source.locate(record_index)
+            return f"{path}: record {j} at byte offset {offset} (ID {image_id!r}): {err}"
+        return f"{self.where}: record {record_index} (ID {image_id!r}): {err}"
+
+    def _skipped(self, record_index: int, problem: str) -> dict:
+        out = {
+            "image": np.zeros((*self.size, len(self.names)), BIT_DEPTHS[self.bits]),
+            "labels": np.full(self.num_classes, IGNORED, np.float32),
+            "id": self.ids[record_index] if record_index < len(self.ids) else "",
+            "skipped": np.bool_(True),
+            "problem": problem,
+        }
+        if self.with_mask:
+            out["mask"] = np.bool_(False)
         return out
 
     def _padding(self):
-        return {
+        out = {
             "image": np.zeros((*self.size, len(self.names)), BIT_DEPTHS[self.bits]),
             "labels": np.zeros(self.num_classes, np.float32),
             "id": "",
             "mask": np.bool_(False),
         }
+        if self.on_bad_record == "skip":
+            out["skipped"], out["problem"] = np.bool_(False), ""
+        return out

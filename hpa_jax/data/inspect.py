@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
@@ -24,6 +23,7 @@ from hpa_jax.data.record_index import is_shard_name
 from hpa_jax.data.record_source import build_index, expand_paths
 from hpa_jax.data.tfrecord import scan_frames
 from hpa_jax.errors import UserError
+from hpa_jax.progress import progress as progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ def _inspect_files(files: list, table, progress: bool) -> InspectReport:
     report.label_counts = np.zeros(table.num_classes, np.int64)
     total = _count_records(files)
     first_seen: dict[str, tuple[str, int]] = {}
-    with tqdm(total=total, unit="rec", desc="inspect", disable=None if progress else True) as bar:
+    with progress_bar(total=total, unit="rec", desc="inspect", enabled=progress) as bar:
         for path in files:
             count = 0
             for frame in scan_frames(path, verify=True):

@@ -6,7 +6,9 @@ or a test folder's sample_submission.csv (`kaggle_csv.py`): its images convert u
 no split.csv and `"unlabelled": true` in dataset.json. Output: the dataset folder of
 docs/architecture.md, written as N shard tasks in worker processes. An unresized single-channel
 PNG is stored byte for byte (8- or 16-bit); anything else is decoded and re-encoded, and `size`
-resizes every channel to size x size (as 8-bit).
+resizes every channel to size x size in its own depth: a 16-bit source stays 16-bit (resized on
+its 16-bit values), an 8-bit one 8-bit. dataset.json says what was stored: `resized_to` and
+`bit_depths` (the depths of the stored channels, e.g. [16]).
 
 Resumable: `OUT/convert.json` holds a hash of what determines the output (the CSV's bytes, the
 input folder, shard count, size, label table). Each shard is written under a temporary name and
@@ -38,7 +40,7 @@ from hpa_jax.labels import LabelError, LabelTable
 EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MANIFEST_DIR = ".convert"
 CONVERT_JSON = "convert.json"
-FORMAT_VERSION = 1  # bump when the bytes written for the same input change
+FORMAT_VERSION = 2  # bump when the bytes written for the same input change (2: 16-bit resize)
 # an RGB(A) channel file (HPA's external JPEGs) keeps the plane of its own colour
 _RGB_PLANE = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
 
@@ -136,11 +138,12 @@ def _read_with_skimage(path: fileio.Path, pillow_error) -> np.ndarray:
 
 
 def resize(array: np.ndarray, size: int) -> np.ndarray:
-    """uint8|uint16[H, W] → uint8[size, size] (16-bit scaled by 1/257), area-aware bilinear."""
-    scale = 257.0 if array.dtype == np.uint16 else 1.0
-    image = Image.fromarray(array.astype(np.float32) / np.float32(scale), mode="F")
+    """uint8|uint16[H, W] → the same dtype at [size, size], area-aware bilinear on the values
+    as stored (a 16-bit source keeps its 16 bits: no rounding to 256 levels on the way)."""
+    top = float(np.iinfo(array.dtype).max)
+    image = Image.fromarray(array.astype(np.float32), mode="F")
     out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(out), 0, top).astype(array.dtype)
 
 
 def _passthrough_png(path: fileio.Path) -> bytes | None:
@@ -194,7 +197,7 @@ class ShardTask:
 
 def convert_shard(task: ShardTask) -> dict:
     """Write one shard (atomically) and then its manifest; return the manifest dict."""
-    ids, labels, skipped, sizes = [], [], [], set()
+    ids, labels, skipped, sizes, depths = [], [], [], set(), set()
     with TFRecordWriter(task.path) as writer:
         for image_id, classes, files in task.rows:
             try:
@@ -209,6 +212,7 @@ def convert_shard(task: ShardTask) -> dict:
             ids.append(image_id)
             labels.append(list(classes))
             sizes.add(_record_size(channels))
+            depths |= _record_depths(channels)
     manifest = {
         "options_hash": task.options_hash,
         "shard": task.path.name,
@@ -217,6 +221,7 @@ def convert_shard(task: ShardTask) -> dict:
         "labels": labels,
         "skipped": skipped,
         "sizes": sorted(sizes),
+        "depths": sorted(depths),
     }
     fileio.write_text(task.manifest, json.dumps(manifest) + "\n")
     return manifest
@@ -225,6 +230,13 @@ def convert_shard(task: ShardTask) -> dict:
 def _record_size(channels: dict) -> tuple[int, int]:
     red = channels["red"]
     return png_info(red)[:2] if isinstance(red, bytes) else tuple(red.shape)
+
+
+def _record_depths(channels: dict) -> set[int]:
+    """The bit depths (8, 16) of a record's stored channels."""
+    return {
+        png_info(c)[2] if isinstance(c, bytes) else 8 * c.dtype.itemsize for c in channels.values()
+    }
 
 
 def finished_manifest(task: ShardTask) -> dict | None:
@@ -293,7 +305,8 @@ def convert(
     """Convert a Kaggle HPA folder into a dataset folder; return a summary dict.
 
     Summary keys: out_dir, label_table, unlabelled, num_records, shards (names), resumed (shards
-    found complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width.
+    found complete and kept), skipped ([(ID, reason)]), class_counts ({name: n}), height, width,
+    bit_depths (of the stored channels: [8], [16] or [8, 16]).
     Raises UserError for bad arguments, and ConvertError on the first bad record when on_error
     is "fail" (None: a test folder's default, else "skip"; finished shards stay for a re-run).
     A gs:// `out_dir` is written locally and uploaded whole; the input is read from local disk.
@@ -400,12 +413,13 @@ def _finish(
     unlabelled,
 ) -> dict:
     """Gather the shard manifests into train.csv, split.csv, skipped.csv and dataset.json."""
-    ids, labels, sizes, skipped = [], [], set(), list(bad_rows)
+    ids, labels, sizes, skipped, depths = [], [], set(), list(bad_rows), set()
     for task in tasks:
         manifest = manifests[task.path.name]
         ids += manifest["ids"]
         labels += [tuple(ls) for ls in manifest["labels"]]
         sizes |= {tuple(s) for s in manifest["sizes"]}
+        depths |= set(manifest.get("depths", ()))
         skipped += [tuple(s) for s in manifest["skipped"]]
     skipped_csv = out_dir / dataset.SKIPPED_CSV
     if not ids:
@@ -428,6 +442,7 @@ def _finish(
             "input_dir": str(input_dir),
             "csv": str(csv_path),
             "resized_to": size,
+            "bit_depths": sorted(depths),
             "num_skipped": len(skipped),
         },
     )
@@ -445,4 +460,34 @@ def _finish(
         "class_counts": writer_lib.class_counts(table, labels),
         "height": height,
         "width": width,
+        "bit_depths": sorted(depths),
     }
+
+
+# ------------------------------------------------------------------------------ test folders
+
+TEST_CSV = "sample_submission.csv"  # lists a competition folder's test images
+TEST_DIR = "test"
+
+
+def is_test_folder(folder) -> bool:
+    """Whether `folder` is a Kaggle competition folder: `sample_submission.csv` and `test/`."""
+    folder = fileio.as_path(folder)
+    return (folder / TEST_CSV).is_file() and (folder / TEST_DIR).is_dir()
+
+
+def test_folder_sizes(folder) -> tuple[str, dict[str, tuple[int, int]]]:
+    """(label table name, {ID: (height, width)}) of a competition folder's test images, in the
+    order of its sample_submission.csv; sizes from each image's red channel header (no decode).
+    UserError naming a missing image."""
+    folder = fileio.as_path(folder)
+    table, raw, _ = read_listing(folder / TEST_CSV)
+    files = index_files(folder / TEST_DIR)
+    sizes = {}
+    for _, image_id, _ in raw:
+        red = find_channels(files, image_id)["red"]
+        if red is None:
+            raise UserError(f"{folder / TEST_DIR}: no red channel of test image {image_id!r}")
+        with Image.open(folder / TEST_DIR / red) as image:
+            sizes[image_id] = (image.height, image.width)
+    return table.name, sizes

@@ -72,3 +72,38 @@ def submission_2018_text(ids, decided, probs) -> str:
         classes = np.flatnonzero(row) if row.any() else [int(np.argmax(p))]
         rows.append((image_id, " ".join(str(int(c)) for c in classes)))
     return dataset.csv_text(SUBMISSION_2018_COLUMNS, rows)
+
+
+def check_submission_2018(path: str | os.PathLike, ids) -> list[tuple[str, str, str]]:
+    """Every problem of a 2018 submission (`Id,Predicted`) for the images `ids`, as (ID, field,
+    message): the header, each image exactly once and no other, Predicted a non-empty list of
+    distinct classes 0..27 separated by spaces. UserError if the file cannot be read."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path}: cannot read CSV ({err})") from None
+    if not rows or tuple(h.strip() for h in rows[0]) != SUBMISSION_2018_COLUMNS:
+        got = rows[0] if rows else None
+        return [("<header>", "header", f"must be {','.join(SUBMISSION_2018_COLUMNS)}, got {got}")]
+    problems, seen, wanted = [], {}, set(ids)
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        image_id = row[0].strip()
+        if len(row) != 2 or not image_id:
+            problems.append((image_id or f"<line {line}>", "row", f"line {line}: {row!r}"))
+            continue
+        if image_id in seen:
+            problems.append((image_id, "Id", f"line {line}: repeated (line {seen[image_id]})"))
+            continue
+        seen[image_id] = line
+        if image_id not in wanted:
+            problems.append((image_id, "Id", f"line {line}: not an image of the test set"))
+        tokens = row[1].split()
+        bad = [t for t in tokens if not t.isdigit() or int(t) >= HPA_2018.num_classes]
+        if not tokens or bad or len(set(tokens)) != len(tokens):
+            why = f"classes {bad} outside 0..27" if bad else "empty or repeated classes"
+            problems.append((image_id, "Predicted", f"line {line}: {row[1]!r}: {why}"))
+    problems += [(i, "Id", "missing: no row for this image") for i in ids if i not in seen]
+    return problems

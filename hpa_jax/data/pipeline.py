@@ -1,6 +1,7 @@
 """The Grain input pipeline: dataset folder → checkpointable iterators of host batches.
 
-Training (`make_train_iterator`), for the selected records r_0 … r_{N-1} (split and exclusions
+Training (`make_train_iterator(data_dir, spec)`, every option in one `config.inputs.TrainInput`),
+for the selected records r_0 … r_{N-1} (split and exclusions
 applied by ID):
 
     MapDataset.range(N) → shuffle(seed)          a fresh permutation P_e of 0..N-1 in epoch e,
@@ -51,9 +52,10 @@ import numpy as np
 from absl import flags
 from grain.multiprocessing import SharedMemoryArray
 
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import augment as augment_lib
 from hpa_jax.data import catalog as catalog_lib
-from hpa_jax.data.decode import DecodedCache, LoadRecord
+from hpa_jax.data.decode import BAD_RECORD_POLICIES, DecodedCache, LoadRecord
 from hpa_jax.data.example import SchemaError, channel_names, png_info
 from hpa_jax.data.tfds_source import TfdsDataset
 from hpa_jax.errors import UserError
@@ -105,26 +107,17 @@ def _threaded(ds, worker_count: int, num_threads: int | None):
     return it_ds
 
 
-def _fingerprint(
-    kind: str,
-    records: np.ndarray,
-    batch_size: int,
-    process_index: int,
-    process_count: int,
-    *,
-    seed: int | None = None,
-    crop=None,
+def _eval_fingerprint(
+    records: np.ndarray, batch_size: int, process_index: int, process_count: int
 ) -> dict:
-    """A JSON-able summary of what a saved state is only valid for (train: with the seed; the
-    crop only when cropping, so states saved before crops existed stay valid)."""
-    fields = {"kind": kind} | ({} if seed is None else {"seed": int(seed)})
-    fields |= {
+    """A JSON-able summary of what a saved eval state is only valid for."""
+    return {
+        "kind": "eval",
         "batch_size": int(batch_size),
         "process_index": process_index,
         "process_count": process_count,
+        "records": hashlib.sha256(records.tobytes()).hexdigest()[:16],
     }
-    fields |= {} if crop is None else {"crop": list(crop)}
-    return fields | {"records": hashlib.sha256(records.tobytes()).hexdigest()[:16]}
 
 
 class PipelineIterator(grain.DatasetIterator):
@@ -304,6 +297,10 @@ def _loader(
 ) -> LoadRecord:
     """The per-record transform over a selection's records."""
     source, names = chosen.catalog.open_source(), channel_names(channels)
+    if options.get("on_bad_record", "fail") not in BAD_RECORD_POLICIES:
+        raise UserError(
+            f"on_bad_record={options['on_bad_record']!r}: give one of {BAD_RECORD_POLICIES}"
+        )
     return LoadRecord(
         source=source,
         where=str(chosen.data_dir),
@@ -312,75 +309,99 @@ def _loader(
         num_classes=chosen.num_classes,
         parse=chosen.catalog.parse,
         bits=_bit_depth(chosen, source, names, bit_depth),
+        ids=tuple(chosen.catalog.ids),
         **options,
     )
 
 
-def make_train_iterator(
+def _augment_config(spec: TrainInput) -> augment_lib.AugmentConfig | None:
+    """The per-record augmentation of a spec: the usual one when `augment`, a random crop of
+    `crop` on top (or alone), or None."""
+    if spec.crop:
+        if spec.augment:
+            return augment_lib.AugmentConfig(crop=spec.crop)
+        return augment_lib.AugmentConfig(
+            flips=False, rotations=False, brightness=0.0, contrast=0.0, crop=spec.crop
+        )
+    return augment_lib.AugmentConfig() if spec.augment else None
+
+
+def _train_selection(data_dir, spec: TrainInput, process_index, process_count):
+    """(p, P, the selection, the iterator state's fingerprint) of a spec's training input."""
+    p, n_proc, chosen = _select(
+        data_dir, spec.split, spec.exclude, spec.num_classes, process_index, process_count
+    )
+    per_process = len(chosen.records) // n_proc
+    if spec.batch_size <= 0 or per_process < spec.batch_size:
+        raise UserError(
+            f"{data_dir}: split {spec.split!r} has {len(chosen.records)} records, {per_process} "
+            f"per process for {n_proc} processes: too few for batch_size={spec.batch_size}"
+        )
+    records_hash = hashlib.sha256(chosen.records.tobytes()).hexdigest()[:16]
+    fingerprint = {"kind": "train", **spec.fingerprint(), "process_index": p}
+    fingerprint |= {"process_count": n_proc, "records": records_hash}
+    if n_proc > 1:  # one process reads the stream it always read; several read rows (docstring)
+        fingerprint["rows"] = "process p: rows p*B..(p+1)*B-1 of every global batch"
+    return p, n_proc, chosen, fingerprint
+
+
+def train_fingerprint(
     data_dir: str | os.PathLike | TfdsDataset,
-    *,
-    batch_size: int,
-    image_size: int | tuple[int, int],
-    channels: str | Sequence[str],
-    seed: int,
-    split: str = "train",
-    exclude: Iterable[str] = (),
-    augment: bool | augment_lib.AugmentConfig = True,
-    worker_count: int = 0,
+    spec: TrainInput,
     process_index: int | None = None,
     process_count: int | None = None,
-    num_classes: int | None = None,
-    num_threads: int | None = None,
-    cache: bool = False,
-    bit_depth: int | str = "auto",
-):
-    """Endless, shuffled, augmented batches of this process's share of a split.
+) -> dict:
+    """What `make_train_iterator(data_dir, spec, ...)` records as its pipeline in a state
+    (reads the selection, starts nothing)."""
+    return _train_selection(data_dir, spec, process_index, process_count)[3]
 
-    Yields {"image": uint8|uint16[B, H, W, C] (`bit_depth`: see the module docstring),
-    "labels": float32[B, K], "id": str[B]}, B = batch_size (per process), (H, W) = image_size,
-    C = number of channels. Every process must pass the same `seed` (it fixes the global
-    permutation the processes split). `augment` is True (defaults), False, or an `AugmentConfig`.
+
+def make_train_iterator(
+    data_dir: str | os.PathLike | TfdsDataset,
+    spec: TrainInput,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+    """Endless, shuffled, augmented batches of this process's share of `spec.split`.
+
+    Yields {"image": uint8|uint16[B, H, W, C] (`spec.bit_depth`: see the module docstring),
+    "labels": float32[B, K], "id": str[B]}, B = spec.batch_size (per process), (H, W) =
+    spec.image_size, C = number of channels. Every process must use the same `spec.seed` (it
+    fixes the global permutation the processes split); the process layout defaults to JAX's.
     The returned iterator has `get_state()`/`set_state()` (JSON) and `steps_per_epoch`; call
-    `close()` when done if worker_count > 0. Worker processes are spawned (not forked), so a script
-    using them needs an `if __name__ == "__main__":` guard. `cache=True` keeps every decoded record
-    in memory (see `DecodedCache`): the same batches, without parsing and decoding each record again
-    every epoch.
+    `close()` when done if spec.worker_count > 0. Worker processes are spawned (not forked), so a
+    script using them needs an `if __name__ == "__main__":` guard. `spec.cache` keeps every
+    decoded record in memory (see `DecodedCache`): the same batches, without parsing and decoding
+    each record again every epoch. `spec.on_bad_record`: "fail" (a record that cannot be read
+    raises `decode.BadRecord` naming shard, offset and ID) or "skip" (its row kept blank, every
+    label ignored, with "skipped": bool[B] and "problem": str[B] in every batch; see `decode`).
     """
-    p, n_proc, chosen = _select(data_dir, split, exclude, num_classes, process_index, process_count)
-    records = chosen.records
+    p, n_proc, chosen, fingerprint = _train_selection(data_dir, spec, process_index, process_count)
+    records, batch_size = chosen.records, spec.batch_size
     per_process = len(records) // n_proc
-    if batch_size <= 0 or per_process < batch_size:
-        raise UserError(
-            f"{data_dir}: split {split!r} has {len(records)} records, {per_process} per process "
-            f"for {n_proc} processes: too few for batch_size={batch_size}"
-        )
-    if augment is True:
-        augment = augment_lib.AugmentConfig()
     load = _loader(
         chosen,
-        channels,
-        image_size,
-        bit_depth,
-        seed=int(seed),
-        augment=augment or None,
-        cache=DecodedCache() if cache else None,
+        spec.channels,
+        spec.image_size,
+        spec.bit_depth,
+        seed=int(spec.seed),
+        augment=_augment_config(spec),
+        cache=DecodedCache() if spec.cache else None,
+        on_bad_record=spec.on_bad_record,
     )
-    order = grain.MapDataset.range(len(records)).shuffle(seed=int(seed) % 2**32)
+    order = grain.MapDataset.range(len(records)).shuffle(seed=int(spec.seed) % 2**32)
     ds = (
         grain.MapDataset.range(1)
         .repeat()
         .map_with_index(_GlobalBatchRows(order, records, batch_size, p, n_proc))
     )
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
-    crop = augment.crop if augment and augment.crop else None
-    fingerprint = _fingerprint("train", records, batch_size, p, n_proc, seed=seed, crop=crop)
-    if n_proc > 1:  # the order of 2026-12-04 on; one process reads the same stream as before
-        fingerprint["rows"] = "process p: rows p*B..(p+1)*B-1 of every global batch"
     return PipelineIterator(
         ds,
         fingerprint,
-        worker_count=worker_count,
-        num_threads=num_threads,
+        worker_count=spec.worker_count,
+        num_threads=spec.num_threads,
         num_records=per_process,
         steps_per_epoch=per_process // batch_size,
     )
@@ -400,6 +421,7 @@ def make_eval_iterator(
     num_classes: int | None = None,
     num_threads: int | None = None,
     bit_depth: int | str = "auto",
+    on_bad_record: str = "fail",
 ):
     """One pass over this process's share of a split, in file order, no augmentation.
 
@@ -416,10 +438,19 @@ def make_eval_iterator(
     num_batches = math.ceil(math.ceil(len(records) / n_proc) / batch_size)
     padded = np.full(num_batches * batch_size, -1, np.int64)
     padded[: len(mine)] = mine
-    load = _loader(chosen, channels, image_size, bit_depth, seed=0, augment=None, with_mask=True)
+    load = _loader(
+        chosen,
+        channels,
+        image_size,
+        bit_depth,
+        seed=0,
+        augment=None,
+        with_mask=True,
+        on_bad_record=on_bad_record,
+    )
     ds = grain.MapDataset.source(padded).map(_eval_item)
     ds = ds.map(load).batch(batch_size, drop_remainder=True)
-    fingerprint = _fingerprint("eval", records, batch_size, p, n_proc)
+    fingerprint = _eval_fingerprint(records, batch_size, p, n_proc)
     return PipelineIterator(
         ds,
         fingerprint,

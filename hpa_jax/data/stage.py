@@ -44,11 +44,11 @@ import tempfile
 import time
 
 import google_crc32c
-from tqdm import tqdm
 
 from hpa_jax import fileio
 from hpa_jax.data import record_index
 from hpa_jax.errors import UserError
+from hpa_jax.progress import progress as progress_bar
 
 MANIFEST = ".staged.json"
 _MANIFEST_VERSION = 1
@@ -343,13 +343,8 @@ def stage(
         [f for f in plan.todo if not f.rel.endswith(".tfrecord")],
         [f for f in plan.todo if f.rel.endswith(".tfrecord")],
     ]
-    with tqdm(
-        total=report.bytes_copied,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="stage",
-        disable=None if progress else True,
+    with progress_bar(
+        total=report.bytes_copied, unit="B", unit_scale=True, desc="stage", enabled=progress
     ) as bar:
         for phase in phases:
             entries.update(_copy_all(src, dest, phase, bar, workers))

@@ -27,12 +27,15 @@ TensorFlow (TFDS 4.9.10, as found here; TensorFlow is not a dependency of hpa-ja
   over as `io.BytesIO` (the same bytes `data synth` writes). A Sequence of Sequences (ragged) also
   needs TensorFlow to serialize, hence `cell_labels` as a dense bool[cells, K]. The `tfds build`
   command imports TensorFlow: build with `tfds.data_source(name)` (download=True) or `build()`.
-- Reading: `tfds.data_source(...)` needs none. Its default numpy decoding decodes Images with
-  OpenCV when installed, else Pillow, and Pillow there handles only uint8 features: the uint8
-  channels decode, but a uint16 one (`cells`, `nuclei`, kaggle2021's channels) raises "PIL
-  does not handle uint16 images", failing the whole example, unless OpenCV is installed or
-  `decoders={"cells": tfds.decode.SkipDecoding(), "nuclei": ...}` asks for those features'
-  PNG bytes (decode them with `example.decode_png`). The pipeline reads with
+- Reading: `tfds.data_source(...)` needs none. TFDS's own Image feature decodes with OpenCV
+  when installed, else with Pillow, which it allows for uint8 only ("PIL does not handle
+  uint16 images"), so a uint16 feature (`cells`, `nuclei`, kaggle2021's channels) would fail
+  the whole example without OpenCV. Every image feature here is therefore `PngImage`, TFDS's
+  Image (same PNG storage, same JSON description) whose numpy decoding is ours: Pillow reads
+  8- and 16-bit grey PNGs (`example.decode_png`), giving the values OpenCV gives, so
+  `tfds.data_source(name)[i]["cells"]` is a uint16[H, W, 1] array with neither OpenCV nor
+  TensorFlow (TFDS finds the class by its module name when it reads features.json). The
+  pipeline reads with
   `deserialize_method=RAW_BYTES` (the serialized tf.train.Example), parses it with the protobuf
   classes `example.py` uses (`tfds_source.parse_tfds_record`) and decodes the PNGs with
   `decode.py`, as it does TFRecords: the same records give the same images.
@@ -65,6 +68,7 @@ __all__ = [
     "NAME",
     "HpaConfig",
     "HpaProteinAtlas",
+    "PngImage",
     "TfdsDataset",
     "build",
     "synthetic_config",
@@ -85,6 +89,17 @@ there, use the subfolders MANUAL_DIR/kaggle2021/ and MANUAL_DIR/kaggle2018/ (eac
 train.csv and train/), which are looked in first. Records whose files are missing or unreadable
 are left out and listed in the dataset's metadata.json under "skipped".
 """
+
+
+class PngImage(tfds.features.Image):
+    """TFDS's Image feature for single-channel 8- or 16-bit PNGs, decoded to numpy by Pillow
+    (`example.decode_png`): uint8|uint16[H, W, 1] without OpenCV (module doc)."""
+
+    def decode_example_np(self, example: bytes) -> np.ndarray:
+        array = decode_png(
+            bytes(example), what=f"TFDS {np.dtype(self.np_dtype).name} image feature"
+        )
+        return np.asarray(array, self.np_dtype).reshape(array.shape[:2] + (1,))
 
 
 @dataclasses.dataclass(eq=False)
@@ -196,7 +211,7 @@ class HpaProteinAtlas(tfds.core.GeneratorBasedBuilder):
         table = get_table(cfg.label_table)
 
         def image(dtype):
-            return tfds.features.Image(shape=(None, None, 1), dtype=dtype, encoding_format="png")
+            return PngImage(shape=(None, None, 1), dtype=dtype, encoding_format="png")
 
         features = {
             "id": tfds.features.Text(),

@@ -13,11 +13,11 @@ import dataclasses
 import tensorflow_datasets as tfds
 from google.protobuf.message import DecodeError
 from tensorflow_datasets.proto import tf_example_generated_pb2
-from tqdm import tqdm
 
 from hpa_jax.data.example import CHANNELS, ParsedExample, SchemaError
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2018, HPA_2021
+from hpa_jax.progress import progress
 
 TFDS_CATALOG_VERSION = 1  # of the catalog `hpa_jax.data.tfds` writes into metadata.json
 
@@ -93,7 +93,7 @@ def tfds_split_catalog(ds: TfdsDataset, split: str) -> tuple[str, list[str], lis
 
 def _scan_tfds(ds: TfdsDataset, split: str) -> dict:
     source = open_tfds_source(ds, split)
-    bar = tqdm(range(len(source)), desc=f"index IDs ({split})", unit="rec", disable=None)
+    bar = progress(range(len(source)), desc=f"index IDs ({split})", unit="rec")
     parsed = [parse_tfds_record(source[i]) for i in bar]
     return {"ids": [p.id for p in parsed], "labels": [p.labels for p in parsed]}
 

@@ -12,14 +12,13 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from tqdm import tqdm
-
 from hpa_jax import fileio
 from hpa_jax.data import dataset
 from hpa_jax.data import split as split_lib
 from hpa_jax.data.example import CHANNELS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
+from hpa_jax.progress import progress
 
 
 def shard_ranges(num_items: int, num_shards: int) -> list[range]:
@@ -61,14 +60,15 @@ def remove_temporaries(out_dir: str | os.PathLike) -> int:
 def run_tasks(
     fn: Callable, tasks: Sequence, *, workers: int, desc: str, unit: str = "shard"
 ) -> Iterator:
-    """Yield `fn(task)` for each task, in completion order, with a tqdm bar.
+    """Yield `fn(task)` for each task, in completion order, with progress (a bar, or plain
+    lines in a log: `hpa_jax.progress`).
 
     workers <= 1 runs in this process. Otherwise a pool of `spawn`ed processes runs the tasks
     (spawn, not fork: the caller may have started JAX's threads, which fork would copy
     mid-flight). `fn` must be a module-level function and tasks picklable. An exception in a
     task is re-raised here and the pool is stopped.
     """
-    bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=None)
+    bar = progress(total=len(tasks), desc=desc, unit=unit)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:
@@ -185,3 +185,44 @@ def _rebase(value, old: str, new: str):
     if isinstance(value, list | tuple):
         return type(value)(_rebase(v, old, new) for v in value)
     return value
+
+
+def synthesis_lines(summary: dict) -> list[str]:
+    """What `hpa-jax data synth` prints of `synthetic.synthesize`'s summary: size, seed, images
+    per class, planted anomalies and the files written."""
+    n = summary["num_images"]
+    planted = ", ".join(f"{kind} {count}" for kind, count in summary["anomalies"].items())
+    lines = [
+        f"synthesized {n} images of {summary['size']} px (seed {summary['seed']}, "
+        f"preset {summary['preset']})",
+        "images per class (recorded labels):",
+        format_counts(summary["class_counts"], n),
+        f"anomalies planted: {sum(summary['anomalies'].values())} ({planted})",
+    ]
+    return lines + [f"  {what:<7} {path}" for what, path in summary["files"].items()]
+
+
+def conversion_lines(summary: dict, out, shown: int = 20) -> list[str]:
+    """What `hpa-jax data convert` prints of `kaggle.convert`'s summary: records and shards,
+    the label table and images per class (or that the folder is unlabelled), the first `shown`
+    skipped records (all of them in `out`/skipped.csv)."""
+    n = summary["num_records"]
+    lines = [
+        f"converted {n} records into {len(summary['shards'])} shards in {summary['out_dir']} "
+        f"({summary['resumed']} shards already complete, kept; "
+        f"{'/'.join(str(b) for b in summary['bit_depths'])}-bit channels)"
+    ]
+    if summary["unlabelled"]:
+        lines.append(
+            f"label table {summary['label_table']}; a test folder: the images are unlabelled, "
+            "no split.csv (predict it with --split all, the default)"
+        )
+    else:
+        lines.append(f"label table {summary['label_table']}; images per class:")
+        lines.append(format_counts(summary["class_counts"], n))
+    skipped = summary["skipped"]
+    lines.append(f"skipped {len(skipped)} records (listed in {os.path.join(out, 'skipped.csv')})")
+    lines += [f"  {image_id}: {reason}" for image_id, reason in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more")
+    return lines

@@ -62,18 +62,18 @@ def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> fileio.Path
 def load_converted(out_dir: str | os.PathLike) -> tuple[dict, dict]:
     """Read a `save_converted` folder → (pure nested dict of numpy arrays, meta dict)."""
     out_dir = _absolute(out_dir)
-    meta_path = out_dir / "meta.json"
-    if not meta_path.is_file() or not (out_dir / "state").is_dir():
+    meta_file = out_dir / "meta.json"
+    if not meta_file.is_file() or not (out_dir / "state").is_dir():
         raise WeightsError(
             f"{out_dir}: not a converted-weights folder (needs meta.json and "
             "state/, as `hpa-jax convert-weights` writes)"
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as err:
-        raise WeightsError(f"{meta_path}: not valid JSON: {err}") from None
+        raise WeightsError(f"{meta_file}: not valid JSON: {err}") from None
     if meta.get("format") != META_FORMAT:
-        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+        raise WeightsError(f"{meta_file}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
     checkpointer = ocp.StandardCheckpointer()
     try:
         pure = checkpointer.restore(out_dir / "state")

@@ -45,9 +45,9 @@ PREPROCESS_MODES = {
     "convnext": "none",
     "mobilenet_v3": "none",
 }
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
@@ -96,18 +96,23 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
     if mode == "caffe":
         if channels >= 3:  # Keras's caffe mode flips RGB to BGR; extra stains stay last
             x = jnp.concatenate([x[..., 2::-1], x[..., 3:]], axis=-1)
-        return x - _per_channel(_CAFFE_BGR_MEAN, channels)
+        return x - per_channel(CAFFE_BGR_MEAN, channels)
     if mode == "torch":
         x = x / 255.0
-        return (x - _per_channel(_TORCH_MEAN, channels)) / _per_channel(_TORCH_STD, channels)
+        return (x - per_channel(TORCH_MEAN, channels)) / per_channel(TORCH_STD, channels)
     raise ValueError(f"unknown preprocessing mode {mode!r}")
 
 
-def _per_channel(rgb: Sequence[float], channels: int) -> jax.Array:
+def per_channel(rgb: Sequence[float], channels: int) -> jax.Array:
     """The 3 RGB constants, extended to `channels` with their mean (one channel: the mean)."""
+    return jnp.asarray(channel_constants(rgb, channels))
+
+
+def channel_constants(rgb: Sequence[float], channels: int) -> np.ndarray:
+    """`per_channel`'s values as float32 numpy (what the Keras export's layers hold)."""
     mean = float(np.mean(rgb))
     values = list(rgb) + [mean] * (channels - 3) if channels >= 3 else [mean] * channels
-    return jnp.asarray(values, jnp.float32)
+    return np.asarray(values, np.float32)
 
 
 @dataclasses.dataclass(eq=False, frozen=True)
@@ -215,7 +220,7 @@ def normalization_from(model, non_trainable: list):
     """
     index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
     saved = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         adapted = getattr(layer, "adapt_mean", None) is not None
         if isinstance(layer, keras.layers.Normalization) and adapted:
             saved.append((layer, layer.mean, layer.variance))
@@ -229,12 +234,12 @@ def normalization_from(model, non_trainable: list):
             layer.mean, layer.variance = mean, variance
 
 
-def _all_layers(model):
+def all_layers(model):
     """Every layer of `model`, nested models' layers included (depth first)."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
 
 
 KERAS_DROP_CONNECT = 0.2  # keras.applications EfficientNet's fixed drop_connect_rate

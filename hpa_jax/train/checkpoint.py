@@ -10,10 +10,24 @@ donate them). Kept: the last `keep` checkpoints and the best one by a validation
 whose runtime announces a preemption, orbax's preemption policy saves at the sync point.
 The workdir may be on object storage (`gs://...`): orbax writes there through tensorstore and
 marks a save complete only when every array is written (`fileio.as_path`, never `pathlib`).
+
+Failures (docs/reliability.md). A save is committed whole or not at all (orbax: a temporary
+folder renamed into place on local disk, a `commit_success.txt` written last on object
+storage); an uncommitted step is never restored and is removed when the next Checkpointer opens
+(`cleanup_tmp_directories`). On object storage a save that fails (a 503 that outlasted the
+client's request retries, an upload session lost with a dropped answer) is tried again: the
+partial step is removed, a fresh manager opened (orbax's is unusable after a failed save) and
+the same state saved anew, up to `fileio.RETRIES` times with backoff. So that the state is still
+there to save again, a remote save blocks until it is committed; on local disk saves stay
+asynchronous. What still fails raises `errors.StorageError` naming the checkpoint (local disk:
+ENOSPC and the like at once); the checkpoints saved before it stay.
 """
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from typing import Any
 
 import jax
@@ -23,12 +37,14 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hpa_jax import fileio
-from hpa_jax.errors import UserError
+from hpa_jax.errors import StorageError, UserError
 from hpa_jax.models import converted
 from hpa_jax.train.state import merge_model, split_model
 
 SUBDIR = "checkpoints"
 ITEMS = ("state", "meta", "data")
+COMMIT_FILE = "commit_success.txt"  # orbax on object storage: written last, marks a step whole
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
@@ -116,11 +132,62 @@ class Checkpointer:
                 ]
             ),
             preservation_policy=policies.AnyPreservationPolicy(keepers),
-            enable_async_checkpointing=async_save,
+            # a remote save waits for its commit, so that a failed one can be saved again
+            enable_async_checkpointing=async_save and not fileio.is_remote(self.directory),
             create=not read_only,
             read_only=read_only,
+            # uncommitted steps of a killed or failed save (never restored) go at open
+            cleanup_tmp_directories=not read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._options = options
+        self.remote = fileio.is_remote(self.directory)
+        self.tries = fileio.RETRIES if self.remote else 1
+        if not read_only and jax.process_index() == 0:
+            self._remove_uncommitted()
+        self.manager = self._open()
+
+    def _remove_uncommitted(self) -> list[str]:
+        """Remove the steps whose save never completed (a kill, a full disk, a failed upload):
+        orbax's temporary folders on local disk, step folders without `commit_success.txt` on
+        object storage. Orbax never restores them; this makes sure nothing is left of them
+        before the next save (orbax's own clean-up at open runs in the background)."""
+        if not fileio.retry(self.directory.exists, f"listing {self.directory}"):
+            return []
+        removed = []
+        for child in fileio.retry(
+            lambda: list(self.directory.iterdir()), f"listing {self.directory}"
+        ):
+            name = child.name
+            if ".orbax-checkpoint-tmp" in name:
+                uncommitted = True
+            elif self.remote and name.isdigit():
+                uncommitted = not fileio.retry(
+                    (child / COMMIT_FILE).exists, f"reading {child / COMMIT_FILE}"
+                )
+            else:
+                uncommitted = False
+            if uncommitted:
+                log.warning("removing the uncommitted checkpoint %s", child)
+                # (a failed save's last writes may still land while it goes: try again)
+                fileio.retry(lambda c=child: fileio.remove(c), f"removing {child}")
+                removed.append(name)
+        return removed
+
+    def _open(self) -> ocp.CheckpointManager:
+        return fileio.retry(
+            lambda: ocp.CheckpointManager(self.directory, options=self._options, item_names=ITEMS),
+            f"opening the checkpoints in {self.directory}",
+        )
+
+    def _reopen_without(self, step: int) -> None:
+        """After a failed save: a fresh manager (the failed one's executor is shut down), the
+        partial step removed first."""
+        try:
+            self.manager.close()
+        except Exception:  # the failure it holds is the one being handled
+            pass
+        fileio.remove(self.directory / str(step))
+        self.manager = self._open()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -153,22 +220,50 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_state or {}),
         )
         clean = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        return self.manager.save(int(step), args=args, metrics=clean, force=force)
+        where = self.directory / str(step)
+        delay = fileio.BACKOFF_SECONDS
+        for attempt in range(1, self.tries + 1):
+            try:
+                started = self.manager.save(int(step), args=args, metrics=clean, force=force)
+                if self.remote:
+                    self.manager.wait_until_finished()
+                elif started:
+                    self._in_flight = where
+                return started
+            except StorageError:
+                raise
+            except Exception as err:
+                # local disk: an error here may be the previous asynchronous save's
+                if not self.remote:
+                    where = getattr(self, "_in_flight", None) or where
+                if attempt == self.tries or fileio.is_local_disk_error(err):
+                    self._failed = True
+                    raise fileio.storage_error(f"saving checkpoint {where}", err, attempt) from err
+                log.warning(
+                    "saving checkpoint %s failed (%s: %s); removing it and saving again (%d/%d)",
+                    where,
+                    type(err).__name__,
+                    str(err)[:200],
+                    attempt + 1,
+                    self.tries,
+                )
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 16.0)
+                self._reopen_without(int(step))
+        raise AssertionError("unreachable")
 
     def restore(self, step: int, abstract_state):
         """(state, rng uint32[2], data_state) of checkpoint `step`, arrays on the shardings
         that `abstract_state` (ShapeDtypeStructs with `.sharding`) carries."""
         target = flatten_state(abstract_state)
         where = self.directory / str(step)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            meta=ocp.args.JsonRestore(),
+            data=ocp.args.JsonRestore(),
+        )
         try:
-            got = self.manager.restore(
-                int(step),
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target),
-                    meta=ocp.args.JsonRestore(),
-                    data=ocp.args.JsonRestore(),
-                ),
-            )
+            got = self._restore(int(step), args)
         except CheckpointError:
             raise
         except Exception as err:  # orbax/tensorstore raise many kinds; all mean "unreadable"
@@ -188,9 +283,7 @@ class Checkpointer:
         """The input iterators' states saved with checkpoint `step` (its `data` item alone: a
         small JSON, no arrays), or None if it saved none; CheckpointError if unreadable."""
         try:
-            got = self.manager.restore(
-                int(step), args=ocp.args.Composite(data=ocp.args.JsonRestore())
-            )
+            got = self._restore(int(step), ocp.args.Composite(data=ocp.args.JsonRestore()))
         except Exception as err:  # as in `restore`: every failure means "unreadable"
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)}: its input position cannot be read "
@@ -199,12 +292,37 @@ class Checkpointer:
             ) from err
         return got["data"] or None
 
+    def _restore(self, step: int, args):
+        """`manager.restore`; on object storage tried again after a failure (a read that
+        outlasted the client's retries), as often as a save."""
+        delay = fileio.BACKOFF_SECONDS
+        for attempt in range(1, self.tries + 1):
+            try:
+                return self.manager.restore(step, args=args)
+            except Exception as err:
+                if attempt == self.tries:
+                    raise
+                log.warning("reading checkpoint %s failed (%s); again", step, err)
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 16.0)
+
     def wait(self) -> None:
-        """Block until every started save is on disk."""
-        self.manager.wait_until_finished()
+        """Block until every started save is on disk; StorageError naming the folder if one
+        failed (the checkpoints committed before it stay)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            where = getattr(self, "_in_flight", None) or self.directory
+            self._failed = True
+            raise fileio.storage_error(f"saving checkpoint {where}", err) from err
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as err:
+            if getattr(self, "_failed", False):
+                return  # the failed save was reported already (StorageError)
+            raise fileio.storage_error(f"saving a checkpoint in {self.directory}", err) from err
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax.analysis.embed import make_embed_fn
@@ -22,6 +21,7 @@ from hpa_jax.errors import UserError
 from hpa_jax.fileio import as_path
 from hpa_jax.models import converted
 from hpa_jax.models.registry import create_model
+from hpa_jax.progress import progress
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import state as state_lib
 from hpa_jax.train.evaluate import local_rows
@@ -108,7 +108,10 @@ def embed_dataset(
     embed_fn = make_embed_fn(graphdef, mesh=mesh)
     feats, labels, masks, ids = [], [], [], []
     total = getattr(iterator, "num_batches", None)
-    for batch in tqdm(iterator, total=total, desc="embed", unit="batch", disable=None):
+    bar = progress(
+        iterator, total=total, desc="embed", unit="batch", enabled=jax.process_index() == 0
+    )
+    for batch in bar:
         images = mesh_lib.to_global({"image": batch["image"]}, mesh)["image"]
         feats.append(local_rows(embed_fn(state, images)))
         labels.append(np.asarray(batch["labels"], np.float32))

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 import jax
 
 from hpa_jax import fileio
-from hpa_jax.data import augment as augment_lib
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import catalog, dataset, pipeline, stage
+from hpa_jax.data.decode import BAD_RECORD_POLICIES
 from hpa_jax.data.tfds import TfdsDataset  # and registers hpa_protein_atlas with TFDS
 from hpa_jax.errors import UserError
 from hpa_jax.labels import LabelTable
@@ -82,37 +83,57 @@ def train_crop(config) -> int:
     return crop
 
 
-def train_augment(config):
-    """The training augmentation of a config: True/False, or an AugmentConfig with the random
-    crop of `data.train_crop` (on top of the usual augmentation, or alone when that is off)."""
+def train_input(config, *, batch_size: int, num_classes: int, exclude: Iterable[str] = ()):
+    """The training input of `config` (`config.inputs.TrainInput`, every option of the
+    pipeline): batch_size per process, `exclude` the IDs of `data.exclude`'s file."""
     crop = train_crop(config)
-    if not crop:
-        return bool(config.data.augment)
-    if config.data.augment:
-        return augment_lib.AugmentConfig(crop=(crop, crop))
-    return augment_lib.AugmentConfig(
-        flips=False, rotations=False, brightness=0.0, contrast=0.0, crop=(crop, crop)
+    return TrainInput(
+        channels=config.data.channels,
+        image_size=config.data.image_size,
+        seed=int(config.seed),
+        batch_size=batch_size,
+        split=config.data.split_train,
+        exclude=exclude,
+        augment=bool(config.data.augment),
+        crop=(crop, crop) if crop else None,
+        num_classes=num_classes,
+        cache=bool(config.data.cache),
+        worker_count=int(config.data.worker_count),
+        on_bad_record=on_bad_record(config),
     )
+
+
+def on_bad_record(config) -> str:
+    """`data.on_bad_record` checked: "fail" or "skip" (`hpa_jax.data.decode`)."""
+    policy = str(config.data.on_bad_record)
+    if policy not in BAD_RECORD_POLICIES:
+        raise UserError(
+            f"config.data.on_bad_record={policy!r}: give one of {', '.join(BAD_RECORD_POLICIES)}"
+        )
+    return policy
 
 
 def train_iterator(
     config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str] = ()
 ):
     """This process's endless training batches of `config` (batch_size: per process)."""
+    spec = train_input(config, batch_size=batch_size, num_classes=num_classes, exclude=exclude)
     return pipeline.make_train_iterator(
         _local(config, data_dir),
-        batch_size=batch_size,
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        seed=int(config.seed),
-        split=config.data.split_train,
-        exclude=exclude,
-        augment=train_augment(config),
-        worker_count=int(config.data.worker_count),
+        spec,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        num_classes=num_classes,
-        cache=bool(config.data.cache),
+    )
+
+
+def train_fingerprint(
+    config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str] = ()
+) -> dict:
+    """What this process's train iterator would record as its pipeline in a checkpoint (reads
+    the selection, starts nothing)."""
+    spec = train_input(config, batch_size=batch_size, num_classes=num_classes, exclude=exclude)
+    return pipeline.train_fingerprint(
+        _local(config, data_dir), spec, jax.process_index(), jax.process_count()
     )
 
 
@@ -140,6 +161,7 @@ def eval_iterator(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_classes=num_classes,
+        on_bad_record=on_bad_record(config),
     )
 
 

@@ -28,13 +28,13 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
+from hpa_jax.progress import progress
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
-from hpa_jax.train import inputs, optim, plots, preemption, writers
+from hpa_jax.train import inputs, optim, plots, preemption, skipped, workdir_lock, writers
 from hpa_jax.train import losses as losses_lib
 from hpa_jax.train import mesh as mesh_lib
 from hpa_jax.train import state as state_lib
@@ -131,6 +131,7 @@ def _compile_key(setup: Setup, weights: np.ndarray) -> str:
         "data.source",
         "data.tfds_name",
         "data.tfds_data_dir",
+        "data.on_bad_record",
     ):
         plain.pop(name, None)
     parts = {
@@ -284,7 +285,7 @@ def run_validation(run: Run, threshold) -> tuple[dict, eval_lib.Predictions]:
         num_classes=setup.num_classes,
     )
     preds = eval_lib.predict_split(
-        run.eval_step, run.state, iterator, setup.mesh, setup.num_classes
+        run.eval_step, run.state, iterator, setup.mesh, setup.num_classes, desc="validate"
     )
     return eval_lib.evaluate_predictions(preds, threshold), preds
 
@@ -313,25 +314,31 @@ def train(run: Run, writer, stop_at: int | None = None):
     )
     if run.data_state:
         iterator.set_state(inputs.my_data_state(run.data_state))
+    skipping = None
+    if cfg.data.on_bad_record == "skip":
+        skipping = skipped.SkippedRecords(
+            setup.workdir, enabled=jax.process_index() == 0, resume_step=run.start_step
+        )
     log_every = max(int(cfg.log_every_steps), 1)
     window = _StepMetrics()
     last_eval = None
     pending = None  # (step, device metrics) of the previous step, checked one step late
     global_batch = int(cfg.batch_size)
     last_step = setup.total_steps if stop_at is None else min(stop_at, setup.total_steps)
-    bar = tqdm(
+    bar = progress(
         total=setup.total_steps,
         initial=run.start_step,
         desc="train",
         unit="step",
-        disable=None if jax.process_index() == 0 else True,
-        dynamic_ncols=True,
+        enabled=jax.process_index() == 0,
     )
     tick, tick_step = time.perf_counter(), run.start_step
     watcher, preempted = preemption.Watcher().start(), None
     try:
         for step in range(run.start_step + 1, last_step + 1):
             batch = next(iterator)
+            if skipping is not None:
+                skipping.add(step, batch)
             global_batch_arrays = mesh_lib.to_global(
                 step_lib.select(batch, step_lib.TRAIN_KEYS), setup.mesh
             )
@@ -358,6 +365,8 @@ def train(run: Run, writer, stop_at: int | None = None):
                         run.schedule((step - 1) // int(cfg.optimizer.grad_accum_steps))
                     ),
                 }
+                if skipping is not None:  # every process logs at the same steps
+                    values["skipped_records"] = skipping.flush()
                 writer.write(step, {"train": values})
                 bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{speed:.0f}")
                 window, tick, tick_step = _StepMetrics(), now, step
@@ -452,13 +461,24 @@ def train_and_evaluate(config, workdir, *, stop_at: int | None = None) -> dict:
     `stop_at`: stop after that step with a checkpoint and return {"step": stop_at} (no final
     evaluation), as if the job had been preempted; running again resumes. SIGTERM stops the
     same way at the next step all processes agree on and raises `preemption.Preempted`.
+
+    The workdir is locked while this runs (`workdir_lock`): a second run on it refuses at once
+    with `WorkdirBusy` and writes nothing.
     """
+    with workdir_lock.workdir_lock(
+        workdir, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
+        return _train_and_evaluate(config, workdir, stop_at)
+
+
+def _train_and_evaluate(config, workdir, stop_at: int | None) -> dict:
     setup = prepare(config, workdir)
     run = start(setup)
     writer = writers.MetricsWriter(setup.workdir, enabled=jax.process_index() == 0)
     try:
-        if run.start_step:
-            writer.truncate_after(run.start_step)
+        # lines after the restored checkpoint (all, when none was) were written by a run that
+        # did not finish: this one writes them again
+        writer.truncate_after(run.start_step)
         last_eval = train(run, writer, stop_at)
         if stop_at is not None and stop_at < setup.total_steps:
             return {"step": float(stop_at)}

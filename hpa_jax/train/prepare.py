@@ -23,6 +23,7 @@ import numpy as np
 from hpa_jax import config as config_lib
 from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
+from hpa_jax.config.inputs import TrainInput
 from hpa_jax.config.schema import RESUME_KEYS
 from hpa_jax.config.workdir import differences as config_differences
 from hpa_jax.data import catalog, dataset
@@ -91,14 +92,13 @@ class IncompatibleRun(UserError):
 
 
 # The fields of a saved input position (the train iterator's fingerprint, `data/pipeline.py`):
-# field -> (what it is in config terms, the config keys whose difference already explains it)
+# field -> (what it is in config terms, the config keys whose difference already explains it);
+# the options' own fields come from the input specification (`config.inputs.TrainInput`)
 _INPUT_FIELDS = {
     "kind": ("the input pipeline", ()),
-    "seed": ("seed", ("seed",)),
-    "batch_size": ("batch_size per process", ("batch_size",)),
+    **TrainInput.fingerprint_fields(),
     "process_index": ("the process index", ()),
     "process_count": ("the number of processes", ()),
-    "crop": ("data.train_crop", ("data.train_crop",)),
     "records": (
         "the training records (data.split_train, the IDs in data.exclude, the dataset)",
         ("data.split_train", "data.exclude"),
@@ -168,22 +168,6 @@ def check_workdir(
         raise IncompatibleRun(workdir, differ)
 
 
-def input_fingerprint(
-    config, data_dir, *, batch_size: int, num_classes: int, exclude: Iterable[str]
-) -> dict:
-    """What this process's train iterator would record as its pipeline in a checkpoint (built
-    without worker processes or a cache, read nothing)."""
-    quiet = ml_collections.ConfigDict(config_lib.to_dict(config))
-    quiet.data.worker_count, quiet.data.cache = 0, False  # the same batches, no processes
-    iterator = inputs.train_iterator(
-        quiet, data_dir, batch_size=batch_size, num_classes=num_classes, exclude=exclude
-    )
-    try:
-        return iterator.get_state()["pipeline"]
-    finally:
-        iterator.close()
-
-
 def prepare(config, workdir) -> Setup:
     """Validate the config, data and workdir; derive step counts. Writes nothing."""
     workdir = fileio.as_path(workdir)
@@ -191,7 +175,8 @@ def prepare(config, workdir) -> Setup:
     table = labels_lib.get_table(config.data.label_table)
     inputs.check_classes(data_dir, table)
     exclude = dataset.read_exclude(config.data.exclude)
-    inputs.train_augment(config)  # refuse a bad crop before any work
+    inputs.train_crop(config)  # refuse a bad crop before any work
+    inputs.on_bad_record(config)
     mesh = mesh_lib.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
     batch = int(config.batch_size)
     mesh_lib.check_batch_divisible(batch, mesh)
@@ -228,7 +213,7 @@ def prepare(config, workdir) -> Setup:
     check_workdir(
         workdir,
         resolved,
-        lambda: input_fingerprint(
+        lambda: inputs.train_fingerprint(
             config, data_dir, batch_size=per_process, num_classes=table.num_classes, exclude=exclude
         ),
     )

@@ -10,6 +10,7 @@ in the validation data keep `default` (their F1 is 0 whatever the threshold).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -133,3 +134,35 @@ def load_thresholds(
     if class_names is not None and saved is not None and list(saved) != list(class_names):
         raise UserError(f"{path} was tuned for other classes: {saved}")
     return np.array(values, np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionThresholds:
+    """The thresholds a run decides classes with, and where they came from (for reports).
+
+    values: one float for every class, or float64[K] per class."""
+
+    values: float | np.ndarray
+    source: str
+
+    def per_class(self, num_classes: int) -> np.ndarray:
+        """float64[K]: the values, a single one repeated for every class."""
+        if np.ndim(self.values) == 0:
+            return np.full(num_classes, float(self.values))
+        return np.asarray(self.values, np.float64)
+
+
+def decision_thresholds(
+    workdir, *, num_classes: int, default: float, override: float | None = None
+) -> DecisionThresholds:
+    """The one rule `eval` and `predict` decide classes by: `override` for every class when
+    given, else the run's tuned per-class thresholds (its thresholds.json), else the config's
+    single `default` (`config.threshold`)."""
+    if override is not None:
+        return DecisionThresholds(override, f"threshold {override}")
+    if (as_path(workdir) / THRESHOLDS_FILE).is_file():
+        return DecisionThresholds(
+            load_thresholds(workdir, num_classes=num_classes),
+            "tuned per-class thresholds (thresholds.json)",
+        )
+    return DecisionThresholds(float(default), f"threshold {default} (not tuned)")

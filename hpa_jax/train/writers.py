@@ -32,12 +32,13 @@ import numpy as np
 
 from hpa_jax.data.tfrecord import encode_frame, iter_records
 from hpa_jax.errors import UserError
-from hpa_jax.fileio import as_path, is_remote, write_bytes, write_text
+from hpa_jax.fileio import as_path, is_remote, storage_error, write_bytes, write_text
 from hpa_jax.train.event_proto import decode_event, encode_event
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_PREFIX = "events.out.tfevents."
 FILE_VERSION = "brain.Event:2"
+FINAL_PREFIX = "final/"  # the names of a finished run's last record (train/loop.py's finish)
 REMOTE_FLUSH_SECONDS = 30.0  # object storage: the longest a written line waits for its upload
 
 
@@ -96,10 +97,14 @@ class JsonlWriter:
                 self._buffer.load(_read_complete_lines(self.path))
             self._buffer.add(line + "\n")
             return
-        if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: the lines before stay; a torn one is dropped
+            self._file = _abandon(self._file)
+            raise storage_error(f"writing {self.path}", err) from err
 
     def flush(self) -> None:
         """Make every written line durable (object storage: upload the whole file now)."""
@@ -109,13 +114,18 @@ class JsonlWriter:
             self._file.flush()
 
     def truncate_after(self, step: int) -> int:
-        """Drop the lines whose step is > `step` (atomically); return how many were dropped."""
+        """Drop the lines whose step is > `step`, and the run's final record (`final/...`:
+        a resumed run writes it again), atomically; return how many were dropped."""
         self.close()
         if not self.path.exists():
             return 0
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         # a line torn by a crash is not JSON: its step reads as inf and it is dropped too
-        keep = [line for line in lines if line.strip() and _line_step(line) <= step]
+        keep = [
+            line
+            for line in lines
+            if line.strip() and _line_step(line) <= step and f'"{FINAL_PREFIX}' not in line
+        ]
         if len(keep) != len(lines):
             text = "".join(line if line.endswith("\n") else line + "\n" for line in keep)
             write_text(self.path, text)
@@ -128,6 +138,18 @@ class JsonlWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _abandon(file) -> None:
+    """Close a file whose write failed, dropping what its buffer still holds (closing would try
+    to write it and fail again)."""
+    if file is None:
+        return None
+    try:
+        file.close()
+    except OSError:
+        pass
+    return None
 
 
 def _read_complete_lines(path) -> str:
@@ -228,8 +250,12 @@ class EventWriter:
         if self._buffer is not None:
             self._buffer.add(encode_frame(event))
             return
-        self._file.write(encode_frame(event))
-        self._file.flush()
+        try:
+            self._file.write(encode_frame(event))
+            self._file.flush()
+        except OSError as err:  # a torn last frame fails its CRC: readers stop before it
+            _abandon(self._file)
+            raise storage_error(f"writing {self.path}", err) from err
 
     def scalars(self, step: int, values: Mapping[str, float], wall_time: float | None = None):
         """Write the finite scalars of `values` (tag -> number) as one event at `step`."""
