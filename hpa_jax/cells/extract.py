@@ -33,7 +33,8 @@ from scipy import ndimage
 from hpa_jax import fileio
 from hpa_jax.cells.masks import absolute, find_mask, load_fitted
 from hpa_jax.cells.metric import iou_table, match_cells
-from hpa_jax.cells.segment import DEFAULT_PARAMS, REFERENCE_SIDE, segment_cells
+from hpa_jax.cells.segment import DEFAULT_PARAMS, REFERENCE_SIDE
+from hpa_jax.cells.segmenters import resolve_method, segment_image
 from hpa_jax.data import dataset, example
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import CHANNELS, ParsedExample, decode_png, encode_example, encode_png
@@ -252,6 +253,7 @@ class _Task:
     masks: str | None
     options: dict  # cell_crops' keyword arguments; min_area None = default_min_area
     truth: dict[int, tuple[int, ...]] | None  # synthetic: {true cell: classes}
+    method: str = "classical"  # the segmentation (segmenters.SEGMENTERS) when masks is None
 
 
 def extract_cells(
@@ -277,6 +279,7 @@ def extract_cells(
     if masks is not None and not fileio.as_path(masks).is_dir():
         raise UserError(f"--masks {masks}: no such folder")
     table = get_table(dataset.read_info(data_dir).get("label_table", "hpa2021"))
+    method = resolve_method("auto", data_dir)
     catalog = record_catalog(data_dir)
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated or not catalog.ids:
@@ -308,6 +311,7 @@ def extract_cells(
                 None if masks is None else str(masks),
                 options,
                 None if truth is None else truth.get(image_id, {}),
+                method,
             )
             for i, image_id in enumerate(catalog.ids)
         ]
@@ -355,6 +359,7 @@ def extract_cells(
                 "num_images": len(tasks),
                 **options,
                 "masks": "segmented" if masks is None else str(absolute(masks)),
+                **({"segmentation": method} if masks is None else {}),
                 "masks_dir": dataset.MASKS_DIR,
                 "record_keys": list(CELL_KEYS),
             },
@@ -437,7 +442,7 @@ def _instances(task: _Task, channels: dict[str, np.ndarray]):
     """The image's cells and the skipped rows of instances a rescaled mask lost: segmented, or
     from `task.masks` fitted to the stored size (None: no mask there)."""
     if task.masks is None:
-        return segment_cells(channels)[0], []
+        return segment_image(channels, task.method)[0], []
     folder = fileio.as_path(task.masks)
     if find_mask(folder, task.image_id) is None:
         return None, []

@@ -6,8 +6,10 @@ OUT/<ID>.png           uint16 cell instances (0 = background, k = cell k), datas
 OUT/nuclei/<ID>.png    nucleus k of cell k
 OUT/cells.csv          ID,cell,y0,x0,y1,x1,area  (box rows y0..y1-1, columns x0..x1-1; area px)
 OUT/quality.json       with truth=True: recall, precision and mean IoU against DIR/cells, nuclei
+OUT/method.txt         the segmentation method (classical | crowded) of these masks
 ```
 Resumable: an ID whose two PNGs exist is not segmented again (each PNG is written atomically);
+a rerun with another method is refused (it would mix two segmentations);
 cells.csv is rebuilt from all the PNGs at the end, so it always matches them.
 """
 
@@ -24,7 +26,7 @@ from scipy import ndimage
 from hpa_jax import fileio
 from hpa_jax.cells.masks import absolute
 from hpa_jax.cells.metric import SegmentationQuality, combine, image_quality
-from hpa_jax.cells.segment import segment_cells
+from hpa_jax.cells.segmenters import resolve_method, segment_image
 from hpa_jax.data import dataset
 from hpa_jax.data.catalog import record_catalog
 from hpa_jax.data.example import CHANNELS, decode_png, parse_example
@@ -35,6 +37,7 @@ from hpa_jax.fileio import Path
 
 CELLS_CSV_HEADER = ("ID", "cell", "y0", "x0", "y1", "x1", "area")
 QUALITY_JSON = "quality.json"
+METHOD_TXT = "method.txt"  # the segmentation method of the masks in OUT
 THRESHOLDS = (0.5, 0.6, 0.75)
 KINDS = (dataset.CELLS_DIR, dataset.NUCLEI_DIR)
 
@@ -53,6 +56,7 @@ class SegmentSummary:
     segmented: int
     skipped: int
     num_cells: int
+    method: str  # the segmentation used ("auto" resolved)
     cells_csv: Path
     quality: dict[str, dict[float, SegmentationQuality]] | None
     quality_json: Path | None
@@ -66,6 +70,7 @@ class _Task:
     index: int
     image_id: str
     truth: bool
+    method: str = "classical"
 
 
 def segment_dataset(
@@ -74,10 +79,12 @@ def segment_dataset(
     *,
     workers: int = 1,
     truth: bool = False,
+    method: str = "auto",
 ) -> SegmentSummary:
     """Segment every record of `data_dir` into `out_dir` (see the module docstring), `workers`
     processes over images; with `truth`, compare with the dataset's own masks (DIR/cells/,
-    DIR/nuclei/) and write OUT/quality.json."""
+    DIR/nuclei/) and write OUT/quality.json. `method`: `segmenters.METHODS` ("auto": classical
+    for the default synthetic preset, crowded otherwise)."""
     data_dir, out_dir = fileio.as_path(data_dir), fileio.as_path(out_dir)
     if absolute(out_dir) == absolute(data_dir):
         raise UserError(f"--out {out_dir} is the dataset folder; give a folder of its own")
@@ -86,15 +93,17 @@ def segment_dataset(
             f"{data_dir} has no {dataset.CELLS_DIR}/ folder of true cell masks "
             f"(synthetic datasets do); drop --truth"
         )
+    method = resolve_method(method, data_dir)
     catalog = record_catalog(data_dir)
     repeated = sorted(i for i, n in collections.Counter(catalog.ids).items() if n > 1)
     if repeated:
         raise UserError(f"{data_dir}: IDs occur in more than one record: {repeated[:5]}")
+    _claim(out_dir, method)
     if not fileio.is_remote(out_dir):  # an object store has no folders to make
         (out_dir / dataset.NUCLEI_DIR).mkdir(parents=True, exist_ok=True)
     paths = tuple(str(p) for p in catalog.paths)
     tasks = [
-        _Task(paths, str(data_dir), str(out_dir), i, image_id, truth)
+        _Task(paths, str(data_dir), str(out_dir), i, image_id, truth, method)
         for i, image_id in enumerate(catalog.ids)
     ]
     results = {
@@ -114,11 +123,34 @@ def segment_dataset(
             for kind in KINDS
         }
         quality_json = out_dir / QUALITY_JSON
-        fileio.write_text(quality_json, json.dumps(quality_dict(quality, len(tasks)), indent=2))
+        report = {"method": method, **quality_dict(quality, len(tasks))}
+        fileio.write_text(quality_json, json.dumps(report, indent=2))
     skipped = sum(r["skipped"] for r in results.values())
     return SegmentSummary(
-        len(tasks), len(tasks) - skipped, skipped, len(rows), cells_csv, quality, quality_json
+        len(tasks),
+        len(tasks) - skipped,
+        skipped,
+        len(rows),
+        method,
+        cells_csv,
+        quality,
+        quality_json,
     )
+
+
+def _claim(out_dir: Path, method: str) -> None:
+    """OUT/method.txt names the segmentation of the masks in OUT; a rerun with another method
+    would mix two segmentations (finished IDs are skipped), so it is refused."""
+    marker = out_dir / METHOD_TXT
+    if marker.is_file():
+        before = marker.read_text().strip()
+        if before != method:
+            raise UserError(
+                f"{out_dir} holds masks of the {before} segmentation, not {method}; give "
+                f"another --out, or delete it to start again"
+            )
+        return
+    fileio.write_text(marker, method + "\n")
 
 
 def _segment_one(task: _Task) -> dict:
@@ -130,7 +162,7 @@ def _segment_one(task: _Task) -> dict:
         cells = dataset.read_mask(cells_path)
         nuclei = dataset.read_mask(nuclei_path) if task.truth else None
     else:
-        cells, nuclei = segment_cells(read_channels(task))
+        cells, nuclei = segment_image(read_channels(task), task.method)
         dataset.write_mask(nuclei_path, nuclei)
         dataset.write_mask(cells_path, cells)
     result = {"id": task.image_id, "skipped": skipped, "rows": cell_rows(task.image_id, cells)}

@@ -37,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the per-cell truth is in cells.csv",
     )
 
+    parser.add_argument(
+        "--preset",
+        choices=("default", "realistic"),
+        default="default",
+        help="default: 2-6 round cells per field on black, 8-bit (what the demo uses); "
+        "realistic: sparse to confluent fields of touching, irregular cells of several sizes, "
+        "textured, mitotic and fragmented nuclei, cells cut by the border, uneven "
+        "illumination, 16-bit camera images with offset, shot and read noise, some out of "
+        "focus or with debris; fields.csv says what each field shows (docs/cells.md)",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     from hpa_jax.data.synthetic import synthesize
@@ -51,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         shards=args.shards,
         workers=args.workers,
         val_fraction=args.val_fraction,
+        preset=args.preset,
         **({} if args.heterogeneous is None else {"heterogeneous": args.heterogeneous}),
     )
     print("\n".join(synthesis_lines(summary)))

@@ -53,6 +53,7 @@ TRUTH_CSV = "truth.csv"
 SKIPPED_CSV = "skipped.csv"
 CELLS_DIR, NUCLEI_DIR = "cells", "nuclei"
 CELLS_CSV = "cells.csv"
+FIELDS_CSV = "fields.csv"  # realistic synthetic fields: density, border cells, ... per image
 # a cell dataset (hpa_jax.cells.extract)
 CELL_INDEX_CSV, CELL_TRUTH_CSV, MASKS_DIR = "cell_index.csv", "cell_truth.csv", "masks"
 CELL_INDEX_COLUMNS = ("ID", "parent_id", "cell", "y0", "x0", "y1", "x1", "area")

@@ -193,7 +193,8 @@ def synthesis_lines(summary: dict) -> list[str]:
     n = summary["num_images"]
     planted = ", ".join(f"{kind} {count}" for kind, count in summary["anomalies"].items())
     lines = [
-        f"synthesized {n} images of {summary['size']} px (seed {summary['seed']})",
+        f"synthesized {n} images of {summary['size']} px (seed {summary['seed']}, "
+        f"preset {summary['preset']})",
         "images per class (recorded labels):",
         format_counts(summary["class_counts"], n),
         f"anomalies planted: {sum(summary['anomalies'].values())} ({planted})",

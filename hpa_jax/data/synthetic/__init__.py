@@ -9,7 +9,8 @@ pipeline can be tested end to end without downloading HPA.
 
 The package: `plan.py` (labels and planted faults of the whole set), `cells.py` (cell geometry,
 drawing primitives), `stains.py` (reference stains, one green pattern per class), `render.py`
-(one image), `write.py` (`synthesize`: the dataset folder).
+(one image), `write.py` (`synthesize`: the dataset folder), `realistic.py` (the realistic
+preset: crowded, irregular, unevenly lit 16-bit fields; `render_fov(..., preset="realistic")`).
 
 Everything is a pure function of `(seed, image index)`: `plan_dataset` draws the labels and the
 planted anomalies for the whole set, and `render_image` draws each image from its own random

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from hpa_jax.data.example import CHANNELS
+from hpa_jax.data.synthetic import realistic
 from hpa_jax.data.synthetic.cells import make_cells
 from hpa_jax.data.synthetic.plan import (
     MITOTIC_DECOY_RATE,
@@ -28,18 +29,21 @@ from hpa_jax.data.synthetic.stains import _mitotic_frame, green_pattern, render_
 HETEROGENEOUS_FRACTION = 0.3  # labelled images whose classes vary from cell to cell
 NEGATIVE_CELL_RATE = 0.15  # in those, the chance that a cell shows none of the classes
 SIGNAL_FLOOR = 0.1  # a cell shows a class if its pattern reaches this share of the best cell's
+PRESETS = ("default", "realistic")
 
 
 @dataclasses.dataclass(frozen=True)
 class FieldOfView:
     """One rendered image: `channels` {name: uint8[S, S]}; `cells` and `nuclei` uint16[S, S]
     instance images (0 = background, k = cell k; a nucleus carries its cell's number);
-    `cell_labels` {k: classes the cell shows, (18,) for none}."""
+    `cell_labels` {k: classes the cell shows, (18,) for none}; `properties` (realistic preset)
+    {cells, coverage, density, border_cells, mitotic, fragmented, out_of_focus, debris}."""
 
     channels: dict[str, np.ndarray]
     cells: np.ndarray
     nuclei: np.ndarray
     cell_labels: dict[int, tuple[int, ...]]
+    properties: dict = dataclasses.field(default_factory=dict)  # realistic: the field's draws
 
 
 # ------------------------------------------------------------------------------ one image
@@ -93,19 +97,31 @@ def render_fov(
     *,
     heterogeneous: float = HETEROGENEOUS_FRACTION,
     negative_cells: float = NEGATIVE_CELL_RATE,
+    preset: str = "default",
 ) -> FieldOfView:
     """Render one field of view, a pure function of its arguments (the image's random stream is
-    `default_rng([seed, plan.index])`, the cells' expression draws `[seed, plan.index, 1]`)."""
+    `default_rng([seed, plan.index])`, the cells' expression draws `[seed, plan.index, 1]`).
+
+    `preset`: "default" (a few round cells, 8-bit) or "realistic" (crowded, irregular, unevenly
+    lit 16-bit fields: `realistic.py`)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     rng = np.random.default_rng([seed, plan.index])
     labels = plan.true_labels
     mitotic = MITOTIC_SPINDLE in labels or rng.random() < MITOTIC_DECOY_RATE
-    cells = make_cells(rng, size, mitotic)
-    stains = render_stains(rng, cells, size)
+    crowd, scale = None, None
+    if preset == "realistic":
+        crowd = realistic.make_crowd(rng, size, MITOTIC_SPINDLE in labels)
+        cells, scale = crowd.cells, crowd.scale
+        stains = realistic.texture_stains(rng, crowd, render_stains(rng, cells, size, scale), size)
+    else:
+        cells = make_cells(rng, size, mitotic)
+        stains = render_stains(rng, cells, size)
     expression = _Expression(plan, seed, cells.n, heterogeneous, negative_cells)
     green = np.zeros((size, size), np.float32)
     shown = {}
     for cls in labels:
-        pattern = green_pattern(cls, rng, cells, stains, size)
+        pattern = green_pattern(cls, rng, cells, stains, size, scale)
         if cls != NEGATIVE:
             signal = _cell_signal(pattern, cells)
             capable = (signal > 0) & (signal >= SIGNAL_FLOOR * signal.max())
@@ -120,6 +136,8 @@ def render_fov(
         "blue": stains.blue,
         "yellow": stains.yellow,
     }
+    if crowd is not None:
+        return _realistic_fov(rng, plan, crowd, channels, shown, size)
     brightness = rng.uniform(0.7, 1.25)  # per-image exposure
     out = {}
     for name in CHANNELS:
@@ -129,6 +147,26 @@ def render_fov(
         out[name] = noisy
     channels = {name: _to_uint8(img) for name, img in _apply_fault(rng, plan, out).items()}
     return FieldOfView(channels, *_instances(cells, size), _cell_labels(shown, cells.n))
+
+
+def _realistic_fov(rng, plan, crowd, channels, shown, size: int) -> FieldOfView:
+    """The realistic preset's camera images, truth (cells numbered 1..m over the kept cells)
+    and field properties."""
+    channels, properties = realistic.optics_and_camera(rng, _apply_fault(rng, plan, channels), size)
+    cells, nuclei, kept = realistic.truth_instances(crowd, size)
+    labels = _cell_labels(shown, crowd.cells.n)
+    kind = crowd.kind[kept]
+    properties = {
+        "cells": len(kept),
+        "coverage": round(crowd.coverage, 4),
+        "density": realistic.density_class(crowd.coverage),
+        "border_cells": realistic.border_cells(cells),
+        "mitotic": int(((kind == 1) | (kind == 3)).sum()),
+        "fragmented": int((kind == 2).sum()),
+        **properties,
+    }
+    cell_labels = {i + 1: labels[int(k) + 1] for i, k in enumerate(kept)}
+    return FieldOfView(channels, cells, nuclei, cell_labels, properties)
 
 
 def _instances(cells, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,9 +29,12 @@ def _interphase(cells: Cells) -> list[int]:
     return [k for k in range(cells.n) if k != cells.mitotic]
 
 
-def render_stains(rng, cells: Cells, size: int) -> Stains:
-    """Blue (nuclei with dim nucleoli), red (radial microtubules), yellow (perinuclear ER)."""
-    scale = size / 128.0
+def render_stains(rng, cells: Cells, size: int, scale: float | None = None) -> Stains:
+    """Blue (nuclei with dim nucleoli), red (radial microtubules), yellow (perinuclear ER).
+
+    `scale`: the size of the textures relative to the default preset's 128 px field (default
+    size / 128; the realistic preset's cells are smaller for their field and pass their own)."""
+    scale = size / 128.0 if scale is None else scale
     rn = float(cells.nuc_radius.mean())
     nucleoli = [nuc_points(rng, cells, k, int(rng.integers(2, 5)), 0.55) for k in range(cells.n)]
     nuc_sigma = max(0.7, 0.17 * rn)
@@ -97,9 +100,12 @@ def _per_cell(cells: Cells, fn) -> list[np.ndarray]:
     return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 
-def green_pattern(cls: int, rng, cells: Cells, stains: Stains, size: int) -> np.ndarray:
-    """The green signal of class `cls` over the interphase cells: float32[S, S], ~0..1."""
-    scale = size / 128.0
+def green_pattern(
+    cls: int, rng, cells: Cells, stains: Stains, size: int, scale: float | None = None
+) -> np.ndarray:
+    """The green signal of class `cls` over the interphase cells: float32[S, S], ~0..1
+    (`scale` as in `render_stains`)."""
+    scale = size / 128.0 if scale is None else scale
     rn = float(cells.nuc_radius.mean())
     nuc, cyto = cells.nucleus, cells.cyto
     if cls == MITOTIC_SPINDLE:

@@ -7,20 +7,35 @@ from hpa_jax.data import dataset
 from hpa_jax.data import writer as writer_lib
 from hpa_jax.data.example import encode_example
 from hpa_jax.data.synthetic.plan import ANOMALY_KINDS, ImagePlan, plan_dataset
-from hpa_jax.data.synthetic.render import HETEROGENEOUS_FRACTION, render_fov
+from hpa_jax.data.synthetic.render import HETEROGENEOUS_FRACTION, PRESETS, render_fov
 from hpa_jax.data.tfrecord import TFRecordWriter
 from hpa_jax.errors import UserError
 from hpa_jax.labels import HPA_2021
+
+# fields.csv (realistic preset): what each field shows, for figures by density
+FIELD_COLUMNS = (
+    "ID",
+    "cells",
+    "coverage",
+    "density",
+    "border_cells",
+    "mitotic",
+    "fragmented",
+    "out_of_focus",
+    "debris",
+)
 
 
 def _render_shard(task: tuple) -> dict:
     """Worker task: render one shard's images, write them as a TFRecord file (atomically) and
     each image's cell and nucleus masks; return the shard's cells.csv rows."""
-    path, plans, seed, size, heterogeneous = task
-    rows = []
+    path, plans, seed, size, heterogeneous, preset = task
+    rows, fields = [], []
     with TFRecordWriter(path) as writer:
         for plan in plans:
-            fov = render_fov(plan, seed, size, heterogeneous=heterogeneous)
+            fov = render_fov(plan, seed, size, heterogeneous=heterogeneous, preset=preset)
+            if fov.properties:
+                fields.append((plan.image_id, *(fov.properties[k] for k in FIELD_COLUMNS[1:])))
             writer.write(encode_example(plan.image_id, fov.channels, plan.recorded_labels))
             data_dir = path.parent
             dataset.write_mask(dataset.mask_path(data_dir, plan.image_id), fov.cells)
@@ -30,7 +45,7 @@ def _render_shard(task: tuple) -> dict:
             rows += [
                 (plan.image_id, k, HPA_2021.format(labels)) for k, labels in fov.cell_labels.items()
             ]
-    return {"path": str(path), "count": len(plans), "cells": rows}
+    return {"path": str(path), "count": len(plans), "cells": rows, "fields": fields}
 
 
 def _remove_stale_masks(out_dir: fileio.Path, ids: set[str]) -> None:
@@ -62,6 +77,7 @@ def synthesize(
     workers: int = 1,
     val_fraction: float = 0.2,
     heterogeneous: float = HETEROGENEOUS_FRACTION,
+    preset: str = "default",
 ) -> dict:
     """Render a synthetic dataset folder; return a summary dict.
 
@@ -69,7 +85,10 @@ def synthesize(
     `size` x `size` px), train.csv (recorded labels), split.csv (stratified, `val_fraction`),
     truth.csv (planted anomalies), the per-cell truth (cells/<ID>.png, nuclei/<ID>.png,
     cells.csv; a share `heterogeneous` of the labelled images vary from cell to cell) and
-    dataset.json. The bytes depend only on the arguments other than `workers`. On object
+    dataset.json. `preset` "realistic" renders crowded, unevenly lit 16-bit fields
+    (`realistic.py`) and adds fields.csv (per field: cells, coverage, density class, border
+    cells, mitotic and fragmented nuclei, out of focus, debris). The bytes depend only on the
+    arguments other than `workers`. On object
     storage (`gs://`) the folder is written locally and uploaded whole, replacing what was there.
 
     Summary keys: out_dir, num_images, size, seed, shards (names), class_counts ({name: n} of
@@ -87,6 +106,8 @@ def synthesize(
             f"0 <= heterogeneous <= 1; got {num_images}, {size}, {shards}, {anomaly_rate}, "
             f"{heterogeneous}"
         )
+    if preset not in PRESETS:
+        raise UserError(f"synth: preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     out_dir = fileio.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = min(shards, num_images)
@@ -95,16 +116,23 @@ def synthesize(
     writer_lib.remove_stale_shards(out_dir, names)
     _remove_stale_masks(out_dir, {p.image_id for p in plans})
     tasks = [
-        (out_dir / name, [plans[i] for i in rows], seed, size, heterogeneous)
+        (out_dir / name, [plans[i] for i in rows], seed, size, heterogeneous, preset)
         for name, rows in zip(names, writer_lib.shard_ranges(num_images, shards), strict=True)
     ]
-    cells = {}
+    cells, fields = {}, {}
     for done in writer_lib.run_tasks(_render_shard, tasks, workers=workers, desc="synth"):
         cells[done["path"]] = done["cells"]
+        fields[done["path"]] = done["fields"]
     cell_rows = [row for task in tasks for row in cells[str(task[0])]]  # shard order
     fileio.write_text(
         out_dir / dataset.CELLS_CSV, dataset.csv_text(("ID", "cell", "labels"), cell_rows)
     )
+    fields_csv = out_dir / dataset.FIELDS_CSV
+    if preset == "realistic":
+        field_rows = [row for task in tasks for row in fields[str(task[0])]]
+        fileio.write_text(fields_csv, dataset.csv_text(FIELD_COLUMNS, field_rows))
+    else:
+        fields_csv.unlink(missing_ok=True)  # a realistic run's file must not outlive it
     header = ("ID", "anomaly", "kind", "true_label", "recorded_label")
     fileio.write_text(out_dir / dataset.TRUTH_CSV, dataset.csv_text(header, truth_rows(plans)))
     anomalies = {kind: sum(p.anomaly == kind for p in plans) for kind in ANOMALY_KINDS}
@@ -125,8 +153,9 @@ def synthesize(
             "anomaly_rate": anomaly_rate,
             "anomalies": anomalies,
             "generator": "hpa_jax.data.synthetic",
-            "bit_depth": 8,
+            "bit_depth": 16 if preset == "realistic" else 8,
             "heterogeneous": heterogeneous,
+            **({"preset": preset} if preset != "default" else {}),
             "num_cells": len(cell_rows),
         },
     )
@@ -138,6 +167,7 @@ def synthesize(
         "shards": names,
         "class_counts": writer_lib.class_counts(HPA_2021, recorded),
         "anomalies": anomalies,
+        "preset": preset,
         "files": {
             "shards": str(out_dir / f"{dataset.SHARD_PREFIX}-*.tfrecord"),
             "labels": str(out_dir / dataset.LABELS_CSV),
@@ -145,5 +175,6 @@ def synthesize(
             "truth": str(out_dir / dataset.TRUTH_CSV),
             "cells": str(out_dir / dataset.CELLS_CSV),
             "info": str(out_dir / dataset.DATASET_JSON),
+            **({"fields": str(fields_csv)} if preset == "realistic" else {}),
         },
     }
