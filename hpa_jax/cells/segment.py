@@ -75,6 +75,20 @@ def segment_cells(
     them, and dropping every border-touching cell would cost recall. An image without nuclei
     (all dark, flat, noise, or an empty blue stain) gives all-zero masks, not an error.
     """
+    small, unit, shape = working_stains(channels, scale)
+    nuclei = label_nuclei(small["blue"], unit, params)
+    cells = grow_cells(small, nuclei, unit, params)
+    cells, nuclei = _number(cells, nuclei)
+    return _upscale(cells, shape), _upscale(nuclei, shape)
+
+
+def working_stains(
+    channels: Mapping[str, np.ndarray], scale: float | None = None
+) -> tuple[dict[str, np.ndarray], float, tuple[int, int]]:
+    """The blue, red and yellow stains as float32 shares of their dtype's maximum at the
+    working scale (default 1 / ceil(long side / WORK_SIDE)), the scale's `unit` (pixels of the
+    working image per pixel of a REFERENCE_SIDE image) and the full (H, W): where every
+    segmenter starts."""
     blue = _unit_float(channels["blue"], "blue")
     height, width = blue.shape
     side = max(height, width)
@@ -82,17 +96,13 @@ def segment_cells(
         scale = 1.0 / math.ceil(side / WORK_SIDE)
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
-    unit = side * scale / REFERENCE_SIDE
     stains = {"blue": blue}
     for name in ("red", "yellow"):
         stains[name] = _unit_float(channels[name], name)
         if stains[name].shape != blue.shape:
             raise ValueError(f"channel {name} is {stains[name].shape}, blue {blue.shape}")
     small = {name: _downscale(img, scale) for name, img in stains.items()}
-    nuclei = label_nuclei(small["blue"], unit, params)
-    cells = grow_cells(small, nuclei, unit, params)
-    cells, nuclei = _number(cells, nuclei)
-    return _upscale(cells, (height, width)), _upscale(nuclei, (height, width))
+    return small, side * scale / REFERENCE_SIDE, (height, width)
 
 
 def label_nuclei(blue: np.ndarray, unit: float, params: SegmentParams = DEFAULT_PARAMS):

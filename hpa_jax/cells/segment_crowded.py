@@ -34,16 +34,13 @@ from scipy import ndimage
 from skimage import filters, morphology, segmentation
 
 from hpa_jax.cells.segment import (
-    REFERENCE_SIDE,
-    WORK_SIDE,
-    _downscale,
     _drop_small,
     _noise,
     _nucleus_markers,
     _number,
     _otsu,
-    _unit_float,
     _upscale,
+    working_stains,
 )
 
 
@@ -79,20 +76,7 @@ def segment_crowded(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell and nucleus instances of one field of view (see the module docstring; arguments and
     result as `segment.segment_cells`)."""
-    blue = _unit_float(channels["blue"], "blue")
-    height, width = blue.shape
-    side = max(height, width)
-    if scale is None:
-        scale = 1.0 / math.ceil(side / WORK_SIDE)
-    if not 0 < scale <= 1:
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
-    unit = side * scale / REFERENCE_SIDE
-    stains = {"blue": blue}
-    for name in ("red", "yellow"):
-        stains[name] = _unit_float(channels[name], name)
-        if stains[name].shape != blue.shape:
-            raise ValueError(f"channel {name} is {stains[name].shape}, blue {blue.shape}")
-    small = {name: _downscale(img, scale) for name, img in stains.items()}
+    small, unit, shape = working_stains(channels, scale)
     block = max(8, int(round(params.background_block * unit)))
     # a block's 2nd percentile lies ~2 sigma of pixel noise under the background's mean
     flat = {
@@ -104,7 +88,7 @@ def segment_crowded(
     nuclei = crowded_nuclei(blue_s, light, _noise(flat["blue"]), unit, params)
     cells = crowded_cells(flat, light, nuclei, unit, params)
     cells, nuclei = _number(cells, nuclei)
-    return _upscale(cells, (height, width)), _upscale(nuclei, (height, width))
+    return _upscale(cells, shape), _upscale(nuclei, shape)
 
 
 def _background(image: np.ndarray, block: int, params: CrowdedParams) -> np.ndarray:
