@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from eval_pixels import validation_pixels
 
 from hpa_jax import cli
 from hpa_jax.data.synthetic import synthesize
@@ -205,29 +206,6 @@ def test_bad_input_exits_2_and_leaves_workdir(workdir, data_dir, tmp_path, capsy
     assert files(workdir) == before
 
 
-def _validation_pixels(data_dir, config_path):
-    """The validation images exactly as predict feeds them (run's size and channels), by ID."""
-    from hpa_jax import config as config_lib
-    from hpa_jax.data import pipeline
-
-    config = config_lib.read_config(config_path)
-    it = pipeline.make_eval_iterator(
-        data_dir,
-        batch_size=8,
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        split="validation",
-        process_index=0,
-        process_count=1,
-    )
-    images = {}
-    for batch in it:
-        for image_id, image, keep in zip(batch["id"], batch["image"], batch["mask"], strict=True):
-            if keep:
-                images[str(image_id)] = image
-    return images
-
-
 def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, tmp_path, capsys):
     import keras
 
@@ -257,7 +235,7 @@ def test_export_loads_in_keras_predicts_as_predict_and_fits(workdir, data_dir, t
 
     model = keras.saving.load_model(model_file)
     assert model.input_shape == (None, 32, 32, 4) and model.output_shape == (None, 19)
-    pixels = _validation_pixels(data_dir, workdir)
+    pixels = validation_pixels(data_dir, workdir)
     images = np.stack([pixels[i] for i in want["ids"]]).astype(np.float32)  # 0..255 floats
     got = model.predict(images, batch_size=5, verbose=0)
     assert got.shape == want["probs"].shape

@@ -170,20 +170,10 @@ def make_crowd(rng, size: int, spindle: bool, params: RealisticParams = REALISTI
     fragments = [
         _fragments(rng, nuc_center[k], nuc_r[k]) if kind[k] == 2 else None for k in range(n)
     ]
-    maps = _ownership(
-        size,
-        centre,
-        axes,
-        angle,
-        harmonics,
-        phases,
-        nuc_center,
-        nuc_axes,
-        nuc_harm,
-        nuc_phase,
-        kind,
-        fragments,
+    outlines = _Outlines(
+        centre, axes, angle, harmonics, phases, nuc_center, nuc_axes, nuc_harm, nuc_phase, fragments
     )
+    maps = _ownership(size, outlines)
     owner, d_cell, second, d_nuc = maps
     mean_r = float(radius_eq.mean())
     gap = second - d_cell
@@ -265,23 +255,35 @@ def _fragments(rng, centre, radius) -> np.ndarray:
     return np.stack([centre[0] + d * np.sin(t), centre[1] + d * np.cos(t), r], 1)
 
 
-def _ownership(
-    size,
-    centre,
-    axes,
-    angle,
-    harmonics,
-    phases,
-    nuc_center,
-    nuc_axes,
-    nuc_harm,
-    nuc_phase,
-    kind,
-    fragments,
-):
+@dataclasses.dataclass(frozen=True)
+class _Outlines:
+    """Each cell's outline and nucleus, one row per cell: centre (y, x), ellipse axes, angle,
+    the outline's 4 harmonics and phases; the nucleus's centre, axes, 2 harmonics and phases,
+    and its fragments ([m, 3] of y, x, radius; None for a whole nucleus)."""
+
+    centre: np.ndarray
+    axes: np.ndarray
+    angle: np.ndarray
+    harmonics: np.ndarray
+    phases: np.ndarray
+    nuc_center: np.ndarray
+    nuc_axes: np.ndarray
+    nuc_harm: np.ndarray
+    nuc_phase: np.ndarray
+    fragments: list
+
+
+def _ownership(size: int, cells: _Outlines):
     """Per pixel: the owning cell, its normalised distance, the second-nearest cell's, and the
     owner's nucleus distance. Each cell is drawn in its own box; a nucleus belongs to its cell
     whatever overlaps it (its pixels rank before any other cell's)."""
+    centre, axes, angle, harmonics, phases = (
+        cells.centre,
+        cells.axes,
+        cells.angle,
+        cells.harmonics,
+        cells.phases,
+    )
     owner = np.zeros((size, size), np.int64)
     first = np.full((size, size), np.float32(10.0))
     second = np.full((size, size), np.float32(10.0))
@@ -301,7 +303,14 @@ def _ownership(
         wobble = 1 + sum(harmonics[k, j] * np.cos((j + 2) * theta + phases[k, j]) for j in range(4))
         d = np.sqrt(u * u + v * v) / wobble
         nd = _nucleus_distance(
-            yy, xx, nuc_center[k], nuc_axes[k], angle[k], nuc_harm[k], nuc_phase[k], fragments[k]
+            yy,
+            xx,
+            cells.nuc_center[k],
+            cells.nuc_axes[k],
+            angle[k],
+            cells.nuc_harm[k],
+            cells.nuc_phase[k],
+            cells.fragments[k],
         )
         r = np.where(nd < 1, 0.1 * nd, d).astype(np.float32)
         box = (slice(y0, y1), slice(x0, x1))
