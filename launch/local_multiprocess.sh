@@ -57,10 +57,20 @@ forward() {  # pass the signal on; the wait loop below then collects every exit 
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
+# the caller's XLA flags are kept, all but the device count, which is this script's
+xla_flags=""
+for flag in ${XLA_FLAGS:-}; do
+  case "$flag" in
+    --xla_force_host_platform_device_count=*) ;;
+    *) xla_flags+="$flag " ;;
+  esac
+done
+xla_flags+="--xla_force_host_platform_device_count=$D"
 for ((i = 0; i < N; i++)); do
-  envs=(JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$D"
+  envs=(JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags"
         "HPA_JAX_COORDINATOR=localhost:$PORT" "HPA_JAX_NUM_PROCESSES=$N" "HPA_JAX_PROCESS_ID=$i")
-  line="+ env ${envs[*]}"
+  line="+ env"
+  for env in "${envs[@]}"; do line+=" $(quote "$env")"; done
   for arg in "$@"; do line+=" $(quote "$arg")"; done
   echo "$line > $LOGDIR/process-$i.log 2>&1 &"
   if [ "$DRY_RUN" = 0 ]; then

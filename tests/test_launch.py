@@ -388,7 +388,10 @@ def test_unknown_flag_is_refused():
     assert "--bogus" in err
 
 
-def test_local_multiprocess_env_per_process():
+def test_local_multiprocess_env_per_process(monkeypatch):
+    # the caller's XLA flags reach every process, but not its device count
+    flags = "--xla_backend_optimization_level=1 --xla_force_host_platform_device_count=8"
+    monkeypatch.setenv("XLA_FLAGS", flags)
     cmds = dry(
         "launch/local_multiprocess.sh",
         "--num-processes=3",
@@ -403,7 +406,9 @@ def test_local_multiprocess_env_per_process():
     )
     assert len(cmds) == 3
     for i, cmd in enumerate(cmds):
-        assert "--xla_force_host_platform_device_count=2" in cmd
+        want = "--xla_backend_optimization_level=1 --xla_force_host_platform_device_count=2"
+        assert f"'XLA_FLAGS={want}'" in cmd
+        assert "device_count=8" not in cmd
         assert "HPA_JAX_COORDINATOR=localhost:5555 HPA_JAX_NUM_PROCESSES=3" in cmd
         assert f"HPA_JAX_PROCESS_ID={i} hpa-jax train --workdir w" in cmd
 

@@ -93,12 +93,19 @@ def train_command(data_dir, workdir) -> list[str]:
 
 
 def base_env() -> dict:
+    """The test's environment without its device count (each run sets its own) and HPA_JAX_*;
+    the suite's other XLA flags (conftest.py) stay, and the launch script keeps them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "HPA_JAX_"))}
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    kept = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+    if kept:
+        env["XLA_FLAGS"] = kept
     return {**env, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def one_process(data_dir, workdir) -> None:
-    env = {**base_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    flags = f"{base_env().get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**base_env(), "XLA_FLAGS": flags.strip()}
     proc = subprocess.run(
         train_command(data_dir, workdir),
         cwd=ROOT,
