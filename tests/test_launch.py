@@ -15,12 +15,17 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def dry(script: str, *args: str, ok: bool = True) -> list[str]:
+def dry(script: str, *args: str, ok: bool = True, xla_flags: str = "") -> list[str]:
+    """The script's `+ ` lines, run as a user would: without the suite's XLA_FLAGS (conftest.py)
+    unless `xla_flags` gives some."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
     proc = subprocess.run(
         ["bash", str(ROOT / script), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": ""},
+        env={**env, "HPA_TPU_ZONE": "", "HPA_TPU_PROJECT": ""},
     )
     assert (proc.returncode == 0) == ok, proc.stderr
     return (
@@ -388,10 +393,9 @@ def test_unknown_flag_is_refused():
     assert "--bogus" in err
 
 
-def test_local_multiprocess_env_per_process(monkeypatch):
+def test_local_multiprocess_env_per_process():
     # the caller's XLA flags reach every process, but not its device count
     flags = "--xla_backend_optimization_level=1 --xla_force_host_platform_device_count=8"
-    monkeypatch.setenv("XLA_FLAGS", flags)
     cmds = dry(
         "launch/local_multiprocess.sh",
         "--num-processes=3",
@@ -403,6 +407,7 @@ def test_local_multiprocess_env_per_process(monkeypatch):
         "train",
         "--workdir",
         "w",
+        xla_flags=flags,
     )
     assert len(cmds) == 3
     for i, cmd in enumerate(cmds):
@@ -557,6 +562,7 @@ def test_tpu_doc_shows_each_launch_command_with_its_dry_run_output():
         f"launch/tpu/{name}.sh" for name in ("create", "setup", "run", "copy_logs", "delete")
     } <= scripts
     base = {k: v for k, v in os.environ.items() if not k.startswith("HPA_TPU_")}
+    base.pop("XLA_FLAGS", None)  # as a user runs them: the suite's XLA flags are conftest's
     for exports, commands, shown in steps:
         assert shown is not None, f"no dry-run output shown for {commands}"
         printed = ""
