@@ -72,6 +72,7 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
 # order; the longest files go first, so that neither worker is left alone with one at the end.
 SLOW_FILES = (
+    "test_study_backbones.py",
     "test_kill9.py",
     "test_flaky_storage.py",
     "test_cells_pipeline.py",
