@@ -44,6 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from test_multiprocess import free_port
+from xla_env import with_device_count
 
 from hpa_jax.data.synthetic import synthesize
 from hpa_jax.train import checkpoint as ckpt_lib
@@ -96,16 +97,13 @@ def base_env() -> dict:
     """The test's environment without its device count (each run sets its own) and HPA_JAX_*;
     the suite's other XLA flags (conftest.py) stay, and the launch script keeps them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "HPA_JAX_"))}
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    kept = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
-    if kept:
-        env["XLA_FLAGS"] = kept
+    if with_device_count(None):
+        env["XLA_FLAGS"] = with_device_count(None)
     return {**env, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def one_process(data_dir, workdir) -> None:
-    flags = f"{base_env().get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env = {**base_env(), "XLA_FLAGS": flags.strip()}
+    env = {**base_env(), "XLA_FLAGS": with_device_count(4)}
     proc = subprocess.run(
         train_command(data_dir, workdir),
         cwd=ROOT,

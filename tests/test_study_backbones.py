@@ -91,7 +91,7 @@ def study_run(request, data_dir, tmp_path_factory):
     name, size = BACKBONES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     workdir, predictions, report = root / "run", root / "predictions.csv", root / "report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "HPA_JAX_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPA_JAX_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [
         sys.executable,
