@@ -10,7 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xla_env import with_device_count  # noqa: E402
+from subproc import with_device_count  # noqa: E402
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = with_device_count(2)  # the suite's flags, 2 devices

@@ -28,7 +28,7 @@ import time
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xla_env import with_device_count  # noqa: E402
+from subproc import with_device_count  # noqa: E402
 
 os.environ["XLA_FLAGS"] = with_device_count(1)  # the suite's flags, one device
 os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -26,11 +26,11 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+import subproc
 from test_resume import saved_arrays, train_losses
 
 from hpa_jax.data import dataset
@@ -104,16 +104,7 @@ def study_run(request, data_dir, tmp_path_factory):
         f"--config.data.image_size={size}",
         *OVERRIDES,
     ]
-    proc = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    subproc.run(command, env, TIMEOUT_S, tail=6000)
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["name"] == name and saved["data"]["image_size"] == size
     yield workdir, predictions, json.loads(report.read_text())
