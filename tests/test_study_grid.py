@@ -62,7 +62,7 @@ def test_cpu_scale_table():
             assert (config.data.image_size, config.total_epochs) == (size, 1.0)
         else:
             assert config.model.name == "efficientnet_small"
-            assert (config.data.image_size, config.total_epochs) == (64, 8.0)
+            assert (config.data.image_size, config.total_epochs) == (64, 10.0)
     assert [p["model.name"] for p in g.points[:4]] == list(BACKBONES)
 
 
@@ -134,20 +134,25 @@ def test_docs_show_the_study_scale_commands(capsys):
 # one runlocal run of the whole grid
 
 
-@pytest.fixture(scope="module")
-def study_root(tmp_path_factory):
-    """`hpa-jax grid run configs/grids/study.py:runlocal --root R` in a subprocess with one CPU
-    device (the command's own setting; the suite's 8 simulated devices are for mesh tests)."""
-    root = tmp_path_factory.mktemp("study") / "runs"
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+def hpa_jax(*words) -> str:
+    """`hpa-jax WORDS` in a subprocess with one CPU device, as the command runs (the suite's 8
+    simulated devices are for the mesh tests); its output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hpa_jax.cli", "grid", "run", f"{STUDY}:runlocal", "--root", root],
+        [sys.executable, "-m", "hpa_jax.cli", *map(str, words)],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory):
+    """`hpa-jax grid run configs/grids/study.py:runlocal --root R` from an empty root."""
+    root = tmp_path_factory.mktemp("study") / "runs"
+    hpa_jax("grid", "run", f"{STUDY}:runlocal", "--root", root)
     return root
 
 
@@ -201,8 +206,7 @@ def test_figures_with_weights_from_a_keras_file(study_root, tmp_path):
     keras_model = random_efficientnet("b0", seed=5, size=32)
     weights = tmp_path / "b0.weights.h5"
     keras_model.save_weights(weights)
-    words = ["grid", "report", str(study_root), "--figures", "--weights", str(weights)]
-    assert cli.main(words) == 0
+    hpa_jax("grid", "report", study_root, "--figures", "--weights", weights)
     figures = study_root / "figures"
     for name in (
         "class_weights_per_class_f1.png",

@@ -48,9 +48,9 @@ SETTINGS = (
     {"loss.class_weights": "none"},
     {"data.exclude": FILTERED},
 )
-SYNTH = {"": 1000, "runlocal": 96}  # images per synthetic dataset (64 px)
+SYNTH = {"": 600, "runlocal": 96}  # images per synthetic dataset (64 px)
 BACKBONE_EPOCHS = 1.0  # CPU scale
-SETTING_EPOCHS = 8.0  # CPU scale
+SETTING_EPOCHS = 10.0  # CPU scale
 SEEDS = {"": (0, 1, 2), "runlocal": (0, 1), "tpu": (0, 1, 2)}
 
 

@@ -212,7 +212,7 @@ def per_class_bars(series: dict, *, class_names: Sequence[str], ylabel: str, tit
     names = list(series)
     k = len(class_names)
     width = 0.8 / max(len(names), 1)
-    fig = figure(max(7.0, 0.42 * k + 1.5), 3.6)
+    fig = figure(max(7.0, 0.42 * k + 1.5), 4.6)
     ax = fig.subplots()
     for i, name in enumerate(names):
         mean, sd = (np.asarray(v, np.float64) for v in series[name])

@@ -263,7 +263,7 @@ def _histograms(rows: list[grid.SeedRow], root: Path):
                 scan.stats["histograms"],
                 flags,
                 channel_names=scan.channel_names,
-                title=f"{data}: {flags.sum()} images flagged by the anomaly report "
-                f"({share:.1%}) versus the others",
+                title=f"{as_path(data).name}: {flags.sum()} images flagged by the anomaly "
+                f"report ({share:.1%}) versus the others",
             )
     return "no filtering run (data.exclude from the grid's prepare) has finished"
