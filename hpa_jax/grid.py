@@ -199,15 +199,17 @@ def point_commands(grid: Grid, root: str, extra: list[str]) -> list[str]:
     import shlex
 
     made, inputs, trains = set(), [], []
-    for point, (name, overrides) in zip(grid.points, describe(grid), strict=True):
+    for point, (name, _) in zip(grid.points, describe(grid), strict=True):
         needs = point_needs(grid, root, point, point_config(grid, point, extra))
         for need in needs:
             if str(need.path) not in made:
                 made.add(str(need.path))
                 inputs.append(shlex.join(need.command))
-        prepared = override_strings({n.key: str(n.path) for n in needs})
+        # as run_grid sets them: the point's values, the command line's, then the inputs'
+        prepared = {n.key: str(n.path) for n in needs}
+        own = override_strings({k: v for k, v in point.items() if k not in prepared})
         args = ["hpa-jax", "train", "--config", grid.base, "--workdir", f"{root}/{name}"]
-        trains.append(shlex.join(args + overrides + prepared + list(extra)))
+        trains.append(shlex.join(args + own + list(extra) + override_strings(prepared)))
     return inputs + trains
 
 

@@ -88,9 +88,12 @@ def test_study_scale_commands(capsys):
         assert config.data.image_size == 600 and config.total_epochs == 20.0
         assert config.data.dir == "/tmp/hpa-data" and config.model.dtype == "bfloat16"
         assert config.model.name in BACKBONES and config.batch_size == 32
-        if "--config.data.exclude=anomalies" in line:
+        if "exclude=anomalies" in args.workdir:
             assert config.data.exclude == "gs://my-bucket/runs/study/anomalies/data/exclude.txt"
+        else:
+            assert config.data.exclude == ""
     assert sum("model.name=efficientnet_b7" in t for t in trains) == 21
+    assert sum("exclude=anomalies" in t for t in trains) == 3
 
 
 def test_docs_show_the_study_scale_commands(capsys):
