@@ -62,7 +62,7 @@ def test_cpu_scale_table():
             assert (config.data.image_size, config.total_epochs) == (size, 1.0)
         else:
             assert config.model.name == "efficientnet_small"
-            assert (config.data.image_size, config.total_epochs) == (64, 10.0)
+            assert (config.data.image_size, config.total_epochs) == (64, 20.0)
     assert [p["model.name"] for p in g.points[:4]] == list(BACKBONES)
 
 

@@ -50,7 +50,7 @@ SETTINGS = (
 )
 SYNTH = {"": 600, "runlocal": 96}  # images per synthetic dataset (64 px)
 BACKBONE_EPOCHS = 1.0  # CPU scale
-SETTING_EPOCHS = 10.0  # CPU scale
+SETTING_EPOCHS = 20.0  # CPU scale
 SEEDS = {"": (0, 1, 2), "runlocal": (0, 1), "tpu": (0, 1, 2)}
 
 
