@@ -220,3 +220,13 @@ def test_weights_file_and_converted_folder_on_gcs(tmp, gcs_bucket):
     np.testing.assert_allclose(_our_features(model, images), want, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="missing.h5: no such weights file"):
         kw.load_keras_weights(f"{gcs_bucket}/missing.h5", "b0")
+
+
+def test_save_converted_replaces_an_existing_folder(tmp_path):
+    out = tmp_path / "w"
+    for value in (1.0, 2.0):
+        state = {"stem_conv": {"kernel": np.full((3, 3, 3, 8), value, np.float32)}}
+        converted.save_converted(state, out, {"variant": "b0", "in_channels": 3, "source": "x"})
+        pure, meta = converted.load_converted(out)
+        assert float(pure["stem_conv"]["kernel"].max()) == value and meta["variant"] == "b0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
