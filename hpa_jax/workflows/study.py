@@ -202,8 +202,11 @@ def _embeddings(rows, root: Path, folder: Path, weights, log):
     if list(fine.ids) != list(pre.ids):
         raise UserError(f"{work}: the two embeddings hold different images")
     k = min(10, len(fine.ids) - 1)
+    backbone, setting = grid.row_labels(best)
+    seed = run.record["point"].get(grid.SEED_KEY)
+    tuned = f"fine-tuned: {backbone}\n{setting}" + ("" if seed is None else f", seed {seed}")
     maps = {}
-    for title, emb in ((what, pre), (f"fine-tuned: {_label(best)}", fine)):
+    for title, emb in ((what, pre), (tuned, fine)):
         features = projection.prepare_features(emb.features)
         agreement = knn_label_agreement(features, emb.labels, k=k)
         maps[f"{title}\nkNN label agreement (k={k}): {agreement:.3f}"] = projection.tsne(
@@ -228,18 +231,21 @@ def pretrained_weights(run: Run, weights, work: Path) -> tuple[Path, str]:
             raise UserError(f"{run.workdir}: {config.model.name} is not an EfficientNet")
         meta = {"variant": variant, "in_channels": channels, "source": "untrained (seed 0)"}
         out = converted.save_converted(backbone_state(model), work / "untrained", meta)
-        return out, f"untrained EfficientNet-{variant} (random initialisation)"
+        return (
+            out,
+            f"untrained EfficientNet-{variant}\n(random initialisation, no ImageNet weights)",
+        )
     given = as_path(weights) if str(weights) != "imagenet" else None
     if given is not None and (given / "meta.json").exists():
         _, meta = converted.load_converted(given)
-        return given, f"pre-trained: EfficientNet-{meta['variant']} from {given.name}"
+        return given, f"pre-trained: EfficientNet-{meta['variant']}\nfrom {given.name}"
     variant = None
     if given is None:  # Keras's ImageNet file for the run's variant (or B0's)
         variant = re.sub("^efficientnet_", "", str(config.model.name))
         variant = variant if re.fullmatch("b[0-7]", variant) else "b0"
     out = convert_keras_weights(weights, work / "pretrained", variant, in_channels=channels)
     meta = converted.load_converted(out)[1]
-    return out, f"pre-trained: EfficientNet-{meta['variant']} from {as_path(weights).name}"
+    return out, f"pre-trained: EfficientNet-{meta['variant']}\nfrom {as_path(weights).name}"
 
 
 # ---------------------------------------------------------------------------------------------
