@@ -157,3 +157,27 @@ def test_neighbours_contradict_needs_both_a_lacking_and_a_missing_class():
         label_noise.neighbours_contradict(dist[:, :1], two)
     with pytest.raises(UserError, match="unsupported"):
         label_noise.neighbours_contradict(dist, two, unsupported=0.6, expected=0.5)
+
+
+def test_knn_label_agreement_by_hand():
+    # four points on a line: 0, 1 (class 0), 10, 11 (class 1; the last also class 0)
+    points = np.array([[0.0], [1.0], [10.0], [11.0]], np.float32)
+    labels = np.array([[1, 0], [1, 0], [0, 1], [1, 1]], np.float32)
+    # k=1: each one's nearest neighbour is its pair; all pairs share a class
+    assert neighbours.knn_label_agreement(points, labels, k=1) == 1.0
+    # k=2: point 0 → {1, 2}: 1 of 2 share; point 1 → {0, 2}: 1/2; point 2 → {3, 1}: 1/2;
+    # point 3 → {2, 1}: 2/2 (class 1 with 2, class 0 with 1)
+    assert neighbours.knn_label_agreement(points, labels, k=2) == pytest.approx(
+        (0.5 + 0.5 + 0.5 + 1.0) / 4
+    )
+    # images without a label are left out of the mean; their neighbours still count
+    unlabelled = np.concatenate([labels, np.zeros((1, 2), np.float32)])
+    far = np.concatenate([points, [[100.0]]]).astype(np.float32)
+    assert neighbours.knn_label_agreement(far, unlabelled, k=1) == 1.0
+    # separated clusters agree fully; shuffled labels about chance (two classes: ~1/2)
+    points, labels = _two_clusters()
+    assert neighbours.knn_label_agreement(points, labels, k=5) == 1.0
+    shuffled = np.random.default_rng(1).permutation(labels)
+    assert 0.3 < neighbours.knn_label_agreement(points, shuffled, k=5) < 0.7
+    with pytest.raises(UserError, match="no image has a label"):
+        neighbours.knn_label_agreement(points, np.zeros_like(labels), k=5)

@@ -7,77 +7,26 @@ import shutil
 
 import h5py
 import jax
-import keras
 import numpy as np
 import pytest
 from flax import nnx
 from keras.src.legacy.saving import legacy_h5_format
+from keras_files import random_efficientnet
 
 import hpa_jax  # noqa: F401  (selects Keras's JAX backend before keras is imported)
 from hpa_jax import cli
 from hpa_jax.errors import UserError
-from hpa_jax.models import converted, keras_build
+from hpa_jax.models import converted
 from hpa_jax.models import keras_weights as kw
 from hpa_jax.models.efficientnet import EfficientNet, backbone_state
 
 SIZE = 64
 
 
-def _random_keras_model(variant, seed):
-    """keras.applications.EfficientNetBx(include_top=False, pooling="avg") with random weights.
-
-    Every weight is drawn here with NumPy (He-scaled kernels; BatchNorm statistics and the
-    input normalisation far from Keras's mean 0 / variance 1 defaults, which would hide a
-    mix-up of mean and variance). Keras's own initialisers are skipped (deferred in a
-    StatelessScope) because running them eagerly compiles once per weight shape (~20 s/model).
-    """
-    builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    model = keras_build.deferred_build(
-        builder, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg"
-    )
-    rng = np.random.default_rng(seed)
-    done = set()
-    for layer in model.layers:
-        values = _random_values(layer, rng)
-        for var, value in zip(layer.weights, values, strict=True):
-            var.assign(np.asarray(value, var.dtype).reshape(var.shape))
-            done.add(id(var))
-        if isinstance(layer, keras.layers.Normalization):
-            layer.finalize_state()  # Keras derives its broadcast mean/variance here
-    for var in model.variables:  # dropout seed states
-        if id(var) not in done:
-            var.assign(np.zeros(var.shape, var.dtype))
-    return model
-
-
-def _random_values(layer, rng):
-    shapes = [tuple(w.shape) for w in layer.weights]
-    if isinstance(layer, keras.layers.BatchNormalization):
-        c = shapes[0][0]
-        return [
-            rng.uniform(0.7, 1.3, c),
-            rng.normal(0, 0.1, c),
-            rng.normal(0, 0.1, c),
-            rng.uniform(0.6, 1.6, c),
-        ]
-    if isinstance(layer, keras.layers.Normalization):
-        return [[0.45, 0.5, 0.4], [0.06, 0.08, 0.05], 100]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        k = shapes[0]
-        return [rng.normal(0, np.sqrt(2.0 / (k[0] * k[1])), k)]
-    if isinstance(layer, keras.layers.Conv2D):
-        k = shapes[0]
-        return [rng.normal(0, np.sqrt(2.0 / np.prod(k[:3])), k)] + [
-            rng.normal(0, 0.1, s) for s in shapes[1:]
-        ]
-    assert not shapes, f"unexpected weights in {layer.name}"
-    return []
-
-
 @functools.cache
 def _keras_reference(variant, tmp):
     """A Keras model with random weights, its pooled features and its weights in both formats."""
-    model = _random_keras_model(variant, seed=int(variant[1]))
+    model = random_efficientnet(variant, seed=int(variant[1]), size=SIZE)
     rng = np.random.default_rng(3)
     images = rng.uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
     features = model.predict(images, verbose=0)
@@ -271,3 +220,13 @@ def test_weights_file_and_converted_folder_on_gcs(tmp, gcs_bucket):
     np.testing.assert_allclose(_our_features(model, images), want, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="missing.h5: no such weights file"):
         kw.load_keras_weights(f"{gcs_bucket}/missing.h5", "b0")
+
+
+def test_save_converted_replaces_an_existing_folder(tmp_path):
+    out = tmp_path / "w"
+    for value in (1.0, 2.0):
+        state = {"stem_conv": {"kernel": np.full((3, 3, 3, 8), value, np.float32)}}
+        converted.save_converted(state, out, {"variant": "b0", "in_channels": 3, "source": "x"})
+        pure, meta = converted.load_converted(out)
+        assert float(pure["stem_conv"]["kernel"].max()) == value and meta["variant"] == "b0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]

@@ -139,3 +139,22 @@ def _masked_reduce(dist: np.ndarray, members: np.ndarray, reduce: str) -> np.nda
     if reduce == "max":
         return np.where(members, dist, -np.inf).max(axis=1).astype(np.float32)
     return (np.where(members, dist, 0.0).sum(axis=1) / members.sum(axis=1)).astype(np.float32)
+
+
+def knn_label_agreement(features, labels, k: int = 10) -> float:
+    """How well an embedding groups images by class: the share of each image's k nearest
+    other images that carry at least one of its labels, averaged over the images that have a
+    label (1 = every neighbour shares a class; a random embedding scores about the chance
+    that two images share one).
+
+    features: float[N, D]; labels: multi-hot [N, K]. Returns a float in 0..1.
+    """
+    labels = check_labels(labels)
+    check_same_rows(("features", features), ("labels", labels))
+    _, idx = nearest_neighbours(features, k)
+    member = labels > 0
+    shares = (member[:, None, :] & member[idx]).any(axis=-1).mean(axis=1)  # [N]
+    labelled = member.any(axis=1)
+    if not labelled.any():
+        raise UserError("kNN label agreement: no image has a label")
+    return float(shares[labelled].mean())

@@ -172,3 +172,57 @@ def side_by_side(maps: dict[str, np.ndarray], labels, *, class_names, flags=None
         _scatter_map(ax, np.asarray(coords), labels, flags, class_names, name)
     axes[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
+
+
+def colour_histograms(histograms, flags, *, channel_names: Sequence[str], title: str = ""):
+    """Mean colour histogram of flagged versus normal images, one panel per channel.
+
+    histograms: float[N, C, bins], each channel's histogram normalised to sum 1 (as
+    `intensity.colour_histograms` gives); flags: bool[N]. Grey levels 0..255 on the x axis.
+    """
+    histograms, flags = np.asarray(histograms, np.float64), np.asarray(flags, bool)
+    n, channels, bins = histograms.shape
+    edges = np.linspace(0, 256, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = figure(3.0 * channels + 0.6, 3.0)
+    axes = fig.subplots(1, channels, squeeze=False)[0]
+    groups = (("normal", ~flags, "tab:blue"), ("flagged", flags, "tab:red"))
+    for ch, ax in enumerate(axes):
+        for name, rows, colour in groups:
+            if not rows.any():
+                continue
+            mean = histograms[rows, ch].mean(axis=0)
+            ax.step(centres, mean, where="mid", color=colour, label=f"{name} ({rows.sum()})")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{channel_names[ch]} grey level")
+        ax.set_xlim(0, 256)
+    axes[0].set_ylabel("share of pixels (mean over images)")
+    axes[-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def per_class_bars(series: dict, *, class_names: Sequence[str], ylabel: str, title: str = ""):
+    """Grouped bars per class with error bars: series name → (mean float[K], sd float[K]).
+
+    Used for per-class F1 with and without class weights, and for the per-class
+    precision/recall/F1 of a row (mean ± sd over its seeds).
+    """
+    names = list(series)
+    k = len(class_names)
+    width = 0.8 / max(len(names), 1)
+    fig = figure(max(7.0, 0.42 * k + 1.5), 4.6)
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        mean, sd = (np.asarray(v, np.float64) for v in series[name])
+        x = np.arange(k) - 0.4 + width * (i + 0.5)
+        ax.bar(x, mean, width, yerr=sd, capsize=2, label=name, error_kw={"linewidth": 0.8})
+    ax.set_xticks(range(k), list(class_names), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -45,23 +45,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hpa_jax.models import converted, keras_weights
-    from hpa_jax.models.efficientnet import backbone_state
+    from hpa_jax.models.keras_weights import convert_keras_weights
 
     rescale = {"auto": None, "on": True, "off": False}[args.imagenet_rescaling]
-    model = keras_weights.load_keras_weights(
+    out = convert_keras_weights(
         args.keras,
+        args.out,
         args.variant,
         in_channels=args.channels,
         num_classes=args.num_classes,
         imagenet_rescaling=rescale,
     )
-    meta = {
-        "variant": args.variant,
-        "in_channels": args.channels,
-        "source": str(args.keras),
-        "imagenet_rescaling": bool(float(model.input_scale[...].min()) != 1.0),
-    }
-    out = converted.save_converted(backbone_state(model), args.out, meta)
     print(f"wrote EfficientNet-{args.variant} ({args.channels} channels) backbone to {out}")
     return 0

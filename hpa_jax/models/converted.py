@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +50,7 @@ def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> fileio.Path
     pure = _stringify_keys(as_float32(_drop_head(pure)))
     out_dir = _absolute(out_dir)
     meta = {"format": META_FORMAT, "version": 1, **meta}
+    old = None
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         checkpointer = ocp.StandardCheckpointer()
@@ -56,6 +58,12 @@ def save_converted(state, out_dir: str | os.PathLike, meta: dict) -> fileio.Path
         checkpointer.wait_until_finished()
         checkpointer.close()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if not fileio.is_remote(out_dir) and out_dir.is_dir():
+            # a folder cannot be renamed over a non-empty one: the old one steps aside last
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

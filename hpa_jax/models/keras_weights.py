@@ -41,8 +41,14 @@ import numpy as np
 from flax import nnx
 
 from hpa_jax import fileio
-from hpa_jax.models.converted import WeightsError, as_float32, assign_pure_state
-from hpa_jax.models.efficientnet import VARIANTS, EfficientNet, block_args, round_filters
+from hpa_jax.models.converted import WeightsError, as_float32, assign_pure_state, save_converted
+from hpa_jax.models.efficientnet import (
+    VARIANTS,
+    EfficientNet,
+    backbone_state,
+    block_args,
+    round_filters,
+)
 from hpa_jax.models.keras_build import deferred_build, fill_with_zeros
 
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)  # Keras's constants for its extra ImageNet rescale
@@ -402,3 +408,46 @@ def load_keras_weights(
     )
     assign_pure_state(model, pure, where=str(source))
     return model
+
+
+def file_variant(source) -> str:
+    """The EfficientNet variant ("b0".."b7") a Keras weights file holds (from its shapes)."""
+    path = fileio.as_path(source)
+    with fileio.local_copy(path) as local:
+        _, found = inspect_h5(local, where=str(path))
+    if found["variant"] is None:
+        raise WeightsError(f"{path}: not EfficientNet weights ({_found_text(found)})")
+    return found["variant"]
+
+
+def convert_keras_weights(
+    source,
+    out_dir,
+    variant: str | None = None,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1,
+    imagenet_rescaling: bool | None = None,
+):
+    """Keras EfficientNet weights → a converted-weights folder (`converted.py`); returns it.
+
+    source: as `load_keras_weights`; variant: None reads it from the file (a file source only).
+    What `hpa-jax convert-weights` does, and how `grid report --figures --weights FILE` gets
+    its ImageNet embeddings.
+    """
+    if variant is None:
+        variant = file_variant(source)
+    model = load_keras_weights(
+        source,
+        variant,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        imagenet_rescaling=imagenet_rescaling,
+    )
+    meta = {
+        "variant": variant,
+        "in_channels": in_channels,
+        "source": str(source),
+        "imagenet_rescaling": bool(float(model.input_scale[...].min()) != 1.0),
+    }
+    return save_converted(backbone_state(model), out_dir, meta)
