@@ -47,6 +47,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import statistics
 import time
 import traceback
@@ -232,8 +233,14 @@ def _make(needs: list[Need], made: set[str], log) -> dict[str, str]:
     return {need.key: str(need.path) for need in needs}
 
 
-def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> list[dict]:
+def run_grid(
+    grid: Grid, root: str | Path, extra: list[str] = (), log=print, only: str | None = None
+) -> list[dict]:
     """Train every point into `root/<name>`, one after another; returns each point's record.
+
+    With `only` (a regular expression), just the points whose run name it matches (`re.search`)
+    run; the others stay in the plan, and `report` shows them as not run. A queue of one job
+    per point, or a part of the grid on one machine, uses it.
 
     A point whose `final_metrics.json` exists is skipped; an interrupted point resumes from its
     checkpoint (the trainer resumes on a workdir that has one). `extra` overrides apply to all.
@@ -261,8 +268,14 @@ def run_grid(grid: Grid, root: str | Path, extra: list[str] = (), log=print) -> 
             indent=2,
         ),
     )
+    try:
+        chosen = re.compile(only) if only is not None else None
+    except re.error as err:
+        raise UserError(f"--only {only!r} is not a regular expression: {err}") from err
     results, made = [], set()
     for i, (point, (name, _)) in enumerate(zip(grid.points, describe(grid), strict=True)):
+        if chosen is not None and not chosen.search(name):
+            continue
         workdir = root / name
         done = workdir / DONE_FILE
         if done.exists():

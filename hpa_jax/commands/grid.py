@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the commands that run the grid by hand (its inputs', then one "
         "`hpa-jax train` per point) instead of running",
     )
+    run.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="run just the points whose run name matches (re.search); the report shows the "
+        "others as not run",
+    )
     distributed.add_arguments(run)
     rep = sub.add_parser("report", help="collect final metrics into results.csv/.md/.png")
     rep.add_argument("root", help="the folder given to `grid run --root`")
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         from hpa_jax.train.preemption import PREEMPTED_EXIT, Preempted
 
         try:
-            results = grid.run_grid(g, args.root, extra)
+            results = grid.run_grid(g, args.root, extra, only=args.only)
         except Preempted as err:
             print(f"hpa-jax grid run: {err}; run the same command to resume")
             return PREEMPTED_EXIT
