@@ -119,3 +119,21 @@ def test_report_from_finished_runs(tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UserError, match="no finished runs"):
         grid.report(tmp_path / "unfinished")
+
+
+def test_only_refuses_a_bad_expression_and_skips_unmatched_points(tmp_path):
+    spec = write_grid(
+        tmp_path,
+        "BASE = 'configs/demo.py'\n"
+        "def sweep(add, arg):\n"
+        "    add(**{'optimizer.lr': 0.1})\n"
+        "    add(**{'optimizer.lr': 0.01})\n",
+    )
+    g = grid.load_grid(spec)
+    with pytest.raises(UserError, match=r"--only '\(' is not a regular expression"):
+        grid.run_grid(g, tmp_path / "runs", only="(")
+    # no point matches: nothing trains, the plan still lists both, the report shows them unrun
+    assert grid.run_grid(g, tmp_path / "runs", only="lr=7") == []
+    plan = json.loads((tmp_path / "runs" / "grid.json").read_text())
+    assert [p["name"] for p in plan["points"]] == ["lr=0.1", "lr=0.01"]
+    assert not (tmp_path / "runs" / "lr=0.1").exists()
