@@ -43,8 +43,13 @@ def test_tiny_grid_runs_reports_and_skips_finished(tmp_path, data_dir, capsys):
         assert run["metrics"]["tuned_macro_f1"] == pytest.approx(np.mean(tuned["validation_f1"]))
     # different seeds, different models
     assert runs[0]["metrics"]["loss"] != runs[1]["metrics"]["loss"]
+    # a seed axis: one row, the two seeds' mean ± sd
     csv_lines = (root / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("run,seed,") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("backbone,setting,seeds_run,seeds,") and len(csv_lines) == 2
+    row = dict(zip(csv_lines[0].split(","), csv_lines[1].split(","), strict=True))
+    assert (row["seeds_run"], row["seeds"], row["status"]) == ("2", "2", "2/2 seeds")
+    macro_f1s = [r["metrics"]["macro_f1"] for r in runs]
+    assert float(row["macro_f1_mean"]) == pytest.approx(np.mean(macro_f1s), abs=1e-4)
     capsys.readouterr()
     assert cli.main(argv) == 0  # every point finished: nothing retrained
     out = capsys.readouterr().out
