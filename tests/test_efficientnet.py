@@ -121,6 +121,106 @@ def test_depthwise_shifted_equals_grouped(stride, kernel):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("stride,kernel,size", [(1, 3, (11, 12)), (1, 5, (7, 6)), (2, 3, (12, 11))])
+def test_depthwise_hand_written_gradient_equals_autodiff(stride, kernel, size, dtype):
+    """`depthwise_shifted`'s custom VJP against JAX differentiating the same shifted sum in
+    float32 (for bfloat16 inputs too: the hand-written kernel gradient sums in float32, so it
+    is within bfloat16's rounding of the exact value, where bfloat16 autodiff is not)."""
+    rng = np.random.default_rng(kernel * stride)
+    x = jnp.asarray(rng.normal(size=(3, *size, 5)), dtype)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 5)), dtype)
+    g = jnp.asarray(rng.normal(size=layers.depthwise_shifted(x, k, stride).shape), dtype)
+
+    @jax.jit
+    def grads(x, k, g):
+        hand = jax.vjp(lambda x, k: layers.depthwise_shifted(x, k, stride), x, k)[1](g)
+        up = [a.astype(jnp.float32) for a in (x, k, g)]
+        auto = jax.vjp(lambda x, k: layers._shifted_conv(x, k, stride), *up[:2])[1](up[2])
+        return hand, auto
+
+    hand, auto = grads(x, k, g)
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    for a, b in zip(hand, auto, strict=True):  # d/dx, d/dkernel
+        assert a.dtype == dtype and a.shape == b.shape
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=tol, atol=tol * scale)
+
+
+def test_pointwise_as_rows_equals_the_channel_contraction():
+    """`Pointwise` flattens [B, H, W, C] to rows for its matrix product (a faster gradient on
+    XLA:CPU): the output and both gradients are einsum's over the channel axis."""
+    rng = np.random.default_rng(3)
+    layer = layers.Pointwise(6, 4, use_bias=True, init=layers.InitBank(jax.random.key(0)))
+    layer.bias[...] = jnp.asarray(rng.normal(size=4), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 5, 3, 6)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 5, 3, 4)), jnp.float32)
+    graphdef, state = nnx.split(layer)
+
+    def ours(x, state):
+        return nnx.merge(graphdef, state)(x)
+
+    def reference(x, w, b):
+        return jnp.einsum("bhwc,cd->bhwd", x, w) + b
+
+    out, vjp = jax.vjp(ours, x, state)
+    ref, ref_vjp = jax.vjp(reference, x, layer.kernel[...], layer.bias[...])
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    dx, dstate = vjp(g)
+    ref_dx, ref_dw, ref_db = ref_vjp(g)
+    for a, r in ((dx, ref_dx), (dstate["kernel"][...], ref_dw), (dstate["bias"][...], ref_db)):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+
+
+def _pointwise_4d(self, x):
+    """`Pointwise` before it flattened its input: one dot over the channel axis of [B, H, W, C]."""
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+@pytest.mark.parametrize("variant,channels", [("b0", 3), ("small", 4)])
+def test_cpu_model_gradients_equal_autodiff_of_the_same_model(variant, channels, monkeypatch):
+    """B0 and the demo's model in train mode: the loss and every parameter's gradient with the
+    CPU path's hand-written depthwise gradient and row-matrix 1×1 convolutions equal those of
+    the path they replaced (JAX differentiating the shifted sum; [B, H, W, C] dots), to float32
+    rounding. (`test_depthwise_shifted_equals_grouped` checks both against XLA's grouped
+    convolution.)"""
+    images = jnp.asarray(np.random.default_rng(1).uniform(0, 255, (4, 32, 32, channels)))
+    labels = jnp.asarray(np.random.default_rng(2).uniform(0, 1, (4, 19)) > 0.7, jnp.float32)
+    model = E.EfficientNet(variant, num_classes=19, in_channels=channels, rngs=nnx.Rngs(0))
+    assert model.depthwise == "shifted"
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss, grads = _loss_and_grads(graphdef)(params, rest, images, labels)
+    monkeypatch.setattr(layers, "_depthwise_shifted", layers._shifted_conv)
+    monkeypatch.setattr(layers.Pointwise, "__call__", _pointwise_4d)
+    ref_loss, ref_grads = _loss_and_grads(graphdef)(params, rest, images, labels)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    flat, ref_flat = jax.tree.leaves(grads), jax.tree.leaves(ref_grads)
+    assert len(flat) == len(ref_flat) > 50
+    # one scale for all: some gradients are rounding noise around an exact 0 (a BatchNorm bias
+    # that the next BatchNorm's mean cancels); the largest differ by about 1e-6 of this scale
+    scale = max(float(jnp.max(jnp.abs(r))) for r in ref_flat)
+    for a, r in zip(flat, ref_flat, strict=True):
+        np.testing.assert_allclose(a, r, rtol=0, atol=2e-6 * scale)
+
+
+def _loss_and_grads(graphdef):
+    """A new jitted function each call (JAX caches traces by function: a patched layer must
+    be traced again)."""
+
+    def loss(
+        params, rest, images, labels
+    ):  # fresh variables (copy=True): BatchNorm updates them in grad's trace
+        logits = nnx.merge(graphdef, params, rest, copy=True)(images, train=True)
+        return jnp.mean(optax_bce(logits, labels))
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def optax_bce(logits, labels):
+    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
 def test_depthwise_auto_picks_by_backend():
     assert layers.resolve_depthwise("auto") == "shifted"  # tests run on CPU
     assert layers.resolve_depthwise("grouped") == "grouped"

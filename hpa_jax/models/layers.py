@@ -121,33 +121,85 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array
 
     Same arithmetic and padding as `depthwise_grouped` (x: [B, H, W, C]; kernel: [kh, kw, 1, C];
     returns [B, Ho, Wo, C]); XLA:CPU fuses it into elementwise loops that run much faster
-    than its grouped-convolution kernel.
+    than its grouped-convolution kernel. Its gradient is written by hand (`_depthwise_bwd`):
+    differentiated automatically, XLA:CPU kept every shifted window of the input alive for the
+    backward pass and reduced each window separately.
     """
-    kh, kw = kernel.shape[:2]
-    (top, bottom), (left, right) = (
-        same_pads(x.shape[1], kh, stride),
-        same_pads(x.shape[2], kw, stride),
-    )
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = (xp.shape[1] - kh) // stride + 1
-    out_w = (xp.shape[2] - kw) // stride + 1
+    return _depthwise_shifted(x, kernel, stride)
+
+
+def _shifted_sum(xp: jax.Array, kernel: jax.Array, stride: int, out_hw) -> jax.Array:
+    """Σ over the kernel taps of `xp`'s strided window at (i, j) times `kernel[i, j, 0]`:
+    a "valid" depthwise correlation of the padded input `xp` with `out_hw` output pixels."""
     out = None
+    for i, j, window in _windows(xp, kernel.shape[0], kernel.shape[1], stride, out_hw):
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+def _windows(xp: jax.Array, kh: int, kw: int, stride: int, out_hw):
+    """(i, j, the strided window of `xp` that kernel tap (i, j) multiplies), tap by tap."""
+    out_h, out_w = out_hw
     for i in range(kh):
         for j in range(kw):
-            window = jax.lax.slice(
-                xp,
-                (0, i, j, 0),
-                (
-                    xp.shape[0],
-                    i + stride * (out_h - 1) + 1,
-                    j + stride * (out_w - 1) + 1,
-                    xp.shape[3],
-                ),
-                (1, stride, stride, 1),
-            )
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+            limit = (xp.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1)
+            window = jax.lax.slice(xp, (0, i, j, 0), limit + (xp.shape[3],), (1, stride, stride, 1))
+            yield i, j, window
+
+
+def _pad_input(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+    pads = (same_pads(x.shape[1], kh, stride), same_pads(x.shape[2], kw, stride))
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def _out_hw(xp: jax.Array, kh: int, kw: int, stride: int) -> tuple[int, int]:
+    return (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+
+
+def _shifted_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    kh, kw = kernel.shape[:2]
+    xp = _pad_input(x, kh, kw, stride)
+    return _shifted_sum(xp, kernel, stride, _out_hw(xp, kh, kw, stride))
+
+
+_depthwise_shifted = jax.custom_vjp(_shifted_conv, nondiff_argnums=(2,))
+
+
+def _depthwise_fwd(x, kernel, stride):
+    return _depthwise_shifted(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_bwd(stride, residuals, g):
+    """The input's and the kernel's gradients, from the input (not its windows) and `g`.
+
+    - input, stride 1: the correlation of `g`, padded the other way round, with the flipped
+      kernel (the forward's fused loop again); stride 2: the transpose of the forward.
+    - kernel: one variadic reduction over each image's rows and columns of all kh·kw products
+      `window · g` (XLA fuses the windows into it: one pass over `g`), then a sum over the batch.
+    """
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    if stride == 1:
+        (top, bottom), (left, right) = same_pads(x.shape[1], kh, 1), same_pads(x.shape[2], kw, 1)
+        gp = jnp.pad(g, ((0, 0), (bottom, top), (right, left), (0, 0)))
+        dx = _shifted_sum(gp, kernel[::-1, ::-1], 1, x.shape[1:3])
+    else:
+        (dx,) = jax.linear_transpose(lambda x: _shifted_conv(x, kernel, stride), x)(g)
+    xp = _pad_input(x, kh, kw, stride).astype(jnp.float32)
+    g32 = g.astype(jnp.float32)
+    products = tuple(w * g32 for _, _, w in _windows(xp, kh, kw, stride, g.shape[1:3]))
+    zeros = (jnp.zeros((), jnp.float32),) * len(products)
+    per_image = jax.lax.reduce(products, zeros, _add_pairwise, (1, 2))  # each [B, C]
+    dk = jnp.sum(jnp.stack(per_image), axis=1).reshape(kernel.shape)
+    return dx, dk.astype(kernel.dtype)
+
+
+def _add_pairwise(a, b):
+    return tuple(u + v for u, v in zip(a, b, strict=True))
+
+
+_depthwise_shifted.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class DepthwiseConv2D(nnx.Module):
@@ -237,10 +289,13 @@ class Pointwise(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # as a matrix product of [N, C_in] rows: XLA:CPU then computes the kernel's gradient
+        # as one GEMM, where a [B, H, W, C_in] operand costs a transposed copy and a slow dot
+        rows = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        y = jnp.dot(rows, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class BatchNorm(nnx.Module):
