@@ -122,7 +122,9 @@ def test_depthwise_shifted_equals_grouped(stride, kernel):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("stride,kernel,size", [(1, 3, (11, 12)), (1, 5, (7, 6)), (2, 3, (12, 11))])
+@pytest.mark.parametrize(
+    "stride,kernel,size", [(1, 3, (11, 12)), (1, 5, (7, 6)), (2, 3, (12, 11)), (2, 5, (9, 10))]
+)
 def test_depthwise_hand_written_gradient_equals_autodiff(stride, kernel, size, dtype):
     """`depthwise_shifted`'s custom VJP against JAX differentiating the same shifted sum in
     float32 (for bfloat16 inputs too: the hand-written kernel gradient sums in float32, so it

@@ -174,7 +174,7 @@ def _depthwise_bwd(stride, residuals, g):
     """The input's and the kernel's gradients, from the input (not its windows) and `g`.
 
     - input, stride 1: the correlation of `g`, padded the other way round, with the flipped
-      kernel (the forward's fused loop again); stride 2: the transpose of the forward.
+      kernel (the forward's fused loop again); stride 2: `_strided_input_grad`.
     - kernel: one variadic reduction over each image's rows and columns of all kh·kw products
       `window · g` (XLA fuses the windows into it: one pass over `g`), then a sum over the batch.
     """
@@ -185,7 +185,7 @@ def _depthwise_bwd(stride, residuals, g):
         gp = jnp.pad(g, ((0, 0), (bottom, top), (right, left), (0, 0)))
         dx = _shifted_sum(gp, kernel[::-1, ::-1], 1, x.shape[1:3])
     else:
-        (dx,) = jax.linear_transpose(lambda x: _shifted_conv(x, kernel, stride), x)(g)
+        dx = _strided_input_grad(g, kernel, stride, x.shape[1:3])
     xp = _pad_input(x, kh, kw, stride).astype(jnp.float32)
     g32 = g.astype(jnp.float32)
     products = tuple(w * g32 for _, _, w in _windows(xp, kh, kw, stride, g.shape[1:3]))
@@ -193,6 +193,33 @@ def _depthwise_bwd(stride, residuals, g):
     per_image = jax.lax.reduce(products, zeros, _add_pairwise, (1, 2))  # each [B, C]
     dk = jnp.sum(jnp.stack(per_image), axis=1).reshape(kernel.shape)
     return dx, dk.astype(kernel.dtype)
+
+
+def _strided_input_grad(g: jax.Array, kernel: jax.Array, stride: int, x_hw) -> jax.Array:
+    """The input gradient of a strided shifted sum, phase by phase.
+
+    The padded input's pixel (stride·u + a, stride·v + b) receives g only through the taps
+    (a + stride·m, b + stride·n), so each of the stride² phases is a stride-1 correlation of g
+    with that sub-kernel, flipped; the phases are then interleaved. Differentiated
+    automatically, it was kh·kw interior-padded copies of g at the input's full size, summed.
+    """
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = same_pads(x_hw[0], kh, stride), same_pads(x_hw[1], kw, stride)
+    rows = -(-(x_hw[0] + top + bottom) // stride)  # per phase (the last one may be cropped)
+    cols = -(-(x_hw[1] + left + right) // stride)
+    phases = []
+    for a in range(stride):
+        phase_row = []
+        for b in range(stride):
+            sub = kernel[a::stride, b::stride]  # not empty: Keras's kernels are >= the stride
+            m, n = sub.shape[:2]
+            pads = ((0, 0, 0), (m - 1, rows - g.shape[1], 0), (n - 1, cols - g.shape[2], 0))
+            gp = jax.lax.pad(g, jnp.zeros((), g.dtype), (*pads, (0, 0, 0)))
+            phase_row.append(_shifted_sum(gp, sub[::-1, ::-1], 1, (rows, cols)))
+        phases.append(jnp.stack(phase_row, axis=3))  # [B, rows, cols, stride (b), C]
+    dxp = jnp.stack(phases, axis=2)  # [B, rows, stride (a), cols, stride (b), C]
+    dxp = dxp.reshape(g.shape[0], rows * stride, cols * stride, g.shape[3])
+    return dxp[:, top : top + x_hw[0], left : left + x_hw[1]]
 
 
 def _add_pairwise(a, b):
