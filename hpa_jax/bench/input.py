@@ -37,7 +37,7 @@ import numpy
 import PIL
 
 from hpa_jax import fileio
-from hpa_jax.bench import tfdata
+from hpa_jax.bench import host, tfdata
 from hpa_jax.config.inputs import TrainInput
 from hpa_jax.data import dataset, decode, pipeline, stage
 from hpa_jax.data import tfds as tfds_lib
@@ -233,23 +233,13 @@ def machine_info() -> dict:
     """What the numbers were measured on."""
     return {
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        **host.cpu_identity(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
         "grain": getattr(grain, "__version__", "?"),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def staging_rates(src, scratch: str, *, repeats: int = 3) -> tuple[dict, fileio.Path]:

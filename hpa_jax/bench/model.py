@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 
 import hpa_jax  # noqa: F401  (Keras's JAX backend before keras is imported)
-from hpa_jax.bench import core
+from hpa_jax.bench import core, host
 from hpa_jax.fileio import write_text
 from hpa_jax.models import layers
 from hpa_jax.models.efficientnet import EfficientNet
@@ -87,6 +87,9 @@ def run_model_benchmark(
     result = {"config": shape, "machine": machine_info(), "results": {}}
     results = result["results"]
 
+    cpu = result["machine"]
+    extensions = ", ".join(cpu["vector_extensions"]) or "none listed"
+    log(f"host: {cpu['cpu']} ({cpu['cpu_family_model'] or 'family unknown'}; {extensions})")
     log(f"hpa-jax train step: EfficientNet-{variant}, {image_size} px, batch {batch_size}")
     train, depthwise_used, model_info = _hpa_jax_train(
         variant, images, labels, steps, warmup, depthwise, dtype, seed
@@ -120,7 +123,7 @@ def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        **host.cpu_identity(),
         "cores": os.cpu_count(),
         "jax": jax.__version__,
         "keras": keras.__version__,
@@ -134,17 +137,6 @@ def machine_info() -> dict:
     except (ValueError, OSError):
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _timed(fn, steps: int, warmup: int) -> tuple[list[float], list[float], float]:
