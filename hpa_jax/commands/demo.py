@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the 2021 submission; docs/cells.md)",
     )
     parser.add_argument(
-        "--cell-images", type=int, default=300, help="synthetic images the cell model learns from"
+        "--cell-images", type=int, default=400, help="synthetic images the cell model learns from"
     )
     parser.add_argument(
         "--cell-test-images",
