@@ -70,24 +70,28 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 
 
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
-# order; the longest files go first, so that neither worker is left alone with one at the end.
+# order (`--no-loadscope-reorder`: xdist would otherwise put the files with the most tests
+# first, and these, with few tests each, last). The longest files go first, longest first, so
+# that neither worker is left alone with one at the end; the seconds are a fresh-clone run's.
 SLOW_FILES = (
-    "test_study_backbones.py",
-    "test_kill9.py",
-    "test_flaky_storage.py",
-    "test_cells_pipeline.py",
-    "test_multiprocess_loop.py",
-    "test_resume.py",
+    "test_flaky_storage.py",  # ~250 s
+    "test_study_resnets.py",  # ~250 s
+    "test_study_grid.py",  # ~200 s
+    "test_study_backbones.py",  # ~200 s
+    "test_cells_pipeline.py",  # ~170 s
+    "test_export.py",  # ~150 s
     "test_gcs.py",
-    "test_preemption.py",
-    "test_train_cli.py",
-    "test_export.py",
-    "test_full_disk.py",
-    "test_bad_record.py",
-    "test_operations.py",
-    "test_kaggle.py",
+    "test_kill9.py",
+    "test_resume.py",
+    "test_multiprocess_loop.py",
     "test_kaggle_bundle.py",
+    "test_kaggle.py",
+    "test_operations.py",
+    "test_preemption.py",
     "test_keras_backbone.py",
+    "test_full_disk.py",
+    "test_train_cli.py",
+    "test_bad_record.py",
 )
 
 
