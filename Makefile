@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 # Two workers, each taking whole test files (their module fixtures train once) in the order
 # tests/conftest.py gives them, the longest first: the suite is mostly single-threaded XLA
-# compilation, so on 2 cores this takes about half of a serial run.
+# compilation, so the two workers keep both cores busy.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
