@@ -26,10 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check hpa_jax tests configs
 	$(BIN)/ruff format --check hpa_jax tests configs
 
-# Two workers, each taking whole test files (their module fixtures train once): the suite is
-# mostly single-threaded XLA compilation, so on 2 cores this takes about 2/3 of a serial run.
+# Two workers, each taking whole test files (their module fixtures train once) in the order
+# tests/conftest.py gives them, the longest first: the suite is mostly single-threaded XLA
+# compilation, so the two workers keep both cores busy.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) .cache runs

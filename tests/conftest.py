@@ -22,7 +22,10 @@ if "xla_backend_optimization_level" not in _XLA_FLAGS:
 os.environ["XLA_FLAGS"] = (_XLA_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".cache" / "jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# Every program, however quick to compile: a run's small ones add up (orbax slices each array
+# for a checkpoint save, eager ops, metrics), ~12 s of a runlocal training that each process of
+# the suite (and each of its subprocesses, which inherit this) would otherwise compile again.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -70,24 +73,28 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 
 
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
-# order; the longest files go first, so that neither worker is left alone with one at the end.
+# order (`--no-loadscope-reorder`: xdist would otherwise put the files with the most tests
+# first, and these, with few tests each, last). The longest files go first, longest first, so
+# that neither worker is left alone with one at the end; the seconds are a fresh-clone run's.
 SLOW_FILES = (
-    "test_study_backbones.py",
-    "test_kill9.py",
-    "test_flaky_storage.py",
-    "test_cells_pipeline.py",
-    "test_multiprocess_loop.py",
-    "test_resume.py",
+    "test_flaky_storage.py",  # ~250 s
+    "test_study_resnets.py",  # ~250 s
+    "test_study_grid.py",  # ~200 s
+    "test_study_backbones.py",  # ~200 s
+    "test_cells_pipeline.py",  # ~170 s
+    "test_export.py",  # ~150 s
     "test_gcs.py",
-    "test_preemption.py",
-    "test_train_cli.py",
-    "test_export.py",
-    "test_full_disk.py",
-    "test_bad_record.py",
-    "test_operations.py",
-    "test_kaggle.py",
+    "test_kill9.py",
+    "test_resume.py",
+    "test_multiprocess_loop.py",
     "test_kaggle_bundle.py",
+    "test_kaggle.py",
+    "test_operations.py",
+    "test_preemption.py",
     "test_keras_backbone.py",
+    "test_full_disk.py",
+    "test_train_cli.py",
+    "test_bad_record.py",
 )
 
 

@@ -11,8 +11,8 @@ from flax import nnx
 from hpa_jax import config as config_lib
 from hpa_jax.errors import UserError
 from hpa_jax.models import views
+from hpa_jax.train import losses, optim
 from hpa_jax.train import mesh as mesh_lib
-from hpa_jax.train import optim
 from hpa_jax.train import state as state_lib
 from hpa_jax.train import step as step_lib
 
@@ -299,3 +299,62 @@ def test_eval_step_with_tta_averages_the_views(one_device):
     np.testing.assert_allclose(loss, np.mean([v for _, v in singles]), rtol=1e-5)
     # the model is not rotation invariant, so the average differs from the plain view
     assert np.abs(probs - singles[0][0]).max() > 1e-4
+
+
+def test_class_weights_as_an_input_equal_them_as_constants_and_compile_once():
+    """The train and eval steps `loop.compile_run` builds take the class weights as an input
+    (`inputs=1`, bound by `step.Bound`): bit for bit what steps with the weights as constants
+    give, called or lowered and compiled (as `hpa-jax dry-run` does), and other weights (another
+    dataset's) reuse the one program."""
+    mesh = mesh_lib.make_mesh()
+    tx, _ = optim.make_tx(opt_cfg(lr=1e-2), 10)
+    graphdef, init, shardings = state_lib.state_initializer(
+        lambda rngs: TinyNet(rngs=rngs), tx, mesh, seed=1
+    )
+
+    def loss_fn(weights):
+        return losses.make_loss_fn({}, class_weights=weights)
+
+    def train_fn(state, batch, rng, weights):
+        return step_lib.make_train_step(graphdef, tx, loss_fn(weights), jax.nn.sigmoid)(
+            state, batch, rng
+        )
+
+    def eval_fn(state, batch, weights):
+        return step_lib.make_eval_step(graphdef, loss_fn(weights), jax.nn.sigmoid)(state, batch)
+
+    train = step_lib.jit_train_step(train_fn, mesh, shardings, inputs=1)
+    evaluate = step_lib.jit_eval_step(eval_fn, mesh, shardings, inputs=1)
+    rng = jax.random.PRNGKey(0)
+    batch = batches(1)[0]
+    train_batch = mesh_lib.to_global(batch, mesh)
+    eval_batch = mesh_lib.to_global({**batch, "mask": np.arange(B) < B - 2}, mesh)
+
+    def assert_equal(got, want):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want
+        )
+
+    losses_seen = []
+    for seed in (0, 1):
+        weights = np.random.RandomState(seed).uniform(0.5, 3.0, K).astype(np.float32)
+        constant_train = step_lib.jit_train_step(
+            step_lib.make_train_step(graphdef, tx, loss_fn(weights), jax.nn.sigmoid),
+            mesh,
+            shardings,
+        )
+        constant_eval = step_lib.jit_eval_step(
+            step_lib.make_eval_step(graphdef, loss_fn(weights), jax.nn.sigmoid), mesh, shardings
+        )
+        want = constant_train(init(), train_batch, rng)
+        bound = step_lib.Bound(train, weights)
+        assert_equal(bound(init(), train_batch, rng), want)
+        executable = bound.lower(init(), train_batch, rng).compile()
+        assert executable.cost_analysis() is not None  # the wrapped object's, as dry-run reads
+        assert_equal(executable(init(), train_batch, rng), want)
+        state = init()
+        want_eval = constant_eval(state, eval_batch)
+        assert_equal(step_lib.Bound(evaluate, weights)(state, eval_batch), want_eval)
+        losses_seen.append(float(want_eval["loss"][0]))
+    assert losses_seen[0] != losses_seen[1]  # the weights do weigh
+    assert train._cache_size() == 1 and evaluate._cache_size() == 1

@@ -18,6 +18,9 @@ these networks' last BatchNorms normalise 1x1 maps over 8 images, and the loss o
 is bumpy from step to step (B7's rose for its first two Adam steps at 1e-3 and at 1e-4, ResNet152's
 went up and down under SGD steps of norm 1e-3) before it falls; no dropout, which would make a
 fixed batch's loss a draw.
+
+The two ResNets run these tests in tests/test_study_resnets.py: `make test`'s workers take whole
+files, and the four backbones' minutes of compilation are better shared by two files.
 """
 
 import csv
@@ -85,11 +88,13 @@ def digests(arrays: dict) -> dict:
     return out
 
 
-@pytest.fixture(scope="module", params=list(BACKBONES))
-def study_run(request, data_dir, tmp_path_factory):
-    """(workdir, predictions CSV, the worker's report) of one backbone's three commands."""
-    name, size = BACKBONES[request.param]
-    root = tmp_path_factory.mktemp(request.param)
+HERE = ("InceptionResNetV2", "EfficientNetB7")  # the others: tests/test_study_resnets.py
+
+
+def backbone_run(backbone: str, data_dir, tmp_path_factory):
+    """`study_run`'s body for `backbone` (a key of BACKBONES)."""
+    name, size = BACKBONES[backbone]
+    root = tmp_path_factory.mktemp(backbone)
     workdir, predictions, report = root / "run", root / "predictions.csv", root / "report.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPA_JAX_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -109,6 +114,12 @@ def study_run(request, data_dir, tmp_path_factory):
     assert saved["model"]["name"] == name and saved["data"]["image_size"] == size
     yield workdir, predictions, json.loads(report.read_text())
     shutil.rmtree(workdir / ckpt_lib.SUBDIR)  # hundreds of MB per backbone
+
+
+@pytest.fixture(scope="module", params=HERE)
+def study_run(request, data_dir, tmp_path_factory):
+    """(workdir, predictions CSV, the worker's report) of one backbone's three commands."""
+    yield from backbone_run(request.param, data_dir, tmp_path_factory)
 
 
 def test_resumes_from_the_saved_state(study_run):

@@ -20,9 +20,10 @@ Scales (the argument, also given to configs/study.py):
   stage) at 64 px for SETTING_EPOCHS epochs, because B7 trains at a few images a second here.
 - `runlocal`: the same rows and two seeds, each point two steps of batch 4 at the smallest
   input (a tiny EfficientNet for the setting rows); what the tests run. Both seeds read one
-  dataset (seed 0's), so that the second seed's steps, which then differ only in the run's
-  seed, come from the compilation cache (the class weights, computed from the data, are
-  constants of the compiled step): the seeds vary the run only here.
+  dataset (seed 0's), which makes one dataset and one anomaly report to prepare, not two: the
+  seeds vary the run only here. (The steps' programs do not depend on the data: the class
+  weights are an input of them, so the second seed's come from the compilation cache either
+  way, as do those of the class-weight and filtering rows.)
 - `tpu`: the study's scale, B7 at 600 px on HPA 2021 data; every row uses the study's B7. Its
   data is yours: `--config.data.dir=...`; the filtering row's exclude list is made by
   `hpa-jax anomalies` on that data (under ROOT/anomalies). Print the commands for a TPU pod with

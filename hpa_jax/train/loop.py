@@ -31,6 +31,7 @@ import numpy as np
 
 from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
+from hpa_jax.models.views import check_tta
 from hpa_jax.progress import progress
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
@@ -95,8 +96,14 @@ def write_class_weights(setup: Setup, weights: np.ndarray) -> None:
 
 @dataclasses.dataclass
 class Compiled:
-    """What depends only on the config, the data's label counts and the mesh: reused by every
-    run in this process that has the same (e.g. a run and its resumption in one test)."""
+    """What depends only on the config and the mesh: reused by every run in this process that
+    has the same (e.g. a run and its resumption in one test, or a grid's seeds).
+
+    The class weights, which depend on the data, are an input of the train and eval programs,
+    not a constant in them: runs of one config on different data share the programs (here and
+    in the persistent compilation cache). `compile_run` binds them (`step.Bound`), so
+    `train_step(state, batch, rng)` and `eval_step(state, batch)` take what they always took.
+    """
 
     graphdef: object
     init: object  # jitted: () -> TrainState on its shards
@@ -110,7 +117,7 @@ class Compiled:
 _COMPILED: dict[str, Compiled] = {}
 
 
-def _compile_key(setup: Setup, weights: np.ndarray) -> str:
+def _compile_key(setup: Setup) -> str:
     # everything the jitted functions close over; where the data lives is not part of it
     plain = config_lib.flatten(setup.config)
     for name in (
@@ -139,7 +146,7 @@ def _compile_key(setup: Setup, weights: np.ndarray) -> str:
         "total": setup.total_steps,
         "warmup": setup.warmup_steps,
         "decay": setup.decay_every,
-        "weights": weights.tolist(),
+        "classes": setup.num_classes,
         "devices": [d.id for d in setup.mesh.devices.flat],
         "mesh": setup.mesh.axis_names,
         "shape": list(setup.mesh.devices.shape),
@@ -147,14 +154,15 @@ def _compile_key(setup: Setup, weights: np.ndarray) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
-    """Model, optimizer and the jitted init/train/eval functions (cached per process)."""
-    key = _compile_key(setup, weights)
+def _programs(setup: Setup) -> Compiled:
+    """The jitted functions of `setup`, the steps taking the class weights as a last argument
+    (cached per process)."""
+    key = _compile_key(setup)
     if key in _COMPILED:
         return _COMPILED[key]
     config = setup.config
     activation = config.model.activation
-    loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
+    losses_lib.make_loss_fn(config.loss, class_weights=None, activation=activation)  # checks
     prob_fn = losses_lib.make_prob_fn(activation)
     tx, schedule = optim.make_tx(
         config.optimizer,
@@ -167,24 +175,54 @@ def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
     graphdef, init, shardings = state_lib.state_initializer(
         make_model, tx, setup.mesh, seed=int(config.seed), use_ema=ema > 0
     )
-    train_fn = step_lib.make_train_step(
-        graphdef, tx, loss_fn, prob_fn, ema_decay=ema, threshold=float(config.threshold)
-    )
-    eval_fn = step_lib.make_eval_step(
-        graphdef, loss_fn, prob_fn, use_ema=ema > 0, tta=str(config.tta)
-    )
-    compiled = Compiled(
+
+    def loss_fn(weights):
+        return losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
+
+    def train_fn(state, batch, rng, weights):
+        step = step_lib.make_train_step(
+            graphdef,
+            tx,
+            loss_fn(weights),
+            prob_fn,
+            ema_decay=ema,
+            threshold=float(config.threshold),
+        )
+        return step(state, batch, rng)
+
+    def eval_fn(state, batch, weights):
+        step = step_lib.make_eval_step(
+            graphdef, loss_fn(weights), prob_fn, use_ema=ema > 0, tta=str(config.tta)
+        )
+        return step(state, batch)
+
+    check_tta(str(config.tta))  # here, not only at trace time
+    programs = Compiled(
         graphdef=graphdef,
         init=init,
         shardings=shardings,
         tx=tx,
         schedule=schedule,
-        train_step=step_lib.jit_train_step(train_fn, setup.mesh, shardings),
-        eval_step=step_lib.jit_eval_step(eval_fn, setup.mesh, shardings),
+        train_step=step_lib.jit_train_step(train_fn, setup.mesh, shardings, inputs=1),
+        eval_step=step_lib.jit_eval_step(eval_fn, setup.mesh, shardings, inputs=1),
     )
     _COMPILED.clear()  # keep one: the jitted functions hold on to their compiled programs
-    _COMPILED[key] = compiled
-    return compiled
+    _COMPILED[key] = programs
+    return programs
+
+
+def compile_run(setup: Setup, weights: np.ndarray) -> Compiled:
+    """Model, optimizer and the jitted init/train/eval functions, the steps with the class
+    `weights` (float[K]) bound as their input."""
+    programs = _programs(setup)
+    weights = np.asarray(weights, np.float32)
+    if weights.shape != (setup.num_classes,):
+        raise ValueError(f"class weights of shape {weights.shape}, not ({setup.num_classes},)")
+    return dataclasses.replace(
+        programs,
+        train_step=step_lib.Bound(programs.train_step, weights),
+        eval_step=step_lib.Bound(programs.eval_step, weights),
+    )
 
 
 def start(setup: Setup) -> Run:

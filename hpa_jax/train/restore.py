@@ -27,6 +27,7 @@ from hpa_jax import fileio
 from hpa_jax import labels as labels_lib
 from hpa_jax.data import dataset
 from hpa_jax.errors import UserError
+from hpa_jax.models.views import check_tta
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import losses as losses_lib
 from hpa_jax.train import mesh as mesh_lib
@@ -116,14 +117,21 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
         state, shardings, step = _restore_checkpoint(config, workdir, make_model, mesh, step)
     graphdef = state_lib.model_graphdef(make_model)
     activation = config.model.activation
-    loss_fn = losses_lib.make_loss_fn(
-        config.loss,
-        class_weights=_saved_class_weights(workdir, table.num_classes),
-        activation=activation,
-    )
-    eval_fn = step_lib.make_eval_step(
-        graphdef, loss_fn, losses_lib.make_prob_fn(activation), use_ema=use_ema, tta=str(config.tta)
-    )
+    losses_lib.make_loss_fn(config.loss, class_weights=None, activation=activation)  # checks
+    prob_fn = losses_lib.make_prob_fn(activation)
+    check_tta(str(config.tta))  # here, not only at trace time
+    weights = _saved_class_weights(workdir, table.num_classes)
+    if weights is None:  # a weight of 1 is no weight: the same numbers
+        weights = np.ones(table.num_classes, np.float32)
+
+    # the weights are an input, not a constant: runs of one config share the program
+    def eval_fn(state, batch, weights):
+        loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
+        step = step_lib.make_eval_step(
+            graphdef, loss_fn, prob_fn, use_ema=use_ema, tta=str(config.tta)
+        )
+        return step(state, batch)
+
     global_batch = -(-int(config.batch_size) // mesh.size) * mesh.size
     return Restored(
         config=config,
@@ -131,7 +139,9 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
         table=table,
         mesh=mesh,
         state=state,
-        eval_step=step_lib.jit_eval_step(eval_fn, mesh, shardings),
+        eval_step=step_lib.Bound(
+            step_lib.jit_eval_step(eval_fn, mesh, shardings, inputs=1), weights
+        ),
         step=int(step),
         batch_size=global_batch // jax.process_count(),
         data_info=data_info,

@@ -147,27 +147,62 @@ def batch_shardings(mesh, keys) -> dict:
     return {k: sharding for k in keys}
 
 
-def jit_train_step(step_fn, mesh, state_shardings):
-    """jax.jit with explicit shardings; the input state is donated (updated in place)."""
+def jit_train_step(step_fn, mesh, state_shardings, *, inputs: int = 0):
+    """jax.jit with explicit shardings; the input state is donated (updated in place).
+
+    `inputs`: how many replicated arguments `step_fn` takes after `rng` (e.g. the class weights,
+    which `bind` then fixes).
+    """
     replicated = mesh_lib.replicated(mesh)
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch_shardings(mesh, TRAIN_KEYS), replicated),
+        in_shardings=(state_shardings, batch_shardings(mesh, TRAIN_KEYS), replicated)
+        + (replicated,) * inputs,
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
 
 
-def jit_eval_step(step_fn, mesh, state_shardings):
-    """jax.jit with explicit shardings; donates nothing (the state lives on)."""
+def jit_eval_step(step_fn, mesh, state_shardings, *, inputs: int = 0):
+    """jax.jit with explicit shardings; donates nothing (the state lives on).
+
+    `inputs`: how many replicated arguments `step_fn` takes after the batch.
+    """
+    replicated = mesh_lib.replicated(mesh)
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch_shardings(mesh, EVAL_KEYS)),
-        out_shardings={
-            "loss": (mesh_lib.replicated(mesh),) * 2,
-            "probs": mesh_lib.batch_sharding(mesh),
-        },
+        in_shardings=(state_shardings, batch_shardings(mesh, EVAL_KEYS)) + (replicated,) * inputs,
+        out_shardings={"loss": (replicated,) * 2, "probs": mesh_lib.batch_sharding(mesh)},
     )
+
+
+class Bound:
+    """A jitted step (or its `.lower(...)`, or that's `.compile()`) with its trailing arguments
+    fixed: called, lowered and compiled with the leading ones only, as a step without them.
+
+    The fixed values (the class weights) stay inputs of the compiled program instead of
+    constants in it, so runs that differ only in them share one program: in this process, and
+    in the persistent compilation cache. Anything else (`cost_analysis`, `memory_analysis`) is
+    the wrapped object's.
+    """
+
+    def __init__(self, wrapped, *fixed):
+        self._wrapped = wrapped
+        self._fixed = fixed
+
+    def __call__(self, *args):
+        return self._wrapped(*args, *self._fixed)
+
+    def lower(self, *args) -> Bound:
+        return Bound(self._wrapped.lower(*args, *self._fixed), *self._fixed)
+
+    def compile(self) -> Bound:
+        return Bound(self._wrapped.compile(), *self._fixed)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
 
 
 def select(batch: dict, keys) -> dict:
