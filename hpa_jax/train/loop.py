@@ -31,7 +31,6 @@ import numpy as np
 
 from hpa_jax import config as config_lib
 from hpa_jax.fileio import write_text
-from hpa_jax.models.views import check_tta
 from hpa_jax.progress import progress
 from hpa_jax.train import checkpoint as ckpt_lib
 from hpa_jax.train import evaluate as eval_lib
@@ -42,7 +41,7 @@ from hpa_jax.train import state as state_lib
 from hpa_jax.train import step as step_lib
 from hpa_jax.train import thresholds as thr_lib
 from hpa_jax.train.prepare import Setup, prepare
-from hpa_jax.train.restore import CLASS_WEIGHTS_FILE, make_checkpointer
+from hpa_jax.train.restore import CLASS_WEIGHTS_FILE, make_checkpointer, weighted_eval_fn
 
 
 class TrainingDiverged(RuntimeError):
@@ -162,7 +161,6 @@ def _programs(setup: Setup) -> Compiled:
         return _COMPILED[key]
     config = setup.config
     activation = config.model.activation
-    losses_lib.make_loss_fn(config.loss, class_weights=None, activation=activation)  # checks
     prob_fn = losses_lib.make_prob_fn(activation)
     tx, schedule = optim.make_tx(
         config.optimizer,
@@ -176,27 +174,15 @@ def _programs(setup: Setup) -> Compiled:
         make_model, tx, setup.mesh, seed=int(config.seed), use_ema=ema > 0
     )
 
-    def loss_fn(weights):
-        return losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
+    eval_fn = weighted_eval_fn(config, graphdef, use_ema=ema > 0)  # checks the loss and tta
 
     def train_fn(state, batch, rng, weights):
+        loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
         step = step_lib.make_train_step(
-            graphdef,
-            tx,
-            loss_fn(weights),
-            prob_fn,
-            ema_decay=ema,
-            threshold=float(config.threshold),
+            graphdef, tx, loss_fn, prob_fn, ema_decay=ema, threshold=float(config.threshold)
         )
         return step(state, batch, rng)
 
-    def eval_fn(state, batch, weights):
-        step = step_lib.make_eval_step(
-            graphdef, loss_fn(weights), prob_fn, use_ema=ema > 0, tta=str(config.tta)
-        )
-        return step(state, batch)
-
-    check_tta(str(config.tta))  # here, not only at trace time
     programs = Compiled(
         graphdef=graphdef,
         init=init,

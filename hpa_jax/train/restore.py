@@ -95,6 +95,25 @@ def _saved_class_weights(workdir, num_classes: int):
     return np.asarray(weights, np.float32)
 
 
+def weighted_eval_fn(config, graphdef, *, use_ema: bool):
+    """`config`'s eval step `(state, batch, weights) -> outputs` with the class weights as its
+    last argument: an input of the compiled program, not a constant in it, so runs of one config
+    on different data share the program. The loss config and `tta` are checked now."""
+    activation = config.model.activation
+    losses_lib.make_loss_fn(config.loss, class_weights=None, activation=activation)  # checks
+    prob_fn = losses_lib.make_prob_fn(activation)
+    check_tta(str(config.tta))  # here, not only at trace time
+
+    def eval_fn(state, batch, weights):
+        loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
+        step = step_lib.make_eval_step(
+            graphdef, loss_fn, prob_fn, use_ema=use_ema, tta=str(config.tta)
+        )
+        return step(state, batch)
+
+    return eval_fn
+
+
 def restore_run(workdir, *, step: int | None = None) -> Restored:
     """The run in `workdir` at checkpoint `step` (default: the best by the run's validation
     metric, else the latest), or the inference state written there by `write_inference_state`.
@@ -116,22 +135,10 @@ def restore_run(workdir, *, step: int | None = None) -> Restored:
     else:
         state, shardings, step = _restore_checkpoint(config, workdir, make_model, mesh, step)
     graphdef = state_lib.model_graphdef(make_model)
-    activation = config.model.activation
-    losses_lib.make_loss_fn(config.loss, class_weights=None, activation=activation)  # checks
-    prob_fn = losses_lib.make_prob_fn(activation)
-    check_tta(str(config.tta))  # here, not only at trace time
+    eval_fn = weighted_eval_fn(config, graphdef, use_ema=use_ema)
     weights = _saved_class_weights(workdir, table.num_classes)
     if weights is None:  # a weight of 1 is no weight: the same numbers
         weights = np.ones(table.num_classes, np.float32)
-
-    # the weights are an input, not a constant: runs of one config share the program
-    def eval_fn(state, batch, weights):
-        loss_fn = losses_lib.make_loss_fn(config.loss, class_weights=weights, activation=activation)
-        step = step_lib.make_eval_step(
-            graphdef, loss_fn, prob_fn, use_ema=use_ema, tta=str(config.tta)
-        )
-        return step(state, batch)
-
     global_batch = -(-int(config.batch_size) // mesh.size) * mesh.size
     return Restored(
         config=config,
