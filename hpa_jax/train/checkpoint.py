@@ -21,6 +21,13 @@ the same state saved anew, up to `fileio.RETRIES` times with backoff. So that th
 there to save again, a remote save blocks until it is committed; on local disk saves stay
 asynchronous. What still fails raises `errors.StorageError` naming the checkpoint (local disk:
 ENOSPC and the like at once); the checkpoints saved before it stay.
+
+Writers. Orbax's default splits each replicated array into one slice per device, so that the
+hosts of a pod share its writing ("replica-parallel"). In a run of one process there is no one
+to share with: the same host writes every slice, after an eager slice per array and device
+(~2500 for the test model on 8 devices, 1.2 s of a 1.5 s save). A one-process run writes each
+array whole from its first replica instead (`_StateHandler`), as orbax does on GPUs; the arrays
+restored are the same, and either layout restores under the other.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+from orbax.checkpoint._src.metadata import array_metadata_store  # orbax's default handler's
 
 from hpa_jax import fileio
 from hpa_jax.errors import StorageError, UserError
@@ -45,6 +53,51 @@ SUBDIR = "checkpoints"
 ITEMS = ("state", "meta", "data")
 COMMIT_FILE = "commit_success.txt"  # orbax on object storage: written last, marks a step whole
 log = logging.getLogger(__name__)
+
+
+class _StateHandler(ocp.StandardCheckpointHandler):
+    """Orbax's handler of `StandardSave`/`StandardRestore` (the `state` item), whose arrays are
+    written replica-parallel only when the run has several processes (module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        if jax.process_count() == 1:
+            # as orbax's default jax.Array handler, its array metadata included, but one writer
+            arrays = ocp.type_handlers.ArrayHandler(
+                use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
+            )
+            registry = ocp.type_handlers.create_type_handler_registry(
+                (jax.Array, arrays),
+                (np.ndarray, ocp.type_handlers.NumpyHandler()),
+                (np.number, ocp.type_handlers.ScalarHandler()),
+                (int, ocp.type_handlers.ScalarHandler()),
+                (float, ocp.type_handlers.ScalarHandler()),
+            )
+            # the arguments StandardCheckpointHandler gives its own PyTreeCheckpointHandler
+            self._impl = ocp.PyTreeCheckpointHandler(
+                save_concurrent_gb=96,
+                restore_concurrent_gb=96,
+                use_ocdbt=True,
+                type_handler_registry=registry,
+            )
+
+    @classmethod
+    def typestr(cls) -> str:
+        """Orbax's own name: the checkpoints are StandardCheckpointHandler's, to any reader."""
+        return ocp.StandardCheckpointHandler.typestr()
+
+
+def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """The handlers of a checkpoint's three items (ITEMS)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state = _StateHandler()
+    registry.add("state", ocp.args.StandardSave, state)
+    registry.add("state", ocp.args.StandardRestore, state)
+    for item in ITEMS[1:]:
+        json_handler = ocp.JsonCheckpointHandler()
+        registry.add(item, ocp.args.JsonSave, json_handler)
+        registry.add(item, ocp.args.JsonRestore, json_handler)
+    return registry
 
 
 class CheckpointError(UserError):
@@ -175,7 +228,9 @@ class Checkpointer:
 
     def _open(self) -> ocp.CheckpointManager:
         return fileio.retry(
-            lambda: ocp.CheckpointManager(self.directory, options=self._options, item_names=ITEMS),
+            lambda: ocp.CheckpointManager(
+                self.directory, options=self._options, handler_registry=_handlers()
+            ),
             f"opening the checkpoints in {self.directory}",
         )
 
