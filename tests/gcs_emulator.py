@@ -23,6 +23,11 @@ what GCS does and the emulator does not:
   every other one, so a test would hang on the harness instead of failing on the code. Here a
   thread serves each connection; the requests themselves are handled one at a time (the
   emulator's storage is not thread-safe), as fast as before;
+- many connections at once: the listen backlog is `LISTEN_BACKLOG` (1024), not socketserver's
+  5. A gcsfs `put` of a folder opens a connection for each of its files at once (up to 100);
+  past a full accept queue Linux drops the handshake silently and the client's TCP stack sends
+  it again after 1, 2, 4, ... 64 s, so an upload of a hundred small files stalled for 10 s to
+  ~2 minutes whenever the emulator's accept loop fell behind (a busy machine); GCS accepts them;
 - a finished resumable upload session that answers again: GCS answers a request to a session
   whose upload has completed with 200 and the object's metadata, and a client whose answer to
   the final chunk was lost (a dropped connection) sends that chunk again and is done; the
@@ -44,6 +49,11 @@ import urllib.request
 from http import HTTPStatus
 
 BUCKET = "hpa-test"
+# The listen backlog (socketserver's default is 5): gcsfs opens up to 100 connections at once (a
+# directory `put` uploads every file concurrently, one connection per request since the emulator
+# answers HTTP/1.0); a connection beyond a full accept queue is dropped by the kernel and retried
+# with TCP's backoff (1, 2, 4, ... 64 s), which stalled uploads for up to ~2 minutes.
+LISTEN_BACKLOG = 1024
 
 
 def _free_port() -> int:
@@ -233,6 +243,7 @@ def _serve(argv: list[str]) -> None:
 
     class ThreadingServer(http_server.ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = LISTEN_BACKLOG
 
     server.server.HTTPServer = ThreadingServer  # the emulator's `server.HTTPServer(...)`
     handle = server.Router.handle
