@@ -7,10 +7,16 @@ clients depend on it:
 - a read conditioned on the generation answers 304 (`ifGenerationNotMatch` holds not) or 412
   (`ifGenerationMatch` holds not), metadata and media alike;
 - through tensorstore, an object read has the generation its write returned, and a read and a
-  write conditioned on it (an OCDBT manifest update) succeed.
+  write conditioned on it (an OCDBT manifest update) succeed;
+- it takes a burst of connections (a gcsfs `put` opens one per file, up to 100) while its
+  accept loop is not running: the kernel completes their handshakes, none waits on TCP's
+  backoff for a place in the accept queue.
 """
 
 import json
+import selectors
+import signal
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -96,3 +102,29 @@ def test_tensorstore_reads_and_rewrites_on_the_generation_it_read(gcs_emulator):
     rewritten = store.write(key, b"second", if_equal=read.stamp.generation).result()
     assert rewritten.generation not in (written, b"")
     assert bytes(store.read(key).result().value) == b"second"
+
+
+def test_a_burst_of_connections_waits_on_no_accept_queue():
+    from gcs_emulator import Emulator
+
+    emulator = Emulator().start()  # its own: it is stopped (SIGSTOP) here
+    sockets, selector = [], selectors.DefaultSelector()
+    try:
+        emulator.proc.send_signal(signal.SIGSTOP)  # no accept() from now on: the queue fills
+        for _ in range(100):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", emulator.port))
+            sockets.append(s)
+            selector.register(s, selectors.EVENT_WRITE)
+        connected = set()
+        # loopback handshakes complete at once, or (past a full queue) only on a resent SYN 1 s on
+        for key, _ in selector.select(timeout=0.5) + selector.select(timeout=0.1):
+            if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                connected.add(key.fileobj)
+        assert len(connected) == 100
+    finally:
+        emulator.proc.send_signal(signal.SIGCONT)
+        for s in sockets:
+            s.close()
+        emulator.stop()
