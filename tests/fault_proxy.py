@@ -170,6 +170,7 @@ class FaultProxy:
 
 class _Server(http_server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # a listen backlog as large as the emulator's (gcs_emulator.py)
 
     def handle_error(self, request, client_address):
         pass  # a client that hung up (it gave up on a slow or broken answer): not ours to report

@@ -8,14 +8,26 @@ fake token). No real bucket and no network beyond the loopback are ever touched.
 The emulator is run through this file (`python tests/gcs_emulator.py start ...`), which adds
 what GCS does and the emulator does not:
 - the `x-goog-generation`/`x-goog-metageneration` headers that GCS sends with every object
-  download: tensorstore reads an object's generation from them, and without them an Orbax
-  (OCDBT) checkpoint of more than a few arrays fails ("Malformed StorageGeneration" reading its
-  manifest);
+  download, on every download URL: the JSON API's `o/NAME?alt=media` (the emulator's `get`
+  hands it to its module's `download`, so that is replaced too; tensorstore reads every object
+  there), the download endpoint and the public path. tensorstore takes an object's generation
+  from them; without them it records generation 0, and the next OCDBT manifest update
+  conditioned on it fails: "Error writing/reading .../manifest.ocdbt: Malformed
+  StorageGeneration", an Orbax checkpoint save that fails now and then and, once that
+  generation is cached, on every try in the process;
+- the generation preconditions of reads (metadata and media): `ifGenerationNotMatch=G` on an
+  object whose generation is G is answered 304 Not Modified, `ifGenerationMatch=G` on one whose
+  generation is not G 412, as GCS does; tensorstore revalidates a cached manifest so;
 - concurrent connections: the emulator's `http.server.HTTPServer` serves one connection at a
   time, and a client holding an idle keep-alive connection (gcsfs uploads over several) blocks
   every other one, so a test would hang on the harness instead of failing on the code. Here a
   thread serves each connection; the requests themselves are handled one at a time (the
   emulator's storage is not thread-safe), as fast as before;
+- many connections at once: the listen backlog is `LISTEN_BACKLOG` (1024), not socketserver's
+  5. A gcsfs `put` of a folder opens a connection for each of its files at once (up to 100);
+  past a full accept queue Linux drops the handshake silently and the client's TCP stack sends
+  it again after 1, 2, 4, ... 64 s, so an upload of a hundred small files stalled for 10 s to
+  ~2 minutes whenever the emulator's accept loop fell behind (a busy machine); GCS accepts them;
 - a finished resumable upload session that answers again: GCS answers a request to a session
   whose upload has completed with 200 and the object's metadata, and a client whose answer to
   the final chunk was lost (a dropped connection) sends that chunk again and is done; the
@@ -37,6 +49,11 @@ import urllib.request
 from http import HTTPStatus
 
 BUCKET = "hpa-test"
+# The listen backlog (socketserver's default is 5): gcsfs opens up to 100 connections at once (a
+# directory `put` uploads every file concurrently, one connection per request since the emulator
+# answers HTTP/1.0); a connection beyond a full accept queue is dropped by the kernel and retried
+# with TCP's backoff (1, 2, 4, ... 64 s), which stalled uploads for up to ~2 minutes.
+LISTEN_BACKLOG = 1024
 
 
 def _free_port() -> int:
@@ -100,15 +117,43 @@ class Emulator:
             self.proc.wait(timeout=10)
 
 
+def _read_precondition_failed(request, response, storage) -> bool:
+    """Answer a read whose generation precondition does not hold as GCS does, and say so:
+    `ifGenerationMatch=G` and the live generation is not G: 412; `ifGenerationNotMatch=G` and it
+    is G: 304 Not Modified, no body. A missing object is left to the handler (404)."""
+    live = _generation_of(storage, request.params["bucket_name"], request.params["object_id"])
+    if live is None:
+        return False
+    match = request.query.get("ifGenerationMatch")
+    if match and match[0] != live:
+        _precondition_failed(response)
+        return True
+    not_match = request.query.get("ifGenerationNotMatch")
+    if not_match and not_match[0] == live:
+        response.status = HTTPStatus.NOT_MODIFIED
+        return True
+    return False
+
+
+def _with_read_preconditions(read):
+    """An object read (metadata or media) that honours the generation preconditions."""
+
+    def handler(request, response, storage, *args, **kwargs):
+        if not _read_precondition_failed(request, response, storage):
+            return read(request, response, storage, *args, **kwargs)
+        return None
+
+    return handler
+
+
 def _with_generation_headers(download):
     """The emulator's download handler, plus the object's generation headers."""
 
     def handler(request, response, storage, *args, **kwargs):
         download(request, response, storage, *args, **kwargs)
-        try:
-            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-        except Exception:  # not found: the handler answered 404 already
-            return
+        if response.status not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+            return  # 404, or a precondition that did not hold: no object was sent
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
         response["x-goog-generation"] = str(obj["generation"])
         response["x-goog-metageneration"] = str(obj["metageneration"])
 
@@ -198,6 +243,7 @@ def _serve(argv: list[str]) -> None:
 
     class ThreadingServer(http_server.ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = LISTEN_BACKLOG
 
     server.server.HTTPServer = ThreadingServer  # the emulator's `server.HTTPServer(...)`
     handle = server.Router.handle
@@ -207,11 +253,15 @@ def _serve(argv: list[str]) -> None:
             return handle(self, method)
 
     server.Router.handle = serialized
-    replaced = {objects.download: _with_generation_headers(objects.download)}
+    download = _with_read_preconditions(_with_generation_headers(objects.download))
+    replaced = {objects.download: download, objects.get: _with_read_preconditions(objects.get)}
     insert, delete = _with_precondition(objects.insert, objects.delete, Storage)
     replaced[objects.insert], replaced[objects.delete] = insert, delete
     replaced[objects.upload_partial] = _with_finished_sessions(objects.upload_partial)
     objects.upload_partial = replaced[objects.upload_partial]  # insert calls it for POSTs
+    # `get` calls the module's `download` for `?alt=media`: the JSON API's download URL, the one
+    # tensorstore reads every object with; the routes alone would leave it without the headers
+    objects.download = download
     for _, methods in server.HANDLERS:
         for method, handler in list(methods.items()):
             if handler in replaced:
