@@ -75,25 +75,28 @@ def gcs_bucket(gcs_emulator, tmp_path, monkeypatch):
 # `make test` runs two xdist workers that take whole files (`--dist loadfile`) in collection
 # order (`--no-loadscope-reorder`: xdist would otherwise put the files with the most tests
 # first, and these, with few tests each, last). The longest files go first, longest first, so
-# that neither worker is left alone with one at the end; the seconds are a fresh-clone run's.
+# that neither worker is left alone with one at the end; the seconds are a fresh-clone run's
+# (2026-12-08, on a machine shared with other work).
 SLOW_FILES = (
-    "test_flaky_storage.py",  # ~250 s
-    "test_study_resnets.py",  # ~250 s
-    "test_study_grid.py",  # ~200 s
     "test_study_backbones.py",  # ~200 s
-    "test_cells_pipeline.py",  # ~170 s
-    "test_export.py",  # ~150 s
-    "test_gcs.py",
-    "test_kill9.py",
-    "test_resume.py",
-    "test_multiprocess_loop.py",
+    "test_multiprocess_loop.py",  # ~180 s
+    "test_study_resnets.py",  # ~160 s
+    "test_gcs.py",  # ~140 s
+    "test_kill9.py",  # ~140 s
+    "test_study_grid.py",  # ~130 s
+    "test_export.py",  # ~125 s
+    "test_cells_pipeline.py",  # ~110 s
+    "test_flaky_storage.py",  # ~95 s
     "test_kaggle_bundle.py",
-    "test_kaggle.py",
+    "test_stage.py",
+    "test_resume.py",
     "test_operations.py",
-    "test_preemption.py",
-    "test_keras_backbone.py",
+    "test_efficientnet.py",
+    "test_kaggle.py",
     "test_full_disk.py",
     "test_train_cli.py",
+    "test_preemption.py",
+    "test_keras_backbone.py",
     "test_bad_record.py",
 )
 
