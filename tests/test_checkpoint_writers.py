@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from hpa_jax.train import checkpoint as ckpt_lib
+from hpa_jax.train import state as state_lib
 
 
 def replicated_state() -> dict:
@@ -39,12 +40,6 @@ def stored(workdir, step: int, name: str):
     spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base}, "path": f"{name}/"}
     array = ts.open(spec).result()
     return tuple(array.chunk_layout.read_chunk.shape), tuple(array.shape)
-
-
-def abstract(state):
-    return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
-    )
 
 
 def test_one_process_writes_each_array_whole(tmp_path):
@@ -82,7 +77,8 @@ def test_replica_parallel_checkpoints_restore_the_same(tmp_path):
 
     checkpointer = ckpt_lib.Checkpointer(tmp_path, every=1, keep=1, read_only=True)
     try:
-        got, rng, data = checkpointer.restore(1, abstract(state))
+        shardings = jax.tree.map(lambda a: a.sharding, state)
+        got, rng, data = checkpointer.restore(1, state_lib.as_abstract(shardings, state))
     finally:
         checkpointer.close()
     assert rng.tolist() == [3, 4] and data is None
